@@ -1,0 +1,29 @@
+"""convprop.functional — stateless forward/backward pairs, the seed's equations one by one.
+
+Every `op(...)` returns `(out, cache)`; every `op_backward(dout, cache)` returns the
+vector-Jacobian product for `dout`, gradients in the order of the forward's inputs.
+"""
+
+from .activations import (
+    leaky_relu,
+    leaky_relu_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    tanh,
+    tanh_backward,
+)
+from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
+from .linear import linear, linear_backward
+from .losses import log_softmax, softmax_cross_entropy
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d
+
+__all__ = [
+    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    "max_pool2d", "max_pool2d_backward", "max_unpool2d", "avg_pool2d", "avg_pool2d_backward",
+    "linear", "linear_backward",
+    "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
+    "tanh", "tanh_backward",
+    "log_softmax", "softmax_cross_entropy",
+]

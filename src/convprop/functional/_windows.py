@@ -1,0 +1,86 @@
+"""Sliding windows: the one place for output sizes, padding, the im2col view and col2im.
+
+Symbols used in every kernel file:
+    N batch, C channels, H×W input, kh×kw kernel, sh×sw stride, ph×pw padding, dh×dw dilation,
+    OH×OW output, L = OH·OW output positions.
+
+Convolution, max pooling and average pooling all read their input through `windows(...)`, a
+zero-copy strided view (N, C, kh, kw, OH, OW) whose [:, :, i, j] slice holds the input element
+that kernel offset (i, j) sees at every output position.  Their backward passes all go through
+`col2im(...)`, which scatter-adds one (N, C, OH, OW) piece per kernel offset back into the input,
+summing where windows overlap.  Python loops run over the kh·kw kernel offsets only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+Pair = tuple[int, int]
+
+
+def out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool = False) -> int:
+    """OH = ⌊(H + 2p − d(k−1) − 1) / s⌋ + 1   (⌈·⌉ with ceil_mode, as torch).
+
+    With ceil_mode the last window must start inside the input or its left padding.
+    """
+    span = size + 2 * p - d * (k - 1) - 1
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // s + 1
+    o = -(-span // s) + 1
+    if (o - 1) * s >= size + p:
+        o -= 1
+    return o
+
+
+def pad(x: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) -> np.ndarray:
+    """Pad H and W by `padding` on both sides, plus `extra` on the bottom/right (ceil_mode)."""
+    (ph, pw), (eh, ew) = padding, extra
+    if ph == pw == eh == ew == 0:
+        return x
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * ph + eh, w + 2 * pw + ew), value, dtype=x.dtype)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    return xp
+
+
+def unpad(xp: np.ndarray, padding: Pair, hw: Pair) -> np.ndarray:
+    """The inverse of `pad`: crop the padded H, W back to hw."""
+    (ph, pw), (h, w) = padding, hw
+    return xp[:, :, ph : ph + h, pw : pw + w]
+
+
+def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
+            writeable: bool = False) -> np.ndarray:
+    """The window view of a padded input: (N, C, H', W') -> (N, C, kh, kw, OH, OW), no copy.
+
+    view[n, c, i, j, y, x] = xp[n, c, y·sh + i·dh, x·sw + j·dw]
+    """
+    n, c, _, _ = xp.shape
+    sN, sC, sH, sW = xp.strides
+    return as_strided(
+        xp,
+        shape=(n, c, kernel[0], kernel[1], out[0], out[1]),
+        strides=(sN, sC, dilation[0] * sH, dilation[1] * sW, stride[0] * sH, stride[1] * sW),
+        writeable=writeable,
+    )
+
+
+def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...], dtype: np.dtype,
+           kernel: Pair, stride: Pair, dilation: Pair, out: Pair) -> np.ndarray:
+    """Scatter-add back into a zero input: dxp[.., y·sh + i·dh, x·sw + j·dw] += piece(i, j)[.., y, x].
+
+    `piece(i, j)` is the (N, C, OH, OW) gradient reaching kernel offset (i, j); overlapping windows
+    sum.  Within one offset no two output positions share an input element, so `+=` is exact.
+    Returns the padded (N, C, H', W') gradient; crop it with `unpad`.
+    """
+    dxp = np.zeros(padded_shape, dtype=dtype)
+    view = windows(dxp, kernel, stride, dilation, out, writeable=True)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            view[:, :, i, j] += piece(i, j)
+    return dxp

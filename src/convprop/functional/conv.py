@@ -1,0 +1,229 @@
+"""Convolution and transposed convolution — each one the other's backward-data, written once.
+
+Seed symbols: A^{l-1} = x (N, C, H, W), K^l = w (Cout, C/G, kh, kw), Z^l = out (N, Cout, OH, OW),
+∂Z^l = dout.  G = groups, Cg = C/G, Cog = Cout/G, K = Cg·kh·kw, L = OH·OW.
+
+Three cores carry all the maths:
+    _conv_forward          Z = K * A          one GEMM per group over the im2col patches
+    _conv_backward_weight  ∂K = Σ_patches A_patch ⊙ ∂Z_ij    one GEMM over the same patches
+    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMM, then col2im)
+
+The flip convention (docs/math.md proves it on numbers, tests/test_functional.py against torch):
+    ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times
+    the unflipped kernel, onto the window it came from.  That equals the *full cross-correlation*
+    of the (zero-inserted, padded) ∂Z with the *flipped* kernel.  Either statement alone is right;
+    the seed's "transposed convolution with the flipped kernel" flips twice and is wrong for any
+    kernel that is not symmetric.  We compute the transposed convolution with the unflipped K.
+
+conv_transpose2d's forward is `_conv_backward_data`; its backward is `_conv_forward` (∂x) and
+`_conv_backward_weight` (∂w) with the roles of input and output swapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as chk
+from ._windows import Pair, col2im, out_size, pad, unpad, windows
+
+__all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
+
+
+# --------------------------------------------------------------------------- the three cores
+def _gemm_layout(z: np.ndarray, groups: int) -> np.ndarray:
+    """(N, G·Co, OH, OW) -> (G, Co, N·L): each group's channels as GEMM rows, positions as columns."""
+    n, c, oh, ow = z.shape
+    return z.reshape(n, groups, c // groups, oh * ow).transpose(1, 2, 0, 3).reshape(groups, c // groups, -1)
+
+
+def _conv_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
+                  groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Z = K * A as one GEMM per group.  x (N, C, H, W), w (Cout, Cg, kh, kw) -> Z (N, Cout, OH, OW).
+
+    Also returns the im2col patches (G, K, N·L), which the weight gradient reuses.
+    """
+    n, c, _, _ = x.shape
+    cout, cg, kh, kw = w.shape
+    oh, ow = out_hw
+    win = windows(pad(x, padding), (kh, kw), stride, dilation, out_hw)  # (N, C, kh, kw, OH, OW) view
+    # A_patch for every output position, as columns:                      (G, Cg·kh·kw, N·L)
+    cols = win.reshape(n, groups, cg, kh, kw, oh, ow).transpose(1, 2, 3, 4, 0, 5, 6)
+    cols = cols.reshape(groups, cg * kh * kw, n * oh * ow)
+    # Z_ij = Σ K ⊙ A_patch_ij, all positions at once:                      (G, Cog, N·L)
+    z = w.reshape(groups, cout // groups, -1) @ cols
+    z = z.reshape(cout, n, oh, ow).transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(z), cols
+
+
+def _conv_backward_weight(dz: np.ndarray, cols: np.ndarray, w_shape: tuple[int, ...],
+                          groups: int) -> np.ndarray:
+    """∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij.  dz (N, Cout, OH, OW), cols (G, K, N·L) -> (Cout, Cg, kh, kw)."""
+    # every patch times its ∂Z_ij, summed over patches and batch, as one GEMM:   (G, Cog, K)
+    dw = _gemm_layout(dz, groups) @ cols.transpose(0, 2, 1)
+    return dw.reshape(w_shape)
+
+
+def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair,
+                        dilation: Pair, groups: int) -> np.ndarray:
+    """∂A = K ⋆ᵀ ∂Z, the transposed convolution.  dz (N, Cout, OH, OW), w (Cout, Cg, kh, kw)
+    -> ∂A (N, G·Cg, H, W) where in_hw = (H, W).
+
+    Each ∂Z_ij times the (unflipped) kernel is scattered back onto window ij; overlaps sum.
+    """
+    n, _, oh, ow = dz.shape
+    cout, cg, kh, kw = w.shape
+    # the gradient reaching every patch element:  K^T • ∂Z                  (G, Cg·kh·kw, N·L)
+    dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _gemm_layout(dz, groups)
+    dcols = dcols.reshape(groups * cg, kh, kw, n, oh, ow)
+    h, wd = in_hw
+    # put every patch gradient back where the patch came from, summing overlaps (col2im)
+    dxp = col2im(lambda i, j: dcols[:, i, j].transpose(1, 0, 2, 3),
+                 (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]), dz.dtype,
+                 (kh, kw), stride, dilation, (oh, ow))
+    return np.ascontiguousarray(unpad(dxp, padding, in_hw))
+
+
+# --------------------------------------------------------------------------- shared checks
+def _conv_args(x, w, stride, padding, dilation, groups, transposed: bool):
+    chk.float_array(x, "x", 4, "N, C, H, W")
+    chk.float_array(w, "w", 4, "Cin, Cout/groups, kh, kw" if transposed else "Cout, Cin/groups, kh, kw")
+    chk.same_dtype(x, w, "w")
+    stride = chk.pair(stride, "stride", 1)
+    padding = chk.pair(padding, "padding", 0)
+    dilation = chk.pair(dilation, "dilation", 1)
+    groups = chk.positive_int(groups, "groups")
+    cin = x.shape[1]
+    if w.shape[2] < 1 or w.shape[3] < 1:
+        raise ValueError(f"w: expected a kernel of at least 1×1, got {w.shape[2]}×{w.shape[3]}")
+    if cin % groups:
+        raise ValueError(f"groups: expected a divisor of the input's {cin} channels, got {groups}")
+    if transposed:
+        if w.shape[0] != cin:
+            raise ValueError(f"w: expected w.shape[0] == {cin} (x's channels), got shape {w.shape}")
+    else:
+        if w.shape[0] % groups:
+            raise ValueError(f"groups: expected a divisor of the {w.shape[0]} output channels, got {groups}")
+        if w.shape[1] * groups != cin:
+            raise ValueError(f"w: expected w.shape[1] == {cin // groups} (x's {cin} channels / groups "
+                             f"{groups}), got shape {w.shape}")
+    return stride, padding, dilation, groups
+
+
+def _bias_grad(dz: np.ndarray, has_bias: bool) -> np.ndarray | None:
+    """∂B = Σ over batch and spatial positions of ∂Z.  (N, Cout, OH, OW) -> (Cout,)"""
+    return dz.sum(axis=(0, 2, 3)) if has_bias else None
+
+
+# --------------------------------------------------------------------------- conv2d
+@dataclass(frozen=True, eq=False)
+class Conv2dCache:
+    """What conv2d's backward needs: the patches A_patch, the kernel K and the geometry."""
+
+    cols: np.ndarray
+    w: np.ndarray
+    x_hw: Pair
+    out_shape: tuple[int, int, int, int]
+    has_bias: bool
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    groups: int
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride: int | Pair = 1,
+           padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1,
+           ) -> tuple[np.ndarray, Conv2dCache]:
+    """Z = K * A + B (a cross-correlation, as torch.nn.functional.conv2d).
+
+    x (N, Cin, H, W), w (Cout, Cin/groups, kh, kw), b (Cout,) or None
+    -> out (N, Cout, OH, OW) with OH = ⌊(H + 2p − d(kh−1) − 1)/s⌋ + 1, and the cache for backward.
+    """
+    stride, padding, dilation, groups = _conv_args(x, w, stride, padding, dilation, groups, False)
+    b = chk.bias(b, x, w.shape[0])
+    (_, _, h, wd), (_, _, kh, kw) = x.shape, w.shape
+    oh = chk.output_size(out_size(h, kh, stride[0], padding[0], dilation[0]), "x (height)")
+    ow = chk.output_size(out_size(wd, kw, stride[1], padding[1], dilation[1]), "x (width)")
+    out, cols = _conv_forward(x, w, stride, padding, dilation, groups, (oh, ow))
+    if b is not None:
+        out += b[:, None, None]  # Z += B, broadcast over batch and positions
+    return out, Conv2dCache(cols, w, (h, wd), out.shape, b is not None, stride, padding, dilation, groups)
+
+
+def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = True,
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of conv2d for the upstream gradient ∂Z = dout (N, Cout, OH, OW).
+
+    ∂A = K ⋆ᵀ ∂Z  (N, Cin, H, W)  — transposed convolution with the *unflipped* K (see module doc);
+                                     None when input_grad=False (a first layer needs none)
+    ∂K = Σ_patches A_patch ⊙ ∂Z_ij  (Cout, Cin/groups, kh, kw)
+    ∂B = Σ_{n,i,j} ∂Z_nij  (Cout,), or None without bias
+    Summed over the batch, not averaged: the loss's mean carries the seed's 1/β.
+    """
+    chk.cache_of(cache, Conv2dCache, "conv2d")
+    c = cache
+    dz = chk.grad_output(dout, c.out_shape, c.w.dtype)
+    dx = (_conv_backward_data(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups)
+          if input_grad else None)
+    dw = _conv_backward_weight(dz, c.cols, c.w.shape, c.groups)
+    return dx, dw, _bias_grad(dz, c.has_bias)
+
+
+# --------------------------------------------------------------------------- conv_transpose2d
+@dataclass(frozen=True, eq=False)
+class ConvTranspose2dCache:
+    """What conv_transpose2d's backward needs: its input, the kernel and the geometry."""
+
+    x: np.ndarray
+    w: np.ndarray
+    out_shape: tuple[int, int, int, int]
+    has_bias: bool
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    groups: int
+
+
+def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
+                     stride: int | Pair = 1, padding: int | Pair = 0, output_padding: int | Pair = 0,
+                     dilation: int | Pair = 1, groups: int = 1,
+                     ) -> tuple[np.ndarray, ConvTranspose2dCache]:
+    """Y = K ⋆ᵀ X + B: the transposed convolution, i.e. conv2d's backward-data applied to x.
+
+    x (N, Cin, H, W), w (Cin, Cout/groups, kh, kw), b (Cout,) or None -> out (N, Cout, OH, OW),
+    OH = (H − 1)s − 2p + d(kh − 1) + output_padding + 1, as torch.nn.functional.conv_transpose2d.
+    """
+    stride, padding, dilation, groups = _conv_args(x, w, stride, padding, dilation, groups, True)
+    output_padding = chk.pair(output_padding, "output_padding", 0)
+    for k in range(2):
+        if output_padding[k] >= max(stride[k], dilation[k]):
+            raise ValueError(f"output_padding: expected values smaller than stride {stride} or dilation "
+                             f"{dilation}, got {output_padding}")
+    b = chk.bias(b, x, w.shape[1] * groups)
+    n, _, h, wd = x.shape
+    _, cog, kh, kw = w.shape
+    hw = [(size - 1) * stride[k] - 2 * padding[k] + dilation[k] * (ksz - 1) + output_padding[k] + 1
+          for k, (size, ksz) in enumerate(((h, kh), (wd, kw)))]
+    oh = chk.output_size(hw[0], "x (height)")
+    ow = chk.output_size(hw[1], "x (width)")
+    out = _conv_backward_data(x, w, (oh, ow), stride, padding, dilation, groups)
+    if b is not None:
+        out += b[:, None, None]
+    return out, ConvTranspose2dCache(x, w, out.shape, b is not None, stride, padding, dilation, groups)
+
+
+def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, input_grad: bool = True,
+                              ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """Gradients of conv_transpose2d for dout (N, Cout, OH, OW).
+
+    ∂X = K * ∂Y  (N, Cin, H, W)   — the adjoint of a transposed convolution is the convolution
+    ∂K = Σ_patches ∂Y_patch ⊙ X_ij  (Cin, Cout/groups, kh, kw)
+    ∂B = Σ ∂Y over batch and positions  (Cout,), or None without bias
+    """
+    chk.cache_of(cache, ConvTranspose2dCache, "conv_transpose2d")
+    c = cache
+    dy = chk.grad_output(dout, c.out_shape, c.w.dtype)
+    dx, cols = _conv_forward(dy, c.w, c.stride, c.padding, c.dilation, c.groups, c.x.shape[2:])
+    dw = _conv_backward_weight(c.x, cols, c.w.shape, c.groups)
+    return (dx if input_grad else None), dw, _bias_grad(dy, c.has_bias)

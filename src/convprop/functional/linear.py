@@ -1,0 +1,53 @@
+"""Fully connected layer.
+
+Seed symbols: A^{l-1} = x (N, in), W^l = w (out, in) as torch lays it out, Z^l = out (N, out).
+Any leading dimensions of x are treated as batch: (*, in) -> (*, out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as chk
+
+__all__ = ["linear", "linear_backward"]
+
+
+@dataclass(frozen=True, eq=False)
+class LinearCache:
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, LinearCache]:
+    """Z = A Wᵀ + B.   x (*, in), w (out, in), b (out,) or None -> out (*, out)."""
+    chk.float_array(x, "x", tuple(range(1, 33)), "*, in_features")
+    chk.float_array(w, "w", 2, "out_features, in_features")
+    chk.same_dtype(x, w, "w")
+    if w.shape[1] != x.shape[-1]:
+        raise ValueError(f"w: expected in_features == {x.shape[-1]} (x's last dimension), got shape {w.shape}")
+    b = chk.bias(b, x, w.shape[0])
+    out = x @ w.T  # Z = A • Wᵀ
+    if b is not None:
+        out += b  # + B
+    return out, LinearCache(x, w, b is not None)
+
+
+def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = True,
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """dout = ∂Z (*, out) ->
+    ∂A = ∂Z • W         (*, in)  — the seed's (W)ᵀ ∂Z, in row-vector layout
+    ∂W = ∂Zᵀ • A        (out, in) — summed over the batch
+    ∂B = Σ_batch ∂Z     (out,)
+    """
+    chk.cache_of(cache, LinearCache, "linear")
+    x, w = cache.x, cache.w
+    dz = chk.grad_output(dout, x.shape[:-1] + (w.shape[0],), w.dtype)
+    dz2, x2 = dz.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+    dx = dz @ w if input_grad else None
+    dw = dz2.T @ x2
+    db = dz2.sum(axis=0) if cache.has_bias else None
+    return dx, dw, db

@@ -1,0 +1,206 @@
+"""Max and average pooling: one window view in, one col2im scatter-add out.
+
+Seed symbols: Z^{l-1} = x (N, C, H, W) the pooling input, Z^l = out (N, C, OH, OW), ∂Z^l = dout.
+
+    max:  Z^l_ij = max over window ij of Z^{l-1};  the argmax offset is cached.
+          ∂Z^{l-1} = max-unpool(∂Z^l at the cached argmax, into a zero mask)   (overlaps sum)
+    avg:  Z^l_ij = Σ window ij / r_size;
+          ∂Z^{l-1} = every ∂Z^l_ij / r_size spread over its window          (overlaps sum)
+
+The activation factor ⊙ act'(Z^{l-1}) of the seed belongs to the activation's own backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _checks as chk
+from ._windows import Pair, col2im, out_size, pad, unpad, windows
+
+__all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "avg_pool2d", "avg_pool2d_backward"]
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The window geometry of a pooling call: everything forward and backward share."""
+
+    x_shape: tuple[int, int, int, int]
+    kernel: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    out: Pair
+    extra: Pair  # bottom/right padding that ceil_mode's last window needs
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int, int]:
+        n, c, h, w = self.x_shape
+        return (n, c, h + 2 * self.padding[0] + self.extra[0], w + 2 * self.padding[1] + self.extra[1])
+
+    def view(self, x: np.ndarray, fill: float) -> np.ndarray:
+        """(N, C, H, W) -> the window view (N, C, kh, kw, OH, OW) of x padded with `fill`."""
+        return windows(pad(x, self.padding, self.extra, fill), self.kernel, self.stride, self.dilation, self.out)
+
+    def scatter(self, piece, dtype) -> np.ndarray:
+        """col2im: Σ over kernel offsets of piece(i, j) put back onto the input (N, C, H, W)."""
+        dxp = col2im(piece, self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out)
+        return np.ascontiguousarray(unpad(dxp, self.padding, self.x_shape[2:]))
+
+
+def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry:
+    chk.float_array(x, "x", 4, "N, C, H, W")
+    kernel = chk.pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else chk.pair(stride, "stride", 1)
+    padding = chk.pair(padding, "padding", 0)
+    dilation = chk.pair(dilation, "dilation", 1)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"padding: expected at most half the kernel size {kernel}, "
+                         f"i.e. <= {(kernel[0] // 2, kernel[1] // 2)}, got {padding}")
+    h, w = x.shape[2:]
+    out = tuple(
+        chk.output_size(out_size(size, kernel[k], stride[k], padding[k], dilation[k], bool(ceil_mode)),
+                        f"x ({'height' if k == 0 else 'width'})")
+        for k, size in enumerate((h, w)))
+    extra = tuple(max(0, (out[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 - (size + 2 * padding[k]))
+                  for k, size in enumerate((h, w)))
+    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra)
+
+
+# --------------------------------------------------------------------------- max pooling
+@dataclass(frozen=True, eq=False)
+class MaxPool2dCache:
+    """argmax: the winning kernel offset i·kw + j per output (N, C, OH, OW);
+    `indices`: the same winners as torch's flat indices y·W + x into each input plane."""
+
+    argmax: np.ndarray
+    geometry: _Geometry
+    dtype: np.dtype
+
+    @property
+    def indices(self) -> np.ndarray:
+        g = self.geometry
+        kw, (sh, sw), (ph, pw), (dh, dw) = g.kernel[1], g.stride, g.padding, g.dilation
+        i, j = np.divmod(self.argmax.astype(np.int64), kw)
+        rows = (np.arange(g.out[0]) * sh - ph)[:, None] + i * dh  # y = oy·sh − ph + i·dh
+        cols = (np.arange(g.out[1]) * sw - pw)[None, :] + j * dw  # x = ox·sw − pw + j·dw
+        return rows * g.x_shape[3] + cols
+
+
+def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | None = None,
+               padding: int | Pair = 0, dilation: int | Pair = 1, ceil_mode: bool = False,
+               ) -> tuple[np.ndarray, MaxPool2dCache]:
+    """Z^l_ij = max of window ij (padding counts as −inf), as torch.nn.functional.max_pool2d.
+
+    x (N, C, H, W) -> out (N, C, OH, OW); cache.indices (N, C, OH, OW) int64 as torch's.
+    Ties go to the first offset in row-major window order; a NaN wins, as in torch.
+    """
+    g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    win = g.view(x, -np.inf)
+    kh, kw = g.kernel
+    best = win[:, :, 0, 0].copy()
+    argmax = np.zeros(best.shape, dtype=np.int16 if kh * kw < 2**15 else np.int64)
+    for k in range(1, kh * kw):
+        cand = win[:, :, k // kw, k % kw]
+        wins = (cand > best) | np.isnan(cand)  # strict >: the first of equal maxima keeps the win
+        np.maximum(best, cand, out=best)
+        argmax += wins * (k - argmax).astype(argmax.dtype)
+    return best, MaxPool2dCache(argmax, g, x.dtype)
+
+
+def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
+    """∂Z^{l-1} = max-unpool(∂Z^l): each ∂Z^l_ij lands on its window's argmax in a zero mask.
+
+    dout (N, C, OH, OW) -> dx (N, C, H, W); where windows overlap, gradients sum.
+    """
+    chk.cache_of(cache, MaxPool2dCache, "max_pool2d")
+    g = cache.geometry
+    dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
+    kw = g.kernel[1]
+    # kernel offset (i, j) receives ∂Z_ij only where it was the argmax: a mask multiply, no scatter
+    return g.scatter(lambda i, j: dz * (cache.argmax == i * kw + j), dz.dtype)
+
+
+def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair, *,
+                 stride: int | Pair | None = None, padding: int | Pair = 0,
+                 output_size: tuple[int, ...] | None = None) -> np.ndarray:
+    """Put every x[n, c, i, j] at flat position indices[n, c, i, j] of a zero (H, W) plane.
+
+    x, indices (N, C, OH, OW) -> (N, C, H, W), H = (OH − 1)s − 2p + kh unless output_size is
+    given (its last two entries), as torch.nn.functional.max_unpool2d.
+    """
+    chk.float_array(x, "x", 4, "N, C, OH, OW")
+    if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
+        raise TypeError(f"indices: expected an integer NumPy array, got "
+                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
+    if indices.shape != x.shape:
+        raise ValueError(f"indices: expected the shape of x {x.shape}, got {indices.shape}")
+    kernel = chk.pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else chk.pair(stride, "stride", 1)
+    padding = chk.pair(padding, "padding", 0)
+    n, c, oh, ow = x.shape
+    if output_size is None:
+        h, w = ((oh - 1) * stride[0] - 2 * padding[0] + kernel[0], (ow - 1) * stride[1] - 2 * padding[1] + kernel[1])
+    else:
+        if len(output_size) not in (2, 4):
+            raise ValueError(f"output_size: expected (H, W) or (N, C, H, W), got {output_size}")
+        h, w = (int(v) for v in output_size[-2:])
+    chk.output_size(min(h, w), "output_size")
+    if indices.size and (indices.min() < 0 or indices.max() >= h * w):
+        raise ValueError(f"indices: expected values in [0, {h * w}) for a {h}×{w} output, got "
+                         f"[{indices.min()}, {indices.max()}]")
+    out = np.zeros((n, c, h * w), dtype=x.dtype)
+    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
+    return out.reshape(n, c, h, w)
+
+
+# --------------------------------------------------------------------------- average pooling
+@dataclass(frozen=True, eq=False)
+class AvgPool2dCache:
+    """divisor: r_size of each window (OH, OW) — the cells it counts, as torch counts them."""
+
+    divisor: np.ndarray
+    geometry: _Geometry
+    dtype: np.dtype
+
+
+def _window_counts(size: int, k: int, s: int, p: int, n_out: int, include_pad: bool) -> np.ndarray:
+    """Cells each window covers along one axis, as torch: padding counts, ceil_mode's overhang never."""
+    start = np.arange(n_out) * s - p
+    end = np.minimum(start + k, size + p)
+    if include_pad:
+        return end - start
+    return np.minimum(end, size) - np.maximum(start, 0)
+
+
+def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | None = None,
+               padding: int | Pair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               ) -> tuple[np.ndarray, AvgPool2dCache]:
+    """Z^l_ij = Σ window ij / r_size, as torch.nn.functional.avg_pool2d.
+
+    x (N, C, H, W) -> out (N, C, OH, OW).  r_size counts the zero padding when count_include_pad.
+    """
+    g = _geometry(x, kernel_size, stride, padding, 1, ceil_mode)
+    win = g.view(x, 0.0)
+    total = win[:, :, 0, 0].copy()
+    kh, kw = g.kernel
+    for k in range(1, kh * kw):
+        total += win[:, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
+    counts = [_window_counts(x.shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a],
+                             bool(count_include_pad)) for a in range(2)]
+    divisor = np.outer(*counts).astype(x.dtype)  # r_size (OH, OW)
+    total /= divisor
+    return total, AvgPool2dCache(divisor, g, x.dtype)
+
+
+def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
+    """∂Z^{l-1} = Σ_windows ∂Z^l_ij / r_size spread evenly over window ij (overlaps sum).
+
+    dout (N, C, OH, OW) -> dx (N, C, H, W).
+    """
+    chk.cache_of(cache, AvgPool2dCache, "avg_pool2d")
+    g = cache.geometry
+    dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
+    share = dz / cache.divisor  # ∂Z_ij / r_size, the same for every cell of the window
+    return g.scatter(lambda i, j: share, dz.dtype)

@@ -1,0 +1,66 @@
+"""One helper compares our forward and every gradient with torch's; each case is one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+
+import convprop.functional as F  # noqa: E402
+
+torch.set_num_threads(1)
+
+# float64: 1e-7 relative to the largest reference value; float32: float32 round-off over sums.
+RTOL = {np.float64: 1e-7, np.float32: 2e-5}
+
+
+def assert_close(ours, ref, dtype, what=""):
+    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
+    assert ours is not None, f"{what}: missing"
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != torch {ref.shape}"
+    assert ours.dtype == dtype, f"{what}: dtype {ours.dtype} != {np.dtype(dtype)}"
+    scale = max(float(np.abs(ref).max(initial=0.0)), 1.0)
+    err = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0)) / scale
+    assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:g}"
+
+
+def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):
+    """F.<name>(*arrays, *args, **kw) and F.<name>_backward against torch.nn.functional.<name>:
+    the output, and the gradient of every array input (None inputs must get None gradients)."""
+    arrays = [None if a is None else np.asarray(a, dtype=dtype) for a in arrays]
+    out, cache = getattr(F, name)(*arrays, *args, **kw)
+    leaves = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
+    ref = getattr(TF, torch_name or name)(*leaves, *args, **kw)
+    assert_close(out, ref, dtype, f"{name} forward")
+    dout = np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype)
+    ref.backward(torch.tensor(dout))
+    grads = getattr(F, name + "_backward")(dout, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    assert len(grads) == len(arrays)
+    for k, (g, leaf) in enumerate(zip(grads, leaves)):
+        if leaf is None:
+            assert g is None, f"{name}: gradient {k} should be None"
+        else:
+            assert_close(g, leaf.grad, dtype, f"{name} gradient {k}")
+    return out, cache
+
+
+def numeric_grads(fn, arrays, dout, eps=1e-6):
+    """Central differences of Σ fn(*arrays) ⊙ dout with respect to every array, in float64."""
+    grads = []
+    for a in arrays:
+        g = np.zeros_like(a)
+        it = np.nditer(a, flags=["multi_index"])
+        for _ in it:
+            i = it.multi_index
+            old = a[i]
+            a[i] = old + eps
+            up = float((fn(*arrays) * dout).sum())
+            a[i] = old - eps
+            down = float((fn(*arrays) * dout).sum())
+            a[i] = old
+            g[i] = (up - down) / (2 * eps)
+        grads.append(g)
+    return grads

@@ -1,0 +1,69 @@
+"""Every user error names its argument and says what was expected and what was given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convprop.functional as F
+
+x = np.zeros((2, 4, 8, 8), np.float32)
+w = np.zeros((6, 4, 3, 3), np.float32)
+out, conv_cache = F.conv2d(x, w)
+_, pool_cache = F.max_pool2d(x, 2)
+_, avg_cache = F.avg_pool2d(x, 2)
+_, relu_cache = F.relu(x)
+_, lin_cache = F.linear(np.zeros((2, 5), np.float32), np.zeros((3, 5), np.float32))
+
+CASES = [  # (call, exception, words the message must contain)
+    (lambda: F.conv2d(x.astype(np.int64), w), TypeError, ["x", "floating", "int64"]),
+    (lambda: F.conv2d(x.tolist(), w), TypeError, ["x", "NumPy array", "list"]),
+    (lambda: F.conv2d(x[0], w), ValueError, ["x", "4 dimensions", "got 3"]),
+    (lambda: F.conv2d(x, w[:, :3]), ValueError, ["w", "w.shape[1] == 4", "(6, 3, 3, 3)"]),
+    (lambda: F.conv2d(x, w.astype(np.float64)), TypeError, ["w", "float32", "float64"]),
+    (lambda: F.conv2d(x, w[:, :2], groups=3), ValueError, ["groups", "4 channels", "3"]),
+    (lambda: F.conv2d(x, w[:5, :2], groups=2), ValueError, ["groups", "5 output channels"]),
+    (lambda: F.conv2d(x, w, stride=0), ValueError, ["stride", ">= 1", "(0, 0)"]),
+    (lambda: F.conv2d(x, w, dilation=(1, 0)), ValueError, ["dilation", ">= 1"]),
+    (lambda: F.conv2d(x, w, padding=-1), ValueError, ["padding", ">= 0"]),
+    (lambda: F.conv2d(x, w, stride=1.5), TypeError, ["stride", "int", "1.5"]),
+    (lambda: F.conv2d(x, w, np.zeros(5, np.float32)), ValueError, ["b", "(6,)", "(5,)"]),
+    (lambda: F.conv2d(x[:, :, :2], w), ValueError, ["x (height)", "output would be 0", ">= 1"]),
+    (lambda: F.conv2d_backward(out[:, :3], conv_cache), ValueError, ["dout", str(out.shape), "(2, 3, 6, 6)"]),
+    (lambda: F.conv2d_backward(out, pool_cache), TypeError, ["cache", "conv2d", "MaxPool2dCache"]),
+    (lambda: F.conv_transpose2d(x, w), ValueError, ["w", "w.shape[0] == 4"]),
+    (lambda: F.conv_transpose2d(x, w[:4], stride=2, output_padding=2), ValueError, ["output_padding"]),
+    (lambda: F.conv_transpose2d_backward(out, conv_cache), TypeError, ["cache", "conv_transpose2d"]),
+    (lambda: F.max_pool2d(x, 0), ValueError, ["kernel_size", ">= 1"]),
+    (lambda: F.max_pool2d(x, 2, padding=2), ValueError, ["padding", "half the kernel", "(2, 2)"]),
+    (lambda: F.max_pool2d(x, 2, stride=0), ValueError, ["stride", ">= 1"]),
+    (lambda: F.max_pool2d(x, 9), ValueError, ["x (height)", ">= 1"]),
+    (lambda: F.max_pool2d(x.astype(np.uint8), 2), TypeError, ["x", "floating", "uint8"]),
+    (lambda: F.max_pool2d_backward(np.zeros((2, 4, 3, 3), np.float32), pool_cache), ValueError,
+     ["dout", "(2, 4, 4, 4)", "(2, 4, 3, 3)"]),
+    (lambda: F.max_pool2d_backward(np.zeros((2, 4, 4, 4), np.float32), avg_cache), TypeError,
+     ["cache", "max_pool2d", "AvgPool2dCache"]),
+    (lambda: F.avg_pool2d(x, 3, padding=2), ValueError, ["padding", "half"]),
+    (lambda: F.avg_pool2d_backward(np.zeros((2, 4, 4, 4), np.float32), pool_cache), TypeError,
+     ["cache", "avg_pool2d"]),
+    (lambda: F.max_unpool2d(x, np.zeros(x.shape, np.float32), 2), TypeError, ["indices", "integer"]),
+    (lambda: F.max_unpool2d(x, np.full(x.shape, 999), 2), ValueError, ["indices", "[0, 256)"]),
+    (lambda: F.linear(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32)), ValueError,
+     ["w", "in_features == 5", "(3, 4)"]),
+    (lambda: F.linear_backward(np.zeros((2, 4), np.float32), lin_cache), ValueError, ["dout", "(2, 3)"]),
+    (lambda: F.relu(np.arange(3)), TypeError, ["x", "floating"]),
+    (lambda: F.relu_backward(x, conv_cache), TypeError, ["cache", "relu"]),
+    (lambda: F.sigmoid_backward(x, relu_cache), TypeError, ["cache", "sigmoid", "relu"]),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, ["targets", "integer"]),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3])), ValueError, ["targets", "[0, 3)"]),
+    (lambda: F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0])), ValueError, ["targets", "(2,)", "(1,)"]),
+]
+
+
+@pytest.mark.parametrize("call, exc, words", CASES)
+def test_bad_input_raises_a_clear_error(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"

@@ -1,0 +1,302 @@
+"""convprop.functional against torch.nn.functional: forward and every gradient.
+
+Each family runs >= 200 seeded random configurations (float64 within 1e-7 relative, some in
+float32), plus float64 central-difference checks over a hand-picked sweep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import TF, F, assert_close, check_op, numeric_grads, torch
+
+N_RANDOM = 220
+SEEDS = range(N_RANDOM)
+
+
+def _dtype(rng):
+    return np.float32 if rng.random() < 0.2 else np.float64
+
+
+# --------------------------------------------------------------------------- random configurations
+def random_conv(seed, transposed=False):
+    rng = np.random.default_rng(seed)
+    g = int(rng.choice([1, 1, 2, 3]))
+    cin, cout = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
+    kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+    stride = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    dilation = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    padding = tuple(int(v) for v in rng.integers(0, 3, size=2))
+    n = int(rng.integers(1, 4))
+    if transposed:
+        h, w = (int(v) for v in rng.integers(1, 7, size=2))
+        wshape = (cin, cout // g, kh, kw)
+        # output_padding must be smaller than stride or dilation
+        op = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(stride, dilation))
+        hw_out = [(s - 1) * st - 2 * p + d * (k - 1) + o + 1
+                  for s, st, p, d, k, o in zip((h, w), stride, padding, dilation, (kh, kw), op)]
+        if min(hw_out) < 1:
+            padding = (0, 0)
+        extra = {"output_padding": op}
+    else:
+        h = int(rng.integers(dilation[0] * (kh - 1) + 1, 12)) if rng.random() < 0.8 else \
+            max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+        w = int(rng.integers(dilation[1] * (kw - 1) + 1, 12))
+        wshape = (cout, cin // g, kh, kw)
+        extra = {}
+    dtype = _dtype(rng)
+    x = rng.standard_normal((n, cin, h, w))
+    wt = rng.standard_normal(wshape)
+    b = rng.standard_normal(cout) if rng.random() < 0.7 else None
+    return [x, wt, b], dict(stride=stride, padding=padding, dilation=dilation, groups=g, **extra), dtype
+
+
+def tie_free(rng, shape):
+    """Distinct values: max pooling's argmax is unique, so its gradient is well defined."""
+    return rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape) - 0.5
+
+
+def random_pool(seed, kind):
+    rng = np.random.default_rng(seed)
+    k = tuple(int(v) for v in rng.integers(1, 5, size=2))
+    stride = None if rng.random() < 0.25 else tuple(int(v) for v in rng.integers(1, 4, size=2))
+    padding = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+    dilation = tuple(int(v) for v in rng.integers(1, 3, size=2)) if kind == "max" else (1, 1)
+    h, w = (int(dilation[a] * (k[a] - 1) + 1 + rng.integers(0, 8)) for a in range(2))
+    x = tie_free(rng, (int(rng.integers(1, 4)), int(rng.integers(1, 4)), h, w))
+    kw = dict(stride=stride, padding=padding, ceil_mode=bool(rng.random() < 0.5))
+    if kind == "max":
+        kw["dilation"] = dilation
+    else:
+        kw["count_include_pad"] = bool(rng.random() < 0.5)
+    return x, k, kw, _dtype(rng)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv2d_random(seed):
+    arrays, kw, dtype = random_conv(seed)
+    check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv_transpose2d_random(seed):
+    arrays, kw, dtype = random_conv(seed, transposed=True)
+    check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_max_pool2d_random(seed):
+    x, k, kw, dtype = random_pool(seed, "max")
+    _, cache = check_op("max_pool2d", [x], k, dtype=dtype, seed=seed, **kw)
+    _, idx = TF.max_pool2d(torch.tensor(x), k, **kw, return_indices=True)
+    np.testing.assert_array_equal(cache.indices, idx.numpy())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_avg_pool2d_random(seed):
+    x, k, kw, dtype = random_pool(seed, "avg")
+    check_op("avg_pool2d", [x], k, dtype=dtype, seed=seed, **kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_max_unpool2d_random(seed):
+    rng = np.random.default_rng(seed)
+    x, k, kw, dtype = random_pool(seed, "max")
+    kw = dict(stride=kw["stride"], padding=kw["padding"])  # unpool has no dilation / ceil_mode
+    x = x.astype(dtype)
+    pooled, cache = F.max_pool2d(x, k, **kw)
+    size = x.shape[2:] if rng.random() < 0.5 else None
+    if size is None:  # torch's default size may be too small for these indices: then name one
+        st = k if kw["stride"] is None else kw["stride"]
+        default = [(o - 1) * st[a] - 2 * kw["padding"][a] + k[a] for a, o in enumerate(pooled.shape[2:])]
+        if cache.indices.max() >= default[0] * default[1]:
+            size = x.shape[2:]
+    ours = F.max_unpool2d(pooled, cache.indices, k, output_size=size, **kw)
+    ref = TF.max_unpool2d(torch.tensor(pooled), torch.tensor(cache.indices), k, output_size=size, **kw)
+    assert_close(ours, ref, dtype, "max_unpool2d")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_linear_random(seed):
+    rng = np.random.default_rng(seed)
+    lead = tuple(int(v) for v in rng.integers(1, 5, size=int(rng.integers(1, 4))))
+    fin, fout = (int(v) for v in rng.integers(1, 20, size=2))
+    b = rng.standard_normal(fout) if rng.random() < 0.7 else None
+    arrays = [rng.standard_normal(lead + (fin,)), rng.standard_normal((fout, fin)), b]
+    check_op("linear", arrays, dtype=_dtype(rng), seed=seed)
+
+
+ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_activations_random(seed):
+    rng = np.random.default_rng(seed)
+    name = ACTIVATIONS[seed % 4]
+    shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 5))))
+    x = rng.standard_normal(shape) * float(rng.choice([1, 10]))
+    x[np.abs(x) < 1e-3] = 0.5  # relu's kink: no finite difference straddles it
+    kw = {"negative_slope": float(rng.uniform(0, 0.5))} if name == "leaky_relu" else {}
+    check_op(name, [x], dtype=_dtype(rng), seed=seed, **kw)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_softmax_cross_entropy_random(seed):
+    rng = np.random.default_rng(seed)
+    dtype = _dtype(rng)
+    n, k = int(rng.integers(1, 9)), int(rng.integers(2, 12))
+    logits = (rng.standard_normal((n, k)) * float(rng.choice([1, 30]))).astype(dtype)
+    targets = rng.integers(0, k, size=n)
+    eps = float(rng.choice([0.0, 0.1, rng.uniform(0, 1)]))
+    loss, dlogits = F.softmax_cross_entropy(logits, targets, label_smoothing=eps)
+    lt = torch.tensor(logits, requires_grad=True)
+    ref = TF.cross_entropy(lt, torch.tensor(targets), label_smoothing=eps)
+    ref.backward()
+    assert abs(loss - ref.item()) <= RTOL_LOSS[dtype] * max(1.0, abs(ref.item()))
+    assert_close(dlogits, lt.grad, dtype, "dlogits")
+
+
+RTOL_LOSS = {np.float64: 1e-7, np.float32: 1e-5}
+
+
+# --------------------------------------------------------------------------- central differences
+def _gradcheck(fwd, bwd, arrays, seed=0):
+    """Analytic gradients of Σ fwd(arrays) ⊙ dout equal central differences (float64)."""
+    rng = np.random.default_rng(seed)
+    out, cache = fwd(*arrays)
+    dout = rng.standard_normal(out.shape)
+    ours = bwd(dout, cache)
+    ours = ours if isinstance(ours, tuple) else (ours,)
+    numeric = numeric_grads(lambda *a: fwd(*a)[0], arrays, dout)
+    for k, (a, n) in enumerate(zip(ours, numeric)):
+        np.testing.assert_allclose(a, n, rtol=1e-6, atol=1e-7, err_msg=f"gradient {k}")
+
+
+CONV_SWEEP = [  # (N, Cin, Cout, H, W, kh, kw, stride, padding, dilation, groups)
+    (2, 1, 2, 5, 5, 3, 3, 1, 0, 1, 1),
+    (1, 2, 3, 6, 7, 2, 3, 2, 1, 1, 1),
+    (2, 2, 2, 7, 6, 3, 2, 3, 2, 1, 1),
+    (1, 4, 2, 6, 6, 3, 3, 1, 1, 2, 2),
+    (1, 3, 3, 5, 8, 1, 4, (2, 1), (0, 2), (1, 2), 3),
+    (2, 2, 4, 4, 4, 4, 4, 1, 2, 1, 2),
+]
+
+
+@pytest.mark.parametrize("cfg", CONV_SWEEP)
+def test_conv2d_gradcheck(cfg):
+    n, ci, co, h, w, kh, kw, s, p, d, g = cfg
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal((n, ci, h, w)), rng.standard_normal((co, ci // g, kh, kw)),
+              rng.standard_normal(co)]
+    _gradcheck(lambda x, k, b: F.conv2d(x, k, b, stride=s, padding=p, dilation=d, groups=g),
+               F.conv2d_backward, arrays)
+
+
+@pytest.mark.parametrize("cfg", CONV_SWEEP)
+def test_conv_transpose2d_gradcheck(cfg):
+    n, ci, co, h, w, kh, kw, s, p, d, g = cfg
+    rng = np.random.default_rng(2)
+    op = 1 if max(np.atleast_1d(s)) > 1 else 0
+    op = tuple(min(op, max(a, b) - 1) for a, b in zip(np.broadcast_to(s, 2), np.broadcast_to(d, 2)))
+    arrays = [rng.standard_normal((n, ci, h, w)), rng.standard_normal((ci, co // g, kh, kw)),
+              rng.standard_normal(co)]
+    _gradcheck(lambda x, k, b: F.conv_transpose2d(x, k, b, stride=s, padding=p, output_padding=op,
+                                                  dilation=d, groups=g),
+               F.conv_transpose2d_backward, arrays)
+
+
+POOL_SWEEP = [  # (kernel, stride, padding, ceil_mode, extra)
+    (2, None, 0, False, {}),
+    (3, 2, 1, False, {}),  # overlapping windows
+    (3, 2, 1, True, {}),
+    ((2, 3), (1, 2), (1, 0), True, {}),
+    (3, 1, 1, False, {}),
+]
+
+
+@pytest.mark.parametrize("cfg", POOL_SWEEP)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_max_pool2d_gradcheck(cfg, dilation):
+    k, s, p, ceil, _ = cfg
+    x = tie_free(np.random.default_rng(3), (2, 2, 7, 8))
+    _gradcheck(lambda a: F.max_pool2d(a, k, stride=s, padding=p, dilation=dilation, ceil_mode=ceil),
+               F.max_pool2d_backward, [x])
+
+
+@pytest.mark.parametrize("cfg", POOL_SWEEP)
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avg_pool2d_gradcheck(cfg, count_include_pad):
+    k, s, p, ceil, _ = cfg
+    x = np.random.default_rng(4).standard_normal((2, 2, 7, 8))
+    _gradcheck(lambda a: F.avg_pool2d(a, k, stride=s, padding=p, ceil_mode=ceil,
+                                      count_include_pad=count_include_pad),
+               F.avg_pool2d_backward, [x])
+
+
+def test_linear_gradcheck():
+    rng = np.random.default_rng(5)
+    _gradcheck(F.linear, F.linear_backward, [rng.standard_normal((3, 2, 5)), rng.standard_normal((4, 5)),
+                                            rng.standard_normal(4)])
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_gradcheck(name):
+    x = np.random.default_rng(6).standard_normal((3, 4, 5))
+    _gradcheck(getattr(F, name), getattr(F, name + "_backward"), [x])
+
+
+def test_softmax_cross_entropy_gradcheck():
+    rng = np.random.default_rng(7)
+    logits, y = rng.standard_normal((4, 5)), rng.integers(0, 5, size=4)
+    _, dlogits = F.softmax_cross_entropy(logits, y, label_smoothing=0.1)
+    numeric = numeric_grads(lambda z: np.array(F.softmax_cross_entropy(z, y, label_smoothing=0.1)[0]),
+                            [logits], np.array(1.0))
+    np.testing.assert_allclose(dlogits, numeric[0], rtol=1e-6, atol=1e-8)
+
+
+# --------------------------------------------------------------------------- ties, dtypes, conventions
+def test_max_pool2d_ties_go_to_the_first_index_as_torch():
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1:3, 1:3] = 1.0  # a plateau spanning several overlapping windows
+    for kw in [dict(stride=1), dict(stride=2), dict(stride=1, padding=1)]:
+        out, cache = F.max_pool2d(x, 3 if "padding" in kw else 2, **kw)
+        ref, idx = TF.max_pool2d(torch.tensor(x), 3 if "padding" in kw else 2, **kw, return_indices=True)
+        np.testing.assert_array_equal(cache.indices, idx.numpy())
+        check_op("max_pool2d", [x], 3 if "padding" in kw else 2, **kw)
+
+
+def test_float32_stays_float32_and_float64_works():
+    rng = np.random.default_rng(8)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
+        w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+        out, cache = F.conv2d(x, w, np.zeros(4, dtype))
+        assert out.dtype == dtype
+        assert all(g.dtype == dtype for g in F.conv2d_backward(out, cache))
+        for op in ("max_pool2d", "avg_pool2d"):
+            o, c = getattr(F, op)(x, 2)
+            assert o.dtype == dtype and getattr(F, op + "_backward")(o, c).dtype == dtype
+
+
+def test_conv2d_backward_data_is_full_correlation_with_flipped_kernel_not_double_flip():
+    """The convention of docs/math.md, on numbers: for stride 1, ∂A = full cross-correlation of ∂Z
+    with the flipped kernel (= transposed convolution with K).  Flipping *and* transposing is wrong."""
+    rng = np.random.default_rng(9)
+    x, k = rng.standard_normal((1, 1, 5, 5)), rng.standard_normal((1, 1, 3, 3))
+    out, cache = F.conv2d(x, k)
+    dz = rng.standard_normal(out.shape)
+    dx, _, _ = F.conv2d_backward(dz, cache)
+    flipped = k[:, :, ::-1, ::-1].copy()
+    full_corr, _ = F.conv2d(dz, flipped, padding=2)  # full cross-correlation with flipped K
+    np.testing.assert_allclose(dx, full_corr, rtol=1e-12)
+    transposed, _ = F.conv_transpose2d(dz, k)  # transposed convolution with K itself
+    np.testing.assert_allclose(dx, transposed, rtol=1e-12)
+    double_flip, _ = F.conv_transpose2d(dz, flipped)  # the seed read literally: flip + transpose
+    assert np.abs(double_flip - dx).max() > 1e-3
+
+
+def test_first_layer_can_skip_the_input_gradient():
+    rng = np.random.default_rng(10)
+    out, cache = F.conv2d(rng.standard_normal((2, 1, 6, 6)), rng.standard_normal((3, 1, 3, 3)))
+    dx, dw, db = F.conv2d_backward(np.ones_like(out), cache, input_grad=False)
+    assert dx is None and dw.shape == (3, 1, 3, 3) and db is None
