@@ -16,14 +16,23 @@ from .activations import (
 )
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
-from .losses import log_softmax, softmax_cross_entropy
-from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward, max_unpool2d
+from .losses import log_softmax, mse_loss, softmax_cross_entropy
+from .normalization import batch_norm, batch_norm_backward, dropout, dropout_backward
+from .pool import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_unpool2d,
+    max_unpool2d_backward,
+)
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
-    "max_pool2d", "max_pool2d_backward", "max_unpool2d", "avg_pool2d", "avg_pool2d_backward",
+    "max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "linear", "linear_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward",
-    "log_softmax", "softmax_cross_entropy",
+    "log_softmax", "softmax_cross_entropy", "mse_loss",
+    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
 ]

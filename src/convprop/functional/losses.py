@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _checks as chk
 
-__all__ = ["log_softmax", "softmax_cross_entropy"]
+__all__ = ["log_softmax", "softmax_cross_entropy", "mse_loss"]
 
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -39,3 +39,13 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, *, label_smoo
     loss = float(-(q * logp).sum() / beta)
     dlogits = (np.exp(logp) - q) / logits.dtype.type(beta)  # (softmax − q) / β
     return loss, dlogits
+
+
+def mse_loss(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """L = mean((ŷ − y)²) over every element;  ∂L/∂ŷ = 2(ŷ − y) / numel."""
+    chk.float_array(pred, "pred", tuple(range(0, 33)))
+    chk.float_array(target, "target", tuple(range(0, 33)))
+    if pred.shape != target.shape:
+        raise ValueError(f"target: expected the shape of pred {pred.shape}, got {target.shape}")
+    diff = pred - target.astype(pred.dtype, copy=False)
+    return float((diff * diff).mean()), diff * pred.dtype.type(2.0 / max(diff.size, 1))

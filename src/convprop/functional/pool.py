@@ -19,7 +19,8 @@ import numpy as np
 from . import _checks as chk
 from ._windows import Pair, col2im, out_size, pad, unpad, windows
 
-__all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "avg_pool2d", "avg_pool2d_backward"]
+__all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
+           "avg_pool2d", "avg_pool2d_backward"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,15 @@ def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair, *,
     out = np.zeros((n, c, h * w), dtype=x.dtype)
     np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
     return out.reshape(n, c, h, w)
+
+
+def max_unpool2d_backward(dout: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """∂x[n, c, i, j] = ∂out[n, c] at flat position indices[n, c, i, j]: unpooling's adjoint, a gather.
+
+    dout (N, C, H, W), indices (N, C, OH, OW) -> (N, C, OH, OW).
+    """
+    n, c = indices.shape[:2]
+    return np.take_along_axis(dout.reshape(n, c, -1), indices.reshape(n, c, -1), axis=2).reshape(indices.shape)
 
 
 # --------------------------------------------------------------------------- average pooling

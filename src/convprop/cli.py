@@ -1,0 +1,299 @@
+"""The `convprop` command: train, evaluate, predict.
+
+User errors print one line `convprop: error: …` and exit with code 2 (--debug shows the traceback);
+a diverging run exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import checkpoint, models, nn, optim
+from . import random as _random
+from .data import DataLoader, IDXError, load_mnist, normalize
+from .train import Divergence, fit, predict
+
+DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=3e-3, optimizer="adam", shift=2, seed=0)
+CHECKPOINT_NAME = "checkpoint.npz"
+
+
+class UsageError(ValueError):
+    """A bad value on the command line."""
+
+
+def _positive_int(name):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {v}")
+        return v
+    return parse
+
+
+def _positive_float(name):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive number, got {text!r}") from None
+        if not v > 0 or not np.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{name}: expected a positive number, got {v}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (default: LeNet-5 on the bundled MNIST sample)",
+                       description="Train a CNN. With no arguments: LeNet-5, Adam with a one-cycle schedule, "
+                                   "±2 px random shifts, 15 epochs on the bundled 5,000-image MNIST sample, "
+                                   "tested on the official 10,000 test images.")
+    t.add_argument("--model", choices=sorted(models.MODELS), default=DEFAULTS["model"],
+                   help="architecture (default: %(default)s)")
+    t.add_argument("--data", metavar="DIR", default=None,
+                   help="directory of MNIST / Fashion-MNIST IDX files, .gz or raw, also torchvision's "
+                        "MNIST/raw layout (default: the bundled sample)")
+    t.add_argument("--epochs", type=_positive_int("--epochs"), default=DEFAULTS["epochs"],
+                   help="number of epochs (default: %(default)s)")
+    t.add_argument("--batch-size", type=_positive_int("--batch-size"), default=DEFAULTS["batch_size"],
+                   help="training batch size (default: %(default)s)")
+    t.add_argument("--lr", type=_positive_float("--lr"), default=DEFAULTS["lr"],
+                   help="peak learning rate of the one-cycle schedule (default: %(default)s)")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=DEFAULTS["optimizer"],
+                   help="optimizer; sgd uses Nesterov momentum 0.9 (default: %(default)s)")
+    t.add_argument("--shift", type=int, choices=range(0, 5), default=DEFAULTS["shift"], metavar="PX",
+                   help="random shift augmentation in pixels, 0 to 4 (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
+    t.add_argument("--train-size", type=_positive_int("--train-size"), default=None, metavar="N",
+                   help="train on a random subset of N images (default: all)")
+    t.add_argument("--test-size", type=_positive_int("--test-size"), default=None, metavar="N",
+                   help="test on a random subset of N images (default: all)")
+    t.add_argument("--out", metavar="DIR", default=None,
+                   help="where metrics.json, checkpoint.npz and training-curves.png go "
+                        "(default: runs/<model>-seed<seed>, or the resumed checkpoint's directory)")
+    t.add_argument("--resume", metavar="CKPT", default=None,
+                   help="continue the run saved in CKPT with its own settings, up to its --epochs")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
+    e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    e.add_argument("--data", metavar="DIR", default=None, help="IDX directory (default: the bundled sample)")
+
+    r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint")
+    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size; converted as MNIST)")
+    return p
+
+
+# --------------------------------------------------------------------------- train
+def _subset(images, labels, n, seed):
+    if n is None or n >= len(labels):
+        return images, labels
+    idx = np.sort(np.random.default_rng([seed, 1234]).permutation(len(labels))[:n])
+    return images[idx], labels[idx]
+
+
+def _make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
+    if name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+    return (optim.AdamW if name == "adamw" else optim.Adam)(params, lr=lr)
+
+
+def cmd_train(args) -> int:
+    ckpt = None
+    if args.resume:
+        ckpt = checkpoint.load(args.resume)
+        saved = ckpt["meta"].get("args")
+        if not isinstance(saved, dict):
+            raise checkpoint.CheckpointError(f"{args.resume}: holds no training arguments to resume from")
+        out = args.out or os.path.dirname(os.path.abspath(args.resume))
+        progress = not args.no_progress
+        args = argparse.Namespace(**saved)
+        args.out, args.no_progress = out, not progress
+    out = args.out or os.path.join("runs", f"{args.model}-seed{args.seed}")
+    os.makedirs(out, exist_ok=True)
+
+    images, labels = load_mnist(args.data, train=True)
+    test_images, test_labels = load_mnist(args.data, train=False)
+    images, labels = _subset(images, labels, args.train_size, args.seed)
+    test_images, test_labels = _subset(test_images, test_labels, args.test_size, args.seed)
+    train_loader = DataLoader(images, labels, args.batch_size, shuffle=True, seed=args.seed, max_shift=args.shift)
+    test_loader = DataLoader(test_images, test_labels, 1000)
+
+    _random.manual_seed(args.seed)
+    config = {"num_classes": 10}
+    model = models.build(args.model, **config)
+    optimizer = _make_optimizer(args.optimizer, model.parameters(), args.lr)
+    scheduler = optim.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(train_loader))
+    loss_fn = nn.CrossEntropyLoss()
+    start_epoch, history = 0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        checkpoint.restore_training(ckpt, model, optimizer, scheduler)
+        start_epoch, history = int(ckpt["meta"]["epoch"]), ckpt["meta"].get("history", [])
+        train_loader.epoch = start_epoch
+        print(f"resuming {args.model} from epoch {start_epoch} of {args.epochs}")
+
+    ckpt_path = os.path.join(out, CHECKPOINT_NAME)
+    saved_args = {k: v for k, v in vars(args).items() if k not in ("func", "debug", "resume", "command")}
+
+    def on_epoch_end(epoch, hist):
+        checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
+                        history=hist, args=saved_args)
+
+    n_params = sum(p.data.size for p in model.parameters())
+    print(f"training {args.model} ({n_params:,} parameters) on {len(labels):,} images, testing on "
+          f"{len(test_labels):,}; {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} "
+          f"one-cycle lr {args.lr:g}, ±{args.shift} px shifts")
+    start = time.perf_counter()
+    history = fit(model, loss_fn, optimizer, train_loader, args.epochs, test_loader, scheduler,
+                  start_epoch=start_epoch, history=history, progress=not args.no_progress,
+                  on_epoch_end=on_epoch_end)
+    seconds = time.perf_counter() - start
+    metrics = {"model": args.model, "args": saved_args, "epochs": history,
+               "test_accuracy": history[-1]["test_acc"] if history else None,
+               "test_loss": history[-1]["test_loss"] if history else None, "seconds": seconds}
+    metrics_path = os.path.join(out, "metrics.json")
+    with open(metrics_path, "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(f"test accuracy {metrics['test_accuracy']:.2%} after {len(history)} epochs ({seconds:.1f} s this run)")
+    print(f"metrics:    {metrics_path}")
+    print(f"checkpoint: {ckpt_path}")
+    curves = _plot_curves(history, os.path.join(out, "training-curves.png"))
+    if curves:
+        print(f"curves:     {curves}")
+    return 0
+
+
+def _plot_curves(history, path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no training-curves.png; pip install 'convprop[train]')")
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
+    b.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
+    b.plot(epochs, [100 * h["test_acc"] for h in history], "o-", label="test")
+    b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args) -> int:
+    ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.restore_model(ckpt, args.checkpoint)
+    images, labels = load_mnist(args.data, train=False)
+    probs = predict(model, normalize(images))
+    pred = probs.argmax(axis=1)
+    k = probs.shape[1]
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, pred), 1)
+    print(f"{args.checkpoint}: {ckpt['meta']['model']['name']}, epoch {ckpt['meta'].get('epoch')}")
+    print(f"accuracy {np.mean(pred == labels):.2%} on {len(labels):,} test images")
+    print("per-class accuracy: " + "  ".join(
+        f"{c}: {confusion[c, c] / max(confusion[c].sum(), 1):.1%}" for c in range(k)))
+    print("confusion matrix (rows: true class, columns: predicted):")
+    print("      " + "".join(f"{c:>6}" for c in range(k)))
+    for c in range(k):
+        print(f"{c:>6}" + "".join(f"{v:>6}" for v in confusion[c]))
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+def load_digit(path: str) -> np.ndarray:
+    """An image file as a 28×28 uint8 MNIST digit: grayscale, white ink on black (inverted if the
+    background is light), the ink's bounding box scaled into 20×20 and centred by its centre of mass."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise UsageError("predict needs Pillow: pip install 'convprop[train]'") from None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as im:
+            g = np.asarray(im.convert("L"), dtype=np.float64)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UsageError(f"{path}: not an image Pillow can read ({e})") from None
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    if border.mean() > 127:  # dark ink on light paper: invert to MNIST's white on black
+        g = 255 - g
+    g -= np.median(border if border.mean() <= 127 else 255 - border)
+    g = np.clip(g, 0, 255)
+    ys, xs = np.nonzero(g > 0.2 * g.max()) if g.max() > 0 else (np.array([0]), np.array([0]))
+    g = g[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = g.shape
+    scale = 20.0 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(g.astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float64)
+    canvas = np.zeros((28, 28))
+    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
+    if canvas.sum() > 0:  # shift the centre of mass to the centre, as MNIST was made
+        cy, cx = (np.indices(canvas.shape) * canvas).reshape(2, -1).sum(1) / canvas.sum()
+        dy, dx = int(round(13.5 - cy)), int(round(13.5 - cx))
+        canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def cmd_predict(args) -> int:
+    ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.restore_model(ckpt, args.checkpoint)
+    digits = np.stack([load_digit(p) for p in args.images])
+    probs = predict(model, normalize(digits))
+    for path, p in zip(args.images, probs):
+        print(f"{path}: {int(p.argmax())}  (p = {p.max():.3f})")
+        print("    " + "  ".join(f"{c}:{v:.3f}" for c, v in enumerate(p)))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except Divergence as e:
+        print(f"convprop: {e}; the last good checkpoint is kept", file=sys.stderr)
+        if args.debug:
+            raise
+        return 1
+    except (UsageError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
+            IsADirectoryError, ValueError, TypeError) as e:
+        if args.debug:
+            raise
+        print(f"convprop: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convprop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Batches for training: shuffling that a seed and the epoch fix, normalisation, random shifts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def normalize(images: np.ndarray, mean: float = MNIST_MEAN, std: float = MNIST_STD,
+              dtype=np.float32) -> np.ndarray:
+    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype."""
+    x = images.astype(dtype) * dtype(1 / 255.0)
+    x = (x - dtype(mean)) * dtype(1 / std)
+    return x[:, None] if x.ndim == 3 else x
+
+
+def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Shift every image of (N, C, H, W) by its own random (dy, dx) in [−max_shift, max_shift],
+    filling with the background (each image's minimum) — one gather, no loop over images."""
+    if max_shift <= 0:
+        return x
+    n, c, h, w = x.shape
+    m = max_shift
+    background = x.min(axis=(1, 2, 3), keepdims=True)
+    padded = np.empty((n, c, h + 2 * m, w + 2 * m), x.dtype)
+    padded[...] = background
+    padded[:, :, m:m + h, m:m + w] = x
+    dy, dx = (rng.integers(0, 2 * m + 1, size=n) for _ in range(2))
+    rows = (dy[:, None] + np.arange(h))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + np.arange(w))[:, None, None, :]  # (N, 1, 1, W)
+    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
+
+
+class DataLoader:
+    """Iterate (x float (B, C, H, W), y int64 (B,)) batches over uint8 images and labels.
+
+    The order and the shifts of epoch e come from a generator seeded by (seed, e): the same seed
+    gives the same batches, and a resumed run continues exactly where it stopped (set `epoch`).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, max_shift: int = 0, mean: float = MNIST_MEAN,
+                 std: float = MNIST_STD, dtype=np.float32) -> None:
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if len(images) != len(labels):
+            raise ValueError(f"labels: expected {len(images)} labels (one per image), got {len(labels)}")
+        self.x = normalize(images, mean, std, dtype)
+        self.y = np.asarray(labels, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
+        self.drop_last, self.max_shift, self.epoch = drop_last, max_shift, 0
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.y)) if self.shuffle else np.arange(len(self.y))
+        self.epoch += 1
+        for k in range(len(self)):
+            idx = order[k * self.batch_size:(k + 1) * self.batch_size]
+            x = self.x[idx]
+            yield (random_shift(x, self.max_shift, rng) if self.max_shift else x), self.y[idx]

@@ -1,0 +1,28 @@
+"""convprop.nn — Modules with an explicit backward, named and laid out as torch.nn."""
+
+from .layers import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Conv2d,
+    ConvTranspose2d,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    MaxUnpool2d,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter, Sequential
+
+__all__ = [
+    "Module", "Parameter", "Sequential",
+    "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
+    "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
+    "CrossEntropyLoss", "MSELoss",
+]

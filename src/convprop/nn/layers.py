@@ -1,0 +1,363 @@
+"""Layers with torch's names, constructor arguments, parameter layouts and default initialisation.
+
+Each layer owns its Parameters, calls one functional forward, keeps the cache, and in backward
+calls the matching functional backward and accumulates the parameter gradients.  No maths here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import functional as F
+from .. import random as _random
+from ..functional import _checks as chk
+from .module import Module, Parameter
+
+__all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
+           "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d"]
+
+
+def _uniform(shape: tuple[int, ...], bound: float, dtype) -> Parameter:
+    return Parameter(_random.generator().uniform(-bound, bound, size=shape).astype(dtype))
+
+
+class _Layer(Module):
+    """A module around one functional op: checks the input, keeps the cache."""
+
+    _cache = None
+
+    def _input(self, x) -> np.ndarray:
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype != self.dtype and self._parameters:
+            raise TypeError(f"x: expected dtype {self.dtype} (this {type(self).__name__}'s parameters; cast x or "
+                            f"call model.to({x.dtype.name})), got {x.dtype}")
+        return x
+
+    def _take_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward first (no cached forward pass)")
+        cache, self._cache = self._cache, None
+        return cache
+
+    def _accumulate(self, **grads) -> None:
+        for name, g in grads.items():
+            p = self._parameters.get(name)
+            if p is not None and g is not None:
+                p.accumulate(g)
+
+
+class _ConvNd(_Layer):
+    def __init__(self, weight_shape, bias_size, fan_in, bias: bool, dtype) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        # torch: kaiming_uniform_(a=√5) = U(−1/√fan_in, 1/√fan_in); bias likewise
+        self.weight = _uniform(weight_shape, bound, dtype)
+        self.bias = _uniform((bias_size,), bound, dtype) if bias else None
+        if not bias:
+            self._parameters["bias"] = None
+
+    def _b(self):
+        return None if self.bias is None else self.bias.data
+
+
+class Conv2d(_ConvNd):
+    """Z = K * A + B.  weight (out, in/groups, kh, kw), bias (out,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, dtype=np.float32) -> None:
+        kh, kw = chk.pair(kernel_size, "kernel_size", 1)
+        groups = chk.positive_int(groups, "groups")
+        for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if chk.positive_int(c, name) % groups:
+                raise ValueError(f"{name}: expected a multiple of groups={groups}, got {c}")
+        super().__init__((out_channels, in_channels // groups, kh, kw), out_channels,
+                         in_channels // groups * kh * kw, bias, dtype)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.conv2d(self._input(x), self.weight.data, self._b(), stride=self.stride,
+                                    padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), input_grad=input_grad)
+        self._accumulate(weight=dw, bias=db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class ConvTranspose2d(_ConvNd):
+    """Y = K ⋆ᵀ X + B.  weight (in, out/groups, kh, kw), bias (out,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, dtype=np.float32) -> None:
+        kh, kw = chk.pair(kernel_size, "kernel_size", 1)
+        groups = chk.positive_int(groups, "groups")
+        for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if chk.positive_int(c, name) % groups:
+                raise ValueError(f"{name}: expected a multiple of groups={groups}, got {c}")
+        # torch computes fan_in from weight.size(1): out/groups · kh · kw
+        super().__init__((in_channels, out_channels // groups, kh, kw), out_channels,
+                         out_channels // groups * kh * kw, bias, dtype)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+        self.dilation, self.groups = dilation, groups
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.conv_transpose2d(self._input(x), self.weight.data, self._b(), stride=self.stride,
+                                              padding=self.padding, output_padding=self.output_padding,
+                                              dilation=self.dilation, groups=self.groups)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        dx, dw, db = F.conv_transpose2d_backward(dout, self._take_cache(), input_grad=input_grad)
+        self._accumulate(weight=dw, bias=db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class Linear(_Layer):
+    """Z = A Wᵀ + B.  weight (out, in), bias (out,)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32) -> None:
+        super().__init__()
+        chk.positive_int(in_features, "in_features")
+        chk.positive_int(out_features, "out_features")
+        bound = 1 / math.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = _uniform((out_features, in_features), bound, dtype)
+        self.bias = _uniform((out_features,), bound, dtype) if bias else None
+        if not bias:
+            self._parameters["bias"] = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.linear(self._input(x), self.weight.data, None if self.bias is None else self.bias.data)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        dx, dw, db = F.linear_backward(dout, self._take_cache(), input_grad=input_grad)
+        self._accumulate(weight=dw, bias=db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class MaxPool2d(_Layer):
+    """Max pooling; with return_indices=True forward returns (out, indices) as torch."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+                 ceil_mode: bool = False) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+
+    def forward(self, x: np.ndarray):
+        out, self._cache = F.max_pool2d(x, self.kernel_size, stride=self.stride, padding=self.padding,
+                                        dilation=self.dilation, ceil_mode=self.ceil_mode)
+        return (out, self._cache.indices) if self.return_indices else out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        cache = self._take_cache()
+        return F.max_pool2d_backward(dout, cache) if input_grad else None
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool2d(_Layer):
+    """forward(x, indices, output_size=None): the partial inverse of MaxPool2d."""
+
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
+        out = F.max_unpool2d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
+                             output_size=output_size)
+        self._cache = (indices, out.shape)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        indices, shape = self._take_cache()
+        return F.max_unpool2d_backward(chk.grad_output(dout, shape, dout.dtype), indices) if input_grad else None
+
+
+class AvgPool2d(_Layer):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.avg_pool2d(x, self.kernel_size, stride=self.stride, padding=self.padding,
+                                        ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        cache = self._take_cache()
+        return F.avg_pool2d_backward(dout, cache) if input_grad else None
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(_Layer):
+    """Average pooling to a fixed output size; here for sizes that divide the input (1×1 always does)."""
+
+    def __init__(self, output_size) -> None:
+        super().__init__()
+        self.output_size = chk.pair(output_size, "output_size", 1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        chk.float_array(x, "x", 4, "N, C, H, W")
+        (h, w), (oh, ow) = x.shape[2:], self.output_size
+        if h % oh or w % ow:
+            raise ValueError(f"output_size: expected a size that divides the input {h}×{w}, got {oh}×{ow} "
+                             "(only evenly dividing adaptive pooling is implemented)")
+        k = (h // oh, w // ow)
+        out, self._cache = F.avg_pool2d(x, k, stride=k)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        cache = self._take_cache()
+        return F.avg_pool2d_backward(dout, cache) if input_grad else None
+
+
+class Flatten(_Layer):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._cache = x.shape
+        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        shape = self._take_cache()
+        return dout.reshape(shape) if input_grad else None
+
+
+class _Activation(_Layer):
+    op = ""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = getattr(F, self.op)(x, **self._kwargs())
+        return out
+
+    def _kwargs(self) -> dict:
+        return {}
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        cache = self._take_cache()
+        return getattr(F, self.op + "_backward")(dout, cache) if input_grad else None
+
+
+class ReLU(_Activation):
+    op = "relu"
+
+
+class Sigmoid(_Activation):
+    op = "sigmoid"
+
+
+class Tanh(_Activation):
+    op = "tanh"
+
+
+class LeakyReLU(_Activation):
+    op = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def _kwargs(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+
+class Dropout(_Layer):
+    """Inverted dropout in train mode, the identity in eval mode."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.dropout(x, self.p, self.training)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        cache = self._take_cache()
+        return F.dropout_backward(dout, cache) if input_grad else None
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class _BatchNorm(_Layer):
+    ndims: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype=np.float32) -> None:
+        super().__init__()
+        self.num_features = chk.positive_int(num_features, "num_features")
+        self.eps, self.momentum = eps, momentum
+        self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
+        if not affine:
+            self._parameters.update(weight=None, bias=None)
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, None)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        chk.float_array(self._input(x), "x", self.ndims)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x: expected {self.num_features} channels (dimension 1), got shape {x.shape}")
+        batch_stats = self.training or self.running_mean is None
+        momentum = self.momentum
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked += 1
+            if momentum is None:  # cumulative moving average, as torch
+                momentum = 1.0 / float(self.num_batches_tracked)
+        out, self._cache = F.batch_norm(
+            x, self.running_mean, self.running_var,
+            None if self.weight is None else self.weight.data, None if self.bias is None else self.bias.data,
+            batch_stats, momentum, self.eps)
+        return out
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        dx, dgamma, dbeta = F.batch_norm_backward(dout, self._take_cache())
+        self._accumulate(weight=dgamma, bias=dbeta)
+        return dx if input_grad else None
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Normalises (N, C) or (N, C, L) per channel."""
+
+    ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Normalises (N, C, H, W) per channel."""
+
+    ndims = (4,)

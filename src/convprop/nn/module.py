@@ -1,0 +1,215 @@
+"""Parameter, Module and Sequential: state, bookkeeping and the reverse walk of backprop.
+
+A Module's forward(x) keeps what its backward needs (the functional cache); backward(dout)
+returns ∂x and *accumulates* into every Parameter's .grad, as torch's autograd does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array: `.data` (updated by optimizers) and `.grad` (None until a backward)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+        self.grad: np.ndarray | None = None
+
+    def accumulate(self, g: np.ndarray) -> None:
+        if self.grad is None:
+            self.grad = g.copy() if np.shares_memory(g, self.data) else np.ascontiguousarray(g)
+        else:
+            self.grad += g
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: holds Parameters, buffers and child Modules, found by attribute assignment."""
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self._parameters and value is None:
+            self._parameters[name] = None
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value: np.ndarray | None) -> None:
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    # ----------------------------------------------------------------- forward / backward
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """∂L/∂x for dout = ∂L/∂out; adds this module's parameter gradients into their .grad.
+
+        input_grad=False skips ∂x (returns None) where nothing needs it, e.g. for a first layer.
+        """
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    # ----------------------------------------------------------------- traversal
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        return (m for _, m in self.named_modules())
+
+    def children(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        for prefix, m in self.named_modules():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        return (p for _, p in self.named_parameters())
+
+    def named_buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        for prefix, m in self.named_modules():
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), b
+
+    # ----------------------------------------------------------------- modes, grads, dtype
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, dtype) -> Module:
+        """Cast every floating parameter and buffer to dtype (integer buffers stay); returns self."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"dtype: expected a floating dtype (float32 or float64), got {dtype}")
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = p.data.astype(dtype)
+                    p.grad = None if p.grad is None else p.grad.astype(dtype)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f":
+                    m.register_buffer(name, b.astype(dtype))
+        return self
+
+    @property
+    def dtype(self) -> np.dtype:
+        for p in self.parameters():
+            return p.data.dtype
+        return np.dtype(np.float32)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Parameters and buffers by torch's dotted names, in torch's order, with torch's layouts."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for prefix, m in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, p in m._parameters.items():
+                if p is not None:
+                    out[dot + name] = p.data
+            for name, b in m._buffers.items():
+                if b is not None:
+                    out[dot + name] = b
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> tuple[list[str], list[str]]:
+        """Copy arrays in by name (cast to each target's dtype).  Returns (missing, unexpected) keys;
+        with strict=True either one, or any shape mismatch, raises a ValueError naming the key."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict: keys do not match this {type(self).__name__}: "
+                             f"missing {missing}, unexpected {unexpected}")
+        for key, target in own.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.shape != target.shape:
+                raise ValueError(f"state_dict[{key!r}]: expected shape {target.shape}, got {value.shape}")
+            if not np.issubdtype(value.dtype, np.number):
+                raise TypeError(f"state_dict[{key!r}]: expected a numeric array, got dtype {value.dtype}")
+            target[...] = value
+        return missing, unexpected
+
+    # ----------------------------------------------------------------- printing
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Layers applied in order; backward walks them in reverse — the seed's chain rule, layer by layer."""
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}]: expected a Module, got {type(layer).__name__}")
+            setattr(self, str(i), layer)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self:
+            x = layer(x)
+        return x
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """∂Z^{l} from ∂Z^{l+1}, last layer first; ∂x of the input only if input_grad."""
+        layers = list(self)
+        # without input_grad, layers before the first one with parameters need no backward at all
+        first = next((k for k, m in enumerate(layers) if any(True for _ in m.parameters())), len(layers))
+        for k in range(len(layers) - 1, -1, -1):
+            if not input_grad and k < first:
+                return None
+            dout = layers[k].backward(dout, input_grad=input_grad or k > first)
+        return dout
