@@ -89,6 +89,8 @@ def load(path: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: expected a checkpoint file, got a directory")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):  # np.load would otherwise take it for a pickle and suggest unpickling it
+        raise CheckpointError(f"{path}: not a checkpoint (expected an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:

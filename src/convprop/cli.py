@@ -19,7 +19,7 @@ from . import random as _random
 from .data import DataLoader, IDXError, load_mnist, normalize
 from .train import Divergence, fit, predict
 
-DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=3e-3, optimizer="adam", shift=2, seed=0)
+DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=5e-3, optimizer="adam", shift=2, seed=0)
 CHECKPOINT_NAME = "checkpoint.npz"
 
 

@@ -1,0 +1,211 @@
+"""Whole networks against torch through state_dict, in float64: logits, loss, every gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_close, torch
+
+from convprop import models, nn
+
+tnn = torch.nn
+
+
+class FixedMask(tnn.Module):
+    """torch's stand-in for one of our Dropout calls: the very mask convprop drew."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask = None
+
+    def forward(self, x):
+        return x if self.mask is None else x * torch.tensor(self.mask)
+
+
+def torch_twin(model: nn.Sequential) -> tnn.Sequential:
+    """The same architecture in torch.nn, layer for layer (so state_dict keys coincide)."""
+    layers = []
+    for m in model:
+        name = type(m).__name__
+        if name in ("Conv2d", "ConvTranspose2d"):
+            kw = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups,
+                      bias=m.bias is not None)
+            if name == "ConvTranspose2d":
+                kw["output_padding"] = m.output_padding
+            layers.append(getattr(tnn, name)(m.in_channels, m.out_channels, m.kernel_size, **kw))
+        elif name == "Linear":
+            layers.append(tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None))
+        elif name in ("BatchNorm1d", "BatchNorm2d"):
+            layers.append(getattr(tnn, name)(m.num_features, eps=m.eps, momentum=m.momentum))
+        elif name == "MaxPool2d":
+            layers.append(tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode))
+        elif name == "AvgPool2d":
+            layers.append(tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad))
+        elif name == "AdaptiveAvgPool2d":
+            layers.append(tnn.AdaptiveAvgPool2d(m.output_size))
+        elif name == "Dropout":
+            layers.append(FixedMask())
+        elif name == "LeakyReLU":
+            layers.append(tnn.LeakyReLU(m.negative_slope))
+        else:
+            layers.append(getattr(tnn, name)())
+    return tnn.Sequential(*layers)
+
+
+def to_torch_state(sd):
+    return {k: torch.tensor(np.asarray(v)) for k, v in sd.items()}
+
+
+def compare_network(ours: nn.Sequential, x: np.ndarray, y: np.ndarray, train: bool = True, steps: int = 2,
+                    label_smoothing: float = 0.0):
+    """Load our weights into torch's twin; forward, loss and every gradient must agree (float64)."""
+    ours.to(np.float64).train(train)
+    theirs = torch_twin(ours).double().train(train)
+    theirs.load_state_dict(to_torch_state(ours.state_dict()))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing)
+    for _ in range(steps):  # twice: BatchNorm's running statistics must also stay equal
+        ours.zero_grad()
+        theirs.zero_grad()
+        logits = ours(x)
+        for k, m in enumerate(ours):
+            if isinstance(m, nn.Dropout):
+                theirs[k].mask = None if m._cache.mask is None else m._cache.mask
+        xt = torch.tensor(x, requires_grad=True)
+        ref = theirs(xt)
+        assert_close(logits, ref, np.float64, "logits")
+        loss, dlogits = loss_fn(logits, y)
+        ref_loss = tnn.functional.cross_entropy(ref, torch.tensor(y), label_smoothing=label_smoothing)
+        assert abs(loss - ref_loss.item()) <= 1e-7 * max(1.0, abs(ref_loss.item()))
+        ref_loss.backward()
+        dx = ours.backward(dlogits, input_grad=True)
+        assert_close(dx, xt.grad, np.float64, "input gradient")
+        tparams = dict(theirs.named_parameters())
+        for name, p in ours.named_parameters():
+            assert_close(p.grad, tparams[name].grad, np.float64, f"grad of {name}")
+        tstate = theirs.state_dict()
+        for name, v in ours.state_dict().items():
+            assert_close(np.asarray(v, dtype=np.float64), tstate[name].double(), np.float64, f"state {name}")
+
+
+def batch(n=8, c=1, hw=28, seed=0, classes=10):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, c, hw, hw)), rng.integers(0, classes, size=n)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_lenet5_matches_torch(pool, activation):
+    compare_network(models.lenet5(pool=pool, activation=activation), *batch())
+
+
+def test_net_with_conv_transpose_batchnorm_dropout_in_train_mode_matches_torch():
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.1), nn.MaxPool2d(2),
+        nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(3), nn.Sigmoid(),
+        nn.Dropout(0.3), nn.AvgPool2d(3, stride=2, padding=1), nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 5),
+    )
+    x, y = batch(6, 2, 8, seed=1, classes=5)
+    compare_network(net, x, y, train=True, label_smoothing=0.1)
+    compare_network(net, x, y, train=False, steps=1)  # eval: running statistics, no dropout
+
+
+def test_vgg_small_with_batchnorm_and_global_pool_matches_torch():
+    compare_network(models.vgg_small(width=4), *batch(4, seed=2))
+
+
+def test_torch_state_dict_loads_as_is_and_ours_loads_into_torch():
+    ours = models.vgg_small(width=4)
+    theirs = torch_twin(ours)
+    sd = {k: v.numpy() for k, v in theirs.state_dict().items()}
+    assert list(sd) == list(ours.state_dict())
+    ours.load_state_dict(sd)  # torch -> convprop, exactly as the issue writes it
+    for k, v in ours.state_dict().items():
+        np.testing.assert_array_equal(v, sd[k])
+        assert v.dtype == sd[k].dtype
+    for p in ours.parameters():
+        p.data += 1.0
+    theirs.load_state_dict(to_torch_state(ours.state_dict()))  # convprop -> torch (strict)
+    x = batch(2, seed=3)[0].astype(np.float32)
+    ours.eval(), theirs.eval()
+    assert_close(ours(x), theirs(torch.tensor(x)), np.float32, "logits after loading")
+
+
+def test_load_state_dict_names_the_mismatched_key_and_shapes():
+    ours = models.lenet5()
+    sd = dict(ours.state_dict())
+    sd["0.weight"] = np.zeros((6, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"0\.weight.*\(6, 1, 5, 5\).*\(6, 1, 3, 3\)"):
+        ours.load_state_dict(sd)
+    del sd["0.weight"]
+    with pytest.raises(ValueError, match=r"missing \['0\.weight'\]"):
+        ours.load_state_dict(sd)
+    missing, unexpected = ours.load_state_dict({**sd, "extra": np.zeros(1)}, strict=False)
+    assert missing == ["0.weight"] and unexpected == ["extra"]
+
+
+def test_default_initialisation_follows_torch():
+    import convprop.random as R
+
+    R.manual_seed(0)
+    conv, lin, tconv = nn.Conv2d(6, 16, 5), nn.Linear(400, 120), nn.ConvTranspose2d(4, 8, 3, groups=2)
+    for m, fan_in in ((conv, 150), (lin, 400), (tconv, 4 * 9)):
+        bound = 1 / np.sqrt(fan_in)  # kaiming_uniform_(a=√5) and the bias rule
+        for p in (m.weight.data, m.bias.data):
+            assert p.dtype == np.float32 and np.abs(p).max() <= bound
+        assert abs(m.weight.data.std() - bound / np.sqrt(3)) < 0.1 * bound
+    R.manual_seed(0)
+    again = nn.Conv2d(6, 16, 5)
+    np.testing.assert_array_equal(again.weight.data, conv.weight.data)  # seeded
+
+
+def test_first_layer_computes_no_input_gradient():
+    net = models.lenet5()
+    x, y = batch(4)
+    x = x.astype(np.float32)
+    _, dlogits = nn.CrossEntropyLoss()(net(x), y)
+    calls = []
+    first = net[0]
+    original = first.backward
+    first.backward = lambda d, input_grad=True: calls.append(input_grad) or original(d, input_grad)
+    assert net.backward(dlogits, input_grad=False) is None
+    assert calls == [False] and net[0].weight.grad is not None
+
+
+def test_module_bookkeeping():
+    net = models.lenet5()
+    assert [k for k, _ in net.named_parameters()][:2] == ["0.weight", "0.bias"]
+    assert sum(p.data.size for p in net.parameters()) == 61706
+    x = batch(2)[0].astype(np.float32)
+    net(x)
+    net.backward(np.ones((2, 10), np.float32))
+    assert all(p.grad is not None for p in net.parameters())
+    first = net[0].weight.grad.copy()
+    net(x)
+    net.backward(np.ones((2, 10), np.float32))
+    np.testing.assert_allclose(net[0].weight.grad, 2 * first, rtol=1e-5)  # grads accumulate, as torch
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+    assert net.to(np.float64) is net and all(p.data.dtype == np.float64 for p in net.parameters())
+    assert not net.eval().training and all(not m.training for m in net.modules())
+    with pytest.raises(TypeError, match="x: expected dtype float64"):
+        net(x)
+    with pytest.raises(RuntimeError, match="call forward first"):
+        nn.Linear(2, 2).backward(np.zeros((1, 2), np.float32))
+
+
+def test_max_unpool2d_module_and_mse_loss_match_torch():
+    rng = np.random.default_rng(4)
+    x = rng.permutation(2 * 3 * 6 * 6).reshape(2, 3, 6, 6).astype(np.float64)
+    pool, unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+    out, idx = pool(x)
+    up = unpool(out, idx)
+    target = rng.standard_normal(up.shape)
+    loss, dup = nn.MSELoss()(up, target)
+    dx = pool.backward(unpool.backward(dup))
+    xt = torch.tensor(x, requires_grad=True)
+    o, i = tnn.functional.max_pool2d(xt, 2, return_indices=True)
+    ref = tnn.functional.mse_loss(tnn.functional.max_unpool2d(o, i, 2), torch.tensor(target))
+    ref.backward()
+    assert abs(loss - ref.item()) < 1e-12
+    assert_close(dx, xt.grad, np.float64, "dx through unpool")
