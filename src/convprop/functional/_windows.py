@@ -9,6 +9,13 @@ zero-copy strided view (N, C, kh, kw, OH, OW) whose [:, :, i, j] slice holds the
 that kernel offset (i, j) sees at every output position.  Their backward passes all go through
 `col2im(...)`, which scatter-adds one (N, C, OH, OW) piece per kernel offset back into the input,
 summing where windows overlap.  Python loops run over the kh·kw kernel offsets only.
+
+Memory layout.  Arrays are always indexed (N, C, H, W), but convolution keeps its data *batch-last*
+in memory — physically (C, H, W, N), seen through a transposed view.  Then a window slice
+[:, :, i, j] is made of long contiguous runs (OW·N values at stride 1, N at larger strides) instead
+of rows of OW values, so im2col, col2im and pooling stream through memory; and the convolution is
+one large GEMM over all N·L positions.  `batch_last(x)` converts once where needed; every op
+accepts either layout and preserves what it is given.
 """
 
 from __future__ import annotations
@@ -37,13 +44,32 @@ def out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool = False)
     return o
 
 
+def is_batch_last(x: np.ndarray) -> bool:
+    """Whether the (N, C, H, W) array x lies in memory as a C-contiguous (C, H, W, N) block."""
+    return x.transpose(1, 2, 3, 0).flags.c_contiguous
+
+
+def batch_last(x: np.ndarray) -> np.ndarray:
+    """x (N, C, H, W) as a view of a contiguous (C, H, W, N) block: copied only if it is not one."""
+    return x if is_batch_last(x) else np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+def zeros(shape: tuple[int, ...], dtype, batch_last_layout: bool) -> np.ndarray:
+    """Zeros indexed (N, C, H, W), laid out batch-last in memory or not."""
+    if not batch_last_layout:
+        return np.zeros(shape, dtype)
+    n, c, h, w = shape
+    return np.zeros((c, h, w, n), dtype).transpose(3, 0, 1, 2)
+
+
 def pad(x: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) -> np.ndarray:
-    """Pad H and W by `padding` on both sides, plus `extra` on the bottom/right (ceil_mode)."""
+    """Pad H and W by `padding` on both sides, plus `extra` on the bottom/right (ceil_mode).
+    The result keeps x's memory layout."""
     (ph, pw), (eh, ew) = padding, extra
     if ph == pw == eh == ew == 0:
         return x
     n, c, h, w = x.shape
-    xp = np.full((n, c, h + 2 * ph + eh, w + 2 * pw + ew), value, dtype=x.dtype)
+    xp = np.full_like(x, value, shape=(n, c, h + 2 * ph + eh, w + 2 * pw + ew))
     xp[:, :, ph : ph + h, pw : pw + w] = x
     return xp
 
@@ -71,14 +97,15 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
 
 
 def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...], dtype: np.dtype,
-           kernel: Pair, stride: Pair, dilation: Pair, out: Pair) -> np.ndarray:
+           kernel: Pair, stride: Pair, dilation: Pair, out: Pair, batch_last_layout: bool = True) -> np.ndarray:
     """Scatter-add back into a zero input: dxp[.., y·sh + i·dh, x·sw + j·dw] += piece(i, j)[.., y, x].
 
     `piece(i, j)` is the (N, C, OH, OW) gradient reaching kernel offset (i, j); overlapping windows
     sum.  Within one offset no two output positions share an input element, so `+=` is exact.
-    Returns the padded (N, C, H', W') gradient; crop it with `unpad`.
+    Returns the padded (N, C, H', W') gradient, batch-last in memory unless told otherwise; crop
+    it with `unpad`.
     """
-    dxp = np.zeros(padded_shape, dtype=dtype)
+    dxp = zeros(padded_shape, dtype, batch_last_layout)
     view = windows(dxp, kernel, stride, dilation, out, writeable=True)
     for i in range(kernel[0]):
         for j in range(kernel[1]):

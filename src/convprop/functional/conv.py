@@ -7,6 +7,7 @@ Three cores carry all the maths:
     _conv_forward          Z = K * A          one GEMM per group over the im2col patches
     _conv_backward_weight  ∂K = Σ_patches A_patch ⊙ ∂Z_ij    one GEMM over the same patches
     _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMM, then col2im)
+P = OH·OW·N: every output position of every sample is one GEMM column.
 
 The flip convention (docs/math.md proves it on numbers, tests/test_functional.py against torch):
     ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times
@@ -26,42 +27,44 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from ._windows import Pair, col2im, out_size, pad, unpad, windows
+from ._windows import Pair, batch_last, col2im, out_size, pad, unpad, windows
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
 
 
 # --------------------------------------------------------------------------- the three cores
-def _gemm_layout(z: np.ndarray, groups: int) -> np.ndarray:
-    """(N, G·Co, OH, OW) -> (G, Co, N·L): each group's channels as GEMM rows, positions as columns."""
+# Data is batch-last in memory (see _windows.py): positions (OH, OW, N) flatten to one GEMM axis P.
+def _gemm_rows(z: np.ndarray, groups: int) -> np.ndarray:
+    """(N, G·Co, OH, OW) -> (G, Co, OH·OW·N): channels as GEMM rows, every position a column."""
     n, c, oh, ow = z.shape
-    return z.reshape(n, groups, c // groups, oh * ow).transpose(1, 2, 0, 3).reshape(groups, c // groups, -1)
+    return batch_last(z).transpose(1, 2, 3, 0).reshape(groups, c // groups, oh * ow * n)
+
+
+def _from_gemm(z: np.ndarray, n: int, hw: Pair) -> np.ndarray:
+    """(G, Co, OH·OW·N) -> (N, G·Co, OH, OW), batch-last in memory (a view, no copy)."""
+    return z.reshape(-1, hw[0], hw[1], n).transpose(3, 0, 1, 2)
 
 
 def _conv_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
                   groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Z = K * A as one GEMM per group.  x (N, C, H, W), w (Cout, Cg, kh, kw) -> Z (N, Cout, OH, OW).
-
-    Also returns the im2col patches (G, K, N·L), which the weight gradient reuses.
+    """Z = K * A as one GEMM per group.  x (N, C, H, W), w (Cout, Cg, kh, kw)
+    -> Z (N, Cout, OH, OW), and the im2col patches (G, K, P), which the weight gradient reuses.
     """
-    n, c, _, _ = x.shape
+    n = x.shape[0]
     cout, cg, kh, kw = w.shape
-    oh, ow = out_hw
-    win = windows(pad(x, padding), (kh, kw), stride, dilation, out_hw)  # (N, C, kh, kw, OH, OW) view
-    # A_patch for every output position, as columns:                      (G, Cg·kh·kw, N·L)
-    cols = win.reshape(n, groups, cg, kh, kw, oh, ow).transpose(1, 2, 3, 4, 0, 5, 6)
-    cols = cols.reshape(groups, cg * kh * kw, n * oh * ow)
-    # Z_ij = Σ K ⊙ A_patch_ij, all positions at once:                      (G, Cog, N·L)
+    win = windows(pad(batch_last(x), padding), (kh, kw), stride, dilation, out_hw)  # (N, C, kh, kw, OH, OW)
+    # A_patch of every output position as a column (the one copy: im2col)        (G, Cg·kh·kw, P)
+    cols = win.transpose(1, 2, 3, 4, 5, 0).reshape(groups, cg * kh * kw, -1)
+    # Z_ij = Σ K ⊙ A_patch_ij for all positions at once                           (G, Cog, P)
     z = w.reshape(groups, cout // groups, -1) @ cols
-    z = z.reshape(cout, n, oh, ow).transpose(1, 0, 2, 3)
-    return np.ascontiguousarray(z), cols
+    return _from_gemm(z, n, out_hw), cols
 
 
 def _conv_backward_weight(dz: np.ndarray, cols: np.ndarray, w_shape: tuple[int, ...],
                           groups: int) -> np.ndarray:
-    """∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij.  dz (N, Cout, OH, OW), cols (G, K, N·L) -> (Cout, Cg, kh, kw)."""
-    # every patch times its ∂Z_ij, summed over patches and batch, as one GEMM:   (G, Cog, K)
-    dw = _gemm_layout(dz, groups) @ cols.transpose(0, 2, 1)
+    """∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij.  dz (N, Cout, OH, OW), cols (G, K, P) -> (Cout, Cg, kh, kw)."""
+    # every patch times its ∂Z_ij, summed over positions and batch: one GEMM    (G, Cog, K)
+    dw = _gemm_rows(dz, groups) @ cols.transpose(0, 2, 1)
     return dw.reshape(w_shape)
 
 
@@ -74,15 +77,14 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     """
     n, _, oh, ow = dz.shape
     cout, cg, kh, kw = w.shape
-    # the gradient reaching every patch element:  K^T • ∂Z                  (G, Cg·kh·kw, N·L)
-    dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _gemm_layout(dz, groups)
-    dcols = dcols.reshape(groups * cg, kh, kw, n, oh, ow)
+    # the gradient reaching every patch element:  Kᵀ • ∂Z                         (G, Cg·kh·kw, P)
+    dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _gemm_rows(dz, groups)
+    dcols = dcols.reshape(groups * cg, kh, kw, oh, ow, n).transpose(5, 0, 1, 2, 3, 4)  # (N, C, kh, kw, OH, OW)
     h, wd = in_hw
     # put every patch gradient back where the patch came from, summing overlaps (col2im)
-    dxp = col2im(lambda i, j: dcols[:, i, j].transpose(1, 0, 2, 3),
-                 (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]), dz.dtype,
-                 (kh, kw), stride, dilation, (oh, ow))
-    return np.ascontiguousarray(unpad(dxp, padding, in_hw))
+    dxp = col2im(lambda i, j: dcols[:, :, i, j], (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]),
+                 dz.dtype, (kh, kw), stride, dilation, (oh, ow))
+    return unpad(dxp, padding, in_hw)
 
 
 # --------------------------------------------------------------------------- shared checks

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from ._windows import Pair, col2im, out_size, pad, unpad, windows
+from ._windows import Pair, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
            "avg_pool2d", "avg_pool2d_backward"]
@@ -34,6 +34,7 @@ class _Geometry:
     dilation: Pair
     out: Pair
     extra: Pair  # bottom/right padding that ceil_mode's last window needs
+    batch_last: bool  # the input's memory layout, which the gradient keeps
 
     @property
     def padded_shape(self) -> tuple[int, int, int, int]:
@@ -46,8 +47,9 @@ class _Geometry:
 
     def scatter(self, piece, dtype) -> np.ndarray:
         """col2im: Σ over kernel offsets of piece(i, j) put back onto the input (N, C, H, W)."""
-        dxp = col2im(piece, self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out)
-        return np.ascontiguousarray(unpad(dxp, self.padding, self.x_shape[2:]))
+        dxp = col2im(piece, self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out,
+                     self.batch_last)
+        return unpad(dxp, self.padding, self.x_shape[2:])
 
 
 def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry:
@@ -66,7 +68,7 @@ def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry
         for k, size in enumerate((h, w)))
     extra = tuple(max(0, (out[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 - (size + 2 * padding[k]))
                   for k, size in enumerate((h, w)))
-    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra)
+    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra, is_batch_last(x))
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -100,8 +102,8 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     win = g.view(x, -np.inf)
     kh, kw = g.kernel
-    best = win[:, :, 0, 0].copy()
-    argmax = np.zeros(best.shape, dtype=np.int16 if kh * kw < 2**15 else np.int64)
+    best = win[:, :, 0, 0].copy(order="K")  # K: keep the input's memory layout
+    argmax = np.zeros_like(best, dtype=np.int16 if kh * kw < 2**15 else np.int64)
     for k in range(1, kh * kw):
         cand = win[:, :, k // kw, k % kw]
         wins = (cand > best) | np.isnan(cand)  # strict >: the first of equal maxima keeps the win
@@ -193,7 +195,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
     """
     g = _geometry(x, kernel_size, stride, padding, 1, ceil_mode)
     win = g.view(x, 0.0)
-    total = win[:, :, 0, 0].copy()
+    total = win[:, :, 0, 0].copy(order="K")
     kh, kw = g.kernel
     for k in range(1, kh * kw):
         total += win[:, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
