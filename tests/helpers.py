@@ -26,15 +26,24 @@ def assert_close(ours, ref, dtype, what=""):
     assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:g}"
 
 
+def layout(a, batch_last: bool):
+    """The same (N, C, H, W) values, stored batch-last in memory when asked (other ndims unchanged)."""
+    if a is None or a.ndim != 4 or not batch_last:
+        return a
+    return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
 def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):
     """F.<name>(*arrays, *args, **kw) and F.<name>_backward against torch.nn.functional.<name>:
-    the output, and the gradient of every array input (None inputs must get None gradients)."""
-    arrays = [None if a is None else np.asarray(a, dtype=dtype) for a in arrays]
+    the output, and the gradient of every array input (None inputs must get None gradients).
+    Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
+    bl = seed % 2 == 1
+    arrays = [None if a is None else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
     out, cache = getattr(F, name)(*arrays, *args, **kw)
     leaves = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
     ref = getattr(TF, torch_name or name)(*leaves, *args, **kw)
     assert_close(out, ref, dtype, f"{name} forward")
-    dout = np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype)
+    dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))
     grads = getattr(F, name + "_backward")(dout, cache)
     grads = grads if isinstance(grads, tuple) else (grads,)

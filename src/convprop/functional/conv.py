@@ -4,10 +4,9 @@ Seed symbols: A^{l-1} = x (N, C, H, W), K^l = w (Cout, C/G, kh, kw), Z^l = out (
 ∂Z^l = dout.  G = groups, Cg = C/G, Cog = Cout/G, K = Cg·kh·kw, L = OH·OW.
 
 Three cores carry all the maths:
-    _conv_forward          Z = K * A          one GEMM per group over the im2col patches
-    _conv_backward_weight  ∂K = Σ_patches A_patch ⊙ ∂Z_ij    one GEMM over the same patches
-    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMM, then col2im)
-P = OH·OW·N: every output position of every sample is one GEMM column.
+    _conv_forward          Z = K * A          GEMMs over the im2col patches
+    _conv_backward_weight  ∂K = Σ_patches A_patch ⊙ ∂Z_ij    GEMMs over the same patches
+    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMMs, then col2im)
 
 The flip convention (docs/math.md proves it on numbers, tests/test_functional.py against torch):
     ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times
@@ -27,44 +26,69 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from ._windows import Pair, batch_last, col2im, out_size, pad, unpad, windows
+from ._windows import Pair, batch_last, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
 
 
+# --------------------------------------------------------------------------- GEMM layouts
+# Every core works on GEMM operands (B, G, rows, P): B batches of P positions, one GEMM per batch and
+# group.  Two layouts, picked per call by `_batch_last_pays`, carry the same maths:
+#   per-sample  B = N, P = OH·OW       data stays NCHW; good for wide images (long rows)
+#   batch-last  B = 1, P = OH·OW·N     data lives (C, H, W, N) in memory (see _windows.py): one big
+#                                      GEMM, and long contiguous runs for im2col/col2im when rows are short
+# (For N = 1 the two coincide.)
+def _batch_last_pays(x: np.ndarray, out_w: int) -> bool:
+    """Batch-last when x already lies so, or when output rows are short and the batch is large."""
+    n = x.shape[0]
+    return n > 1 and (is_batch_last(x) or (out_w < 16 and n >= 16))
+
+
+def _to_gemm(z: np.ndarray, groups: int, bl: bool) -> np.ndarray:
+    """(N, G·R, H, W) -> (B, G, R, P), channels as GEMM rows, positions as columns."""
+    n, c, h, w = z.shape
+    if bl:
+        return batch_last(z).transpose(1, 2, 3, 0).reshape(1, groups, c // groups, h * w * n)
+    return np.ascontiguousarray(z).reshape(n, groups, c // groups, h * w)
+
+
+def _from_gemm(z: np.ndarray, n: int, hw: Pair, bl: bool) -> np.ndarray:
+    """(B, G, R, P) -> (N, G·R, H, W), a view: batch-last in memory or NCHW."""
+    if bl:
+        return z.reshape(-1, hw[0], hw[1], n).transpose(3, 0, 1, 2)
+    return z.reshape(n, -1, hw[0], hw[1])
+
+
+def _im2col(win: np.ndarray, groups: int, bl: bool) -> np.ndarray:
+    """The window view (N, C, kh, kw, OH, OW) copied into GEMM columns (B, G, Cg·kh·kw, P)."""
+    n, c, kh, kw, oh, ow = win.shape
+    if bl:
+        return win.transpose(1, 2, 3, 4, 5, 0).reshape(1, groups, c // groups * kh * kw, oh * ow * n)
+    return win.reshape(n, groups, c // groups * kh * kw, oh * ow)
+
+
 # --------------------------------------------------------------------------- the three cores
-# Data is batch-last in memory (see _windows.py): positions (OH, OW, N) flatten to one GEMM axis P.
-def _gemm_rows(z: np.ndarray, groups: int) -> np.ndarray:
-    """(N, G·Co, OH, OW) -> (G, Co, OH·OW·N): channels as GEMM rows, every position a column."""
-    n, c, oh, ow = z.shape
-    return batch_last(z).transpose(1, 2, 3, 0).reshape(groups, c // groups, oh * ow * n)
-
-
-def _from_gemm(z: np.ndarray, n: int, hw: Pair) -> np.ndarray:
-    """(G, Co, OH·OW·N) -> (N, G·Co, OH, OW), batch-last in memory (a view, no copy)."""
-    return z.reshape(-1, hw[0], hw[1], n).transpose(3, 0, 1, 2)
-
-
 def _conv_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
                   groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Z = K * A as one GEMM per group.  x (N, C, H, W), w (Cout, Cg, kh, kw)
-    -> Z (N, Cout, OH, OW), and the im2col patches (G, K, P), which the weight gradient reuses.
+    """Z = K * A as GEMMs over the im2col patches.  x (N, C, H, W), w (Cout, Cg, kh, kw)
+    -> Z (N, Cout, OH, OW), and the patches (B, G, K, P), which the weight gradient reuses.
     """
-    n = x.shape[0]
     cout, cg, kh, kw = w.shape
-    win = windows(pad(batch_last(x), padding), (kh, kw), stride, dilation, out_hw)  # (N, C, kh, kw, OH, OW)
-    # A_patch of every output position as a column (the one copy: im2col)        (G, Cg·kh·kw, P)
-    cols = win.transpose(1, 2, 3, 4, 5, 0).reshape(groups, cg * kh * kw, -1)
-    # Z_ij = Σ K ⊙ A_patch_ij for all positions at once                           (G, Cog, P)
+    bl = _batch_last_pays(x, out_hw[1])
+    win = windows(pad(batch_last(x) if bl else x, padding), (kh, kw), stride, dilation, out_hw)
+    # A_patch of every output position as a column (the one copy: im2col)      (B, G, Cg·kh·kw, P)
+    cols = _im2col(win, groups, bl)
+    # Z_ij = Σ K ⊙ A_patch_ij for all positions at once                         (B, G, Cog, P)
     z = w.reshape(groups, cout // groups, -1) @ cols
-    return _from_gemm(z, n, out_hw), cols
+    return _from_gemm(z, x.shape[0], out_hw, bl), cols
 
 
 def _conv_backward_weight(dz: np.ndarray, cols: np.ndarray, w_shape: tuple[int, ...],
                           groups: int) -> np.ndarray:
-    """∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij.  dz (N, Cout, OH, OW), cols (G, K, P) -> (Cout, Cg, kh, kw)."""
-    # every patch times its ∂Z_ij, summed over positions and batch: one GEMM    (G, Cog, K)
-    dw = _gemm_rows(dz, groups) @ cols.transpose(0, 2, 1)
+    """∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij.  dz (N, Cout, OH, OW), cols (B, G, K, P) -> (Cout, Cg, kh, kw)."""
+    bl = cols.shape[0] == 1
+    # every patch times its ∂Z_ij, summed over positions (GEMM) and batches    (G, Cog, K)
+    dw = (_to_gemm(dz, groups, bl) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(w_shape)
 
 
@@ -77,13 +101,14 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     """
     n, _, oh, ow = dz.shape
     cout, cg, kh, kw = w.shape
-    # the gradient reaching every patch element:  Kᵀ • ∂Z                         (G, Cg·kh·kw, P)
-    dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _gemm_rows(dz, groups)
-    dcols = dcols.reshape(groups * cg, kh, kw, oh, ow, n).transpose(5, 0, 1, 2, 3, 4)  # (N, C, kh, kw, OH, OW)
+    bl = _batch_last_pays(dz, ow)
+    # the gradient reaching every patch element:  Kᵀ • ∂Z                       (B, G, Cg·kh·kw, P)
+    dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _to_gemm(dz, groups, bl)
+    dcols = _from_gemm(dcols, n, (oh, ow), bl).reshape(n, groups * cg, kh, kw, oh, ow)
     h, wd = in_hw
     # put every patch gradient back where the patch came from, summing overlaps (col2im)
     dxp = col2im(lambda i, j: dcols[:, :, i, j], (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]),
-                 dz.dtype, (kh, kw), stride, dilation, (oh, ow))
+                 dz.dtype, (kh, kw), stride, dilation, (oh, ow), bl)
     return unpad(dxp, padding, in_hw)
 
 
