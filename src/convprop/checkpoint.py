@@ -61,7 +61,8 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
     arrays["meta"] = np.frombuffer(json.dumps(meta, default=_to_json).encode(), np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
+    _remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -78,6 +79,19 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
     finally:
         os.close(dfd)
     return path
+
+
+TMP_PREFIX = ".ckpt-"
+
+
+def _remove_stale_temporaries(directory: str) -> None:
+    """Half-written files that a killed save left behind (never the checkpoint itself)."""
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX) and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
 
 
 def load(path: str) -> dict[str, Any]:
@@ -98,12 +112,18 @@ def load(path: str) -> dict[str, Any]:
             data = {k: z[k] for k in z.files}
     except CheckpointError:
         raise
-    except ValueError as e:  # includes object arrays refused by allow_pickle=False
+    except ValueError as e:  # includes object arrays, which allow_pickle=False refuses
         raise CheckpointError(f"{path}: not a valid checkpoint ({e})") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError, RuntimeError) as e:
+    except Exception as e:  # a damaged archive can fail anywhere in zipfile or the .npy header parser
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({type(e).__name__}: {e})") from None
+    for k, v in data.items():
+        if not isinstance(v, np.ndarray):  # NpzFile hands back a member without the .npy header as bytes
+            raise CheckpointError(f"{path}: entry {k!r} is not a NumPy array")
+    meta = data.pop("meta")
+    if meta.dtype != np.uint8 or meta.ndim != 1:
+        raise CheckpointError(f"{path}: corrupt checkpoint header (dtype {meta.dtype}, shape {meta.shape})")
     try:
-        meta = json.loads(data.pop("meta").tobytes().decode())
+        meta = json.loads(meta.tobytes().decode())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint header ({e})") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None

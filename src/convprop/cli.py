@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", default=None,
                    help="continue the run saved in CKPT with its own settings, up to its --epochs")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
+    t.add_argument("--detect-anomaly", action="store_true",
+                   help="check every layer's output and gradients; name the first that is not finite")
 
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
@@ -112,16 +114,16 @@ def _make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
 
 
 def cmd_train(args) -> int:
-    ckpt = None
+    ckpt, resume_path = None, args.resume
     if args.resume:
         ckpt = checkpoint.load(args.resume)
         saved = ckpt["meta"].get("args")
         if not isinstance(saved, dict):
             raise checkpoint.CheckpointError(f"{args.resume}: holds no training arguments to resume from")
         out = args.out or os.path.dirname(os.path.abspath(args.resume))
-        progress = not args.no_progress
+        progress, anomaly = not args.no_progress, args.detect_anomaly
         args = argparse.Namespace(**saved)
-        args.out, args.no_progress = out, not progress
+        args.out, args.no_progress, args.detect_anomaly = out, not progress, anomaly
     out = args.out or os.path.join("runs", f"{args.model}-seed{args.seed}")
     os.makedirs(out, exist_ok=True)
 
@@ -134,20 +136,21 @@ def cmd_train(args) -> int:
 
     _random.manual_seed(args.seed)
     config = {"num_classes": 10}
-    model = models.build(args.model, **config)
+    model = models.build(args.model, **config) if ckpt is None else checkpoint.restore_model(ckpt, resume_path)
     optimizer = _make_optimizer(args.optimizer, model.parameters(), args.lr)
     scheduler = optim.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(train_loader))
     loss_fn = nn.CrossEntropyLoss()
     start_epoch, history = 0, []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
         checkpoint.restore_training(ckpt, model, optimizer, scheduler)
         start_epoch, history = int(ckpt["meta"]["epoch"]), ckpt["meta"].get("history", [])
         train_loader.epoch = start_epoch
         print(f"resuming {args.model} from epoch {start_epoch} of {args.epochs}")
 
+    nn.detect_anomaly(args.detect_anomaly)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    saved_args = {k: v for k, v in vars(args).items() if k not in ("func", "debug", "resume", "command")}
+    saved_args = {k: v for k, v in vars(args).items()
+                  if k not in ("func", "debug", "resume", "command", "detect_anomaly", "no_progress")}
 
     def on_epoch_end(epoch, hist):
         checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except Divergence as e:
+    except (Divergence, nn.AnomalyError) as e:
         print(f"convprop: {e}; the last good checkpoint is kept", file=sys.stderr)
         if args.debug:
             raise

@@ -28,10 +28,17 @@ class _Layer(Module):
 
     _cache = None
 
-    def _input(self, x) -> np.ndarray:
+    def _input(self, x, size: int | None = None, axis: int = 1, ndim: int | None = None) -> np.ndarray:
+        """x in the parameters' dtype, with `ndim` dimensions and `size` entries along `axis`."""
+        if ndim is not None:
+            chk.float_array(x, "x", ndim, "N, C, H, W")
         if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype != self.dtype and self._parameters:
             raise TypeError(f"x: expected dtype {self.dtype} (this {type(self).__name__}'s parameters; cast x or "
                             f"call model.to({x.dtype.name})), got {x.dtype}")
+        if size is not None and isinstance(x, np.ndarray) and x.ndim > max(axis, -axis - 1) \
+                and x.shape[axis] != size:
+            what = "features (last dimension)" if axis == -1 else "channels (dimension 1)"
+            raise ValueError(f"x: expected {size} {what} for {self!r}, got shape {x.shape}")
         return x
 
     def _take_cache(self):
@@ -77,8 +84,9 @@ class Conv2d(_ConvNd):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = F.conv2d(self._input(x), self.weight.data, self._b(), stride=self.stride,
-                                    padding=self.padding, dilation=self.dilation, groups=self.groups)
+        out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(),
+                                    stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                    groups=self.groups)
         return out
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -109,9 +117,9 @@ class ConvTranspose2d(_ConvNd):
         self.dilation, self.groups = dilation, groups
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = F.conv_transpose2d(self._input(x), self.weight.data, self._b(), stride=self.stride,
-                                              padding=self.padding, output_padding=self.output_padding,
-                                              dilation=self.dilation, groups=self.groups)
+        out, self._cache = F.conv_transpose2d(
+            self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(), stride=self.stride,
+            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups)
         return out
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -138,7 +146,8 @@ class Linear(_Layer):
             self._parameters["bias"] = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = F.linear(self._input(x), self.weight.data, None if self.bias is None else self.bias.data)
+        b = None if self.bias is None else self.bias.data
+        out, self._cache = F.linear(self._input(x, self.in_features, -1), self.weight.data, b)
         return out
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

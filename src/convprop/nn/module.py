@@ -199,8 +199,11 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for layer in self:
+        check_input(x)
+        for k, layer in enumerate(self):
             x = layer(x)
+            if _anomaly.enabled:
+                _anomaly.check(x, f"output of layer {k} ({type(layer).__name__})")
         return x
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -212,4 +215,44 @@ class Sequential(Module):
             if not input_grad and k < first:
                 return None
             dout = layers[k].backward(dout, input_grad=input_grad or k > first)
+            if _anomaly.enabled:
+                for name, p in layers[k].named_parameters():
+                    _anomaly.check(p.grad, f"gradient of {name} in layer {k} ({type(layers[k]).__name__})")
+                if dout is not None:
+                    _anomaly.check(dout, f"input gradient of layer {k} ({type(layers[k]).__name__})")
         return dout
+
+
+def check_input(x) -> None:
+    """A model input must be a floating array of finite values."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x: expected a NumPy array, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"x: expected a floating dtype (float32 or float64), got {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"x: expected finite values, got {int(np.isnan(x).sum())} NaN and "
+                         f"{int(np.isinf(x).sum())} infinite")
+
+
+class AnomalyError(FloatingPointError):
+    """A layer produced a NaN or infinite output or gradient (with anomaly detection on)."""
+
+
+class _Anomaly:
+    """`detect_anomaly(True)`: check every layer's output and gradients; name the first non-finite."""
+
+    enabled = False
+
+    @staticmethod
+    def check(a: np.ndarray, what: str) -> None:
+        if a is not None and not np.isfinite(a).all():
+            raise AnomalyError(f"{what} is not finite: {int(np.isnan(a).sum())} NaN, "
+                               f"{int(np.isinf(a).sum())} infinite values")
+
+
+_anomaly = _Anomaly()
+
+
+def detect_anomaly(enabled: bool = True) -> None:
+    """Turn on (or off) the finite-value check after every layer's forward and backward."""
+    _Anomaly.enabled = bool(enabled)
