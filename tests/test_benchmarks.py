@@ -1,0 +1,25 @@
+"""The benchmark suite runs at smoke size and reports numbers (no timing is asserted: machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_suite_runs_at_smoke_size(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--threads", "1", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    result = json.loads((tmp_path / "bench-1t-smoke.json").read_text())
+    assert result["machine"]["sgemm_peak_gflops"] > 0
+    names = {row["case"] for row in result["ops"]}
+    assert any("LeNet-5 training step" in n for n in names) and any("max_pool2d" in n for n in names)
+    for row in result["ops"]:
+        assert row["convprop_ms"] > 0 and (row["torch_ms"] is None or row["torch_ms"] > 0)
+    assert {r["framework"] for r in result["runs"]} == {"convprop", "torch"}
+    assert (tmp_path / "bench-1t-smoke.md").read_text().count("|") > 50
