@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
 import convprop.functional as F  # noqa: E402
+from convprop.gradcheck import numeric_gradient as numeric_grads  # noqa: E402,F401
 
 torch.set_num_threads(1)
 
@@ -54,22 +55,3 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **k
         else:
             assert_close(g, leaf.grad, dtype, f"{name} gradient {k}")
     return out, cache
-
-
-def numeric_grads(fn, arrays, dout, eps=1e-6):
-    """Central differences of Σ fn(*arrays) ⊙ dout with respect to every array, in float64."""
-    grads = []
-    for a in arrays:
-        g = np.zeros_like(a)
-        it = np.nditer(a, flags=["multi_index"])
-        for _ in it:
-            i = it.multi_index
-            old = a[i]
-            a[i] = old + eps
-            up = float((fn(*arrays) * dout).sum())
-            a[i] = old - eps
-            down = float((fn(*arrays) * dout).sum())
-            a[i] = old
-            g[i] = (up - down) / (2 * eps)
-        grads.append(g)
-    return grads

@@ -93,6 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
     e.add_argument("--data", metavar="DIR", default=None, help="IDX directory (default: the bundled sample)")
 
+    pl = sub.add_parser("plot", help="draw the five pictures of a training run into its directory",
+                        description="Training curves, first-layer filters, feature maps, saliency maps and the "
+                                    "confusion matrix of the run in RUN_DIR (its metrics.json and checkpoint.npz).")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of convprop train")
+    pl.add_argument("--data", metavar="DIR", default=None,
+                    help="IDX directory for the test images (default: the run's own, else the bundled sample)")
+
+    x = sub.add_parser("explain", help="work every equation of backprop on small numbers, and check it",
+                       description="Print each equation of the seed's backward pass with the tensors it "
+                                   "produces, then check the gradients against central differences.")
+    x.add_argument("topic", choices=[*explain_topics(), "all"], help="what to explain")
+    x.add_argument("--size", type=_positive_int("--size"), default=None, metavar="N",
+                   help="input height and width (topic defaults: tiny)")
+    x.add_argument("--kernel", type=_positive_int("--kernel"), default=None, metavar="K", help="kernel size")
+    x.add_argument("--stride", type=_positive_int("--stride"), default=None, metavar="S", help="stride")
+    x.add_argument("--padding", type=int, default=None, metavar="P", help="padding")
+    x.add_argument("--seed", type=int, default=0, help="random seed of the example numbers (default: 0)")
+    x.add_argument("--format", choices=["text", "markdown"], default="text", help="output format (default: text)")
+
     r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint")
     r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
     r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size; converted as MNIST)")
@@ -174,36 +193,20 @@ def cmd_train(args) -> int:
     print(f"test accuracy {metrics['test_accuracy']:.2%} after {len(history)} epochs ({seconds:.1f} s this run)")
     print(f"metrics:    {metrics_path}")
     print(f"checkpoint: {ckpt_path}")
-    curves = _plot_curves(history, os.path.join(out, "training-curves.png"))
-    if curves:
-        print(f"curves:     {curves}")
+    _pictures(out, model, history, test_images, test_labels)
     return 0
 
 
-def _plot_curves(history, path) -> str | None:
+def _pictures(out: str, model, history, test_images, test_labels) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        print("(matplotlib is not installed: no training-curves.png; pip install 'convprop[train]')")
-        return None
-    epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
-    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
-    b.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    b.plot(epochs, [100 * h["test_acc"] for h in history], "o-", label="test")
-    b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        print("(matplotlib is not installed: no pictures; pip install 'convprop[train]')")
+        return
+    from . import plots
+
+    paths = plots.plot_run(out, model, history, normalize(test_images), test_labels)
+    print("pictures:   " + "\n            ".join(paths))
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -211,11 +214,12 @@ def cmd_evaluate(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     images, labels = load_mnist(args.data, train=False)
+    from .plots import confusion_matrix
+
     probs = predict(model, normalize(images))
     pred = probs.argmax(axis=1)
     k = probs.shape[1]
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
+    confusion = confusion_matrix(labels, pred, k)
     print(f"{args.checkpoint}: {ckpt['meta']['model']['name']}, epoch {ckpt['meta'].get('epoch')}")
     print(f"accuracy {np.mean(pred == labels):.2%} on {len(labels):,} test images")
     print("per-class accuracy: " + "  ".join(
@@ -263,6 +267,55 @@ def load_digit(path: str) -> np.ndarray:
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
+def explain_topics():
+    from .explain import TOPICS
+
+    return TOPICS
+
+
+def cmd_explain(args) -> int:
+    from .explain import TOPICS, explain, render_markdown, render_text
+
+    render = render_markdown if args.format == "markdown" else render_text
+    options = dict(size=args.size, kernel=args.kernel, stride=args.stride, padding=args.padding, seed=args.seed)
+    topics = TOPICS if args.topic == "all" else [args.topic]
+    if args.format == "markdown" and args.topic == "all":
+        print("# convprop explain: every equation of the seed on small numbers\n\n"
+              "Generated by `convprop explain all --format markdown`; each check compares the hand-written "
+              "gradient with central differences.\n")
+    ok = True
+    for topic in topics:
+        try:
+            e = explain(topic, **options)
+        except ValueError as err:
+            raise UsageError(f"{topic}: {err}") from None
+        ok &= e.ok
+        print(render(e))
+    return 0 if ok else 1
+
+
+def cmd_plot(args) -> int:
+    run = args.run_dir
+    metrics_path, ckpt_path = os.path.join(run, "metrics.json"), os.path.join(run, CHECKPOINT_NAME)
+    if not os.path.isdir(run):
+        raise FileNotFoundError(f"{run}: no such run directory")
+    if not os.path.isfile(metrics_path):
+        raise FileNotFoundError(f"{metrics_path}: no metrics.json (is {run} a convprop train --out directory?)")
+    try:
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        history = metrics["epochs"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{metrics_path}: not a convprop metrics file ({e})") from None
+    ckpt = checkpoint.load(ckpt_path)
+    model = checkpoint.restore_model(ckpt, ckpt_path)
+    saved = metrics.get("args") or {}
+    images, labels = load_mnist(args.data or saved.get("data"), train=False)
+    images, labels = _subset(images, labels, saved.get("test_size"), saved.get("seed", 0))
+    _pictures(run, model, history, images, labels)
+    return 0
+
+
 def cmd_predict(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
@@ -274,7 +327,8 @@ def cmd_predict(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot,
+            "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,405 @@
+"""`convprop explain TOPIC`: every equation of the seed, worked on small numbers and checked.
+
+Each topic builds an `Explanation`: steps (an equation and the arrays it produces) and checks (the
+hand-written gradient against central differences, or against a second route to the same value).
+The renderers turn it into 80-column text or markdown; tests assert on the arrays, not the text.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import functional as F
+from .gradcheck import numeric_gradient
+
+TOPICS = ("conv", "transposed-conv", "maxpool", "avgpool", "linear", "network")
+WIDTH = 80
+
+
+@dataclass
+class Step:
+    title: str
+    equation: str
+    arrays: dict[str, np.ndarray]
+    note: str = ""
+
+
+@dataclass
+class Check:
+    """analytic vs reference; `agree=False` marks a check that must show a *difference* (a wrong rule)."""
+
+    name: str
+    analytic: np.ndarray
+    reference: np.ndarray
+    method: str = "central differences"
+    agree: bool = True
+
+    @property
+    def max_error(self) -> float:
+        return float(np.abs(np.asarray(self.analytic, float) - np.asarray(self.reference, float)).max())
+
+    @property
+    def ok(self) -> bool:
+        return (self.max_error < 1e-6) == self.agree
+
+
+@dataclass
+class Explanation:
+    topic: str
+    title: str
+    intro: str
+    steps: list[Step] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def _ints(rng, low, high, shape, nonzero=False) -> np.ndarray:
+    a = rng.integers(low, high, size=shape).astype(np.float64)
+    if nonzero:
+        a[a == 0] = 1.0
+    return a
+
+
+def _sq(a) -> np.ndarray:
+    """Drop the singleton batch and channel axes of the tiny examples for display."""
+    a = np.asarray(a, dtype=np.float64)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    return a
+
+
+# --------------------------------------------------------------------------- conv
+FLIP_NOTE = ("Convention: ∂A is the transposed convolution of ∂Z with the kernel K itself (every ∂Z_ij·K "
+             "scattered back onto its window), which is the same as a full cross-correlation of the "
+             "zero-inserted, padded ∂Z with the flipped kernel K^F. One flip, not two.")
+
+
+def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int = 0, seed: int = 0) -> Explanation:
+    rng = np.random.default_rng(seed)
+    for _ in range(100):  # a kernel that its 180° rotation changes, so a wrong flip shows
+        K = _ints(rng, -1, 3, (1, 1, kernel, kernel))
+        if kernel == 1 or not np.array_equal(K, K[..., ::-1, ::-1]):
+            break
+    A = _ints(rng, 0, 4, (1, 1, size, size))
+    B = np.array([1.0])
+    Z, cache = F.conv2d(A, K, B, stride=stride, padding=padding)
+    dZ = _ints(rng, -1, 2, Z.shape, nonzero=True)
+    dA, dK, dB = F.conv2d_backward(dZ, cache)
+    oh, s, p, k = Z.shape[2], stride, padding, kernel
+    e = Explanation("conv", "Backprop through a convolutional layer",
+                    f"One channel in and out: A^(l-1) is {size}×{size}, the kernel K is {k}×{k}, stride {s}, "
+                    f"padding {p}. The upstream gradient ∂Z = ∂L/∂Z is given. " + FLIP_NOTE)
+    Ap = np.pad(A[0, 0], p)
+    e.steps.append(Step("Forward", "Z_ij = Σ_ab K_ab · A_(i·s+a, j·s+b) + B   (cross-correlation, as torch)",
+                        {"A^(l-1)" + (" padded" if p else ""): Ap, "K": K, "B": B, "Z": Z}))
+    e.steps.append(Step("Upstream gradient", "∂Z = ∂L/∂Z, the same shape as Z", {"∂Z": dZ}))
+    # ∂A, route 1: full cross-correlation of the zero-inserted, padded ∂Z with the flipped kernel
+    KF = K[..., ::-1, ::-1].copy()
+    ins = np.zeros((1, 1, (oh - 1) * s + 1, (oh - 1) * s + 1))
+    ins[..., ::s, ::s] = dZ
+    padded = np.pad(ins, ((0, 0), (0, 0), (k - 1, k - 1), (k - 1, k - 1)))
+    full, _ = F.conv2d(padded, KF)
+    dAp = np.zeros((1, 1, size + 2 * p, size + 2 * p))
+    dAp[..., : full.shape[2], : full.shape[3]] = full
+    dA_corr = dAp[..., p: p + size, p: p + size]
+    arrays = {"K^F (flipped)": KF}
+    if s > 1:
+        arrays[f"∂Z zero-inserted (s−1 = {s - 1})"] = ins
+    arrays[f"… padded by k−1 = {k - 1}"] = padded
+    arrays["full corr. with K^F"] = full
+    e.steps.append(Step("∂A^(l-1): the flipped kernel, correlated over the padded ∂Z",
+                        "∂A = pad(∂Z) ⋆ K^F   (then crop the forward padding p)", arrays))
+    # ∂A, route 2: transposed convolution with the unflipped K = what conv2d_backward computes
+    e.steps.append(Step("∂A^(l-1): the same as a transposed convolution with K", "∂A = K ⋆ᵀ ∂Z   (conv2d_backward)",
+                        {"∂A (corr. route)": dA_corr, "∂A (K ⋆ᵀ ∂Z)": dA},
+                        "In a layer below, ∂Z^(l-1) = ∂A ⊙ act'(Z^(l-1))."))
+    patches = {}
+    for i in range(oh):
+        for j in range(oh):
+            patches[f"A_patch{i}{j}·∂Z{i}{j}"] = Ap[i * s: i * s + k, j * s: j * s + k] * dZ[0, 0, i, j]
+    patches["Σ = ∂W"] = dK
+    e.steps.append(Step("∂W: every patch of A^(l-1) times its ∂Z_ij, summed",
+                        "O_ij = A_patch_ij ⊙ ∂Z_ij,   ∂W = Σ_ij O_ij", patches))
+    e.steps.append(Step("∂B: the sum of ∂Z over positions", "∂B = Σ_ij ∂Z_ij", {"∂B": dB}))
+    wrong, _ = F.conv_transpose2d(dZ, KF, stride=s, padding=p, output_padding=size + 2 * p - ((oh - 1) * s + k))
+    e.steps.append(Step("The seed read literally: flip K *and* transpose", "(K^F) ⋆ᵀ ∂Z   — flips twice",
+                        {"(K^F) ⋆ᵀ ∂Z": wrong, "true ∂A": dA}, "This differs from ∂A: the double flip is wrong."))
+    nA, nK, nB = numeric_gradient(lambda a, w, b: F.conv2d(a, w, b, stride=s, padding=p)[0], [A, K, B], dZ)
+    e.checks += [Check("∂A", dA, nA), Check("∂W", dK, nK), Check("∂B", dB, nB),
+                 Check("∂A: correlation with K^F = K ⋆ᵀ ∂Z", dA_corr, dA, "the other route"),
+                 Check("∂A vs flip + transpose (must differ)", wrong, dA, "the double flip", agree=False)]
+    return e
+
+
+# --------------------------------------------------------------------------- transposed conv
+def explain_transposed_conv(size: int = 3, kernel: int = 2, stride: int = 2, padding: int = 0,
+                            seed: int = 0) -> Explanation:
+    rng = np.random.default_rng(seed)
+    X, K = _ints(rng, 0, 4, (1, 1, size, size)), _ints(rng, -1, 3, (1, 1, kernel, kernel), nonzero=True)
+    Y, cache = F.conv_transpose2d(X, K, stride=stride, padding=padding)
+    dY = _ints(rng, -1, 2, Y.shape, nonzero=True)
+    dX, dK, _ = F.conv_transpose2d_backward(dY, cache)
+    s, k, p = stride, kernel, padding
+    e = Explanation("transposed-conv", "Backprop through a transposed convolution",
+                    f"X is {size}×{size}, K is {k}×{k}, stride {s}, padding {p}. The forward pass *is* a "
+                    "convolution's backward-data: every X_ij·K is placed at (i·s, j·s) and overlaps sum. Its "
+                    "backward is therefore a plain convolution.")
+    full = (size - 1) * s + k
+    pieces = {}
+    for i in range(size):
+        for j in range(size):
+            canvas = np.zeros((full, full))
+            canvas[i * s: i * s + k, j * s: j * s + k] = X[0, 0, i, j] * K[0, 0]
+            pieces[f"X{i}{j}·K"] = canvas
+    pieces["Σ, cropped by p = Y"] = Y
+    e.steps.append(Step("Forward", "Y = K ⋆ᵀ X = Σ_ij X_ij·K placed at (i·s, j·s)", {"X": X, "K": K, **pieces}))
+    e.steps.append(Step("Upstream gradient", "∂Y = ∂L/∂Y", {"∂Y": dY}))
+    e.steps.append(Step("∂X: the convolution of ∂Y with K", "∂X_ij = Σ_ab K_ab · ∂Y_(i·s+a, j·s+b)", {"∂X": dX}))
+    dYp = np.pad(dY[0, 0], p)
+    parts = {f"∂Y_patch{i}{j}·X{i}{j}": dYp[i * s: i * s + k, j * s: j * s + k] * X[0, 0, i, j]
+             for i in range(size) for j in range(size)}
+    e.steps.append(Step("∂K: every patch of ∂Y times the X_ij that made it", "∂K = Σ_ij ∂Y_patch_ij ⊙ X_ij",
+                        {**parts, "Σ = ∂K": dK}))
+    nX, nK = numeric_gradient(lambda x, w: F.conv_transpose2d(x, w, stride=s, padding=p)[0], [X, K], dY)
+    e.checks += [Check("∂X", dX, nX), Check("∂K", dK, nK)]
+    return e
+
+
+# --------------------------------------------------------------------------- pooling
+def explain_maxpool(size: int = 4, kernel: int = 2, stride: int = 2, padding: int = 0, seed: int = 0) -> Explanation:
+    rng = np.random.default_rng(seed)
+    values = np.array([v for v in range(-size * size, size * size + 1) if v != 0], dtype=np.float64)
+    Zp = rng.permutation(values)[: size * size].reshape(1, 1, size, size)  # distinct, no kinks at 0
+    A, relu_cache = F.relu(Zp)
+    P, cache = F.max_pool2d(A, kernel, stride=stride, padding=padding)
+    dZ = _ints(rng, 1, 4, P.shape)
+    unpooled = F.max_pool2d_backward(dZ, cache)
+    act = (Zp > 0).astype(np.float64)
+    dZp = F.relu_backward(unpooled, relu_cache)
+    e = Explanation("maxpool", "Backprop through max pooling",
+                    f"Z^(l-1) is {size}×{size}, A^(l-1) = ReLU(Z^(l-1)) is pooled {kernel}×{kernel} with stride "
+                    f"{stride}. The forward pass caches where each maximum came from; the backward pass puts "
+                    "each gradient back there (max-unpooling into a zero mask), then multiplies by act'.")
+    e.steps.append(Step("Forward", "A^(l-1) = ReLU(Z^(l-1)),  Z^l_ij = max of window ij of A^(l-1)",
+                        {"Z^(l-1)": Zp, "A^(l-1)": A, "Z^l": P}))
+    e.steps.append(Step("Cached argmax indices", "flat index y·W + x of each window's maximum (torch's convention)",
+                        {"indices": cache.indices}))
+    e.steps.append(Step("Max-unpool ∂Z^l into a zero mask", "mask = 0;  mask[indices] += ∂Z^l",
+                        {"∂Z^l": dZ, "zero mask": np.zeros_like(A), "max-unpooled": unpooled},
+                        "Where windows overlap, two gradients landing on one cell add up."))
+    e.steps.append(Step("Times the activation's derivative", "∂Z^(l-1) = max-unpool(∂Z^l) ⊙ act'(Z^(l-1))",
+                        {"act'(Z^(l-1))": act, "∂Z^(l-1)": dZp}))
+    n = numeric_gradient(lambda z: F.max_pool2d(F.relu(z)[0], kernel, stride=stride, padding=padding)[0], [Zp], dZ)
+    e.checks.append(Check("∂Z^(l-1)", dZp, n[0]))
+    return e
+
+
+def explain_avgpool(size: int = 4, kernel: int = 2, stride: int = 1, padding: int = 0, seed: int = 0) -> Explanation:
+    rng = np.random.default_rng(seed)
+    A = _ints(rng, 0, 5, (1, 1, size, size))
+    Z, cache = F.avg_pool2d(A, kernel, stride=stride, padding=padding)
+    dZ = _ints(rng, 1, 5, Z.shape) * kernel * kernel / 2  # so that ∂Z / r_size stays readable
+    dA = F.avg_pool2d_backward(dZ, cache)
+    share = dZ / cache.divisor
+    oh = Z.shape[2]
+    full = size + 2 * padding
+    spreads, counts = {}, np.zeros((full, full))
+    for i in range(oh):
+        for j in range(oh):
+            canvas = np.zeros((full, full))
+            canvas[i * stride: i * stride + kernel, j * stride: j * stride + kernel] = share[0, 0, i, j]
+            counts[i * stride: i * stride + kernel, j * stride: j * stride + kernel] += 1
+            spreads[f"window {i}{j}"] = canvas[padding: padding + size, padding: padding + size]
+    e = Explanation("avgpool", "Backprop through average pooling",
+                    f"A is {size}×{size}, pooled {kernel}×{kernel} with stride {stride}"
+                    f"{' (windows overlap)' if stride < kernel else ''}. Each ∂Z_ij is divided by the window "
+                    "size r and spread evenly over its window; where windows overlap the spreads add up.")
+    e.steps.append(Step("Forward", "Z_ij = Σ window ij / r", {"A": A, "Z": Z}))
+    e.steps.append(Step("Each gradient divided by the window size", "∂Z_ij / r", {"∂Z": dZ, "∂Z / r": share}))
+    e.steps.append(Step("Spread over every window", "window ij gets ∂Z_ij / r in each of its cells", spreads))
+    e.steps.append(Step("Summed where windows overlap", "∂A = Σ_windows spread",
+                        {"windows per cell": counts[padding: padding + size, padding: padding + size], "∂A": dA}))
+    n = numeric_gradient(lambda a: F.avg_pool2d(a, kernel, stride=stride, padding=padding)[0], [A], dZ)
+    e.checks.append(Check("∂A", dA, n[0]))
+    return e
+
+
+# --------------------------------------------------------------------------- linear
+def explain_linear(size: int = 4, seed: int = 0, **_) -> Explanation:
+    rng = np.random.default_rng(seed)
+    hidden, out = 3, 2
+    A0 = _ints(rng, -2, 3, (1, size))
+    W1, b1 = _ints(rng, -1, 2, (hidden, size), nonzero=True), _ints(rng, -1, 2, (hidden,))
+    W2 = _ints(rng, -1, 2, (out, hidden), nonzero=True)
+    Z1, c1 = F.linear(A0, W1, b1)
+    Z1[Z1 == 0] = 1.0  # keep away from ReLU's kink
+    A1, r1 = F.relu(Z1)
+    Z2, c2 = F.linear(A1, W2)
+    dZ2 = _ints(rng, -2, 3, Z2.shape, nonzero=True)
+    dA1, dW2, _ = F.linear_backward(dZ2, c2)
+    dZ1 = F.relu_backward(dA1, r1)
+    _, dW1, db1 = F.linear_backward(dZ1, c1)
+    e = Explanation("linear", "Backprop through fully connected layers",
+                    f"Layer l: Z^l = W^l A^(l-1) + b^l, A^l = ReLU(Z^l); layer l+1: Z^(l+1) = W^(l+1) A^l. "
+                    f"Sizes {size} → {hidden} → {out}; vectors are shown as rows (a batch of one).")
+    e.steps.append(Step("Forward", "Z^l = W^l A^(l-1) + b^l,  A^l = ReLU(Z^l),  Z^(l+1) = W^(l+1) A^l",
+                        {"A^(l-1)": A0, "W^l": W1, "b^l": b1, "Z^l": Z1, "A^l": A1, "W^(l+1)": W2, "Z^(l+1)": Z2}))
+    e.steps.append(Step("Back through W^(l+1)", "(W^(l+1))ᵀ ∂Z^(l+1)", {"∂Z^(l+1)": dZ2, "(W^(l+1))ᵀ ∂Z^(l+1)": dA1}))
+    e.steps.append(Step("Times act'(Z^l)", "∂Z^l = (W^(l+1))ᵀ ∂Z^(l+1) ⊙ act'(Z^l)",
+                        {"act'(Z^l)": (Z1 > 0).astype(float), "∂Z^l": dZ1}))
+    e.steps.append(Step("The weights' gradients", "∂W^l = ∂Z^l (A^(l-1))ᵀ,  ∂b^l = ∂Z^l,  ∂W^(l+1) = ∂Z^(l+1) (A^l)ᵀ",
+                        {"∂W^l": dW1, "∂b^l": db1, "∂W^(l+1)": dW2}))
+    nZ1 = numeric_gradient(lambda z: F.linear(F.relu(z)[0], W2)[0], [Z1.copy()], dZ2)[0]
+    nW1, nb1 = numeric_gradient(lambda w, b: F.linear(F.relu(F.linear(A0, w, b)[0])[0], W2)[0], [W1, b1], dZ2)
+    e.checks += [Check("∂Z^l", dZ1, nZ1), Check("∂W^l", dW1, nW1), Check("∂b^l", db1, nb1)]
+    return e
+
+
+# --------------------------------------------------------------------------- network
+def explain_network(size: int = 6, seed: int = 0, **_) -> Explanation:
+    from . import nn
+
+    rng = np.random.default_rng(seed)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(2 * ((size - 2) // 2) ** 2, 3)).to(np.float64)
+    for p in net.parameters():
+        p.data[...] = np.round(rng.standard_normal(p.data.shape), 2)
+    x = np.round(rng.standard_normal((1, 1, size, size)), 2)
+    target = np.array([int(rng.integers(0, 3))])
+    loss_fn = nn.CrossEntropyLoss()
+    e = Explanation("network", "One backward pass through a tiny network, layer by layer",
+                    f"conv 3×3 (1→2 channels) → ReLU → max-pool 2×2 → flatten → linear → softmax "
+                    f"cross-entropy with target class {target[0]}, on one {size}×{size} image. Each layer's "
+                    "backward takes ∂L/∂(its output) and returns ∂L/∂(its input).")
+    acts = {"x": x}
+    h = x
+    for k, layer in enumerate(net):
+        h = layer(h)
+        acts[f"{k}: {type(layer).__name__}"] = h
+    loss, dlogits = loss_fn(h, target)
+    e.steps.append(Step("Forward, every layer caching what its backward needs", "h_(k+1) = layer_k(h_k)",
+                        {name: (a[0] if a.ndim == 4 else a) for name, a in acts.items()}))
+    e.steps.append(Step("The loss and its gradient", "L = −log softmax(z)_y,   ∂L/∂z = softmax(z) − onehot(y)",
+                        {"logits z": h, "L": np.array([loss]), "∂L/∂z": dlogits}))
+    d = dlogits
+    for k in range(len(net) - 1, -1, -1):
+        layer = net[k]
+        d = layer.backward(d)
+        arrays = {f"∂L/∂(input of {k})": d[0] if d.ndim == 4 else d}
+        for name, p in layer.named_parameters():
+            arrays[f"∂{name}"] = p.grad[:, 0] if p.grad.ndim == 4 else p.grad
+        e.steps.append(Step(f"Backward through layer {k}: {type(layer).__name__}", _LAYER_RULES[type(layer).__name__],
+                            arrays))
+
+    def loss_of(*_arrays):
+        return np.array(loss_fn(net(x), target)[0])
+
+    params = [p for _, p in net.named_parameters()]
+    numeric = numeric_gradient(loss_of, [p.data for p in params] + [x], np.array(1.0))
+    for (name, p), n in zip(net.named_parameters(), numeric):
+        e.checks.append(Check(f"∂L/∂{name}", p.grad, n))
+    e.checks.append(Check("∂L/∂x", d, numeric[-1]))
+    return e
+
+
+_LAYER_RULES = {
+    "Linear": "∂A = ∂Z W  (= Wᵀ ∂Z as columns),  ∂W = ∂Zᵀ A,  ∂b = Σ ∂Z",
+    "Flatten": "∂ reshaped back to (C, H, W)",
+    "MaxPool2d": "max-unpool: each ∂ goes to its window's argmax",
+    "ReLU": "∂Z = ∂A ⊙ [Z > 0]",
+    "Conv2d": "∂A = K ⋆ᵀ ∂Z,  ∂K = Σ A_patch ⊙ ∂Z_ij,  ∂B = Σ ∂Z",
+}
+
+BUILDERS = {"conv": explain_conv, "transposed-conv": explain_transposed_conv, "maxpool": explain_maxpool,
+            "avgpool": explain_avgpool, "linear": explain_linear, "network": explain_network}
+
+
+def explain(topic: str, **options) -> Explanation:
+    if topic not in BUILDERS:
+        raise ValueError(f"topic: expected one of {', '.join(TOPICS)}, got {topic!r}")
+    return BUILDERS[topic](**{k: v for k, v in options.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- rendering
+def _fmt(v: float) -> str:
+    if float(v).is_integer():
+        return str(int(v))
+    return f"{v:.3f}".rstrip("0").rstrip(".")
+
+
+def _matrix(name: str, a: np.ndarray) -> list[str]:
+    a = _sq(a)
+    if a.ndim == 0:
+        a = a.reshape(1, 1)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim == 3:  # channels stacked vertically
+        rows = [r for c in a for r in list(c) + [None]][:-1]
+    else:
+        rows = list(a)
+    cells = [[_fmt(v) for v in r] if r is not None else None for r in rows]
+    w = max((len(c) for r in cells if r for c in r), default=1)
+    lines = [" ".join(c.rjust(w) for c in r) if r else "" for r in cells]
+    width = max(len(name), max(len(line) for line in lines))
+    return [name.ljust(width)] + [line.ljust(width) for line in lines]
+
+
+def _side_by_side(blocks: list[list[str]], indent: str = "   ") -> list[str]:
+    out, row, row_width = [], [], len(indent)
+    for b in blocks:
+        bw = max(len(line) for line in b)
+        if row and row_width + bw + 3 > WIDTH:
+            out += _join(row, indent) + [""]
+            row, row_width = [], len(indent)
+        row.append(b)
+        row_width += bw + 3
+    if row:
+        out += _join(row, indent)
+    return out
+
+
+def _join(row, indent):
+    height = max(len(b) for b in row)
+    widths = [max(len(line) for line in b) for b in row]
+    return [indent + "   ".join((b[i] if i < len(b) else "").ljust(w) for b, w in zip(row, widths)).rstrip()
+            for i in range(height)]
+
+
+def render_text(e: Explanation) -> str:
+    wrap = textwrap.TextWrapper(WIDTH, initial_indent="", subsequent_indent="")
+    lines = [f"== {e.topic}: {e.title} ==", *wrap.wrap(e.intro), ""]
+    for n, step in enumerate(e.steps, 1):
+        lines.append(f"-- {n}. {step.title}")
+        lines += textwrap.wrap(step.equation, WIDTH, initial_indent="   ", subsequent_indent="     ")
+        lines.append("")
+        lines += _side_by_side([_matrix(name, a) for name, a in step.arrays.items()])
+        if step.note:
+            lines += textwrap.wrap(step.note, WIDTH, initial_indent="   ", subsequent_indent="   ")
+        lines.append("")
+    lines.append("-- checks")
+    for c in e.checks:
+        verdict = ("agrees" if c.agree else "differs, as it must") if c.ok else "MISMATCH"
+        lines += textwrap.wrap(f"{c.name}: vs {c.method}, max error {c.max_error:.1e} — {verdict}", WIDTH,
+                               initial_indent="   ", subsequent_indent="     ")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def render_markdown(e: Explanation) -> str:
+    lines = [f"## {e.topic}: {e.title}", "", e.intro, ""]
+    for n, step in enumerate(e.steps, 1):
+        lines += [f"### {n}. {step.title}", "", f"`{step.equation}`", "", "```"]
+        lines += _side_by_side([_matrix(name, a) for name, a in step.arrays.items()], indent="")
+        lines += ["```", ""]
+        if step.note:
+            lines += [step.note, ""]
+    lines += ["### Checks", "", "| check | against | max error | verdict |", "|---|---|---:|---|"]
+    for c in e.checks:
+        verdict = ("agrees" if c.agree else "differs, as it must") if c.ok else "MISMATCH"
+        lines.append(f"| {c.name} | {c.method} | {c.max_error:.1e} | {verdict} |")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
