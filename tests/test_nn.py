@@ -209,3 +209,17 @@ def test_max_unpool2d_module_and_mse_loss_match_torch():
     ref.backward()
     assert abs(loss - ref.item()) < 1e-12
     assert_close(dx, xt.grad, np.float64, "dx through unpool")
+
+
+def test_torch_style_constructors_and_zero_grad_set_to_none():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="zeros", dtype=None), nn.ReLU(inplace=True),
+                        nn.Dropout(p=0.2, inplace=False), nn.Flatten(), nn.Linear(2 * 4 * 4, 3, dtype=None))
+    assert net.dtype == np.float32
+    x = np.ones((2, 1, 6, 6), np.float32)
+    net.backward(net(x) * 0 + 1)
+    net.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+    with pytest.raises(ValueError, match="padding_mode"):
+        nn.Conv2d(1, 2, 3, padding_mode="reflect")

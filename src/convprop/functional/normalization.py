@@ -96,8 +96,8 @@ def dropout(x: np.ndarray, p: float = 0.5, training: bool = True,
     The identity in eval mode or for p = 0.  rng defaults to convprop's seeded generator.
     """
     chk.float_array(x, "x", tuple(range(0, 33)))
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p: expected a dropout probability in [0, 1], got {p}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
     if not training or p == 0.0:
         return x, DropoutCache(None)
     if rng is None:
@@ -105,7 +105,7 @@ def dropout(x: np.ndarray, p: float = 0.5, training: bool = True,
 
         rng = _random.generator()
     keep = rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
-    mask = keep * x.dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    mask = keep * x.dtype.type(1.0 / (1.0 - p))
     return x * mask, DropoutCache(mask)
 
 

@@ -19,8 +19,16 @@ __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d",
            "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d"]
 
 
+def _dtype(dtype) -> np.dtype:
+    """A parameter dtype: float32 unless a floating dtype is named (None means the default, as torch)."""
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype: expected a floating dtype (float32 or float64), got {dtype}")
+    return dtype
+
+
 def _uniform(shape: tuple[int, ...], bound: float, dtype) -> Parameter:
-    return Parameter(_random.generator().uniform(-bound, bound, size=shape).astype(dtype))
+    return Parameter(_random.generator().uniform(-bound, bound, size=shape).astype(_dtype(dtype)))
 
 
 class _Layer(Module):
@@ -72,7 +80,9 @@ class Conv2d(_ConvNd):
     """Z = K * A + B.  weight (out, in/groups, kh, kw), bias (out,)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, dtype=np.float32) -> None:
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", dtype=None) -> None:
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode: only 'zeros' is implemented, got {padding_mode!r}")
         kh, kw = chk.pair(kernel_size, "kernel_size", 1)
         groups = chk.positive_int(groups, "groups")
         for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -103,7 +113,7 @@ class ConvTranspose2d(_ConvNd):
     """Y = K ⋆ᵀ X + B.  weight (in, out/groups, kh, kw), bias (out,)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups: int = 1, bias: bool = True, dilation=1, dtype=np.float32) -> None:
+                 groups: int = 1, bias: bool = True, dilation=1, dtype=None) -> None:
         kh, kw = chk.pair(kernel_size, "kernel_size", 1)
         groups = chk.positive_int(groups, "groups")
         for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -134,7 +144,7 @@ class ConvTranspose2d(_ConvNd):
 class Linear(_Layer):
     """Z = A Wᵀ + B.  weight (out, in), bias (out,)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None) -> None:
         super().__init__()
         chk.positive_int(in_features, "in_features")
         chk.positive_int(out_features, "out_features")
@@ -274,6 +284,9 @@ class _Activation(_Layer):
 class ReLU(_Activation):
     op = "relu"
 
+    def __init__(self, inplace: bool = False) -> None:  # inplace: accepted for torch code; never in place
+        super().__init__()
+
 
 class Sigmoid(_Activation):
     op = "sigmoid"
@@ -286,7 +299,7 @@ class Tanh(_Activation):
 class LeakyReLU(_Activation):
     op = "leaky_relu"
 
-    def __init__(self, negative_slope: float = 0.01) -> None:
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
         self.negative_slope = negative_slope
 
@@ -297,10 +310,10 @@ class LeakyReLU(_Activation):
 class Dropout(_Layer):
     """Inverted dropout in train mode, the identity in eval mode."""
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
+        if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"p: expected a dropout probability in [0, 1), got {p!r}")
         self.p = float(p)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -319,8 +332,9 @@ class _BatchNorm(_Layer):
     ndims: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, dtype=np.float32) -> None:
+                 track_running_stats: bool = True, dtype=None) -> None:
         super().__init__()
+        dtype = _dtype(dtype)
         self.num_features = chk.positive_int(num_features, "num_features")
         self.eps, self.momentum = eps, momentum
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None

@@ -21,6 +21,13 @@ class Parameter:
         self.data = data
         self.grad: np.ndarray | None = None
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradient (torch's default), or keep the array and fill it with zeros."""
+        if set_to_none or self.grad is None:
+            self.grad = None
+        else:
+            self.grad.fill(0)
+
     def accumulate(self, g: np.ndarray) -> None:
         if self.grad is None:
             self.grad = g.copy() if np.shares_memory(g, self.data) else np.ascontiguousarray(g)
@@ -109,9 +116,9 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
-            p.grad = None
+            p.zero_grad(set_to_none)
 
     def to(self, dtype) -> Module:
         """Cast every floating parameter and buffer to dtype (integer buffers stay); returns self."""

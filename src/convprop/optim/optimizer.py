@@ -31,10 +31,10 @@ class Optimizer:
                     raise TypeError(f"params[{i}]: expected a convprop Parameter, got {type(p).__name__}")
             self.param_groups.append(group)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
             for p in group["params"]:
-                p.grad = None
+                p.zero_grad(set_to_none)
 
     def _params_with_grad(self):
         for group in self.param_groups:
