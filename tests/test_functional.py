@@ -78,6 +78,32 @@ def test_conv2d_random(seed):
     check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
 
 
+def random_same_conv(seed):
+    """'Same'-padded stride-1 convolutions with as many input as output channels: the shapes whose
+    backward-data takes the full-correlation route (see _conv_backward_data)."""
+    rng = np.random.default_rng(10_000 + seed)
+    g = int(rng.choice([1, 2]))
+    c = g * int(rng.integers(1, 5))
+    k, d = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
+    h, w = (int(v) for v in rng.integers(d * (k - 1) + 1, 10, size=2))
+    x, wt = rng.standard_normal((int(rng.integers(1, 4)), c, h, w)), rng.standard_normal((c, c // g, k, k))
+    b = rng.standard_normal(c) if rng.random() < 0.5 else None
+    return [x, wt, b], dict(padding=d * (k - 1) // 2, dilation=d, groups=g), _dtype(rng)
+
+
+@pytest.mark.parametrize("seed", range(80))
+def test_conv2d_same_padding_random(seed, monkeypatch):
+    from convprop.functional import conv
+
+    routes = []
+    forward = conv._conv_forward
+    monkeypatch.setattr(conv, "_conv_forward", lambda *a: routes.append(a[2]) or forward(*a))
+    arrays, kw, dtype = random_same_conv(seed)
+    check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
+    assert len(routes) == 2  # the forward, and backward-data as a correlation with the flipped kernel
+    check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv_transpose2d_random(seed):
     arrays, kw, dtype = random_conv(seed, transposed=True)

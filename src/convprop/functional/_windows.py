@@ -86,7 +86,10 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
 
     view[n, c, i, j, y, x] = xp[n, c, y·sh + i·dh, x·sw + j·dw]
     """
-    n, c, _, _ = xp.shape
+    n, c, h, w = xp.shape
+    for size, k, s, d, o in zip((h, w), kernel, stride, dilation, out):  # as_strided must stay inside xp
+        if o > 0 and (o - 1) * s + d * (k - 1) + 1 > size:
+            raise AssertionError(f"window view of {o} outputs overruns an axis of {size}")
     sN, sC, sH, sW = xp.strides
     return as_strided(
         xp,

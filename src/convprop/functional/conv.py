@@ -101,6 +101,16 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     """
     n, _, oh, ow = dz.shape
     cout, cg, kh, kw = w.shape
+    full = tuple(d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding))
+    covers = all(o + 2 * f - d * (k - 1) == size  # the correlation yields exactly H × W (no output_padding)
+                 for o, f, d, k, size in zip((oh, ow), full, dilation, (kh, kw), in_hw))
+    if stride == (1, 1) and min(full) >= 0 and covers and cout * in_hw[0] * in_hw[1] <= 1.5 * groups * cg * oh * ow:
+        # Same numbers, cheaper route when the output is as large as the input ('same' padding):
+        # the full cross-correlation of ∂Z, padded by d(k−1) − p, with the flipped kernel whose
+        # in/out channels swap — a plain forward convolution, no (K, P) patch gradient to scatter.
+        flipped = w.reshape(groups, cout // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+        flipped = np.ascontiguousarray(flipped).reshape(groups * cg, cout // groups, kh, kw)
+        return _conv_forward(dz, flipped, (1, 1), full, dilation, groups, in_hw)[0]
     bl = _batch_last_pays(dz, ow)
     # the gradient reaching every patch element:  Kᵀ • ∂Z                       (B, G, Cg·kh·kw, P)
     dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _to_gemm(dz, groups, bl)
