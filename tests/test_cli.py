@@ -121,9 +121,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["train", "--epochs", "0"], "--epochs: expected a positive integer"),
+    (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
     (["train", "--batch-size", "-3"], "--batch-size"),
-    (["train", "--lr", "0"], "--lr: expected a positive number"),
+    (["train", "--lr", "0"], "argument --lr: expected a positive number"),
+    (["train", "--model", "resnet"], "argument --model: invalid choice"),
+    (["explain", "nope"], "argument topic: invalid choice"),
     (["train", "--data", "/nonexistent/dir"], "/nonexistent/dir: no such directory"),
     (["evaluate", "/nonexistent.npz"], "no such checkpoint"),
     (["predict", "/nonexistent.npz", "x.png"], "no such checkpoint"),
@@ -131,7 +133,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 def test_cli_user_errors_exit_2_with_one_line(args, words, tmp_path):
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 2, (r.returncode, r.stderr)
-    assert words in r.stderr and "Traceback" not in r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path):

@@ -27,34 +27,37 @@ class UsageError(ValueError):
     """A bad value on the command line."""
 
 
-def _positive_int(name):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive integer, got {v}")
-        return v
-    return parse
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
 
 
-def _positive_float(name):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive number, got {text!r}") from None
-        if not v > 0 or not np.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{name}: expected a positive number, got {v}")
-        return v
-    return parse
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`convprop: error: …`, exit code 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"convprop: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
+    p = _Parser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (default: LeNet-5 on the bundled MNIST sample)",
                        description="Train a CNN. With no arguments: LeNet-5, Adam with a one-cycle schedule, "
@@ -65,20 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", metavar="DIR", default=None,
                    help="directory of MNIST / Fashion-MNIST IDX files, .gz or raw, also torchvision's "
                         "MNIST/raw layout (default: the bundled sample)")
-    t.add_argument("--epochs", type=_positive_int("--epochs"), default=DEFAULTS["epochs"],
+    t.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"],
                    help="number of epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=_positive_int("--batch-size"), default=DEFAULTS["batch_size"],
+    t.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"],
                    help="training batch size (default: %(default)s)")
-    t.add_argument("--lr", type=_positive_float("--lr"), default=DEFAULTS["lr"],
+    t.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"],
                    help="peak learning rate of the one-cycle schedule (default: %(default)s)")
     t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=DEFAULTS["optimizer"],
                    help="optimizer; sgd uses Nesterov momentum 0.9 (default: %(default)s)")
     t.add_argument("--shift", type=int, choices=range(0, 5), default=DEFAULTS["shift"], metavar="PX",
                    help="random shift augmentation in pixels, 0 to 4 (default: %(default)s)")
     t.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
-    t.add_argument("--train-size", type=_positive_int("--train-size"), default=None, metavar="N",
+    t.add_argument("--train-size", type=_positive_int, default=None, metavar="N",
                    help="train on a random subset of N images (default: all)")
-    t.add_argument("--test-size", type=_positive_int("--test-size"), default=None, metavar="N",
+    t.add_argument("--test-size", type=_positive_int, default=None, metavar="N",
                    help="test on a random subset of N images (default: all)")
     t.add_argument("--out", metavar="DIR", default=None,
                    help="where metrics.json, checkpoint.npz and training-curves.png go "
@@ -104,10 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print each equation of the seed's backward pass with the tensors it "
                                    "produces, then check the gradients against central differences.")
     x.add_argument("topic", choices=[*explain_topics(), "all"], help="what to explain")
-    x.add_argument("--size", type=_positive_int("--size"), default=None, metavar="N",
+    x.add_argument("--size", type=_positive_int, default=None, metavar="N",
                    help="input height and width (topic defaults: tiny)")
-    x.add_argument("--kernel", type=_positive_int("--kernel"), default=None, metavar="K", help="kernel size")
-    x.add_argument("--stride", type=_positive_int("--stride"), default=None, metavar="S", help="stride")
+    x.add_argument("--kernel", type=_positive_int, default=None, metavar="K", help="kernel size")
+    x.add_argument("--stride", type=_positive_int, default=None, metavar="S", help="stride")
     x.add_argument("--padding", type=int, default=None, metavar="P", help="padding")
     x.add_argument("--seed", type=int, default=0, help="random seed of the example numbers (default: 0)")
     x.add_argument("--format", choices=["text", "markdown"], default="text", help="output format (default: text)")

@@ -110,7 +110,12 @@ def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...
     """
     dxp = zeros(padded_shape, dtype, batch_last_layout)
     view = windows(dxp, kernel, stride, dilation, out, writeable=True)
+    # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add
+    disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            view[:, :, i, j] += piece(i, j)
+            if disjoint:
+                view[:, :, i, j] = piece(i, j)
+            else:
+                view[:, :, i, j] += piece(i, j)
     return dxp
