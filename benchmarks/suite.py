@@ -243,6 +243,8 @@ x, y = x[:limit], y[:limit]
 loader = DataLoader(x, y, 64, shuffle=True, seed=0, max_shift=2)
 steps = epochs * len(loader)
 if framework == "convprop":
+    from convprop.allocator import keep_freed_memory
+    keep_freed_memory()  # as `convprop train` does
     import convprop.random as R
     from convprop import models, nn, optim
     R.manual_seed(0)

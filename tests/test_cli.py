@@ -141,3 +141,12 @@ def test_cli_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     bad.write_bytes(b"not a zip file at all")
     r = run_cli("evaluate", str(bad))
     assert r.returncode == 2 and "not a checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_keeps_freed_memory_for_the_next_step():
+    import platform
+
+    from convprop.allocator import keep_freed_memory
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory() is True

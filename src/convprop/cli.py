@@ -136,6 +136,9 @@ def _make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
 
 
 def cmd_train(args) -> int:
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # each step's temporaries reuse the last step's pages (see allocator.py)
     ckpt, resume_path = None, args.resume
     if args.resume:
         ckpt = checkpoint.load(args.resume)
