@@ -155,18 +155,24 @@ def _bias_grad(dz: np.ndarray, has_bias: bool) -> np.ndarray | None:
 
 # --------------------------------------------------------------------------- conv2d
 @dataclass(frozen=True, eq=False)
-class Conv2dCache:
-    """What conv2d's backward needs: the patches A_patch, the kernel K and the geometry."""
+class _ConvCache:
+    """The kernel and the geometry, which both convolutions' backward passes need."""
 
-    cols: np.ndarray
     w: np.ndarray
-    x_hw: Pair
     out_shape: tuple[int, int, int, int]
     has_bias: bool
     stride: Pair
     padding: Pair
     dilation: Pair
     groups: int
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2dCache(_ConvCache):
+    """conv2d's: also the patches A_patch (for ∂K) and the input size (for ∂A)."""
+
+    cols: np.ndarray
+    x_hw: Pair
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride: int | Pair = 1,
@@ -185,7 +191,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride:
     out, cols = _conv_forward(x, w, stride, padding, dilation, groups, (oh, ow))
     if b is not None:
         out += b[:, None, None]  # Z += B, broadcast over batch and positions
-    return out, Conv2dCache(cols, w, (h, wd), out.shape, b is not None, stride, padding, dilation, groups)
+    return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, cols, (h, wd))
 
 
 def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = True,
@@ -209,17 +215,10 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
 
 # --------------------------------------------------------------------------- conv_transpose2d
 @dataclass(frozen=True, eq=False)
-class ConvTranspose2dCache:
-    """What conv_transpose2d's backward needs: its input, the kernel and the geometry."""
+class ConvTranspose2dCache(_ConvCache):
+    """conv_transpose2d's: also its input X (for ∂K)."""
 
     x: np.ndarray
-    w: np.ndarray
-    out_shape: tuple[int, int, int, int]
-    has_bias: bool
-    stride: Pair
-    padding: Pair
-    dilation: Pair
-    groups: int
 
 
 def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
@@ -247,7 +246,7 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, 
     out = _conv_backward_data(x, w, (oh, ow), stride, padding, dilation, groups)
     if b is not None:
         out += b[:, None, None]
-    return out, ConvTranspose2dCache(x, w, out.shape, b is not None, stride, padding, dilation, groups)
+    return out, ConvTranspose2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, x)
 
 
 def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, input_grad: bool = True,

@@ -32,9 +32,15 @@ def _uniform(shape: tuple[int, ...], bound: float, dtype) -> Parameter:
 
 
 class _Layer(Module):
-    """A module around one functional op: checks the input, keeps the cache."""
+    """A module around one functional op: checks the input, keeps the cache, and by default runs
+    the op's backward `_backward_fn(dout, cache)` (layers without parameters)."""
 
     _cache = None
+    _backward_fn = None
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        cache = self._take_cache()
+        return type(self)._backward_fn(dout, cache) if input_grad else None
 
     def _input(self, x, size: int | None = None, axis: int = 1, ndim: int | None = None) -> np.ndarray:
         """x in the parameters' dtype, with `ndim` dimensions and `size` entries along `axis`."""
@@ -62,36 +68,55 @@ class _Layer(Module):
                 p.accumulate(g)
 
 
-class _ConvNd(_Layer):
-    def __init__(self, weight_shape, bias_size, fan_in, bias: bool, dtype) -> None:
+class _Affine(_Layer):
+    """A layer with weight and bias whose functional backward returns (∂x, ∂weight, ∂bias)."""
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        dx, dw, db = type(self)._backward_fn(dout, self._take_cache(), input_grad=input_grad)
+        self._accumulate(weight=dw, bias=db)
+        return dx
+
+
+class _ConvNd(_Affine):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int,
+                 bias: bool, dtype, transposed: bool) -> None:
         super().__init__()
-        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-        # torch: kaiming_uniform_(a=√5) = U(−1/√fan_in, 1/√fan_in); bias likewise
-        self.weight = _uniform(weight_shape, bound, dtype)
-        self.bias = _uniform((bias_size,), bound, dtype) if bias else None
-        if not bias:
-            self._parameters["bias"] = None
-
-    def _b(self):
-        return None if self.bias is None else self.bias.data
-
-
-class Conv2d(_ConvNd):
-    """Z = K * A + B.  weight (out, in/groups, kh, kw), bias (out,)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", dtype=None) -> None:
-        if padding_mode != "zeros":
-            raise ValueError(f"padding_mode: only 'zeros' is implemented, got {padding_mode!r}")
         kh, kw = chk.pair(kernel_size, "kernel_size", 1)
         groups = chk.positive_int(groups, "groups")
         for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
             if chk.positive_int(c, name) % groups:
                 raise ValueError(f"{name}: expected a multiple of groups={groups}, got {c}")
-        super().__init__((out_channels, in_channels // groups, kh, kw), out_channels,
-                         in_channels // groups * kh * kw, bias, dtype)
+        # torch's layouts; its fan_in is weight.size(1)·kh·kw for both
+        shape = ((in_channels, out_channels // groups, kh, kw) if transposed
+                 else (out_channels, in_channels // groups, kh, kw))
+        bound = 1 / math.sqrt(shape[1] * kh * kw)
+        # torch: kaiming_uniform_(a=√5) = U(−1/√fan_in, 1/√fan_in); bias likewise
+        self.weight = _uniform(shape, bound, dtype)
+        self.bias = _uniform((out_channels,), bound, dtype) if bias else None
+        if not bias:
+            self._parameters["bias"] = None
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def _b(self):
+        return None if self.bias is None else self.bias.data
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class Conv2d(_ConvNd):
+    """Z = K * A + B.  weight (out, in/groups, kh, kw), bias (out,)."""
+
+    _backward_fn = staticmethod(F.conv2d_backward)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", dtype=None) -> None:
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode: only 'zeros' is implemented, got {padding_mode!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, dtype,
+                         transposed=False)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(),
@@ -99,32 +124,17 @@ class Conv2d(_ConvNd):
                                     groups=self.groups)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        dx, dw, db = F.conv2d_backward(dout, self._take_cache(), input_grad=input_grad)
-        self._accumulate(weight=dw, bias=db)
-        return dx
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
-
 
 class ConvTranspose2d(_ConvNd):
     """Y = K ⋆ᵀ X + B.  weight (in, out/groups, kh, kw), bias (out,)."""
 
+    _backward_fn = staticmethod(F.conv_transpose2d_backward)
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
                  groups: int = 1, bias: bool = True, dilation=1, dtype=None) -> None:
-        kh, kw = chk.pair(kernel_size, "kernel_size", 1)
-        groups = chk.positive_int(groups, "groups")
-        for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if chk.positive_int(c, name) % groups:
-                raise ValueError(f"{name}: expected a multiple of groups={groups}, got {c}")
-        # torch computes fan_in from weight.size(1): out/groups · kh · kw
-        super().__init__((in_channels, out_channels // groups, kh, kw), out_channels,
-                         out_channels // groups * kh * kw, bias, dtype)
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
-        self.stride, self.padding, self.output_padding = stride, padding, output_padding
-        self.dilation, self.groups = dilation, groups
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, dtype,
+                         transposed=True)
+        self.output_padding = output_padding
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv_transpose2d(
@@ -132,17 +142,11 @@ class ConvTranspose2d(_ConvNd):
             padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        dx, dw, db = F.conv_transpose2d_backward(dout, self._take_cache(), input_grad=input_grad)
-        self._accumulate(weight=dw, bias=db)
-        return dx
 
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-
-
-class Linear(_Layer):
+class Linear(_Affine):
     """Z = A Wᵀ + B.  weight (out, in), bias (out,)."""
+
+    _backward_fn = staticmethod(F.linear_backward)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None) -> None:
         super().__init__()
@@ -160,10 +164,6 @@ class Linear(_Layer):
         out, self._cache = F.linear(self._input(x, self.in_features, -1), self.weight.data, b)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        dx, dw, db = F.linear_backward(dout, self._take_cache(), input_grad=input_grad)
-        self._accumulate(weight=dw, bias=db)
-        return dx
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -171,6 +171,8 @@ class Linear(_Layer):
 
 class MaxPool2d(_Layer):
     """Max pooling; with return_indices=True forward returns (out, indices) as torch."""
+
+    _backward_fn = staticmethod(F.max_pool2d_backward)
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
                  ceil_mode: bool = False) -> None:
@@ -183,9 +185,6 @@ class MaxPool2d(_Layer):
                                         dilation=self.dilation, ceil_mode=self.ceil_mode)
         return (out, self._cache.indices) if self.return_indices else out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        cache = self._take_cache()
-        return F.max_pool2d_backward(dout, cache) if input_grad else None
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -210,6 +209,8 @@ class MaxUnpool2d(_Layer):
 
 
 class AvgPool2d(_Layer):
+    _backward_fn = staticmethod(F.avg_pool2d_backward)
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True) -> None:
         super().__init__()
@@ -221,9 +222,6 @@ class AvgPool2d(_Layer):
                                         ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        cache = self._take_cache()
-        return F.avg_pool2d_backward(dout, cache) if input_grad else None
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -231,6 +229,8 @@ class AvgPool2d(_Layer):
 
 class AdaptiveAvgPool2d(_Layer):
     """Average pooling to a fixed output size; here for sizes that divide the input (1×1 always does)."""
+
+    _backward_fn = staticmethod(F.avg_pool2d_backward)
 
     def __init__(self, output_size) -> None:
         super().__init__()
@@ -246,9 +246,6 @@ class AdaptiveAvgPool2d(_Layer):
         out, self._cache = F.avg_pool2d(x, k, stride=k)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        cache = self._take_cache()
-        return F.avg_pool2d_backward(dout, cache) if input_grad else None
 
 
 class Flatten(_Layer):
@@ -276,13 +273,11 @@ class _Activation(_Layer):
     def _kwargs(self) -> dict:
         return {}
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        cache = self._take_cache()
-        return getattr(F, self.op + "_backward")(dout, cache) if input_grad else None
 
 
 class ReLU(_Activation):
     op = "relu"
+    _backward_fn = staticmethod(F.relu_backward)
 
     def __init__(self, inplace: bool = False) -> None:  # inplace: accepted for torch code; never in place
         super().__init__()
@@ -290,14 +285,17 @@ class ReLU(_Activation):
 
 class Sigmoid(_Activation):
     op = "sigmoid"
+    _backward_fn = staticmethod(F.sigmoid_backward)
 
 
 class Tanh(_Activation):
     op = "tanh"
+    _backward_fn = staticmethod(F.tanh_backward)
 
 
 class LeakyReLU(_Activation):
     op = "leaky_relu"
+    _backward_fn = staticmethod(F.leaky_relu_backward)
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
@@ -310,6 +308,8 @@ class LeakyReLU(_Activation):
 class Dropout(_Layer):
     """Inverted dropout in train mode, the identity in eval mode."""
 
+    _backward_fn = staticmethod(F.dropout_backward)
+
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
@@ -320,9 +320,6 @@ class Dropout(_Layer):
         out, self._cache = F.dropout(x, self.p, self.training)
         return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        cache = self._take_cache()
-        return F.dropout_backward(dout, cache) if input_grad else None
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
