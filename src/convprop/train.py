@@ -23,7 +23,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is an optional extra; no bar without it
         return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.1)
 
 
 def train_step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -67,7 +67,7 @@ def fit(model: Module, loss_fn, optimizer: Optimizer, train_loader: Iterable, ep
             correct += right
             if progress and hasattr(bar, "set_postfix") and (k % 10 == 0 or k == len(train_loader) - 1):
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
         if scheduler is not None and not per_batch:
             scheduler.step()
         seconds = time.perf_counter() - start
