@@ -6,7 +6,9 @@ Seed symbols: A^{l-1} = x (N, C, H, W), K^l = w (Cout, C/G, kh, kw), Z^l = out (
 Three cores carry all the maths:
     _conv_forward          Z = K * A          GEMMs over the im2col patches
     _conv_backward_weight  ∂K = Σ_patches A_patch ⊙ ∂Z_ij    GEMMs over the same patches
-    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMMs, then col2im)
+    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMMs, then col2im); for
+                                              'same' stride-1 shapes, the equal full correlation
+                                              with the flipped kernel (one _conv_forward)
 
 The flip convention (docs/math.md proves it on numbers, tests/test_functional.py against torch):
     ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times
