@@ -61,17 +61,33 @@ def _from_gemm(z: np.ndarray, n: int, hw: Pair, bl: bool) -> np.ndarray:
     return z.reshape(n, -1, hw[0], hw[1])
 
 
-def _im2col(win: np.ndarray, groups: int, bl: bool) -> np.ndarray:
+def _scratch(ws: dict | None, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised buffer; with a workspace (a layer's dict) the same one is reused every step.
+
+    Fresh multi-megabyte temporaries each step cost page faults worth up to half a LeNet-5 step."""
+    if ws is None:
+        return np.empty(shape, dtype)
+    buf = ws.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = ws[name] = np.empty(shape, dtype)
+    return buf
+
+
+def _im2col(win: np.ndarray, groups: int, bl: bool, ws: dict | None, name: str) -> np.ndarray:
     """The window view (N, C, kh, kw, OH, OW) copied into GEMM columns (B, G, Cg·kh·kw, P)."""
     n, c, kh, kw, oh, ow = win.shape
-    if bl:
-        return win.transpose(1, 2, 3, 4, 5, 0).reshape(1, groups, c // groups * kh * kw, oh * ow * n)
-    return win.reshape(n, groups, c // groups * kh * kw, oh * ow)
+    # the patches, split per group but not yet flattened: a view, whatever the layout
+    src = (win.transpose(1, 2, 3, 4, 5, 0) if bl else win).reshape(
+        ((1,) if bl else (n,)) + (groups, c // groups) + ((kh, kw, oh, ow, n) if bl else (kh, kw, oh, ow)))
+    cols = _scratch(ws, name, (src.shape[0], groups, c // groups * kh * kw, oh * ow * (n if bl else 1)), win.dtype)
+    np.copyto(cols.reshape(src.shape), src)
+    return cols
 
 
 # --------------------------------------------------------------------------- the three cores
 def _conv_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
-                  groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
+                  groups: int, out_hw: Pair, ws: dict | None = None, name: str = "cols",
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Z = K * A as GEMMs over the im2col patches.  x (N, C, H, W), w (Cout, Cg, kh, kw)
     -> Z (N, Cout, OH, OW), and the patches (B, G, K, P), which the weight gradient reuses.
     """
@@ -79,7 +95,7 @@ def _conv_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dil
     bl = _batch_last_pays(x, out_hw[1])
     win = windows(pad(batch_last(x) if bl else x, padding), (kh, kw), stride, dilation, out_hw)
     # A_patch of every output position as a column (the one copy: im2col)      (B, G, Cg·kh·kw, P)
-    cols = _im2col(win, groups, bl)
+    cols = _im2col(win, groups, bl, ws, name)
     # Z_ij = Σ K ⊙ A_patch_ij for all positions at once                         (B, G, Cog, P)
     z = w.reshape(groups, cout // groups, -1) @ cols
     return _from_gemm(z, x.shape[0], out_hw, bl), cols
@@ -95,7 +111,7 @@ def _conv_backward_weight(dz: np.ndarray, cols: np.ndarray, w_shape: tuple[int, 
 
 
 def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair,
-                        dilation: Pair, groups: int) -> np.ndarray:
+                        dilation: Pair, groups: int, ws: dict | None = None) -> np.ndarray:
     """∂A = K ⋆ᵀ ∂Z, the transposed convolution.  dz (N, Cout, OH, OW), w (Cout, Cg, kh, kw)
     -> ∂A (N, G·Cg, H, W) where in_hw = (H, W).
 
@@ -112,7 +128,7 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
         # in/out channels swap — a plain forward convolution, no (K, P) patch gradient to scatter.
         flipped = w.reshape(groups, cout // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
         flipped = np.ascontiguousarray(flipped).reshape(groups * cg, cout // groups, kh, kw)
-        return _conv_forward(dz, flipped, (1, 1), full, dilation, groups, in_hw)[0]
+        return _conv_forward(dz, flipped, (1, 1), full, dilation, groups, in_hw, ws, "dz_cols")[0]
     bl = _batch_last_pays(dz, ow)
     # the gradient reaching every patch element:  Kᵀ • ∂Z                       (B, G, Cg·kh·kw, P)
     dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _to_gemm(dz, groups, bl)
@@ -167,6 +183,7 @@ class _ConvCache:
     padding: Pair
     dilation: Pair
     groups: int
+    workspace: dict | None  # the layer's reusable buffers, or None
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,22 +195,25 @@ class Conv2dCache(_ConvCache):
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride: int | Pair = 1,
-           padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1,
+           padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1, workspace: dict | None = None,
            ) -> tuple[np.ndarray, Conv2dCache]:
     """Z = K * A + B (a cross-correlation, as torch.nn.functional.conv2d).
 
     x (N, Cin, H, W), w (Cout, Cin/groups, kh, kw), b (Cout,) or None
     -> out (N, Cout, OH, OW) with OH = ⌊(H + 2p − d(kh−1) − 1)/s⌋ + 1, and the cache for backward.
+    workspace: a dict the caller keeps (nn.Conv2d does) so that the im2col buffers of one call are
+    reused by the next; the cache of the previous call with the same dict becomes invalid.
     """
     stride, padding, dilation, groups = _conv_args(x, w, stride, padding, dilation, groups, False)
     b = chk.bias(b, x, w.shape[0])
     (_, _, h, wd), (_, _, kh, kw) = x.shape, w.shape
     oh = chk.output_size(out_size(h, kh, stride[0], padding[0], dilation[0]), "x (height)")
     ow = chk.output_size(out_size(wd, kw, stride[1], padding[1], dilation[1]), "x (width)")
-    out, cols = _conv_forward(x, w, stride, padding, dilation, groups, (oh, ow))
+    out, cols = _conv_forward(x, w, stride, padding, dilation, groups, (oh, ow), workspace)
     if b is not None:
         out += b[:, None, None]  # Z += B, broadcast over batch and positions
-    return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, cols, (h, wd))
+    return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, workspace, cols,
+                            (h, wd))
 
 
 def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = True,
@@ -209,7 +229,7 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
     chk.cache_of(cache, Conv2dCache, "conv2d")
     c = cache
     dz = chk.grad_output(dout, c.out_shape, c.w.dtype)
-    dx = (_conv_backward_data(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups)
+    dx = (_conv_backward_data(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups, c.workspace)
           if input_grad else None)
     dw = _conv_backward_weight(dz, c.cols, c.w.shape, c.groups)
     return dx, dw, _bias_grad(dz, c.has_bias)
@@ -225,7 +245,7 @@ class ConvTranspose2dCache(_ConvCache):
 
 def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
                      stride: int | Pair = 1, padding: int | Pair = 0, output_padding: int | Pair = 0,
-                     dilation: int | Pair = 1, groups: int = 1,
+                     dilation: int | Pair = 1, groups: int = 1, workspace: dict | None = None,
                      ) -> tuple[np.ndarray, ConvTranspose2dCache]:
     """Y = K ⋆ᵀ X + B: the transposed convolution, i.e. conv2d's backward-data applied to x.
 
@@ -245,10 +265,10 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, 
           for k, (size, ksz) in enumerate(((h, kh), (wd, kw)))]
     oh = chk.output_size(hw[0], "x (height)")
     ow = chk.output_size(hw[1], "x (width)")
-    out = _conv_backward_data(x, w, (oh, ow), stride, padding, dilation, groups)
+    out = _conv_backward_data(x, w, (oh, ow), stride, padding, dilation, groups, workspace)
     if b is not None:
         out += b[:, None, None]
-    return out, ConvTranspose2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, x)
+    return out, ConvTranspose2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, workspace, x)
 
 
 def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, input_grad: bool = True,
@@ -262,6 +282,6 @@ def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, 
     chk.cache_of(cache, ConvTranspose2dCache, "conv_transpose2d")
     c = cache
     dy = chk.grad_output(dout, c.out_shape, c.w.dtype)
-    dx, cols = _conv_forward(dy, c.w, c.stride, c.padding, c.dilation, c.groups, c.x.shape[2:])
+    dx, cols = _conv_forward(dy, c.w, c.stride, c.padding, c.dilation, c.groups, c.x.shape[2:], c.workspace)
     dw = _conv_backward_weight(c.x, cols, c.w.shape, c.groups)
     return (dx if input_grad else None), dw, _bias_grad(dy, c.has_bias)

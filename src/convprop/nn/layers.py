@@ -97,6 +97,7 @@ class _ConvNd(_Affine):
             self._parameters["bias"] = None
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self._workspace: dict = {}  # im2col buffers reused step after step (see functional.conv)
 
     def _b(self):
         return None if self.bias is None else self.bias.data
@@ -121,7 +122,7 @@ class Conv2d(_ConvNd):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(),
                                     stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                    groups=self.groups)
+                                    groups=self.groups, workspace=self._workspace)
         return out
 
 
@@ -139,7 +140,8 @@ class ConvTranspose2d(_ConvNd):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv_transpose2d(
             self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(), stride=self.stride,
-            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups)
+            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups,
+            workspace=self._workspace)
         return out
 
 
