@@ -54,12 +54,17 @@ def batch_last(x: np.ndarray) -> np.ndarray:
     return x if is_batch_last(x) else np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
 
 
-def zeros(shape: tuple[int, ...], dtype, batch_last_layout: bool) -> np.ndarray:
+def zeros(shape: tuple[int, ...], dtype, batch_last_layout: bool, fill=np.zeros) -> np.ndarray:
     """Zeros indexed (N, C, H, W), laid out batch-last in memory or not."""
     if not batch_last_layout:
-        return np.zeros(shape, dtype)
+        return fill(shape, dtype)
     n, c, h, w = shape
-    return np.zeros((c, h, w, n), dtype).transpose(3, 0, 1, 2)
+    return fill((c, h, w, n), dtype).transpose(3, 0, 1, 2)
+
+
+def empty(shape: tuple[int, ...], dtype, batch_last_layout: bool) -> np.ndarray:
+    """Like `zeros`, uninitialised: for a caller that writes every element."""
+    return zeros(shape, dtype, batch_last_layout, np.empty)
 
 
 def pad(x: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) -> np.ndarray:
@@ -108,10 +113,13 @@ def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...
     Returns the padded (N, C, H', W') gradient, batch-last in memory unless told otherwise; crop
     it with `unpad`.
     """
-    dxp = zeros(padded_shape, dtype, batch_last_layout)
-    view = windows(dxp, kernel, stride, dilation, out, writeable=True)
-    # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add
+    # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add;
+    # windows that tile the input exactly write every cell: no zeroing first
     disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
+    tiled = disjoint and all(d == 1 and s == k and o * s == size
+                             for s, d, k, o, size in zip(stride, dilation, kernel, out, padded_shape[2:]))
+    dxp = (empty if tiled else zeros)(padded_shape, dtype, batch_last_layout)
+    view = windows(dxp, kernel, stride, dilation, out, writeable=True)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             if disjoint:
