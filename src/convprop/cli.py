@@ -175,7 +175,7 @@ def cmd_train(args) -> int:
     nn.detect_anomaly(args.detect_anomaly)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
     saved_args = {k: v for k, v in vars(args).items()
-                  if k not in ("func", "debug", "resume", "command", "detect_anomaly", "no_progress")}
+                  if k not in ("debug", "resume", "command", "detect_anomaly", "no_progress")}
 
     def on_epoch_end(epoch, hist):
         checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
@@ -254,9 +254,8 @@ def load_digit(path: str) -> np.ndarray:
         raise UsageError(f"{path}: not an image Pillow can read ({e})") from None
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     if border.mean() > 127:  # dark ink on light paper: invert to MNIST's white on black
-        g = 255 - g
-    g -= np.median(border if border.mean() <= 127 else 255 - border)
-    g = np.clip(g, 0, 255)
+        g, border = 255 - g, 255 - border
+    g = np.clip(g - np.median(border), 0, 255)  # the background to 0
     ys, xs = np.nonzero(g > 0.2 * g.max()) if g.max() > 0 else (np.array([0]), np.array([0]))
     g = g[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     h, w = g.shape
