@@ -326,3 +326,15 @@ def test_first_layer_can_skip_the_input_gradient():
     out, cache = F.conv2d(rng.standard_normal((2, 1, 6, 6)), rng.standard_normal((3, 1, 3, 3)))
     dx, dw, db = F.conv2d_backward(np.ones_like(out), cache, input_grad=False)
     assert dx is None and dw.shape == (3, 1, 3, 3) and db is None
+
+
+@pytest.mark.parametrize("n, h, k, s, p, g", [(20, 12, 3, 1, 0, 1), (32, 14, 5, 1, 0, 2), (17, 9, 3, 2, 1, 1),
+                                              (24, 28, 5, 1, 2, 1), (16, 10, 4, 2, 1, 2)])
+def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
+    """Large batches with short rows switch to the batch-last layout on NCHW inputs."""
+    rng = np.random.default_rng(n)
+    x, w, b = rng.standard_normal((n, 2 * g, h, h)), rng.standard_normal((4, 2, k, k)), rng.standard_normal(4)
+    check_op("conv2d", [x, w, b], stride=s, padding=p, groups=g)
+    check_op("conv2d", [x, w, b], dtype=np.float32, stride=s, padding=p, groups=g)
+    check_op("conv_transpose2d", [x, rng.standard_normal((2 * g, 3, k, k)), None], stride=s, padding=p, groups=g)
+    check_op("max_pool2d", [tie_free(rng, (n, 3, h, h))], 2)
