@@ -104,6 +104,30 @@ def test_conv2d_same_padding_random(seed, monkeypatch):
     check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
 
 
+@pytest.mark.parametrize("seed", range(60))
+def test_conv_transpose2d_subpixel_random(seed, monkeypatch):
+    """Strides that divide the kernel (the usual ×2 upsampling, k4 s2): the sub-pixel route."""
+    from convprop.functional import conv
+
+    taken = []
+    subpixel = conv._subpixel
+    monkeypatch.setattr(conv, "_subpixel", lambda *a: taken.append(1) or subpixel(*a))
+    rng = np.random.default_rng(20_000 + seed)
+    g, s = int(rng.choice([1, 2])), tuple(int(v) for v in rng.integers(1, 4, size=2))
+    if s == (1, 1):
+        s = (2, 2)
+    k = tuple(si * int(rng.integers(1, 3)) for si in s)
+    p = tuple(int(rng.integers(0, kk)) for kk in k)
+    op = tuple(int(rng.integers(0, si)) for si in s)
+    n, cin, cout = int(rng.integers(1, 4)), g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+    h, w = (int(v) for v in rng.integers(max(p) + 1, 7, size=2))
+    arrays = [rng.standard_normal((n, cin, h, w)), rng.standard_normal((cin, cout // g) + k),
+              rng.standard_normal(cout) if seed % 3 else None]
+    check_op("conv_transpose2d", arrays, dtype=_dtype(rng), seed=seed, stride=s, padding=p, output_padding=op,
+             groups=g)
+    assert taken
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv_transpose2d_random(seed):
     arrays, kw, dtype = random_conv(seed, transposed=True)

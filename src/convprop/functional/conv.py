@@ -6,9 +6,11 @@ Seed symbols: A^{l-1} = x (N, C, H, W), K^l = w (Cout, C/G, kh, kw), Z^l = out (
 Three cores carry all the maths:
     _conv_forward          Z = K * A          GEMMs over the im2col patches
     _conv_backward_weight  ∂K = Σ_patches A_patch ⊙ ∂Z_ij    GEMMs over the same patches
-    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMMs, then col2im); for
-                                              'same' stride-1 shapes, the equal full correlation
-                                              with the flipped kernel (one _conv_forward)
+    _conv_backward_data    ∂A = K ⋆ᵀ ∂Z       transposed convolution (GEMMs, then col2im); two
+                                              cheaper forms of the same sums where they apply:
+                                              'same' stride-1 shapes: the full correlation with
+                                              the flipped kernel (one _conv_forward); strides that
+                                              divide the kernel: the sub-pixel form (_subpixel)
 
 The flip convention (docs/math.md proves it on numbers, tests/test_functional.py against torch):
     ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times
@@ -131,6 +133,8 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
         flipped = w.reshape(groups, cout // groups, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
         flipped = np.ascontiguousarray(flipped).reshape(groups * cg, cout // groups, kh, kw)
         return _conv_forward(dz, flipped, (1, 1), full, dilation, groups, in_hw, ws, "dz_cols")[0]
+    if stride != (1, 1) and dilation == (1, 1) and kh % stride[0] == 0 and kw % stride[1] == 0:
+        return _subpixel(dz, w, in_hw, stride, padding, groups, ws)
     bl = _batch_last_pays(dz, ow)
     # the gradient reaching every patch element:  Kᵀ • ∂Z                       (B, G, Cg·kh·kw, P)
     dcols = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1) @ _to_gemm(dz, groups, bl)
@@ -140,6 +144,32 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     dxp = col2im(lambda i, j: dcols[:, :, i, j], (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]),
                  dz.dtype, (kh, kw), stride, dilation, (oh, ow), bl)
     return unpad(dxp, padding, in_hw)
+
+
+def _subpixel(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair, groups: int,
+              ws: dict | None) -> np.ndarray:
+    """K ⋆ᵀ ∂Z for stride s dividing the kernel, without a strided scatter (the sub-pixel form).
+
+    Output row y = x·s + i − p receives ∂Z_x·K_i.  Write y + p = q·s + r: only the kernel rows
+    i = r + s·t contribute, from x = q − t.  So each phase r (of s×s) is a stride-1 correlation of
+    ∂Z with the flipped sub-kernel K[r::s], and all phases are one convolution with s² times the
+    output channels; interleaving them ("pixel shuffle") and cropping p gives ∂A.  Same sums as
+    the scatter, every term once.
+    """
+    n, cx, oh, ow = dz.shape
+    _, cg, kh, kw = w.shape
+    (sh, sw), (th, tw) = stride, (kh // stride[0], kw // stride[1])
+    q = [(size - 1 + p) // s + 1 for size, p, s in zip(in_hw, padding, stride)]  # phases' rows, columns
+    extra = [max(0, qq - o) for qq, o in zip(q, (oh, ow))]
+    xp = np.zeros((n, cx, th - 1 + oh + extra[0], tw - 1 + ow + extra[1]), dz.dtype)
+    xp[:, :, th - 1: th - 1 + oh, tw - 1: tw - 1 + ow] = dz  # t = 0 … th−1 reach back to x = q − t
+    # K[ci, co, t·s + r] -> W2[(g, r_h, r_w, co), ci, th−1−t_h, tw−1−t_w]
+    w2 = w.reshape(groups, cx // groups, cg, th, sh, tw, sw)[:, :, :, ::-1, :, ::-1, :]
+    w2 = np.ascontiguousarray(w2.transpose(0, 4, 6, 2, 1, 3, 5)).reshape(groups * sh * sw * cg, cx // groups, th, tw)
+    z, _ = _conv_forward(xp, w2, (1, 1), (0, 0), (1, 1), groups, (oh + extra[0], ow + extra[1]), ws, "dz_cols")
+    z = z[:, :, : q[0], : q[1]].reshape(n, groups, sh, sw, cg, q[0], q[1])
+    full = z.transpose(0, 1, 4, 5, 2, 6, 3).reshape(n, groups * cg, q[0] * sh, q[1] * sw)  # pixel shuffle
+    return full[:, :, padding[0]: padding[0] + in_hw[0], padding[1]: padding[1] + in_hw[1]]
 
 
 # --------------------------------------------------------------------------- shared checks
