@@ -150,3 +150,17 @@ def test_train_keeps_freed_memory_for_the_next_step():
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert keep_freed_memory() is True
+
+
+def test_load_digit_recovers_mnist_digits_from_resized_and_inverted_files(tmp_path):
+    from PIL import Image
+
+    images, _ = load_mnist(train=False)
+    corrs = []
+    for i in range(20):
+        img = Image.fromarray(images[i] if i % 2 else 255 - images[i]).resize((84, 84))
+        path = tmp_path / f"{i}.{'png' if i % 3 else 'jpg'}"
+        img.convert("RGB").save(path)
+        d = cli.load_digit(str(path)).astype(float)
+        corrs.append(np.corrcoef(d.ravel(), images[i].astype(float).ravel())[0, 1])
+    assert np.mean(corrs) > 0.9 and min(corrs) > 0.7, corrs  # the same digit, where MNIST put it

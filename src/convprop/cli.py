@@ -267,7 +267,7 @@ def load_digit(path: str) -> np.ndarray:
     canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
     if canvas.sum() > 0:  # shift the centre of mass to the centre, as MNIST was made
         cy, cx = (np.indices(canvas.shape) * canvas).reshape(2, -1).sum(1) / canvas.sum()
-        dy, dx = int(round(13.5 - cy)), int(round(13.5 - cx))
+        dy, dx = int(round(14.0 - cy)), int(round(14.0 - cx))  # MNIST put the centre of mass at (14, 14)
         canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
