@@ -55,6 +55,11 @@ class _Layer(Module):
             raise ValueError(f"x: expected {size} {what} for {self!r}, got shape {x.shape}")
         return x
 
+    def _data(self, name: str) -> np.ndarray | None:
+        """The array of parameter `name`, or None where the layer was built without it."""
+        p = self._parameters.get(name)
+        return None if p is None else p.data
+
     def _take_cache(self):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first (no cached forward pass)")
@@ -70,6 +75,12 @@ class _Layer(Module):
 
 class _Affine(_Layer):
     """A layer with weight and bias whose functional backward returns (∂x, ∂weight, ∂bias)."""
+
+    def _init_parameters(self, weight_shape: tuple[int, ...], out: int, fan_in: int, bias: bool, dtype) -> None:
+        # torch: kaiming_uniform_(a=√5) = U(−1/√fan_in, 1/√fan_in) for the weight; the bias likewise
+        bound = 1 / math.sqrt(fan_in)
+        self.weight = _uniform(weight_shape, bound, dtype)
+        self.register_parameter("bias", _uniform((out,), bound, dtype) if bias else None)
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         dx, dw, db = type(self)._backward_fn(dout, self._take_cache(), input_grad=input_grad)
@@ -89,18 +100,10 @@ class _ConvNd(_Affine):
         # torch's layouts; its fan_in is weight.size(1)·kh·kw for both
         shape = ((in_channels, out_channels // groups, kh, kw) if transposed
                  else (out_channels, in_channels // groups, kh, kw))
-        bound = 1 / math.sqrt(shape[1] * kh * kw)
-        # torch: kaiming_uniform_(a=√5) = U(−1/√fan_in, 1/√fan_in); bias likewise
-        self.weight = _uniform(shape, bound, dtype)
-        self.bias = _uniform((out_channels,), bound, dtype) if bias else None
-        if not bias:
-            self._parameters["bias"] = None
+        self._init_parameters(shape, out_channels, shape[1] * kh * kw, bias, dtype)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self._workspace: dict = {}  # im2col buffers reused step after step (see functional.conv)
-
-    def _b(self):
-        return None if self.bias is None else self.bias.data
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -120,7 +123,7 @@ class Conv2d(_ConvNd):
                          transposed=False)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(),
+        out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._data("bias"),
                                     stride=self.stride, padding=self.padding, dilation=self.dilation,
                                     groups=self.groups, workspace=self._workspace)
         return out
@@ -139,7 +142,7 @@ class ConvTranspose2d(_ConvNd):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv_transpose2d(
-            self._input(x, self.in_channels, ndim=4), self.weight.data, self._b(), stride=self.stride,
+            self._input(x, self.in_channels, ndim=4), self.weight.data, self._data("bias"), stride=self.stride,
             padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups,
             workspace=self._workspace)
         return out
@@ -154,18 +157,12 @@ class Linear(_Affine):
         super().__init__()
         chk.positive_int(in_features, "in_features")
         chk.positive_int(out_features, "out_features")
-        bound = 1 / math.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
-        self.weight = _uniform((out_features, in_features), bound, dtype)
-        self.bias = _uniform((out_features,), bound, dtype) if bias else None
-        if not bias:
-            self._parameters["bias"] = None
+        self._init_parameters((out_features, in_features), out_features, in_features, bias, dtype)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        b = None if self.bias is None else self.bias.data
-        out, self._cache = F.linear(self._input(x, self.in_features, -1), self.weight.data, b)
+        out, self._cache = F.linear(self._input(x, self.in_features, -1), self.weight.data, self._data("bias"))
         return out
-
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -249,7 +246,6 @@ class AdaptiveAvgPool2d(_Layer):
         return out
 
 
-
 class Flatten(_Layer):
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
@@ -266,7 +262,13 @@ class Flatten(_Layer):
 
 
 class _Activation(_Layer):
+    """An element-wise activation: F.<op> forward, F.<op>_backward backward."""
+
     op = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._backward_fn = staticmethod(getattr(F, cls.op + "_backward"))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = getattr(F, self.op)(x, **self._kwargs())
@@ -276,10 +278,8 @@ class _Activation(_Layer):
         return {}
 
 
-
 class ReLU(_Activation):
     op = "relu"
-    _backward_fn = staticmethod(F.relu_backward)
 
     def __init__(self, inplace: bool = False) -> None:  # inplace: accepted for torch code; never in place
         super().__init__()
@@ -287,17 +287,14 @@ class ReLU(_Activation):
 
 class Sigmoid(_Activation):
     op = "sigmoid"
-    _backward_fn = staticmethod(F.sigmoid_backward)
 
 
 class Tanh(_Activation):
     op = "tanh"
-    _backward_fn = staticmethod(F.tanh_backward)
 
 
 class LeakyReLU(_Activation):
     op = "leaky_relu"
-    _backward_fn = staticmethod(F.leaky_relu_backward)
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
@@ -322,7 +319,6 @@ class Dropout(_Layer):
         out, self._cache = F.dropout(x, self.p, self.training)
         return out
 
-
     def extra_repr(self) -> str:
         return f"p={self.p}"
 
@@ -336,10 +332,8 @@ class _BatchNorm(_Layer):
         dtype = _dtype(dtype)
         self.num_features = chk.positive_int(num_features, "num_features")
         self.eps, self.momentum = eps, momentum
-        self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
-        self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
-        if not affine:
-            self._parameters.update(weight=None, bias=None)
+        self.register_parameter("weight", Parameter(np.ones(num_features, dtype)) if affine else None)
+        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine else None)
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, dtype))
             self.register_buffer("running_var", np.ones(num_features, dtype))
@@ -360,7 +354,7 @@ class _BatchNorm(_Layer):
                 momentum = 1.0 / float(self.num_batches_tracked)
         out, self._cache = F.batch_norm(
             x, self.running_mean, self.running_var,
-            None if self.weight is None else self.weight.data, None if self.bias is None else self.bias.data,
+            self._data("weight"), self._data("bias"),
             batch_stats, momentum, self.eps)
         return out
 

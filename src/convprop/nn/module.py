@@ -54,12 +54,15 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, Parameter):
+        if isinstance(value, Parameter) or (name in self._parameters and value is None):
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value
-        elif name in self._parameters and value is None:
-            self._parameters[name] = None
+        object.__setattr__(self, name, value)
+
+    def register_parameter(self, name: str, value: Parameter | None) -> None:
+        """Add a parameter; None keeps the name (as torch's `bias=None`), out of parameters() and state."""
+        self._parameters[name] = value
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, value: np.ndarray | None) -> None:
