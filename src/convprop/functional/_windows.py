@@ -54,17 +54,13 @@ def batch_last(x: np.ndarray) -> np.ndarray:
     return x if is_batch_last(x) else np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
 
 
-def zeros(shape: tuple[int, ...], dtype, batch_last_layout: bool, fill=np.zeros) -> np.ndarray:
-    """Zeros indexed (N, C, H, W), laid out batch-last in memory or not."""
+def allocate(shape: tuple[int, ...], dtype, batch_last_layout: bool, zeroed: bool = True) -> np.ndarray:
+    """An array indexed (N, C, H, W), laid out batch-last in memory or not; uninitialised unless zeroed."""
+    make = np.zeros if zeroed else np.empty
     if not batch_last_layout:
-        return fill(shape, dtype)
+        return make(shape, dtype)
     n, c, h, w = shape
-    return fill((c, h, w, n), dtype).transpose(3, 0, 1, 2)
-
-
-def empty(shape: tuple[int, ...], dtype, batch_last_layout: bool) -> np.ndarray:
-    """Like `zeros`, uninitialised: for a caller that writes every element."""
-    return zeros(shape, dtype, batch_last_layout, np.empty)
+    return make((c, h, w, n), dtype).transpose(3, 0, 1, 2)
 
 
 def pad(x: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) -> np.ndarray:
@@ -118,7 +114,7 @@ def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...
     disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
     tiled = disjoint and all(d == 1 and s == k and o * s == size
                              for s, d, k, o, size in zip(stride, dilation, kernel, out, padded_shape[2:]))
-    dxp = (empty if tiled else zeros)(padded_shape, dtype, batch_last_layout)
+    dxp = allocate(padded_shape, dtype, batch_last_layout, zeroed=not tiled)
     view = windows(dxp, kernel, stride, dilation, out, writeable=True)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
