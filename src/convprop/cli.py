@@ -17,7 +17,7 @@ import numpy as np
 from . import checkpoint, models, nn, optim
 from . import random as _random
 from .data import DataLoader, IDXError, load_mnist, normalize
-from .train import Divergence, fit, predict
+from .train import Divergence, confusion_matrix, fit, predict
 
 DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=5e-3, optimizer="adam", shift=2, seed=0)
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -220,8 +220,6 @@ def cmd_evaluate(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     images, labels = load_mnist(args.data, train=False)
-    from .plots import confusion_matrix
-
     probs = predict(model, normalize(images))
     pred = probs.argmax(axis=1)
     k = probs.shape[1]

@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from . import nn
-from .train import predict
+from .train import confusion_matrix, predict
 
 NAMES = ("training-curves.png", "filters.png", "feature-maps.png", "saliency.png", "confusion-matrix.png")
 
@@ -121,12 +121,6 @@ def saliency(model: nn.Sequential, images: np.ndarray, labels: np.ndarray, path:
     fig.tight_layout()
     _save(fig, path)
     return maps
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
-    m = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(m, (labels, predicted), 1)
-    return m
 
 
 def confusion(matrix: np.ndarray, path: str) -> str:

@@ -105,3 +105,10 @@ def evaluate(model: Module, loader: Iterable, loss_fn=None) -> tuple[float, floa
         correct += int((logits.argmax(axis=1) == y).sum())
         seen += len(y)
     return (total_loss / seen if loss_fn is not None else float("nan")), correct / seen
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """counts[true, predicted] (classes, classes)."""
+    m = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(m, (labels, predicted), 1)
+    return m
