@@ -164,3 +164,24 @@ def test_load_digit_recovers_mnist_digits_from_resized_and_inverted_files(tmp_pa
         d = cli.load_digit(str(path)).astype(float)
         corrs.append(np.corrcoef(d.ravel(), images[i].astype(float).ravel())[0, 1])
     assert np.mean(corrs) > 0.9 and min(corrs) > 0.7, corrs  # the same digit, where MNIST put it
+
+
+def test_every_flag_of_every_command_has_help_text():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"convprop {name} {action.option_strings or action.dest} has no help text"
+
+
+def test_progress_bar_shows_loss_accuracy_and_images_per_second(capsys):
+    from convprop import models, nn, optim
+    from convprop.data import DataLoader
+    from convprop.train import fit
+
+    images, labels = load_mnist()
+    loader = DataLoader(images[::50], labels[::50], 20)
+    model = models.lenet5()
+    fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01), loader, 1, log=None)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err

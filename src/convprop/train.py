@@ -65,9 +65,11 @@ def fit(model: Module, loss_fn, optimizer: Optimizer, train_loader: Iterable, ep
             seen += len(y)
             total_loss += loss * len(y)
             correct += right
-            if progress and hasattr(bar, "set_postfix") and (k % 10 == 0 or k == len(train_loader) - 1):
+            last = k == len(train_loader) - 1
+            if progress and hasattr(bar, "set_postfix") and (k % 10 == 0 or last):
+                # drawn by tqdm's own refresh (so the count is current), and once more at the epoch's end
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=last)
         if scheduler is not None and not per_batch:
             scheduler.step()
         seconds = time.perf_counter() - start
