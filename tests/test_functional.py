@@ -72,8 +72,17 @@ def random_pool(seed, kind):
     return x, k, kw, _dtype(rng)
 
 
+def few_bytes_per_tile(seed, monkeypatch):
+    """Every fourth seed: tiles of one output row (of one sample, or of 16 batch-last samples)."""
+    if seed % 4 == 0:
+        from convprop.functional import conv
+
+        monkeypatch.setattr(conv, "TILE_BYTES", 1)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_conv2d_random(seed):
+def test_conv2d_random(seed, monkeypatch):
+    few_bytes_per_tile(seed, monkeypatch)
     arrays, kw, dtype = random_conv(seed)
     check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
 
@@ -129,7 +138,8 @@ def test_conv_transpose2d_subpixel_random(seed, monkeypatch):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_conv_transpose2d_random(seed):
+def test_conv_transpose2d_random(seed, monkeypatch):
+    few_bytes_per_tile(seed, monkeypatch)
     arrays, kw, dtype = random_conv(seed, transposed=True)
     check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
 
@@ -362,3 +372,26 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
     check_op("conv2d", [x, w, b], dtype=np.float32, stride=s, padding=p, groups=g)
     check_op("conv_transpose2d", [x, rng.standard_normal((2 * g, 3, k, k)), None], stride=s, padding=p, groups=g)
     check_op("max_pool2d", [tie_free(rng, (n, 3, h, h))], 2)
+
+
+@pytest.mark.parametrize("n, c, h, k, s, p, tile_bytes", [
+    (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 96),  # batch-last: all 32 samples, blocks of 3 rows ('same' route)
+    (20, 4, 9, 3, 2, 0, 1),                      # batch-last: two chunks of 10 samples, a row each; scatter
+    (3, 2, 20, 4, 2, 1, 2 * 16 * 10 * 8 * 3),    # per-sample: 3 rows of one sample (sub-pixel route)
+    (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 8 * 2),  # per-sample: two whole samples
+])
+def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, monkeypatch):
+    """im2col, the GEMMs and col2im run a tile of output positions at a time (conv.TILE_BYTES):
+    shrunk so that every core runs several tiles, the results still equal torch's."""
+    from convprop.functional import conv
+
+    monkeypatch.setattr(conv, "TILE_BYTES", tile_bytes)
+    counts = []
+    tiles = conv._tiles
+    monkeypatch.setattr(conv, "_tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    rng = np.random.default_rng(n)
+    x, w, b = rng.standard_normal((n, c, h, h)), rng.standard_normal((c, c, k, k)), rng.standard_normal(c)
+    check_op("conv2d", [x, w, b], stride=s, padding=p)
+    check_op("conv2d", [x, w, b], dtype=np.float32, stride=s, padding=p, seed=1)
+    check_op("conv_transpose2d", [x, w, None], stride=s, padding=p)
+    assert len(counts) >= 9 and min(counts) > 1, counts

@@ -20,12 +20,14 @@ accepts either layout and preserves what it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 Pair = tuple[int, int]
+Tile = tuple[slice, slice]  # (batch, output rows): a block of output positions
+ALL: Tile = (slice(None), slice(None))
 
 
 def out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool = False) -> int:
@@ -100,14 +102,16 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
     )
 
 
-def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...], dtype: np.dtype,
-           kernel: Pair, stride: Pair, dilation: Pair, out: Pair, batch_last_layout: bool = True) -> np.ndarray:
+def col2im(tiles: Iterable[tuple[Tile, Callable[[int, int], np.ndarray]]], padded_shape: tuple[int, ...],
+           dtype: np.dtype, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
+           batch_last_layout: bool = True) -> np.ndarray:
     """Scatter-add back into a zero input: dxp[.., y·sh + i·dh, x·sw + j·dw] += piece(i, j)[.., y, x].
 
-    `piece(i, j)` is the (N, C, OH, OW) gradient reaching kernel offset (i, j); overlapping windows
-    sum.  Within one offset no two output positions share an input element, so `+=` is exact.
-    Returns the padded (N, C, H', W') gradient, batch-last in memory unless told otherwise; crop
-    it with `unpad`.
+    `tiles` yields (where, piece): `where` = (batch slice, output-row slice) picks some of the
+    (N, ·, OH, OW) output positions (ALL for every one) and `piece(i, j)` is the gradient reaching
+    kernel offset (i, j) from those positions; overlapping windows sum.  Within one offset no two
+    output positions share an input element, so `+=` is exact.  Returns the padded (N, C, H', W')
+    gradient, batch-last in memory unless told otherwise; crop it with `unpad`.
     """
     # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add;
     # windows that tile the input exactly write every cell: no zeroing first
@@ -116,10 +120,11 @@ def col2im(piece: Callable[[int, int], np.ndarray], padded_shape: tuple[int, ...
                              for s, d, k, o, size in zip(stride, dilation, kernel, out, padded_shape[2:]))
     dxp = allocate(padded_shape, dtype, batch_last_layout, zeroed=not tiled)
     view = windows(dxp, kernel, stride, dilation, out, writeable=True)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            if disjoint:
-                view[:, :, i, j] = piece(i, j)
-            else:
-                view[:, :, i, j] += piece(i, j)
+    for (batch, rows), piece in tiles:
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                if disjoint:
+                    view[batch, :, i, j, rows] = piece(i, j)
+                else:
+                    view[batch, :, i, j, rows] += piece(i, j)
     return dxp

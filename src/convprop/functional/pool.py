@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from ._windows import Pair, col2im, is_batch_last, out_size, pad, unpad, windows
+from ._windows import ALL, Pair, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
            "avg_pool2d", "avg_pool2d_backward"]
@@ -47,7 +47,7 @@ class _Geometry:
 
     def scatter(self, piece, dtype) -> np.ndarray:
         """col2im: Σ over kernel offsets of piece(i, j) put back onto the input (N, C, H, W)."""
-        dxp = col2im(piece, self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out,
+        dxp = col2im([(ALL, piece)], self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out,
                      self.batch_last)
         return unpad(dxp, self.padding, self.x_shape[2:])
 

@@ -103,7 +103,6 @@ class _ConvNd(_Affine):
         self._init_parameters(shape, out_channels, shape[1] * kh * kw, bias, dtype)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self._workspace: dict = {}  # im2col buffers reused step after step (see functional.conv)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -125,7 +124,7 @@ class Conv2d(_ConvNd):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._data("bias"),
                                     stride=self.stride, padding=self.padding, dilation=self.dilation,
-                                    groups=self.groups, workspace=self._workspace)
+                                    groups=self.groups)
         return out
 
 
@@ -143,8 +142,7 @@ class ConvTranspose2d(_ConvNd):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv_transpose2d(
             self._input(x, self.in_channels, ndim=4), self.weight.data, self._data("bias"), stride=self.stride,
-            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups,
-            workspace=self._workspace)
+            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups)
         return out
 
 
