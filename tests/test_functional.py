@@ -72,17 +72,21 @@ def random_pool(seed, kind):
     return x, k, kw, _dtype(rng)
 
 
-def few_bytes_per_tile(seed, monkeypatch):
-    """Every fourth seed: tiles of one output row (of one sample, or of 16 batch-last samples)."""
-    if seed % 4 == 0:
-        from convprop.functional import conv
+def small_tiles_and_blocks(seed, monkeypatch):
+    """Seeds 0 mod 4: tiles of one output row (of one sample, or of 16 batch-last samples).
+    Seeds 1 mod 4: the batch split over 3 threads however small the work (_parallel)."""
+    from convprop.functional import _parallel, conv
 
+    if seed % 4 == 0:
         monkeypatch.setattr(conv, "TILE_BYTES", 1)
+    if seed % 4 == 1:
+        monkeypatch.setattr(_parallel, "_threads", 3)
+        monkeypatch.setattr(_parallel, "MIN_BYTES_PER_THREAD", 1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv2d_random(seed, monkeypatch):
-    few_bytes_per_tile(seed, monkeypatch)
+    small_tiles_and_blocks(seed, monkeypatch)
     arrays, kw, dtype = random_conv(seed)
     check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
 
@@ -139,13 +143,14 @@ def test_conv_transpose2d_subpixel_random(seed, monkeypatch):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv_transpose2d_random(seed, monkeypatch):
-    few_bytes_per_tile(seed, monkeypatch)
+    small_tiles_and_blocks(seed, monkeypatch)
     arrays, kw, dtype = random_conv(seed, transposed=True)
     check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_max_pool2d_random(seed):
+def test_max_pool2d_random(seed, monkeypatch):
+    small_tiles_and_blocks(seed, monkeypatch)
     x, k, kw, dtype = random_pool(seed, "max")
     _, cache = check_op("max_pool2d", [x], k, dtype=dtype, seed=seed, **kw)
     _, idx = TF.max_pool2d(torch.tensor(x), k, **kw, return_indices=True)
@@ -153,7 +158,8 @@ def test_max_pool2d_random(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_avg_pool2d_random(seed):
+def test_avg_pool2d_random(seed, monkeypatch):
+    small_tiles_and_blocks(seed, monkeypatch)
     x, k, kw, dtype = random_pool(seed, "avg")
     check_op("avg_pool2d", [x], k, dtype=dtype, seed=seed, **kw)
 
@@ -177,7 +183,8 @@ def test_max_unpool2d_random(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_linear_random(seed):
+def test_linear_random(seed, monkeypatch):
+    small_tiles_and_blocks(seed, monkeypatch)
     rng = np.random.default_rng(seed)
     lead = tuple(int(v) for v in rng.integers(1, 5, size=int(rng.integers(1, 4))))
     fin, fout = (int(v) for v in rng.integers(1, 20, size=2))
@@ -190,7 +197,8 @@ ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_activations_random(seed):
+def test_activations_random(seed, monkeypatch):
+    small_tiles_and_blocks(seed, monkeypatch)
     rng = np.random.default_rng(seed)
     name = ACTIVATIONS[seed % 4]
     shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 5))))
@@ -383,9 +391,10 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
 def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, monkeypatch):
     """im2col, the GEMMs and col2im run a tile of output positions at a time (conv.TILE_BYTES):
     shrunk so that every core runs several tiles, the results still equal torch's."""
-    from convprop.functional import conv
+    from convprop.functional import _parallel, conv
 
     monkeypatch.setattr(conv, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_parallel, "_threads", 1)  # one block of the batch: its tiles alone
     counts = []
     tiles = conv._tiles
     monkeypatch.setattr(conv, "_tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)

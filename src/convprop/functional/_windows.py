@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _parallel
+
 Pair = tuple[int, int]
 Tile = tuple[slice, slice]  # (batch, output rows): a block of output positions
 ALL: Tile = (slice(None), slice(None))
@@ -102,29 +104,36 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
     )
 
 
-def col2im(tiles: Iterable[tuple[Tile, Callable[[int, int], np.ndarray]]], padded_shape: tuple[int, ...],
-           dtype: np.dtype, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
+def col2im(tiles_of: Callable[[slice], Iterable[tuple[Tile, Callable[[int, int], np.ndarray]]]],
+           padded_shape: tuple[int, ...], dtype: np.dtype, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
            batch_last_layout: bool = True) -> np.ndarray:
     """Scatter-add back into a zero input: dxp[.., y·sh + i·dh, x·sw + j·dw] += piece(i, j)[.., y, x].
 
-    `tiles` yields (where, piece): `where` = (batch slice, output-row slice) picks some of the
-    (N, ·, OH, OW) output positions (ALL for every one) and `piece(i, j)` is the gradient reaching
-    kernel offset (i, j) from those positions; overlapping windows sum.  Within one offset no two
-    output positions share an input element, so `+=` is exact.  Returns the padded (N, C, H', W')
-    gradient, batch-last in memory unless told otherwise; crop it with `unpad`.
+    `tiles_of(block)` yields (where, piece) for a block of the batch: `where` = (batch slice within
+    the block, output-row slice) picks output positions and `piece(i, j)` is the gradient reaching
+    kernel offset (i, j) from them; overlapping windows sum.  Within one offset no two output
+    positions share an input element, so `+=` is exact; blocks of the batch never share one, so
+    they run on convprop's threads at once.  Returns the padded (N, C, H', W') gradient, batch-last
+    in memory unless told otherwise; crop it with `unpad`.
     """
     # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add;
     # windows that tile the input exactly write every cell: no zeroing first
     disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
     tiled = disjoint and all(d == 1 and s == k and o * s == size
                              for s, d, k, o, size in zip(stride, dilation, kernel, out, padded_shape[2:]))
-    dxp = allocate(padded_shape, dtype, batch_last_layout, zeroed=not tiled)
+    dxp = allocate(padded_shape, dtype, batch_last_layout, zeroed=False)
     view = windows(dxp, kernel, stride, dilation, out, writeable=True)
-    for (batch, rows), piece in tiles:
-        for i in range(kernel[0]):
-            for j in range(kernel[1]):
-                if disjoint:
-                    view[batch, :, i, j, rows] = piece(i, j)
-                else:
-                    view[batch, :, i, j, rows] += piece(i, j)
+
+    def scatter(block: slice) -> None:
+        if not tiled:
+            dxp[block] = 0
+        for (batch, rows), piece in tiles_of(block):
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    if disjoint:
+                        view[batch, :, i, j, rows] = piece(i, j)
+                    else:
+                        view[batch, :, i, j, rows] += piece(i, j)
+
+    _parallel.run(scatter, _parallel.parts(padded_shape[0], dxp.nbytes))
     return dxp

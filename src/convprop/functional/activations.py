@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
+from . import _parallel
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
            "tanh", "tanh_backward"]
@@ -43,14 +44,15 @@ def _dout(dout, cache: ActivationCache):
 def relu(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
     """A = max(Z, 0).   any shape -> same shape."""
     _check(x, "relu")
-    out = np.maximum(x, 0)
+    out = _parallel.elementwise(lambda z, out: np.maximum(z, 0, out=out), np.empty_like(x), x)
     return out, ActivationCache("relu", out)
 
 
 def relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """∂Z = ∂A ⊙ [Z > 0]   (the subgradient at 0 is 0, as torch)."""
     c = _cache(cache, "relu")
-    return _dout(dout, c) * (c.saved > 0)
+    dz = _dout(dout, c)
+    return _parallel.elementwise(lambda da, a, out: np.multiply(da, a > 0, out=out), np.empty_like(dz), dz, c.saved)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray, ActivationCache]:

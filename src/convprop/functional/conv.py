@@ -26,12 +26,13 @@ conv_transpose2d's forward is `_conv_backward_data`; its backward is `_conv_forw
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _checks as chk
+from . import _parallel
 from ._windows import Pair, Tile, allocate, batch_last, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
@@ -68,12 +69,13 @@ def _from_gemm(z: np.ndarray, n: int, hw: Pair, bl: bool) -> np.ndarray:
 TILE_BYTES = 2 << 20  # patches per tile (measured best here among 0.25–8 MiB; L2 1 MiB, L3 32 MiB)
 
 
-def _tiles(n: int, oh: int, row_bytes: int, bl: bool) -> list[Tile]:
-    """Blocks of output positions whose patches fill about TILE_BYTES, so that im2col writes a
-    block and its GEMM reads it back from cache rather than from main memory (2–2.5× faster here
-    than one whole-batch GEMM for LeNet conv2 at batch 256).  row_bytes: the patches of one output
-    row of one sample.  Batch-last: a block of rows for a chunk of ≥ 16 samples (contiguous runs);
-    per-sample: whole samples, or a block of rows of one sample."""
+def _tiles(block: slice, oh: int, row_bytes: int, bl: bool) -> list[Tile]:
+    """The output positions of the batch block split into tiles whose patches fill about TILE_BYTES,
+    so that im2col writes a tile and its GEMM reads it back from cache rather than from main memory
+    (2–2.5× faster here than one whole-batch GEMM for LeNet conv2 at batch 256).  row_bytes: the
+    patches of one output row of one sample.  Batch-last: a block of rows for a chunk of ≥ 16
+    samples (contiguous runs); per-sample: whole samples, or a block of rows of one sample."""
+    n = block.stop - block.start
     if bl:
         nb = min(n, max(16, TILE_BYTES // row_bytes))
         rb = max(1, TILE_BYTES // (row_bytes * nb))
@@ -81,9 +83,9 @@ def _tiles(n: int, oh: int, row_bytes: int, bl: bool) -> list[Tile]:
         nb, rb = max(1, TILE_BYTES // (row_bytes * oh)), oh
     else:
         nb, rb = 1, max(1, TILE_BYTES // row_bytes)
-    nb, rb = -(-n // -(-n // nb)), -(-oh // -(-oh // rb))  # even blocks: no small last one
-    return [(slice(n0, min(n, n0 + nb)), slice(y0, min(oh, y0 + rb)))
-            for n0 in range(0, n, nb) for y0 in range(0, oh, rb)]
+    nb, rb = -(-n // -(-n // nb)), -(-oh // -(-oh // rb))  # even tiles: no small last one
+    return [(slice(n0, min(block.stop, n0 + nb)), slice(y0, min(oh, y0 + rb)))
+            for n0 in range(block.start, block.stop, nb) for y0 in range(0, oh, rb)]
 
 
 _buffers = threading.local()
@@ -102,11 +104,11 @@ def _scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buf[:size].reshape(shape)
 
 
-def _patches(win: np.ndarray, groups: int, bl: bool) -> Iterator[tuple[Tile, np.ndarray]]:
-    """im2col a tile at a time: the window view (N, C, kh, kw, OH, OW) copied into GEMM columns,
-    yielding (tile, its patches (B, G, Cg·kh·kw, P)); one buffer serves every tile."""
-    n, c, kh, kw, oh, ow = win.shape
-    for tile in _tiles(n, oh, c * kh * kw * ow * win.itemsize, bl):
+def _patches(win: np.ndarray, groups: int, bl: bool, block: slice) -> Iterator[tuple[Tile, np.ndarray]]:
+    """im2col a tile at a time: the window view (N, C, kh, kw, OH, OW) of the batch block copied
+    into GEMM columns, yielding (tile, its patches (B, G, Cg·kh·kw, P)); one buffer serves every tile."""
+    _, c, kh, kw, oh, ow = win.shape
+    for tile in _tiles(block, oh, c * kh * kw * ow * win.itemsize, bl):
         part = win[tile[0], :, :, :, tile[1]]
         nb, rb = part.shape[0], part.shape[4]
         # the patches, split per group but not yet flattened: a view, whatever the layout
@@ -125,43 +127,53 @@ def _window_view(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilat
     return windows(pad(batch_last(x) if bl else x, padding), kernel, stride, dilation, out_hw)
 
 
-def _patch_gemms(win: np.ndarray, groups: int, w: np.ndarray | None = None, dz: np.ndarray | None = None,
-                 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The two GEMMs over the im2col patches of win (N, C, kh, kw, OH, OW), a tile at a time; where
-    both are asked for (conv_transpose2d's backward) each tile's patches are copied once for both.
+def _patch_gemms(win: np.ndarray, groups: int, w: np.ndarray | None = None, b: np.ndarray | None = None,
+                 dz: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The two GEMMs over the im2col patches of win (N, C, kh, kw, OH, OW), a tile at a time, the
+    batch split over convprop's threads; where both are asked for (conv_transpose2d's backward)
+    each tile's patches are copied once for both.
 
-    Z = K * A                         w (Cout, Cg, kh, kw)   -> Z (N, Cout, OH, OW)
-    ∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij    dz (N, Cout, OH, OW)  -> ∂K (Cout, Cg, kh, kw)
+    Z = K * A + B                     w (Cout, Cg, kh, kw), b (Cout,) or None  -> Z (N, Cout, OH, OW)
+    ∂K = Σ_n Σ_ij A_patch_ij ⊙ ∂Z_ij    dz (N, Cout, OH, OW)                    -> ∂K (Cout, Cg, kh, kw)
     """
     n, c, kh, kw, oh, ow = win.shape
     bl = n > 1 and win.strides[0] == win.itemsize  # the layout _window_view chose
-    z = dw_t = None
+    z = None
     if w is not None:
         wg = w.reshape(groups, w.shape[0] // groups, -1)
         z = allocate((n, w.shape[0], oh, ow), win.dtype, bl, zeroed=False)
+        bias = 0 if b is None else b[:, None, None]
     if dz is not None:
         dz = batch_last(dz) if bl else dz
-        dw_t = np.zeros((groups, c // groups * kh * kw, dz.shape[1] // groups), win.dtype)
-    for (batch, rows), cols in _patches(win, groups, bl):  # A_patch of every position as a column (B, G, K, P)
-        if z is not None:
-            # Z_ij = Σ K ⊙ A_patch_ij for all positions of the tile at once          (B, G, Cog, P)
-            zt = np.matmul(wg, cols, out=_scratch("gemm", cols.shape[:2] + (wg.shape[1], cols.shape[3]), cols.dtype))
-            z[batch, :, rows] = _from_gemm(zt, batch.stop - batch.start, (rows.stop - rows.start, ow), bl)
-        if dw_t is not None:
-            # every patch times its ∂Z_ij, summed over positions (GEMM) and batches   (G, K, Cog)
-            # (computed as ∂Kᵀ = patches • ∂Zᵀ: the long position axis as BLAS's inner dimension runs
-            #  25–45 % faster here than ∂Z • patchesᵀ)
-            dw_t += (cols @ _to_gemm(dz[batch, :, rows], groups, bl).transpose(0, 1, 3, 2)).sum(axis=0)
-    dw = None if dw_t is None else dw_t.transpose(0, 2, 1).reshape(dz.shape[1], c // groups, kh, kw)
+
+    def block_gemms(block: slice) -> np.ndarray | None:
+        dw_t = None if dz is None else np.zeros((groups, c // groups * kh * kw, dz.shape[1] // groups), win.dtype)
+        for (batch, rows), cols in _patches(win, groups, bl, block):  # A_patch of every position as a column
+            if z is not None:                                           # (B, G, K, P)
+                # Z_ij = Σ K ⊙ A_patch_ij + B for all positions of the tile at once       (B, G, Cog, P)
+                zt = np.matmul(wg, cols, out=_scratch("gemm", cols.shape[:2] + (wg.shape[1], cols.shape[3]),
+                                                      cols.dtype))
+                np.add(_from_gemm(zt, batch.stop - batch.start, (rows.stop - rows.start, ow), bl), bias,
+                       out=z[batch, :, rows])
+            if dw_t is not None:
+                # every patch times its ∂Z_ij, summed over positions (GEMM) and batches   (G, K, Cog)
+                # (computed as ∂Kᵀ = patches • ∂Zᵀ: the long position axis as BLAS's inner dimension
+                #  runs 25–45 % faster here than ∂Z • patchesᵀ)
+                dw_t += (cols @ _to_gemm(dz[batch, :, rows], groups, bl).transpose(0, 1, 3, 2)).sum(axis=0)
+        return dw_t
+
+    partial = _parallel.run(block_gemms, _parallel.parts(n, c * kh * kw * oh * ow * n * win.itemsize))
+    dw = None if dz is None else sum(partial[1:], partial[0]).transpose(0, 2, 1).reshape(dz.shape[1], c // groups,
+                                                                                       kh, kw)
     return z, dw
 
 
 def _conv_forward(x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair, dilation: Pair,
-                  groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """Z = K * A as GEMMs over the im2col patches.  x (N, C, H, W), w (Cout, Cg, kh, kw)
-    -> Z (N, Cout, OH, OW), and the window view of the padded x, whose patches ∂K re-reads."""
+                  groups: int, out_hw: Pair, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Z = K * A + B as GEMMs over the im2col patches.  x (N, C, H, W), w (Cout, Cg, kh, kw), b (Cout,)
+    or None -> Z (N, Cout, OH, OW), and the window view of the padded x, whose patches ∂K re-reads."""
     win = _window_view(x, w.shape[2:], stride, padding, dilation, out_hw)
-    return _patch_gemms(win, groups, w=w)[0], win
+    return _patch_gemms(win, groups, w=w, b=b)[0], win
 
 
 def _conv_backward_weight(dz: np.ndarray, win: np.ndarray, groups: int) -> np.ndarray:
@@ -195,8 +207,8 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     dz = batch_last(dz) if bl else dz
     wt = w.reshape(groups, cout // groups, -1).transpose(0, 2, 1)
 
-    def pieces():
-        for batch, rows in _tiles(n, oh, groups * cg * kh * kw * ow * dz.itemsize, bl):
+    def tiles_of(block: slice) -> Iterator[tuple[Tile, Callable[[int, int], np.ndarray]]]:
+        for batch, rows in _tiles(block, oh, groups * cg * kh * kw * ow * dz.itemsize, bl):
             # the gradient reaching every patch element of the tile:  Kᵀ • ∂Z     (B, G, Cg·kh·kw, P)
             dzt = _to_gemm(dz[batch, :, rows], groups, bl)
             dcols = np.matmul(wt, dzt, out=_scratch("gemm", dzt.shape[:2] + (wt.shape[1], dzt.shape[3]), dz.dtype))
@@ -206,7 +218,7 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
 
     h, wd = in_hw
     # put every patch gradient back where the patch came from, summing overlaps (col2im)
-    dxp = col2im(pieces(), (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]),
+    dxp = col2im(tiles_of, (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]),
                  dz.dtype, (kh, kw), stride, dilation, (oh, ow), bl)
     return unpad(dxp, padding, in_hw)
 
@@ -303,9 +315,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride:
     (_, _, h, wd), (_, _, kh, kw) = x.shape, w.shape
     oh = chk.output_size(out_size(h, kh, stride[0], padding[0], dilation[0]), "x (height)")
     ow = chk.output_size(out_size(wd, kw, stride[1], padding[1], dilation[1]), "x (width)")
-    out, win = _conv_forward(x, w, stride, padding, dilation, groups, (oh, ow))
-    if b is not None:
-        out += b[:, None, None]  # Z += B, broadcast over batch and positions
+    out, win = _conv_forward(x, w, stride, padding, dilation, groups, (oh, ow), b)
     return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, win, (h, wd))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
+from . import _parallel
 
 __all__ = ["linear", "linear_backward"]
 
@@ -30,10 +31,15 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple[n
     if w.shape[1] != x.shape[-1]:
         raise ValueError(f"w: expected in_features == {x.shape[-1]} (x's last dimension), got shape {w.shape}")
     b = chk.bias(b, x, w.shape[0])
-    out = x @ w.T  # Z = A • Wᵀ
-    if b is not None:
-        out += b  # + B
-    return out, LinearCache(x, w, b is not None)
+    bias = 0 if b is None else b
+
+    def affine(block: slice) -> None:
+        np.add(np.matmul(x2[block], w.T, out=out2[block]), bias, out=out2[block])  # Z = A • Wᵀ + B
+
+    x2 = x.reshape(-1, w.shape[1])
+    out2 = np.empty((x2.shape[0], w.shape[0]), x.dtype)
+    _parallel.run(affine, _parallel.parts(x2.shape[0], x2.nbytes + out2.nbytes))
+    return out2.reshape(x.shape[:-1] + (w.shape[0],)), LinearCache(x, w, b is not None)
 
 
 def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = True,
@@ -47,7 +53,14 @@ def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = 
     x, w = cache.x, cache.w
     dz = chk.grad_output(dout, x.shape[:-1] + (w.shape[0],), w.dtype)
     dz2, x2 = dz.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
-    dx = dz @ w if input_grad else None
-    dw = dz2.T @ x2
+    dx2 = np.empty_like(x2) if input_grad else None
+
+    def grads(block: slice) -> np.ndarray:
+        if dx2 is not None:
+            np.matmul(dz2[block], w, out=dx2[block])  # ∂A = ∂Z • W
+        return dz2[block].T @ x2[block]  # this block's share of ∂W = ∂Zᵀ • A
+
+    dw_parts = _parallel.run(grads, _parallel.parts(x2.shape[0], x2.nbytes + dz2.nbytes))
+    dw = sum(dw_parts[1:], dw_parts[0])
     db = dz2.sum(axis=0) if cache.has_bias else None
-    return dx, dw, db
+    return (None if dx2 is None else dx2.reshape(x.shape)), dw, db

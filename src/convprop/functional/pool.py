@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from ._windows import ALL, Pair, col2im, is_batch_last, out_size, pad, unpad, windows
+from . import _parallel
+from ._windows import Pair, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
            "avg_pool2d", "avg_pool2d_backward"]
@@ -45,10 +46,11 @@ class _Geometry:
         """(N, C, H, W) -> the window view (N, C, kh, kw, OH, OW) of x padded with `fill`."""
         return windows(pad(x, self.padding, self.extra, fill), self.kernel, self.stride, self.dilation, self.out)
 
-    def scatter(self, piece, dtype) -> np.ndarray:
-        """col2im: Σ over kernel offsets of piece(i, j) put back onto the input (N, C, H, W)."""
-        dxp = col2im([(ALL, piece)], self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out,
-                     self.batch_last)
+    def scatter(self, pieces_of, dtype) -> np.ndarray:
+        """col2im: Σ over kernel offsets of piece(i, j) put back onto the input (N, C, H, W), where
+        pieces_of(block) gives the piece(i, j) of a block of the batch (blocks run on convprop's threads)."""
+        dxp = col2im(lambda block: [((block, slice(None)), pieces_of(block))], self.padded_shape, dtype,
+                     self.kernel, self.stride, self.dilation, self.out, self.batch_last)
         return unpad(dxp, self.padding, self.x_shape[2:])
 
 
@@ -102,14 +104,20 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     win = g.view(x, -np.inf)
     kh, kw = g.kernel
-    best = win[:, :, 0, 0].copy(order="K")  # K: keep the input's memory layout
-    argmax = np.zeros_like(best, dtype=np.int16 if kh * kw < 2**15 else np.int64)
-    for k in range(1, kh * kw):
-        cand = win[:, :, k // kw, k % kw]
-        wins = (cand > best) | np.isnan(cand)  # strict >: the first of equal maxima keeps the win
-        np.maximum(best, cand, out=best)
-        argmax += wins * (k - argmax).astype(argmax.dtype)
-    return best, MaxPool2dCache(argmax, g, x.dtype)
+    out = np.empty_like(win[:, :, 0, 0])  # empty_like keeps the input's memory layout
+    argmax = np.empty_like(out, dtype=np.int16 if kh * kw < 2**15 else np.int64)
+
+    def window_max(block: slice) -> None:
+        best, arg = out[block], argmax[block]
+        best[...], arg[...] = win[block, :, 0, 0], 0
+        for k in range(1, kh * kw):
+            cand = win[block, :, k // kw, k % kw]
+            wins = (cand > best) | np.isnan(cand)  # strict >: the first of equal maxima keeps the win
+            np.maximum(best, cand, out=best)
+            arg += wins * (k - arg).astype(arg.dtype)
+
+    _parallel.run(window_max, _parallel.parts(x.shape[0], x.nbytes))
+    return out, MaxPool2dCache(argmax, g, x.dtype)
 
 
 def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
@@ -122,7 +130,7 @@ def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
     kw = g.kernel[1]
     # kernel offset (i, j) receives ∂Z_ij only where it was the argmax: a mask multiply, no scatter
-    return g.scatter(lambda i, j: dz * (cache.argmax == i * kw + j), dz.dtype)
+    return g.scatter(lambda block: lambda i, j, d=dz[block], a=cache.argmax[block]: d * (a == i * kw + j), dz.dtype)
 
 
 def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair, *,
@@ -195,15 +203,21 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
     """
     g = _geometry(x, kernel_size, stride, padding, 1, ceil_mode)
     win = g.view(x, 0.0)
-    total = win[:, :, 0, 0].copy(order="K")
     kh, kw = g.kernel
-    for k in range(1, kh * kw):
-        total += win[:, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
     counts = [_window_counts(x.shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a],
                              bool(count_include_pad)) for a in range(2)]
     divisor = np.outer(*counts).astype(x.dtype)  # r_size (OH, OW)
-    total /= divisor
-    return total, AvgPool2dCache(divisor, g, x.dtype)
+    out = np.empty_like(win[:, :, 0, 0])
+
+    def window_mean(block: slice) -> None:
+        total = out[block]
+        total[...] = win[block, :, 0, 0]
+        for k in range(1, kh * kw):
+            total += win[block, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
+        total /= divisor
+
+    _parallel.run(window_mean, _parallel.parts(x.shape[0], x.nbytes))
+    return out, AvgPool2dCache(divisor, g, x.dtype)
 
 
 def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
@@ -214,5 +228,5 @@ def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     chk.cache_of(cache, AvgPool2dCache, "avg_pool2d")
     g = cache.geometry
     dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
-    share = dz / cache.divisor  # ∂Z_ij / r_size, the same for every cell of the window
-    return g.scatter(lambda i, j: share, dz.dtype)
+    # ∂Z_ij / r_size, the same for every cell of the window
+    return g.scatter(lambda block: lambda i, j, share=dz[block] / cache.divisor: share, dz.dtype)
