@@ -273,6 +273,45 @@ print(elapsed, hwm)
 """
 
 
+STEP_SCRIPT = r"""
+import sys
+framework, rounds, smoke, root = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+sys.path.insert(0, root)
+import numpy as np
+from benchmarks.suite import interleaved, lenet_step_cases
+torch = None
+if framework == "convprop":
+    from convprop.allocator import keep_freed_memory
+    keep_freed_memory()  # as `convprop train` does
+else:
+    import os, torch
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+for name, *_, ours, theirs in lenet_step_cases(np, torch, smoke):
+    print(name, "\t", interleaved({"x": ours if framework == "convprop" else theirs}, rounds)["x"])
+"""
+
+
+def fresh_steps(torch_ok: bool, smoke: bool, rounds: int) -> list[dict]:
+    """The LeNet-5 training steps again, each framework alone in its own fresh process (no threads or
+    allocator state shared with the other), processes alternating; medians over the processes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frameworks = ["convprop"] + (["torch"] if torch_ok else [])
+    times: dict = {}
+    for _ in range(1 if smoke else max(3, rounds // 2)):
+        for f in frameworks:
+            out = subprocess.run([sys.executable, "-c", STEP_SCRIPT, f, str(rounds), "1" if smoke else "0", root],
+                                 capture_output=True, text=True, cwd=root, check=True)
+            for line in out.stdout.splitlines():
+                name, seconds = line.split("\t")
+                times.setdefault(name.strip(), {}).setdefault(f, []).append(float(seconds))
+    rows = []
+    for name, by in times.items():
+        ours, theirs = (statistics.median(by[f]) * 1e3 if f in by else None for f in ("convprop", "torch"))
+        rows.append({"case": name, "convprop_ms": ours, "torch_ms": theirs, "ratio": theirs and ours / theirs,
+                     "processes": len(by["convprop"])})
+    return rows
+
+
 def whole_runs(torch_ok: bool, threads: int, smoke: bool, rounds: int) -> list[dict]:
     """One epoch of the default recipe (5,000 images, shifts, Adam one-cycle), each framework in a
     fresh process, alternating; and the peak RSS of each whole run."""
@@ -332,6 +371,9 @@ def run(args) -> int:
                 row["pct_peak"] = 100 * row["gflops"] / peak
             results.append(row)
             print(_line(row), flush=True)
+    alone = [] if args.no_train else fresh_steps(torch is not None, args.smoke, rounds)
+    for r in alone:
+        print(_line({**r, "phase": "alone"}), flush=True)
     runs = [] if args.no_train else whole_runs(torch is not None, args.threads, args.smoke, rounds)
     for r in runs:
         print(f"{'one epoch of the default recipe':<48} {r['framework']:>9}: {r['epoch_s']:.2f} s, "
@@ -339,9 +381,9 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench-{args.threads}t{'-smoke' if args.smoke else ''}")
     with open(stem + ".json", "w") as f:
-        json.dump({"machine": machine, "ops": results, "runs": runs}, f, indent=2)
+        json.dump({"machine": machine, "ops": results, "alone": alone, "runs": runs}, f, indent=2)
     with open(stem + ".md", "w") as f:
-        f.write(markdown(machine, results, runs))
+        f.write(markdown(machine, results, alone, runs))
     print(f"wrote {stem}.json and {stem}.md")
     return 0
 
@@ -352,7 +394,7 @@ def _line(r):
     return f"{r['case'][:48]:<48} {r['phase']:>16}: convprop {r['convprop_ms']:8.3f} ms  {torch_part}{gf}"
 
 
-def markdown(machine, results, runs) -> str:
+def markdown(machine, results, alone, runs) -> str:
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores, **{machine['threads']} thread(s)**; "
              f"NumPy {machine['numpy']}, torch {machine['torch']}; sgemm peak {machine['sgemm_peak_gflops']} "
              f"GFLOP/s; medians of {machine['rounds']} interleaved rounds.", "",
@@ -365,6 +407,11 @@ def markdown(machine, results, runs) -> str:
         lines.append(f"| {r['case']} | {r['phase']} | {r['convprop_ms']:.3f} | {num(r['torch_ms'], '.3f')} | "
                      f"{num(r['ratio'], '.2f', '×')} | {num(r.get('gflops'), '.1f')} | "
                      f"{num(r.get('pct_peak'), '.0f', '%')} |")
+    if alone:
+        lines += ["", f"| each framework alone in a fresh process (median of {alone[0]['processes']} each) | "
+                  "convprop ms | torch ms | ratio |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['case']} | {r['convprop_ms']:.3f} | {num(r['torch_ms'], '.3f')} | "
+                  f"{num(r['ratio'], '.2f', '×')} |" for r in alone]
     if runs:
         lines += ["", "| whole run (fresh process) | one epoch, s | peak RSS, MB |", "|---|---:|---:|"]
         lines += [f"| {r['framework']} | {r['epoch_s']:.2f} | {r['peak_rss_mb']:.0f} |" for r in runs]

@@ -17,6 +17,7 @@ import numpy as np
 from . import checkpoint, models, nn, optim
 from . import random as _random
 from .data import DataLoader, IDXError, load_mnist, normalize
+from .functional._parallel import set_num_threads
 from .train import Divergence, confusion_matrix, fit, predict
 
 DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=5e-3, optimizer="adam", shift=2, seed=0)
@@ -57,6 +58,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads for convprop's kernels (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
+                        "if set, else the CPUs available)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (default: LeNet-5 on the bundled MNIST sample)",
@@ -337,6 +341,8 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        set_num_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
     except (Divergence, nn.AnomalyError) as e:

@@ -122,7 +122,7 @@ def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
         with single_threaded_blas():
             return [fn(blocks[0])]
     if _pool is None:
-        _pool = ThreadPoolExecutor(_threads - 1, thread_name_prefix="convprop")
+        _pool = ThreadPoolExecutor(max(1, _threads - 1), thread_name_prefix="convprop")
     futures = [_pool.submit(_pinned, fn, block) for block in blocks[1:]]
     try:
         first = _pinned(fn, blocks[0])

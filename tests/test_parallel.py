@@ -1,0 +1,111 @@
+"""convprop's own threads (functional/_parallel.py): same numbers as torch on any thread count,
+reproducible for a given count, errors from any thread surface, a clear message for bad counts."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from test_nn import batch, compare_network
+
+import convprop
+from convprop import models
+from convprop.functional import _parallel
+from convprop.random import manual_seed
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Split every batch, however small its work, over the given number of threads."""
+    monkeypatch.setattr(_parallel, "MIN_BYTES_PER_THREAD", 1)
+
+    def use(n):
+        monkeypatch.setattr(_parallel, "_threads", n)  # even where OpenBLAS's per-thread setting is missing
+        monkeypatch.setattr(_parallel, "_pool", None)  # a pool of n − 1 workers on first use
+
+    yield use
+    if _parallel._pool is not None:
+        _parallel._pool.shutdown()
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_networks_match_torch_with_their_batch_split_over_threads(threads, n):
+    threads(n)
+    seen = set()
+    run = _parallel.run
+    _parallel.run = lambda fn, blocks: run(lambda b: seen.add(threading.get_ident()) or fn(b), blocks)
+    try:
+        compare_network(models.lenet5(), *batch(7))
+        compare_network(models.vgg_small(width=4), *batch(5, seed=2))
+    finally:
+        _parallel.run = run
+    assert len(seen) == n  # the work really ran on n threads
+
+
+def test_results_are_reproducible_for_a_thread_count(threads):
+    threads(3)
+    x, y = batch(9, seed=4)
+
+    def grads():
+        manual_seed(0)
+        net = models.lenet5(dtype=np.float32)
+        net.backward(np.ones_like(net(x.astype(np.float32))))
+        return [p.grad.copy() for p in net.parameters()]
+
+    for a, b in zip(grads(), grads()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_parts_cover_the_batch_in_contiguous_blocks(threads):
+    threads(3)
+    for n in (0, 1, 2, 3, 10, 257):
+        blocks = _parallel.parts(n, 1 << 30)
+        assert len(blocks) == max(1, min(3, n))
+        assert [b.start for b in blocks] == [0] + [b.stop for b in blocks[:-1]] and blocks[-1].stop == n
+    _parallel.MIN_BYTES_PER_THREAD = 1000
+    assert len(_parallel.parts(100, 1999)) == 1  # too little work to share
+
+
+def test_an_error_on_any_thread_surfaces_after_every_block_finished(threads):
+    threads(3)
+    finished = []
+
+    def work(block):
+        if block.start == 2:
+            raise ValueError("block 2 failed")
+        finished.append(block.start)
+
+    with pytest.raises(ValueError, match="block 2 failed"):
+        _parallel.run(work, [slice(0, 1), slice(1, 2), slice(2, 3)])
+    assert sorted(finished) == [0, 1]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_names_the_argument(bad):
+    with pytest.raises(ValueError, match=r"n: expected a positive int, got"):
+        convprop.set_num_threads(bad)
+
+
+def test_set_num_threads_changes_the_count():
+    before = convprop.get_num_threads()
+    try:
+        convprop.set_num_threads(1)
+        assert convprop.get_num_threads() == 1
+        assert len(_parallel.parts(1000, 1 << 30)) == 1
+    finally:
+        convprop.set_num_threads(before)
+
+
+def test_cli_threads_flag(capsys):
+    from convprop.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--threads", "0", "explain", "linear"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    before = convprop.get_num_threads()
+    try:
+        assert main(["--threads", "1", "explain", "linear"]) == 0
+        assert convprop.get_num_threads() == 1
+    finally:
+        convprop.set_num_threads(before)
