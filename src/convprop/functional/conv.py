@@ -243,9 +243,17 @@ def _subpixel(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding:
     w2 = w.reshape(groups, cx // groups, cg, th, sh, tw, sw)[:, :, :, ::-1, :, ::-1, :]
     w2 = np.ascontiguousarray(w2.transpose(0, 4, 6, 2, 1, 3, 5)).reshape(groups * sh * sw * cg, cx // groups, th, tw)
     z, _ = _conv_forward(xp, w2, (1, 1), (0, 0), (1, 1), groups, (oh + extra[0], ow + extra[1]))
-    z = z[:, :, : q[0], : q[1]].reshape(n, groups, sh, sw, cg, q[0], q[1])
-    full = z.transpose(0, 1, 4, 5, 2, 6, 3).reshape(n, groups * cg, q[0] * sh, q[1] * sw)  # pixel shuffle
-    return full[:, :, padding[0]: padding[0] + in_hw[0], padding[1]: padding[1] + in_hw[1]]
+    dx = allocate((n, groups * cg) + tuple(in_hw), dz.dtype, is_batch_last(z), zeroed=False)  # z's layout
+    z = z.reshape((n, groups, sh, sw, cg) + z.shape[2:])  # the phases apart (a view)
+    dx5 = dx.reshape((n, groups, cg) + tuple(in_hw))
+    for rh in range(sh):  # pixel shuffle and crop: phase (r_h, r_w) fills every s-th pixel
+        for rw in range(sw):
+            # output pixel y = q·s + r − p: the first with phase r is y0 = (r − p) mod s, at q0 = (y0 + p − r)/s
+            (y0, x0) = (rh - padding[0]) % sh, (rw - padding[1]) % sw
+            (qy, qx) = (y0 + padding[0] - rh) // sh, (x0 + padding[1] - rw) // sw
+            ny, nx = len(range(y0, in_hw[0], sh)), len(range(x0, in_hw[1], sw))
+            dx5[:, :, :, y0::sh, x0::sw] = z[:, :, rh, rw, :, qy: qy + ny, qx: qx + nx]
+    return dx
 
 
 # --------------------------------------------------------------------------- shared checks
