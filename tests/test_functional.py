@@ -81,7 +81,7 @@ def small_tiles_and_blocks(seed, monkeypatch):
         monkeypatch.setattr(conv, "TILE_BYTES", 1)
     if seed % 4 == 1:
         monkeypatch.setattr(_parallel, "_threads", 3)
-        monkeypatch.setattr(_parallel, "MIN_BYTES_PER_THREAD", 1)
+        monkeypatch.setattr(_parallel, "MIN_WORK_PER_THREAD", 1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

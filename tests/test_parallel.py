@@ -18,7 +18,7 @@ from convprop.random import manual_seed
 @pytest.fixture
 def threads(monkeypatch):
     """Split every batch, however small its work, over the given number of threads."""
-    monkeypatch.setattr(_parallel, "MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(_parallel, "MIN_WORK_PER_THREAD", 1)
 
     def use(n):
         monkeypatch.setattr(_parallel, "_threads", n)  # even where OpenBLAS's per-thread setting is missing
@@ -63,8 +63,9 @@ def test_parts_cover_the_batch_in_contiguous_blocks(threads):
         blocks = _parallel.parts(n, 1 << 30)
         assert len(blocks) == max(1, min(3, n))
         assert [b.start for b in blocks] == [0] + [b.stop for b in blocks[:-1]] and blocks[-1].stop == n
-    _parallel.MIN_BYTES_PER_THREAD = 1000
+    _parallel.MIN_WORK_PER_THREAD = 1000
     assert len(_parallel.parts(100, 1999)) == 1  # too little work to share
+    assert len(_parallel.parts(100, 999, 8 * 2000)) == 2  # flops count too
 
 
 def test_an_error_on_any_thread_surfaces_after_every_block_finished(threads):

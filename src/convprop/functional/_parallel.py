@@ -27,7 +27,11 @@ import numpy as np  # (also loads NumPy's OpenBLAS before _blas_thread_setter lo
 
 T = TypeVar("T")
 
-MIN_BYTES_PER_THREAD = 1 << 18  # below this, handing work to another thread costs more than it saves
+# Below this much work per thread, handing work to another thread costs more than it saves (~0.1 ms
+# a hand-off here); work = bytes read and written + flops / FLOPS_PER_BYTE.  Calibrated on LeNet-5's
+# ops: the split pays at batch 256 (conv, ReLU, the first pooling), not at batch 64.
+MIN_WORK_PER_THREAD = 5 << 19
+FLOPS_PER_BYTE = 8
 
 
 def _blas_thread_setter() -> Callable[[int], int] | None:
@@ -102,10 +106,10 @@ def single_threaded_blas() -> Iterator[None]:
         _set_blas_threads(previous)
 
 
-def parts(n: int, nbytes: int) -> list[slice]:
+def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
     """The batch 0..n split into up to get_num_threads() contiguous, nearly equal blocks, fewer when
-    the work (nbytes of data touched) is too small to share."""
-    k = max(1, min(_threads, n, nbytes // MIN_BYTES_PER_THREAD))
+    the work (nbytes read and written, flops computed) is too small to share."""
+    k = max(1, min(_threads, n, (nbytes + flops // FLOPS_PER_BYTE) // MIN_WORK_PER_THREAD))
     bounds = [n * i // k for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -118,9 +122,8 @@ def _pinned(fn: Callable[[slice], T], block: slice) -> T:
 def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
     """[fn(block) for block in blocks], the blocks at once on convprop's threads."""
     global _pool
-    if len(blocks) == 1:
-        with single_threaded_blas():
-            return [fn(blocks[0])]
+    if len(blocks) == 1:  # BLAS may use its own threads here
+        return [fn(blocks[0])]
     if _pool is None:
         _pool = ThreadPoolExecutor(max(1, _threads - 1), thread_name_prefix="convprop")
     futures = [_pool.submit(_pinned, fn, block) for block in blocks[1:]]

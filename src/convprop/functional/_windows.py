@@ -106,7 +106,7 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
 
 def col2im(tiles_of: Callable[[slice], Iterable[tuple[Tile, Callable[[int, int], np.ndarray]]]],
            padded_shape: tuple[int, ...], dtype: np.dtype, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
-           batch_last_layout: bool = True) -> np.ndarray:
+           batch_last_layout: bool = True, flops: int = 0) -> np.ndarray:
     """Scatter-add back into a zero input: dxp[.., y·sh + i·dh, x·sw + j·dw] += piece(i, j)[.., y, x].
 
     `tiles_of(block)` yields (where, piece) for a block of the batch: `where` = (batch slice within
@@ -114,7 +114,7 @@ def col2im(tiles_of: Callable[[slice], Iterable[tuple[Tile, Callable[[int, int],
     kernel offset (i, j) from them; overlapping windows sum.  Within one offset no two output
     positions share an input element, so `+=` is exact; blocks of the batch never share one, so
     they run on convprop's threads at once.  Returns the padded (N, C, H', W') gradient, batch-last
-    in memory unless told otherwise; crop it with `unpad`.
+    in memory unless told otherwise; crop it with `unpad`.  flops: what tiles_of computes (for _parallel).
     """
     # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add;
     # windows that tile the input exactly write every cell: no zeroing first
@@ -135,5 +135,5 @@ def col2im(tiles_of: Callable[[slice], Iterable[tuple[Tile, Callable[[int, int],
                     else:
                         view[batch, :, i, j, rows] += piece(i, j)
 
-    _parallel.run(scatter, _parallel.parts(padded_shape[0], dxp.nbytes))
+    _parallel.run(scatter, _parallel.parts(padded_shape[0], 2 * dxp.nbytes, flops))
     return dxp

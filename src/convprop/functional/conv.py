@@ -162,7 +162,9 @@ def _patch_gemms(win: np.ndarray, groups: int, w: np.ndarray | None = None, b: n
                 dw_t += (cols @ _to_gemm(dz[batch, :, rows], groups, bl).transpose(0, 1, 3, 2)).sum(axis=0)
         return dw_t
 
-    partial = _parallel.run(block_gemms, _parallel.parts(n, c * kh * kw * oh * ow * n * win.itemsize))
+    cout = (0 if w is None else w.shape[0]) + (0 if dz is None else dz.shape[1])
+    blocks = _parallel.parts(n, n * (c + cout) * oh * ow * win.itemsize, 2 * n * oh * ow * c * kh * kw * cout)
+    partial = _parallel.run(block_gemms, blocks)
     dw = None if dz is None else sum(partial[1:], partial[0]).transpose(0, 2, 1).reshape(dz.shape[1], c // groups,
                                                                                        kh, kw)
     return z, dw
@@ -219,7 +221,7 @@ def _conv_backward_data(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     h, wd = in_hw
     # put every patch gradient back where the patch came from, summing overlaps (col2im)
     dxp = col2im(tiles_of, (n, groups * cg, h + 2 * padding[0], wd + 2 * padding[1]),
-                 dz.dtype, (kh, kw), stride, dilation, (oh, ow), bl)
+                 dz.dtype, (kh, kw), stride, dilation, (oh, ow), bl, flops=2 * dz.size * cg * kh * kw)
     return unpad(dxp, padding, in_hw)
 
 

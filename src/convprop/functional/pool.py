@@ -116,7 +116,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
             np.maximum(best, cand, out=best)
             arg += wins * (k - arg).astype(arg.dtype)
 
-    _parallel.run(window_max, _parallel.parts(x.shape[0], x.nbytes))
+    _parallel.run(window_max, _parallel.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
     return out, MaxPool2dCache(argmax, g, x.dtype)
 
 
@@ -216,7 +216,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
             total += win[block, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
         total /= divisor
 
-    _parallel.run(window_mean, _parallel.parts(x.shape[0], x.nbytes))
+    _parallel.run(window_mean, _parallel.parts(x.shape[0], x.nbytes + out.nbytes))
     return out, AvgPool2dCache(divisor, g, x.dtype)
 
 
