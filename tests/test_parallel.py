@@ -10,6 +10,7 @@ import pytest
 from test_nn import batch, compare_network
 
 import convprop
+import convprop.functional as F
 from convprop import models
 from convprop.functional import _parallel
 from convprop.random import manual_seed
@@ -110,3 +111,20 @@ def test_cli_threads_flag(capsys):
         assert convprop.get_num_threads() == 1
     finally:
         convprop.set_num_threads(before)
+
+
+@pytest.mark.skipif(_parallel._blas is None, reason="needs NumPy's OpenBLAS")
+def test_convprop_takes_openblas_threads_over_and_gives_them_back():
+    get, put = _parallel._blas
+    before_threads, before_blas = convprop.get_num_threads(), get()
+    try:
+        convprop.set_num_threads(1)
+        put(2)
+        convprop.set_num_threads(2)
+        F.relu(np.ones((4, 4)))  # any kernel
+        assert get() == 1  # OpenBLAS single-threaded while convprop runs threads of its own
+        convprop.set_num_threads(1)
+        assert get() == 2
+    finally:
+        convprop.set_num_threads(before_threads)
+        put(before_blas)

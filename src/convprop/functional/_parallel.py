@@ -1,29 +1,31 @@
-"""Threads: the batch of every heavy kernel is split over a few threads of convprop's own.
+"""Threads: the batch of a heavy kernel is split over a few threads of convprop's own.
 
 NumPy's element-wise passes (im2col, col2im, pooling, activations) use one core, and OpenBLAS's
 threads gain little on the thin GEMMs of small CNNs (LeNet-5 conv2 at batch 256: 2.4 ms on one
 OpenBLAS thread, 2.4 ms on two).  So, like torch, convprop parallelises over the batch itself:
-`parts(n, nbytes)` splits a batch into one contiguous block per thread, `run(fn, parts)` runs
-fn(block) for every block at once — the first on the calling thread — and BLAS is asked for one
-thread per call meanwhile.  The split depends only on the batch size and the thread count, so
-results are reproducible for a given thread count.
+`parts(n, nbytes, flops)` splits a batch into one contiguous block per thread when the work is
+large enough to share, and `run(fn, blocks)` runs fn(block) for every block at once, the first on
+the calling thread.  The split depends only on the shapes and the thread count, so results are
+reproducible for a given thread count.
 
 The thread count: `set_num_threads(n)`; by default OMP_NUM_THREADS or OPENBLAS_NUM_THREADS when
-set, else the CPUs this process may use.  It needs OpenBLAS's per-thread setting
-(`openblas_set_num_threads_local`, OpenBLAS ≥ 0.3.27, which NumPy's wheels bundle): without it
-(another BLAS) convprop stays on one thread rather than oversubscribe the cores.
+set, else the CPUs this process may use.  With more than one, convprop takes the threading over
+from OpenBLAS (NumPy's BLAS): at its first kernel it sets OpenBLAS to one thread, process-wide —
+OpenBLAS's idle threads spin on the cores convprop's threads need (a LeNet-5 step at batch 256
+took 29 ms with them, 20 ms without), and a GEMM's rounding must not depend on which thread count
+it happened to get.  `set_num_threads(1)` gives OpenBLAS its threads back.  With a BLAS other than
+OpenBLAS, convprop stays on one thread rather than oversubscribe the cores.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from typing import TypeVar
 
-import numpy as np  # (also loads NumPy's OpenBLAS before _blas_thread_setter looks for it)
+import numpy as np  # (also loads NumPy's OpenBLAS before _blas_threads looks for it)
 
 T = TypeVar("T")
 
@@ -34,8 +36,8 @@ MIN_WORK_PER_THREAD = 5 << 19
 FLOPS_PER_BYTE = 8
 
 
-def _blas_thread_setter() -> Callable[[int], int] | None:
-    """OpenBLAS's `openblas_set_num_threads_local` from the library NumPy loaded, or None."""
+def _blas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """(get, set) of the thread count of the OpenBLAS that NumPy loaded, or None."""
     try:
         with open("/proc/self/maps") as f:
             libs = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
@@ -43,11 +45,15 @@ def _blas_thread_setter() -> Callable[[int], int] | None:
         return None
     for path in libs:
         try:
-            setter = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
+            lib = ctypes.CDLL(path)
+        except OSError:
             continue
-        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
-        return setter
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                get.argtypes, get.restype, put.argtypes, put.restype = [], ctypes.c_int, [ctypes.c_int], None
+                return get, put
     return None
 
 
@@ -59,9 +65,10 @@ def _default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-_set_blas_threads = _blas_thread_setter()
-_threads = _default_threads() if _set_blas_threads else 1
+_blas = _blas_threads()
+_threads = _default_threads() if _blas else 1
 _pool: ThreadPoolExecutor | None = None
+_blas_taken_from: int | None = None  # OpenBLAS's thread count before convprop set it to 1
 
 
 def get_num_threads() -> int:
@@ -70,17 +77,28 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use n threads for convprop's kernels (as torch.set_num_threads).  Without OpenBLAS's
-    per-thread setting (another BLAS) it stays 1: see the module doc."""
-    global _threads, _pool
+    """Use n threads for convprop's kernels (as torch.set_num_threads).  With a BLAS other than
+    OpenBLAS it stays 1; n = 1 gives OpenBLAS its own threads back (see the module doc)."""
+    global _threads, _pool, _blas_taken_from
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
-    if _set_blas_threads is None:
+    if _blas is None:
         n = 1
     if n != _threads and _pool is not None:
         _pool.shutdown()
         _pool = None
+    if n == 1 and _blas_taken_from is not None:
+        _blas[1](_blas_taken_from)
+        _blas_taken_from = None
     _threads = n
+
+
+def _take_blas_threads() -> None:
+    """OpenBLAS on one thread from convprop's first kernel on, while convprop runs threads of its own."""
+    global _blas_taken_from
+    if _threads > 1 and _blas_taken_from is None and _blas is not None:
+        _blas_taken_from = _blas[0]()
+        _blas[1](1)
 
 
 def _reset_after_fork() -> None:  # a forked child has none of its parent's worker threads
@@ -92,20 +110,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """BLAS calls from this thread use one thread inside (when convprop runs threads of its own):
-    OpenBLAS's idle workers would otherwise spin on the cores convprop's threads need."""
-    if _threads == 1 or _set_blas_threads is None:
-        yield
-        return
-    previous = _set_blas_threads(1)
-    try:
-        yield
-    finally:
-        _set_blas_threads(previous)
-
-
 def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
     """The batch 0..n split into up to get_num_threads() contiguous, nearly equal blocks, fewer when
     the work (nbytes read and written, flops computed) is too small to share."""
@@ -114,21 +118,18 @@ def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _pinned(fn: Callable[[slice], T], block: slice) -> T:
-    with single_threaded_blas():
-        return fn(block)
-
-
 def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
-    """[fn(block) for block in blocks], the blocks at once on convprop's threads."""
+    """[fn(block) for block in blocks], the blocks at once on convprop's threads.  Every kernel
+    goes through here, blocks or not."""
     global _pool
-    if len(blocks) == 1:  # BLAS may use its own threads here
+    _take_blas_threads()
+    if len(blocks) == 1:
         return [fn(blocks[0])]
     if _pool is None:
         _pool = ThreadPoolExecutor(max(1, _threads - 1), thread_name_prefix="convprop")
-    futures = [_pool.submit(_pinned, fn, block) for block in blocks[1:]]
+    futures = [_pool.submit(fn, block) for block in blocks[1:]]
     try:
-        first = _pinned(fn, blocks[0])
+        first = fn(blocks[0])
     finally:  # never leave a worker writing into arrays after we return or raise
         wait(futures)
     return [first, *(f.result() for f in futures)]
