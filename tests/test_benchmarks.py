@@ -22,4 +22,7 @@ def test_benchmark_suite_runs_at_smoke_size(tmp_path):
     for row in result["ops"]:
         assert row["convprop_ms"] > 0 and (row["torch_ms"] is None or row["torch_ms"] > 0)
     assert {r["framework"] for r in result["runs"]} == {"convprop", "torch"}
+    alone = result["alone"]  # the LeNet-5 steps again, each framework alone in a fresh process
+    assert [r["case"] for r in alone] == ["LeNet-5 training step, batch 8"]
+    assert alone[0]["convprop_ms"] > 0 and alone[0]["torch_ms"] > 0 and alone[0]["ratio"] > 0
     assert (tmp_path / "bench-1t-smoke.md").read_text().count("|") > 50
