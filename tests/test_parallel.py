@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import check_op
 from test_nn import batch, compare_network
 
 import convprop
@@ -128,3 +129,21 @@ def test_convprop_takes_openblas_threads_over_and_gives_them_back():
     finally:
         convprop.set_num_threads(before_threads)
         put(before_blas)
+
+
+def test_both_runs_two_kernels_at_once_only_where_the_batch_does_not_split(threads):
+    threads(2)
+    _parallel.MIN_WORK_PER_THREAD = 100
+    ident = []
+
+    def task(v):
+        ident.append(threading.get_ident())
+        return v
+
+    assert _parallel.both(lambda: task(1), lambda: task(2), 1, 150, 0) == (1, 2)
+    assert len(set(ident)) == 2  # a batch of 1 cannot split; the two kernels went to two threads
+    ident.clear()
+    assert _parallel.both(lambda: task(1), lambda: task(2), 8, 400, 0) == (1, 2)
+    assert len(set(ident)) == 1  # the batch splits inside each kernel instead
+    rng = np.random.default_rng(3)
+    check_op("conv2d", [rng.standard_normal((1, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3)), None], padding=1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -118,21 +119,42 @@ def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+_local = threading.local()  # .busy: this thread already runs a share of a split; split no further
+
+
+def _share(fn: Callable[[slice], T], block: slice) -> T:
+    previous, _local.busy = getattr(_local, "busy", False), True
+    try:
+        return fn(block)
+    finally:
+        _local.busy = previous
+
+
 def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
     """[fn(block) for block in blocks], the blocks at once on convprop's threads.  Every kernel
-    goes through here, blocks or not."""
+    goes through here, blocks or not; inside a block, a kernel runs its own blocks one by one."""
     global _pool
     _take_blas_threads()
-    if len(blocks) == 1:
-        return [fn(blocks[0])]
+    if len(blocks) == 1 or getattr(_local, "busy", False):
+        return [fn(block) for block in blocks]
     if _pool is None:
         _pool = ThreadPoolExecutor(max(1, _threads - 1), thread_name_prefix="convprop")
-    futures = [_pool.submit(fn, block) for block in blocks[1:]]
+    futures = [_pool.submit(_share, fn, block) for block in blocks[1:]]
     try:
-        first = fn(blocks[0])
+        first = _share(fn, blocks[0])
     finally:  # never leave a worker writing into arrays after we return or raise
         wait(futures)
     return [first, *(f.result() for f in futures)]
+
+
+def both(first: Callable[[], T], second: Callable[[], T], n: int, nbytes: int, flops: int) -> tuple[T, T]:
+    """(first(), second()): two independent kernels of about equal work (nbytes, flops each, as in
+    `parts`) over a batch of n — at once on two threads where each alone is too small to split its
+    batch but the two together are worth sharing (the halves of a backward pass at batch 64)."""
+    if _threads > 1 and len(parts(n, nbytes, flops)) == 1 and len(parts(2, 2 * nbytes, 2 * flops)) == 2:
+        a, b = run(lambda task: (first, second)[task.start](), [slice(0, 1), slice(1, 2)])
+        return a, b
+    return first(), second()
 
 
 def elementwise(fn: Callable[..., object], out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:

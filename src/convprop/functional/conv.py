@@ -342,9 +342,16 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
     chk.cache_of(cache, Conv2dCache, "conv2d")
     c = cache
     dz = chk.grad_output(dout, c.out_shape, c.w.dtype)
-    dx = (_conv_backward_data(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups)
-          if input_grad else None)
-    dw = _conv_backward_weight(dz, c.windows, c.groups)
+    def data() -> np.ndarray:
+        return _conv_backward_data(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups)
+
+    def weight() -> np.ndarray:
+        return _conv_backward_weight(dz, c.windows, c.groups)
+
+    if not input_grad:
+        return None, weight(), _bias_grad(dz, c.has_bias)
+    # ∂A and ∂K are independent: on two threads at once where the batch is too small to split
+    dx, dw = _parallel.both(data, weight, dz.shape[0], 2 * dz.nbytes, 2 * dz.size * c.w[0].size)
     return dx, dw, _bias_grad(dz, c.has_bias)
 
 
