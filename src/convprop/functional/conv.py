@@ -151,10 +151,15 @@ def _patch_gemms(win: np.ndarray, groups: int, w: np.ndarray | None = None, b: n
         for (batch, rows), cols in _patches(win, groups, bl, block):  # A_patch of every position as a column
             if z is not None:                                           # (B, G, K, P)
                 # Z_ij = Σ K ⊙ A_patch_ij + B for all positions of the tile at once       (B, G, Cog, P)
-                zt = np.matmul(wg, cols, out=_scratch("gemm", cols.shape[:2] + (wg.shape[1], cols.shape[3]),
-                                                      cols.dtype))
-                np.add(_from_gemm(zt, batch.stop - batch.start, (rows.stop - rows.start, ow), bl), bias,
-                       out=z[batch, :, rows])
+                if not bl and rows == slice(0, oh):  # whole NCHW samples: the GEMM writes Z itself
+                    zt = np.matmul(wg, cols, out=z[batch].reshape(cols.shape[:2] + (wg.shape[1], oh * ow)))
+                    if b is not None:
+                        zt += b.reshape(wg.shape[:2] + (1,))
+                else:
+                    zt = np.matmul(wg, cols, out=_scratch("gemm", cols.shape[:2] + (wg.shape[1], cols.shape[3]),
+                                                          cols.dtype))
+                    np.add(_from_gemm(zt, batch.stop - batch.start, (rows.stop - rows.start, ow), bl), bias,
+                           out=z[batch, :, rows])
             if dw_t is not None:
                 # every patch times its ∂Z_ij, summed over positions (GEMM) and batches   (G, K, Cog)
                 # (computed as ∂Kᵀ = patches • ∂Zᵀ: the long position axis as BLAS's inner dimension
