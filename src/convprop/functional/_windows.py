@@ -29,7 +29,6 @@ from . import _parallel
 
 Pair = tuple[int, int]
 Tile = tuple[slice, slice]  # (batch, output rows): a block of output positions
-ALL: Tile = (slice(None), slice(None))
 
 
 def out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool = False) -> int:

@@ -31,10 +31,10 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple[n
     if w.shape[1] != x.shape[-1]:
         raise ValueError(f"w: expected in_features == {x.shape[-1]} (x's last dimension), got shape {w.shape}")
     b = chk.bias(b, x, w.shape[0])
-    bias = 0 if b is None else b
-
     def affine(block: slice) -> None:
-        np.add(np.matmul(x2[block], w.T, out=out2[block]), bias, out=out2[block])  # Z = A • Wᵀ + B
+        np.matmul(x2[block], w.T, out=out2[block])  # Z = A • Wᵀ
+        if b is not None:
+            out2[block] += b  # + B
 
     x2 = x.reshape(-1, w.shape[1])
     out2 = np.empty((x2.shape[0], w.shape[0]), x.dtype)
