@@ -404,3 +404,18 @@ def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, mo
     check_op("conv2d", [x, w, b], dtype=np.float32, stride=s, padding=p, seed=1)
     check_op("conv_transpose2d", [x, w, None], stride=s, padding=p)
     assert len(counts) == 8 and min(counts) > 1, counts  # 3 tile loops per conv2d, 2 per conv_transpose2d
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_empty_batch_goes_through_every_op(seed):
+    """torch accepts a batch of 0 images; so do we, forward and backward, in either memory layout."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((0, 3, 8, 8))
+    check_op("conv2d", [x, rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)], seed=seed, padding=1)
+    check_op("conv2d", [x, rng.standard_normal((4, 3, 3, 3)), None], seed=seed, stride=2)
+    check_op("conv_transpose2d", [x, rng.standard_normal((3, 2, 4, 4)), None], seed=seed, stride=2, padding=1)
+    check_op("conv_transpose2d", [x, rng.standard_normal((3, 2, 3, 3)), None], seed=seed, stride=2)
+    check_op("max_pool2d", [x], 2, seed=seed)
+    check_op("avg_pool2d", [x], 3, seed=seed, stride=2, padding=1)
+    check_op("linear", [np.zeros((0, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)], seed=seed)
+    check_op("relu", [x], seed=seed)

@@ -81,6 +81,8 @@ def _tiles(block: slice, oh: int, row_bytes: int, bl: bool) -> list[Tile]:
     patches of one output row of one sample.  Batch-last: a block of rows for a chunk of ≥ 16
     samples (contiguous runs); per-sample: whole samples, or a block of rows of one sample."""
     n = block.stop - block.start
+    if n == 0 or oh == 0:
+        return []
     if bl:
         nb = min(n, max(16, TILE_BYTES // row_bytes))
         rb = max(1, TILE_BYTES // (row_bytes * nb))
