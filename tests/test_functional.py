@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TF, F, assert_close, check_op, numeric_grads, torch
+from helpers import TF, F, assert_close, check_op, layout, numeric_grads, torch
 
 N_RANDOM = 220
 SEEDS = range(N_RANDOM)
@@ -419,3 +419,21 @@ def test_an_empty_batch_goes_through_every_op(seed):
     check_op("avg_pool2d", [x], 3, seed=seed, stride=2, padding=1)
     check_op("linear", [np.zeros((0, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)], seed=seed)
     check_op("relu", [x], seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_max_pool2d_nan_wins_as_in_torch(seed):
+    """A window holding NaN pools to NaN and its gradient goes where torch sends it (torch takes
+    `val > max || isnan(val)`: the last NaN of the window); ties among numbers go to the first."""
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.standard_normal((3, 2, 7, 7)), 1)  # rounding makes ties
+    x[rng.random(x.shape) < 0.15] = np.nan
+    for k, kw in ((2, {}), (3, dict(stride=2, padding=1)), (3, dict(stride=1, dilation=2))):
+        out, cache = F.max_pool2d(layout(x, seed % 2 == 1), k, **kw)
+        ref, idx = TF.max_pool2d(torch.tensor(x), k, **kw, return_indices=True)
+        np.testing.assert_array_equal(out, ref.numpy())  # NaN where torch has NaN
+        np.testing.assert_array_equal(cache.indices, idx.numpy())
+        dout = rng.standard_normal(out.shape)
+        xt = torch.tensor(x, requires_grad=True)
+        TF.max_pool2d(xt, k, **kw).backward(torch.tensor(dout))
+        np.testing.assert_allclose(F.max_pool2d_backward(dout, cache), xt.grad.numpy(), rtol=1e-12)

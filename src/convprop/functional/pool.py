@@ -109,12 +109,19 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
 
     def window_max(block: slice) -> None:
         best, arg = out[block], argmax[block]
-        best[...], arg[...] = win[block, :, 0, 0], 0
-        for k in range(1, kh * kw):
-            cand = win[block, :, k // kw, k % kw]
-            wins = (cand > best) | np.isnan(cand)  # strict >: the first of equal maxima keeps the win
-            np.maximum(best, cand, out=best)
-            arg += wins * (k - arg).astype(arg.dtype)
+        offsets = [win[block, :, k // kw, k % kw] for k in range(kh * kw)]
+        best[...] = offsets[0]
+        for cand in offsets[1:]:
+            np.maximum(best, cand, out=best)  # Z_ij = max of the window (a NaN propagates)
+        # argmax = the first offset holding the max: K − max_k [A_k = Z]·(K − k), in small ints
+        first = np.zeros_like(arg)
+        for k, cand in enumerate(offsets):
+            np.maximum(first, (cand == best) * arg.dtype.type(kh * kw - k), out=first)
+        np.subtract(kh * kw, first, out=arg)
+        nan = np.isnan(best)
+        if nan.any():  # a NaN wins, and the last one in the window, as in torch
+            for k, cand in enumerate(offsets):
+                arg += (nan & np.isnan(cand)) * (k - arg).astype(arg.dtype)
 
     _parallel.run(window_max, _parallel.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
     return out, MaxPool2dCache(argmax, g, x.dtype)
