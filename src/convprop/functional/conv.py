@@ -83,6 +83,8 @@ def _tiles(block: slice, oh: int, row_bytes: int, bl: bool) -> list[Tile]:
     n = block.stop - block.start
     if n == 0 or oh == 0:
         return []
+    if n * oh * row_bytes <= 2 * TILE_BYTES:  # not worth two tiles: col2im's passes run longer in one
+        return [(block, slice(0, oh))]
     if bl:
         nb = min(n, max(16, TILE_BYTES // row_bytes))
         rb = max(1, TILE_BYTES // (row_bytes * nb))
