@@ -26,3 +26,13 @@ def test_benchmark_suite_runs_at_smoke_size(tmp_path):
     assert [r["case"] for r in alone] == ["LeNet-5 training step, batch 8"]
     assert alone[0]["convprop_ms"] > 0 and alone[0]["torch_ms"] > 0 and alone[0]["ratio"] > 0
     assert (tmp_path / "bench-1t-smoke.md").read_text().count("|") > 50
+
+
+def test_thread_probe_runs_at_smoke_size():
+    r = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--smoke"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == [f"wake-up after {ms} ms idle" for ms in (0, 1, 5)]
+    assert "np.maximum over" in lines[3] and "sgemms" in lines[4]
