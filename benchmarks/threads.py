@@ -2,12 +2,12 @@
 
     python -m benchmarks.threads [--smoke]
 
-Three measurements, medians, no torch needed:
+Three measurements, medians (the last two interleaved as in the suite), no torch needed:
 - wake-up: a round trip to a Python worker thread after it idled 0, 1 and 5 ms (what a split
   kernel pays before the worker starts);
 - memory-bound: np.maximum over LeNet conv1's activation at batch 256, passes in a row on one
   thread and on two at once (throughput: the threads start once);
-- GEMM: LeNet conv2's sgemm at batch 256, the same.
+- GEMM: LeNet conv2's sgemm at batch 256 (16×150 weights by 150×25,600 patches), the same.
 The step-level estimate in docs/performance.md is built from these.
 """
 
@@ -17,10 +17,13 @@ import argparse
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from convprop.functional import _parallel
+
+from .suite import interleaved
 
 
 def wake_up_us(gap_s: float, rounds: int) -> float:
@@ -41,24 +44,20 @@ def wake_up_us(gap_s: float, rounds: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def one_and_two(fn, rounds: int) -> tuple[float, float]:
-    """Median ms of fn(0, 2) (both halves of the work on one thread), then of fn(0, 1) and fn(1, 1)
-    on two threads at once: (one, two)."""
-    def timed(f):
-        f()
-        times = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e3
+def one_and_two(half: Callable[[int], object], passes: int, rounds: int) -> tuple[float, float]:
+    """ms for `passes` calls of half(0) and of half(1): all on one thread, then half(0)'s on this
+    thread and half(1)'s on another at the same time (started once, so mostly throughput)."""
+    def on(i):
+        for _ in range(passes):
+            half(i)
 
     def pair():
-        other = threading.Thread(target=fn, args=(1, 1))
+        other = threading.Thread(target=on, args=(1,))
         other.start()
-        fn(0, 1)
+        on(0)
         other.join()
-    return timed(lambda: fn(0, 2)), timed(pair)
+    t = interleaved({"one": lambda: (on(0), on(1)), "two": pair}, rounds)
+    return t["one"] * 1e3, t["two"] * 1e3
 
 
 def main(argv=None) -> int:
@@ -71,28 +70,18 @@ def main(argv=None) -> int:
     for gap in (0.0, 0.001, 0.005):
         print(f"wake-up after {gap * 1e3:.0f} ms idle: {wake_up_us(gap, rounds):7.1f} µs a round trip")
 
-    k = max(2, rounds // 15)  # passes per half of the work
-    xs = [np.ones((n // 2, 6, 28, 28), np.float32) for _ in range(2)]
+    k = max(2, rounds // 15)  # passes over each half
+    xs = [np.ones((n // 2, 6, 28, 28), np.float32) for _ in range(2)]  # LeNet conv1's activation, halved
     ys = [np.empty_like(x) for x in xs]
-
-    def relus(part, of):
-        for i in range(part, part + of):
-            for _ in range(k):
-                np.maximum(xs[i], 0, out=ys[i])
-    one, two = one_and_two(relus, max(3, rounds // 30))
+    one, two = one_and_two(lambda i: np.maximum(xs[i], 0, out=ys[i]), k, rounds // 60 + 3)
     mb = 2 * k * xs[0].nbytes / 1e6
     print(f"np.maximum over {mb:.1f} MB: on one thread {one:.2f} ms, on two at once {two:.2f} ms")
 
-    a = np.ones((16, 150), np.float32)
-    cols = [np.ones((150, n * 100), np.float32) for _ in range(2)]
-    outs = [np.empty((16, n * 100), np.float32) for _ in range(2)]
-
-    def gemms(part, of):
-        for i in range(part, part + of):
-            for _ in range(k):
-                np.matmul(a, cols[i], out=outs[i])
-    one, two = one_and_two(gemms, max(3, rounds // 30))
-    print(f"{2 * k} sgemms 16x150x{n * 100}: on one thread {one:.2f} ms, on two at once {two:.2f} ms")
+    a = np.ones((16, 150), np.float32)  # LeNet conv2's sgemm: weights by a batch's patches, halved
+    cols = [np.ones((150, n * 50), np.float32) for _ in range(2)]
+    outs = [np.empty((16, n * 50), np.float32) for _ in range(2)]
+    one, two = one_and_two(lambda i: np.matmul(a, cols[i], out=outs[i]), k, rounds // 60 + 3)
+    print(f"{2 * k} sgemms 16x150x{n * 50}: on one thread {one:.2f} ms, on two at once {two:.2f} ms")
     return 0
 
 
