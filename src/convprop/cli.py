@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="threads for convprop's kernels (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
+                   help="threads (cores) for convprop's kernels (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
                         "if set, else the CPUs available)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 

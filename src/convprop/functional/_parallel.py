@@ -1,20 +1,22 @@
 """Threads: the batch of a heavy kernel is split over a few threads of convprop's own.
 
 NumPy's element-wise passes (im2col, col2im, pooling, activations) use one core, and OpenBLAS's
-threads gain little on the thin GEMMs of small CNNs (LeNet-5 conv2 at batch 256: 2.4 ms on one
-OpenBLAS thread, 2.4 ms on two).  So, like torch, convprop parallelises over the batch itself:
-`parts(n, nbytes, flops)` splits a batch into one contiguous block per thread when the work is
-large enough to share, and `run(fn, blocks)` runs fn(block) for every block at once, the first on
-the calling thread.  The split depends only on the shapes and the thread count, so results are
-reproducible for a given thread count.
+threads do not pay on convprop's cache-sized GEMM tiles (a LeNet-5 step, convprop on one thread:
+6.9 ms with OpenBLAS on one thread, 8.1 ms on two at batch 64; 23 vs 34 ms at batch 256).  So,
+like torch, convprop parallelises over the batch itself: `parts(n, nbytes, flops)` splits a batch
+into one contiguous block per thread when the work is large enough to share, and `run(fn, blocks)`
+runs fn(block) for every block at once, the first on the calling thread.  The split depends only on
+the shapes and the thread count, so results are reproducible for a given thread count.
 
 The thread count: `set_num_threads(n)`; by default OMP_NUM_THREADS or OPENBLAS_NUM_THREADS when
-set, else the CPUs this process may use.  With more than one, convprop takes the threading over
-from OpenBLAS (NumPy's BLAS): at its first kernel it sets OpenBLAS to one thread, process-wide —
-OpenBLAS's idle threads spin on the cores convprop's threads need (a LeNet-5 step at batch 256
-took 29 ms with them, 20 ms without), and a GEMM's rounding must not depend on which thread count
-it happened to get.  `set_num_threads(1)` gives OpenBLAS its threads back.  With a BLAS other than
-OpenBLAS, convprop stays on one thread rather than oversubscribe the cores.
+set, else the CPUs this process may use: n threads use n cores, as torch's do.  convprop takes
+the threading over from OpenBLAS (NumPy's BLAS): at its first kernel it sets OpenBLAS to one thread,
+process-wide, whatever n — with convprop's threads, OpenBLAS's idle ones spin on the cores those
+need (a LeNet-5 step at batch 256 took 29 ms with them, 20 ms without); on one thread, they made it
+slower while using two cores (above); and a GEMM's rounding must not depend on which thread count
+it happened to get, so results depend on n alone.  Code of yours that wants OpenBLAS threads back
+after that can set them (threadpoolctl, say).  With a BLAS other than OpenBLAS, convprop stays on
+one thread rather than oversubscribe the cores.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def _default_threads() -> int:
 _blas = _blas_threads()
 _threads = _default_threads() if _blas else 1
 _pool: ThreadPoolExecutor | None = None
-_blas_taken_from: int | None = None  # OpenBLAS's thread count before convprop set it to 1
+_blas_pinned = False  # convprop has set OpenBLAS to one thread (once, at its first kernel)
 
 
 def get_num_threads() -> int:
@@ -78,9 +80,9 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use n threads for convprop's kernels (as torch.set_num_threads).  With a BLAS other than
-    OpenBLAS it stays 1; n = 1 gives OpenBLAS its own threads back (see the module doc)."""
-    global _threads, _pool, _blas_taken_from
+    """Use n threads (n cores) for convprop's kernels, as torch.set_num_threads.  With a BLAS other
+    than OpenBLAS it stays 1 (see the module doc)."""
+    global _threads, _pool
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     if _blas is None:
@@ -88,18 +90,15 @@ def set_num_threads(n: int) -> None:
     if n != _threads and _pool is not None:
         _pool.shutdown()
         _pool = None
-    if n == 1 and _blas_taken_from is not None:
-        _blas[1](_blas_taken_from)
-        _blas_taken_from = None
     _threads = n
 
 
-def _take_blas_threads() -> None:
-    """OpenBLAS on one thread from convprop's first kernel on, while convprop runs threads of its own."""
-    global _blas_taken_from
-    if _threads > 1 and _blas_taken_from is None and _blas is not None:
-        _blas_taken_from = _blas[0]()
+def _pin_blas() -> None:
+    """OpenBLAS on one thread from convprop's first kernel on (see the module doc)."""
+    global _blas_pinned
+    if not _blas_pinned and _blas is not None:
         _blas[1](1)
+        _blas_pinned = True
 
 
 def _reset_after_fork() -> None:  # a forked child has none of its parent's worker threads
@@ -134,7 +133,7 @@ def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
     """[fn(block) for block in blocks], the blocks at once on convprop's threads.  Every kernel
     goes through here, blocks or not; inside a block, a kernel runs its own blocks one by one."""
     global _pool
-    _take_blas_threads()
+    _pin_blas()
     if len(blocks) == 1 or getattr(_local, "busy", False):
         return [fn(block) for block in blocks]
     if _pool is None:
