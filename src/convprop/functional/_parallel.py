@@ -24,8 +24,9 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np  # (also loads NumPy's OpenBLAS before _blas_threads looks for it)
@@ -82,15 +83,22 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Use n threads (n cores) for convprop's kernels, as torch.set_num_threads.  With a BLAS other
     than OpenBLAS it stays 1 (see the module doc)."""
-    global _threads, _pool
+    global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     if _blas is None:
         n = 1
-    if n != _threads and _pool is not None:
+    if n != _threads:
+        shutdown()
+    _threads = n
+
+
+def shutdown() -> None:
+    """End convprop's worker threads, if any (they start again at the next split kernel)."""
+    global _pool
+    if _pool is not None:
         _pool.shutdown()
         _pool = None
-    _threads = n
 
 
 def _pin_blas() -> None:
@@ -121,12 +129,19 @@ def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
 _local = threading.local()  # .busy: this thread already runs a share of a split; split no further
 
 
-def _share(fn: Callable[[slice], T], block: slice) -> T:
+@contextmanager
+def serial() -> Iterator[None]:
+    """Kernels run inside on the calling thread alone (it already runs a share of the work)."""
     previous, _local.busy = getattr(_local, "busy", False), True
     try:
-        return fn(block)
+        yield
     finally:
         _local.busy = previous
+
+
+def _share(fn: Callable[[slice], T], block: slice) -> T:
+    with serial():
+        return fn(block)
 
 
 def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
