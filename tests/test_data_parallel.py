@@ -129,3 +129,21 @@ def test_fit_with_workers_equals_fit_in_one_process():
         np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5) and a["train_acc"] == b["train_acc"]
+
+
+def test_dropout_in_workers_is_reproducible_and_each_workers_own():
+    def run():
+        manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+        model.to(np.float64)
+        optimizer = optim.SGD(model.parameters(), lr=0.1)
+        with DataParallel(model, nn.CrossEntropyLoss(), optimizer, 2) as dp:
+            x, y = data(8, 1)
+            for _ in range(3):
+                dp(np.concatenate([x[:4], x[:4]]), np.concatenate([y[:4], y[:4]]))  # the same shard twice
+        return model, dp._grads[1], model[1].weight.grad
+
+    a, b = run(), run()
+    assert_same_model(a[0], b[0])
+    # both shards hold the same samples, so the gradients differ only through the dropout masks
+    assert not np.allclose(a[1][0], a[2] * 2 - a[1][0])

@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 
-from . import checkpoint, models, nn, optim
+from . import checkpoint, models, nn, optim, parallel
 from . import random as _random
 from .data import DataLoader, IDXError, load_mnist, normalize
-from .functional._parallel import set_num_threads
+from .functional._parallel import get_num_threads, set_num_threads
 from .train import Divergence, confusion_matrix, fit, predict
 
 DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=5e-3, optimizer="adam", shift=2, seed=0)
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: runs/<model>-seed<seed>, or the resumed checkpoint's directory)")
     t.add_argument("--resume", metavar="CKPT", default=None,
                    help="continue the run saved in CKPT with its own settings, up to its --epochs")
+    t.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="processes each batch is split over (default: the thread count, for models without "
+                        "buffers such as BatchNorm's; else 1)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check every layer's output and gradients; name the first that is not finite")
@@ -185,14 +188,15 @@ def cmd_train(args) -> int:
         checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
                         history=hist, args=saved_args)
 
+    workers = getattr(args, "workers", None) or (get_num_threads() if parallel.supports(model) is None else 1)
     n_params = sum(p.data.size for p in model.parameters())
     print(f"training {args.model} ({n_params:,} parameters) on {len(labels):,} images, testing on "
           f"{len(test_labels):,}; {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} "
-          f"one-cycle lr {args.lr:g}, ±{args.shift} px shifts")
+          f"one-cycle lr {args.lr:g}, ±{args.shift} px shifts" + (f"; {workers} processes" if workers > 1 else ""))
     start = time.perf_counter()
     history = fit(model, loss_fn, optimizer, train_loader, args.epochs, test_loader, scheduler,
                   start_epoch=start_epoch, history=history, progress=not args.no_progress,
-                  on_epoch_end=on_epoch_end)
+                  on_epoch_end=on_epoch_end, workers=workers)
     seconds = time.perf_counter() - start
     metrics = {"model": args.model, "args": saved_args, "epochs": history,
                "test_accuracy": history[-1]["test_acc"] if history else None,

@@ -12,7 +12,8 @@ The step is `train_step`'s up to float rounding, and reproducible for a given nu
 
 Limits: POSIX fork (Linux, macOS); a loss that averages over the batch (convprop's do); a model
 without buffers, because BatchNorm's running statistics would be each worker's own
-(`supports(model)` says which).  Each worker reseeds its dropout draws from the parent's generator.
+(`supports(model)` says which).  Worker k draws its dropout masks from a generator seeded, each
+step, with k and the parent generator's state, so a resumed run draws what an unbroken one does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import mmap
 import multiprocessing
 import os
 import pickle
+import signal
 import time
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -98,10 +101,12 @@ class DataParallel:
         if self.workers == 1 or n < self.workers:
             return train_step(self.model, self.loss_fn, self.optimizer, x, y)
         self._start_if_needed(x, y, -(-n // self.workers))
+        # the workers' dropout draws: from the parent's generator state, which this does not advance
+        seed = zlib.crc32(repr(_random.get_state()).encode())
         for k in range(1, self.workers):  # hand the shards out: inputs first, then the go
             a, b = bounds[k], bounds[k + 1]
             self._x[k][: b - a], self._y[k][: b - a] = x[a:b], y[a:b]
-            self._n[k] = b - a, self.model.training
+            self._n[k] = b - a, self.model.training, seed
             self._go[k].release()
         try:
             self.optimizer.zero_grad()
@@ -143,7 +148,7 @@ class DataParallel:
         arrays = [(p.data.shape, p.data.dtype) for p in params]  # the parameters
         arrays += [(p.data.shape, p.data.dtype) for _ in range(1, k1) for p in params]  # each worker's ∂W
         arrays += [((shard, *x.shape[1:]), x.dtype), ((shard, *y.shape[1:]), y.dtype)] * (k1 - 1)
-        arrays += [((k1, 2), np.int64), ((k1, 3), np.float64), ((k1, _ERROR_BYTES), np.uint8)]
+        arrays += [((k1, 3), np.int64), ((k1, 3), np.float64), ((k1, _ERROR_BYTES), np.uint8)]
         shared = _shared(arrays)
         self._views = shared[: len(params)]
         for p, v in zip(params, self._views):
@@ -160,14 +165,13 @@ class DataParallel:
         self._go = [None] + [ctx.Semaphore(0) for _ in range(1, k1)]
         self._done = [None] + [ctx.Semaphore(0) for _ in range(1, k1)]
         _parallel.shutdown()  # fork with no worker threads about
-        seed = int(_random.generator().integers(2**62))
         parent = os.getpid()
         for k in range(1, k1):
             pid = os.fork()
             if pid == 0:  # the worker: serve until told to stop, then leave without cleaning up the parent's state
                 code = 0
                 try:
-                    _random.manual_seed(seed + k)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
                     self._serve(k, parent)
                 except BaseException:
                     code = 1
@@ -178,9 +182,10 @@ class DataParallel:
         _parallel.set_num_threads(1)
         while True:
             _acquire(self._go[k], lambda: os.getppid() == parent)
-            n, training = (int(v) for v in self._n[k])
+            n, training, seed = (int(v) for v in self._n[k])
             if n < 0:
                 return
+            _random.manual_seed([seed, k])
             stats = self._stats[k]
             try:
                 x, y = self._x[k][:n], self._y[k][:n]
@@ -212,7 +217,7 @@ class DataParallel:
         if not self._pids:
             return
         for k in range(1, self.workers):
-            self._n[k] = -1, 0
+            self._n[k] = -1, 0, 0
             self._go[k].release()
         for pid in self._pids:
             try:

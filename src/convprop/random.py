@@ -10,7 +10,7 @@ import numpy as np
 _generator = np.random.default_rng(0)
 
 
-def manual_seed(seed: int) -> np.random.Generator:
+def manual_seed(seed: int | list[int]) -> np.random.Generator:
     global _generator
     _generator = np.random.default_rng(seed)
     return _generator
