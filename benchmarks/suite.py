@@ -183,8 +183,11 @@ def build_cases(np, torch, F, smoke):
 
 
 def lenet_step_cases(np, torch, smoke):
+    """The LeNet-5 training steps.  convprop's runs as `convprop train` runs it: on more than one
+    thread, data-parallel over that many processes (convprop.parallel)."""
     import convprop.random as R
-    from convprop import models, nn, optim
+    from convprop import get_num_threads, models, nn, optim
+    from convprop.parallel import DataParallel
 
     cases = []
     for batch in ((8,) if smoke else (64, 256)):
@@ -196,11 +199,10 @@ def lenet_step_cases(np, torch, smoke):
         x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, batch)
 
-        def ours(model=model, opt=opt, x=x, y=y, loss_fn=loss_fn):
-            opt.zero_grad()
-            _, dlogits = loss_fn(model(x), y)
-            model.backward(dlogits, input_grad=False)
-            opt.step()
+        step = DataParallel(model, loss_fn, opt, get_num_threads())
+
+        def ours(step=step, x=x, y=y):
+            step(x, y)  # zero_grad, forward, loss, backward, SGD step
 
         theirs = None
         if torch:
@@ -248,10 +250,12 @@ if framework == "convprop":
     import convprop.random as R
     from convprop import models, nn, optim
     R.manual_seed(0)
+    from convprop.parallel import DataParallel
     model = models.lenet5(); opt = optim.Adam(model.parameters(), lr=5e-3)
     sched = optim.OneCycleLR(opt, max_lr=5e-3, total_steps=steps); loss_fn = nn.CrossEntropyLoss()
+    train = DataParallel(model, loss_fn, opt, int(sys.argv[4]))  # as `convprop train` on that many threads
     def step(xb, yb):
-        opt.zero_grad(); _, d = loss_fn(model(xb), yb); model.backward(d, input_grad=False); opt.step(); sched.step()
+        train(xb, yb); sched.step()
 else:
     import torch
     torch.set_num_threads(int(sys.argv[4])); torch.manual_seed(0)
@@ -267,8 +271,11 @@ for _ in range(epochs):
     for xb, yb in loader:
         step(xb, yb)
 elapsed = time.perf_counter() - t
-# VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent's memory
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent's memory; with worker
+# processes, theirs too (an overcount: the pages they share with this process count twice)
+import os
+pids = [os.getpid()] + [int(p) for p in open(f"/proc/self/task/{os.getpid()}/children").read().split()]
+hwm = sum(next(int(l.split()[1]) for l in open(f"/proc/{p}/status") if l.startswith("VmHWM")) for p in pids)
 print(elapsed, hwm)
 """
 

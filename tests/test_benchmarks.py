@@ -7,15 +7,18 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_benchmark_suite_runs_at_smoke_size(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--threads", "1", "--out", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("threads", [1, 2])  # on 2, convprop's LeNet-5 steps run in two processes
+def test_benchmark_suite_runs_at_smoke_size(tmp_path, threads):
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--threads", str(threads), "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     print(r.stdout)
-    result = json.loads((tmp_path / "bench-1t-smoke.json").read_text())
+    result = json.loads((tmp_path / f"bench-{threads}t-smoke.json").read_text())
     assert result["machine"]["sgemm_peak_gflops"] > 0
     names = {row["case"] for row in result["ops"]}
     assert any("LeNet-5 training step" in n for n in names) and any("max_pool2d" in n for n in names)
@@ -25,7 +28,7 @@ def test_benchmark_suite_runs_at_smoke_size(tmp_path):
     alone = result["alone"]  # the LeNet-5 steps again, each framework alone in a fresh process
     assert [r["case"] for r in alone] == ["LeNet-5 training step, batch 8"]
     assert alone[0]["convprop_ms"] > 0 and alone[0]["torch_ms"] > 0 and alone[0]["ratio"] > 0
-    assert (tmp_path / "bench-1t-smoke.md").read_text().count("|") > 50
+    assert (tmp_path / f"bench-{threads}t-smoke.md").read_text().count("|") > 50
 
 
 def test_thread_probe_runs_at_smoke_size():
