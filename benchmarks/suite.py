@@ -43,12 +43,17 @@ def main(argv=None) -> int:
 
 
 # --------------------------------------------------------------------------- timing
-def interleaved(fns: dict, rounds: int, min_round_s: float = 0.02) -> dict:
-    """Per-call seconds of each fn: warm up, calibrate repeats, then A B A B … rounds; median per fn."""
+def interleaved(fns: dict, rounds: int, min_round_s: float = 0.02, warm_up_s: float = 0.1) -> dict:
+    """Per-call seconds of each fn: warm up (two calls, and at least warm_up_s: a forked worker's
+    first steps copy pages), calibrate repeats, then A B A B … rounds; median per fn."""
     reps = {}
     for name, fn in fns.items():
         fn()
-        fn()
+        t = time.perf_counter()
+        while True:
+            fn()
+            if time.perf_counter() - t > warm_up_s:
+                break
         t = time.perf_counter()
         fn()
         one = max(time.perf_counter() - t, 1e-6)
