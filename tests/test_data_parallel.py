@@ -54,21 +54,26 @@ def test_steps_equal_train_step(workers, opt, kw):
 def test_workers_follow_replaced_parameters_bigger_batches_and_eval_mode():
     ref, ref_loss, ref_opt = setup()
     model, loss_fn, optimizer = setup()
-    other = models.lenet5(dtype=np.float64)
+    manual_seed(1)
+    other, another = models.lenet5(dtype=np.float64), models.lenet5(dtype=np.float64)
     with DataParallel(model, loss_fn, optimizer, 2) as dp:
-        dp(*data(6, 1))
-        train_step(ref, ref_loss, ref_opt, *data(6, 1))
-        model.load_state_dict(other.state_dict())  # copied in place: the workers see it
-        ref.load_state_dict(other.state_dict())
+
+        def both(n, seed):
+            dp(*data(n, seed))
+            train_step(ref, ref_loss, ref_opt, *data(n, seed))
+            assert_same_model(model, ref)
+
+        both(6, 1)
         for p, q in zip(model.parameters(), other.parameters()):
-            p.data = q.data.copy()  # replaced: the workers must be started again
-        dp(*data(20, 2))  # a batch bigger than the shared input buffers
-        train_step(ref, ref_loss, ref_opt, *data(20, 2))
-        assert_same_model(model, ref)
+            p.data = q.data.copy()  # replaced, not written in place: the workers must start again
+        ref.load_state_dict(other.state_dict())
+        both(6, 2)
+        model.load_state_dict(another.state_dict())  # written in place: the workers see it
+        ref.load_state_dict(another.state_dict())
+        both(6, 3)
+        both(20, 4)  # a batch bigger than the shared input buffers
         model.eval(), ref.eval()  # the workers run in the parent's mode
-        dp(*data(8, 3))
-        train_step(ref, ref_loss, ref_opt, *data(8, 3))
-        assert_same_model(model, ref)
+        both(8, 5)
 
 
 def test_a_workers_error_is_raised_in_the_parent_and_the_next_step_works():
@@ -147,3 +152,27 @@ def test_dropout_in_workers_is_reproducible_and_each_workers_own():
     assert_same_model(a[0], b[0])
     # both shards hold the same samples, so the gradients differ only through the dropout masks
     assert not np.allclose(a[1][0], a[2] * 2 - a[1][0])
+
+
+def test_bad_inputs_get_train_steps_messages_and_anomaly_mode_reaches_the_workers():
+    model, loss_fn, optimizer = setup()
+    x, y = data(8, 1)
+    with DataParallel(model, loss_fn, optimizer, 2) as dp:
+        dp(x, y)  # the worker is running
+        for bad_x, bad_y in [(x, y[:5]), (x.astype(np.float32), y), (x[0, 0, 0, 0], y)]:
+            with pytest.raises((ValueError, TypeError)) as e:
+                dp(bad_x, bad_y)
+            with pytest.raises(type(e.value)) as e_ref:
+                train_step(copy.deepcopy(model), loss_fn, optim.SGD(model.parameters(), lr=0.1), bad_x, bad_y)
+            assert str(e.value) == str(e_ref.value)
+        dp(x, y)  # workers (started again for the float64 inputs) run with anomaly detection off
+        model[0].weight.data[...] = 1e300  # in place, so the worker's too
+        huge = x.copy()
+        huge[4:] *= 1e10  # only the worker's shard overflows (to inf in conv1's output)
+        nn.detect_anomaly(True)  # turned on after the worker started
+        try:
+            with pytest.raises(nn.AnomalyError, match=r"output of layer 0 \(Conv2d\) is not finite"):
+                dp(huge, y)
+        finally:
+            nn.detect_anomaly(False)
+        assert nn.is_anomaly_enabled() is False

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import nn
 from . import random as _random
 from .functional import _parallel
 from .nn import Module
@@ -95,18 +96,19 @@ class DataParallel:
         return self.step(x, y)
 
     def step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        x, y = np.asarray(x), np.asarray(y)
+        if (self.workers == 1 or not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray)
+                or min(x.ndim, y.ndim) == 0 or len(x) < self.workers or len(y) != len(x)
+                or x.dtype.hasobject or y.dtype.hasobject):
+            return train_step(self.model, self.loss_fn, self.optimizer, x, y)  # (which explains bad inputs)
         n = len(x)
         bounds = [n * k // self.workers for k in range(self.workers + 1)]
-        if self.workers == 1 or n < self.workers:
-            return train_step(self.model, self.loss_fn, self.optimizer, x, y)
         self._start_if_needed(x, y, -(-n // self.workers))
         # the workers' dropout draws: from the parent's generator state, which this does not advance
         seed = zlib.crc32(repr(_random.get_state()).encode())
         for k in range(1, self.workers):  # hand the shards out: inputs first, then the go
             a, b = bounds[k], bounds[k + 1]
             self._x[k][: b - a], self._y[k][: b - a] = x[a:b], y[a:b]
-            self._n[k] = b - a, self.model.training, seed
+            self._n[k] = b - a, self.model.training, seed, nn.is_anomaly_enabled()
             self._go[k].release()
         try:
             self.optimizer.zero_grad()
@@ -148,7 +150,7 @@ class DataParallel:
         arrays = [(p.data.shape, p.data.dtype) for p in params]  # the parameters
         arrays += [(p.data.shape, p.data.dtype) for _ in range(1, k1) for p in params]  # each worker's ∂W
         arrays += [((shard, *x.shape[1:]), x.dtype), ((shard, *y.shape[1:]), y.dtype)] * (k1 - 1)
-        arrays += [((k1, 3), np.int64), ((k1, 3), np.float64), ((k1, _ERROR_BYTES), np.uint8)]
+        arrays += [((k1, 4), np.int64), ((k1, 3), np.float64), ((k1, _ERROR_BYTES), np.uint8)]
         shared = _shared(arrays)
         self._views = shared[: len(params)]
         for p, v in zip(params, self._views):
@@ -182,10 +184,11 @@ class DataParallel:
         _parallel.set_num_threads(1)
         while True:
             _acquire(self._go[k], lambda: os.getppid() == parent)
-            n, training, seed = (int(v) for v in self._n[k])
+            n, training, seed, anomaly = (int(v) for v in self._n[k])
             if n < 0:
                 return
             _random.manual_seed([seed, k])
+            nn.detect_anomaly(bool(anomaly))
             stats = self._stats[k]
             try:
                 x, y = self._x[k][:n], self._y[k][:n]
@@ -217,7 +220,7 @@ class DataParallel:
         if not self._pids:
             return
         for k in range(1, self.workers):
-            self._n[k] = -1, 0, 0
+            self._n[k] = -1, 0, 0, 0
             self._go[k].release()
         for pid in self._pids:
             try:

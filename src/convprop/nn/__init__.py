@@ -18,10 +18,10 @@ from .layers import (
     Tanh,
 )
 from .loss import CrossEntropyLoss, MSELoss
-from .module import AnomalyError, Module, Parameter, Sequential, detect_anomaly
+from .module import AnomalyError, Module, Parameter, Sequential, detect_anomaly, is_anomaly_enabled
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "detect_anomaly", "AnomalyError",
+    "Module", "Parameter", "Sequential", "detect_anomaly", "is_anomaly_enabled", "AnomalyError",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
     "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
     "CrossEntropyLoss", "MSELoss",

@@ -266,3 +266,8 @@ _anomaly = _Anomaly()
 def detect_anomaly(enabled: bool = True) -> None:
     """Turn on (or off) the finite-value check after every layer's forward and backward."""
     _Anomaly.enabled = bool(enabled)
+
+
+def is_anomaly_enabled() -> bool:
+    """Whether detect_anomaly is on (as torch.is_anomaly_enabled)."""
+    return _Anomaly.enabled
