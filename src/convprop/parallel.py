@@ -34,7 +34,7 @@ from . import random as _random
 from .functional import _parallel
 from .nn import Module
 from .optim import Optimizer
-from .train import Divergence, train_step
+from .train import gradients, train_step
 
 SPIN_S = 1e-3  # a waiting process polls this long before it sleeps (a sleeping one wakes in ~0.1 ms)
 _ERROR_BYTES = 1 << 16
@@ -71,6 +71,18 @@ def _acquire(sem, alive: Callable[[], bool]) -> None:
                 if not alive():
                     raise RuntimeError("DataParallel: a worker process exited unexpectedly")
             return
+
+
+def _pickled(e: Exception, k: int) -> bytes:
+    """e as bytes that unpickle in the parent (a RuntimeError with its message where e's will not)."""
+    try:
+        payload = pickle.dumps(e)
+        pickle.loads(payload)
+    except Exception:
+        payload = b""
+    if not payload or len(payload) > _ERROR_BYTES:
+        payload = pickle.dumps(RuntimeError(f"in DataParallel worker {k}: {str(e)[:1000]}"))
+    return payload
 
 
 class DataParallel:
@@ -113,10 +125,7 @@ class DataParallel:
         try:
             self.optimizer.zero_grad()
             with _parallel.serial():  # one core per process
-                logits = self.model(x[: bounds[1]])
-                loss, dlogits = self.loss_fn(logits, y[: bounds[1]])
-                self.model.backward(dlogits, input_grad=False)
-            correct = int((logits.argmax(axis=1) == y[: bounds[1]]).sum())
+                loss, correct = gradients(self.model, self.loss_fn, x[: bounds[1]], y[: bounds[1]])
         finally:  # every worker's results in before anything else touches the shared arrays
             for k in range(1, self.workers):
                 _acquire(self._done[k], lambda k=k: self._alive(k))
@@ -130,10 +139,8 @@ class DataParallel:
             for k in range(1, self.workers):  # ∂L/∂W = Σ_k (n_k / N) ∂L_k/∂W, k in order
                 g += share[k] * self._grads[k][i]
             p.grad = g
-        loss = share[0] * float(loss) + sum(share[k] * self._stats[k][0] for k in range(1, self.workers))
-        if not np.isfinite(loss):
-            raise Divergence(f"the loss became {loss}: training diverged (try a smaller --lr)")
         self.optimizer.step()
+        loss = share[0] * loss + sum(share[k] * self._stats[k][0] for k in range(1, self.workers))
         return loss, correct + int(sum(self._stats[k][1] for k in range(1, self.workers)))
 
     # ----------------------------------------------------------------- the workers
@@ -146,22 +153,17 @@ class DataParallel:
                 and len(params) == len(self._params) and all(p.data is v for p, v in zip(params, self._views))):
             return
         self.close()
-        k1 = self.workers
-        arrays = [(p.data.shape, p.data.dtype) for p in params]  # the parameters
-        arrays += [(p.data.shape, p.data.dtype) for _ in range(1, k1) for p in params]  # each worker's ∂W
-        arrays += [((shard, *x.shape[1:]), x.dtype), ((shard, *y.shape[1:]), y.dtype)] * (k1 - 1)
-        arrays += [((k1, 4), np.int64), ((k1, 3), np.float64), ((k1, _ERROR_BYTES), np.uint8)]
-        shared = _shared(arrays)
-        self._views = shared[: len(params)]
+        k1, like_params = self.workers, [(p.data.shape, p.data.dtype) for p in params]
+        self._views = _shared(like_params)
         for p, v in zip(params, self._views):
             v[...] = p.data
             p.data = v  # the optimizer writes in place: every worker sees the new values
-        rest = shared[len(params):]
-        self._grads = [None] + [rest[(k - 1) * len(params): k * len(params)] for k in range(1, k1)]
-        io = rest[(k1 - 1) * len(params):]
-        self._x = [None] + io[0: 2 * (k1 - 1): 2]
-        self._y = [None] + io[1: 2 * (k1 - 1): 2]
-        self._n, self._stats, self._error = io[-3:]
+        self._grads = [None] + [_shared(like_params) for _ in range(1, k1)]  # each worker's ∂L_k/∂W
+        self._x = [None] + [_shared([((shard, *x.shape[1:]), x.dtype)])[0] for _ in range(1, k1)]
+        self._y = [None] + [_shared([((shard, *y.shape[1:]), y.dtype)])[0] for _ in range(1, k1)]
+        # per worker: (n_k, training, seed, anomaly) in; (loss, correct, error length) and error out
+        self._n, self._stats, self._error = _shared([((k1, 4), np.int64), ((k1, 3), np.float64),
+                                                     ((k1, _ERROR_BYTES), np.uint8)])
         self._params, self._layout = params, layout
         ctx = multiprocessing.get_context("fork")
         self._go = [None] + [ctx.Semaphore(0) for _ in range(1, k1)]
@@ -191,22 +193,14 @@ class DataParallel:
             nn.detect_anomaly(bool(anomaly))
             stats = self._stats[k]
             try:
-                x, y = self._x[k][:n], self._y[k][:n]
                 self.model.train(bool(training))
                 self.model.zero_grad()
-                logits = self.model(x)
-                loss, dlogits = self.loss_fn(logits, y)
-                self.model.backward(dlogits, input_grad=False)
+                loss, correct = gradients(self.model, self.loss_fn, self._x[k][:n], self._y[k][:n])
                 for g, p in zip(self._grads[k], self._params):
                     g[...] = 0 if p.grad is None else p.grad
-                stats[:] = float(loss), int((logits.argmax(axis=1) == y).sum()), 0
+                stats[:] = loss, correct, 0
             except Exception as e:  # raised again in the parent, as the parent's own error would be
-                try:
-                    payload = pickle.dumps(e)
-                except Exception:
-                    payload = pickle.dumps(RuntimeError(f"in DataParallel worker {k}: {e!r}"))
-                payload = payload[:_ERROR_BYTES] if len(payload) <= _ERROR_BYTES else pickle.dumps(
-                    RuntimeError(f"in DataParallel worker {k}: {str(e)[:1000]}"))
+                payload = _pickled(e, k)
                 self._error[k][: len(payload)] = np.frombuffer(payload, np.uint8)
                 stats[2] = len(payload)
             self._done[k].release()

@@ -30,12 +30,19 @@ def train_step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: n
     """One step of the seed's algorithm: forward, loss and ∂Z_last, backward layer by layer, update.
     Returns (loss, number of correct predictions)."""
     optimizer.zero_grad()
+    result = gradients(model, loss_fn, x, y)
+    optimizer.step()  # W ← W − lr·∂W (or the optimizer's rule)
+    return result
+
+
+def gradients(model: Module, loss_fn, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """Forward, loss, backward: adds ∂L/∂W of this batch into every parameter's .grad.
+    Returns (loss, number of correct predictions)."""
     logits = model(x)  # forward: every layer caches what its backward needs
     loss, dlogits = loss_fn(logits, y)  # L and ∂L/∂Z of the last layer (with the 1/β)
     if not np.isfinite(loss):
         raise Divergence(f"the loss became {loss}: training diverged (try a smaller --lr)")
     model.backward(dlogits, input_grad=False)  # ∂Z^l for every l, ∂W and ∂B into .grad
-    optimizer.step()  # W ← W − lr·∂W (or the optimizer's rule)
     return loss, int((logits.argmax(axis=1) == y).sum())
 
 
