@@ -285,12 +285,13 @@ print(elapsed, hwm)
 """
 
 
-STEP_SCRIPT = r"""
+ALONE_SCRIPT = r"""
 import sys
 framework, rounds, smoke, root = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 sys.path.insert(0, root)
 import numpy as np
-from benchmarks.suite import interleaved, lenet_step_cases
+import convprop.functional as F
+from benchmarks.suite import build_cases, interleaved, lenet_step_cases
 torch = None
 if framework == "convprop":
     from convprop.allocator import keep_freed_memory
@@ -298,20 +299,23 @@ if framework == "convprop":
 else:
     import os, torch
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-for name, *_, ours, theirs in lenet_step_cases(np, torch, smoke):
+cases = [(f"{name}, forward+backward", ours, theirs) for name, *_, ours, theirs in build_cases(np, torch, F, smoke)]
+cases += [(name, ours, theirs) for name, *_, ours, theirs in lenet_step_cases(np, torch, smoke)]
+for name, ours, theirs in cases:
     print(name, "\t", interleaved({"x": ours if framework == "convprop" else theirs}, rounds)["x"])
 """
 
 
-def fresh_steps(torch_ok: bool, smoke: bool, rounds: int) -> list[dict]:
-    """The LeNet-5 training steps again, each framework alone in its own fresh process (no threads or
-    allocator state shared with the other), processes alternating; medians over the processes."""
+def fresh_processes(torch_ok: bool, smoke: bool, rounds: int) -> list[dict]:
+    """Every op's forward+backward and the LeNet-5 training steps again, each framework alone in its
+    own fresh process (no threads, spinning workers or allocator state shared with the other),
+    processes alternating; medians over the processes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     frameworks = ["convprop"] + (["torch"] if torch_ok else [])
     times: dict = {}
     for _ in range(1 if smoke else max(3, rounds // 2)):
         for f in frameworks:
-            out = subprocess.run([sys.executable, "-c", STEP_SCRIPT, f, str(rounds), "1" if smoke else "0", root],
+            out = subprocess.run([sys.executable, "-c", ALONE_SCRIPT, f, str(rounds), "1" if smoke else "0", root],
                                  capture_output=True, text=True, cwd=root, check=True)
             for line in out.stdout.splitlines():
                 name, seconds = line.split("\t")
@@ -383,7 +387,7 @@ def run(args) -> int:
                 row["pct_peak"] = 100 * row["gflops"] / peak
             results.append(row)
             print(_line(row), flush=True)
-    alone = [] if args.no_train else fresh_steps(torch is not None, args.smoke, rounds)
+    alone = [] if args.no_train else fresh_processes(torch is not None, args.smoke, rounds)
     for r in alone:
         print(_line({**r, "phase": "alone"}), flush=True)
     runs = [] if args.no_train else whole_runs(torch is not None, args.threads, args.smoke, rounds)
