@@ -36,7 +36,12 @@ from .nn import Module
 from .optim import Optimizer
 from .train import gradients, train_step
 
-SPIN_S = 1e-3  # a waiting process polls this long before it sleeps (a sleeping one wakes in ~0.1 ms)
+# How long a waiting process polls before it sleeps.  A sleeping one wakes in ~0.1 ms, and Linux then
+# tends to move it onto the CPU of the process that woke it, where the two share one core for a while
+# (LeNet-5 steps of 12 ms took 20 now and then).  A worker waits for the next step 1 ms (between
+# steps the parent may run evaluation on every core); the parent waits for the workers' shards up
+# to 50 ms, the time the shards themselves take.
+SPIN_S, DONE_SPIN_S = 1e-3, 50e-3
 _ERROR_BYTES = 1 << 16
 
 
@@ -62,9 +67,9 @@ def _shared(arrays: list[tuple[tuple[int, ...], np.dtype]]) -> list[np.ndarray]:
     return [np.ndarray(shape, dtype, buffer=buffer, offset=o) for (shape, dtype), o in zip(arrays, offsets)]
 
 
-def _acquire(sem, alive: Callable[[], bool]) -> None:
-    """sem.acquire(), polling for SPIN_S first; raises if alive() turns False while sleeping."""
-    deadline = time.perf_counter() + SPIN_S
+def _acquire(sem, alive: Callable[[], bool], spin_s: float) -> None:
+    """sem.acquire(), polling for spin_s first; raises if alive() turns False while sleeping."""
+    deadline = time.perf_counter() + spin_s
     while not sem.acquire(False):
         if time.perf_counter() > deadline:
             while not sem.acquire(timeout=0.05):
@@ -128,7 +133,7 @@ class DataParallel:
                 loss, correct = gradients(self.model, self.loss_fn, x[: bounds[1]], y[: bounds[1]])
         finally:  # every worker's results in before anything else touches the shared arrays
             for k in range(1, self.workers):
-                _acquire(self._done[k], lambda k=k: self._alive(k))
+                _acquire(self._done[k], lambda k=k: self._alive(k), DONE_SPIN_S)
         for k in range(1, self.workers):
             if self._stats[k][2]:
                 raise pickle.loads(self._error[k][: int(self._stats[k][2])].tobytes())
@@ -185,7 +190,7 @@ class DataParallel:
     def _serve(self, k: int, parent: int) -> None:
         _parallel.set_num_threads(1)
         while True:
-            _acquire(self._go[k], lambda: os.getppid() == parent)
+            _acquire(self._go[k], lambda: os.getppid() == parent, SPIN_S)
             n, training, seed, anomaly = (int(v) for v in self._n[k])
             if n < 0:
                 return
