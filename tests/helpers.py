@@ -39,10 +39,15 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **k
     the output, and the gradient of every array input (None inputs must get None gradients).
     Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
-    arrays = [None if a is None else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
+    arrays = [None if a is None else np.asarray(a) if np.asarray(a).dtype.kind in "iub"
+              else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
+    kw = {k: np.asarray(v, dtype=dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
     out, cache = getattr(F, name)(*arrays, *args, **kw)
-    leaves = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
-    ref = getattr(TF, torch_name or name)(*leaves, *args, **kw)
+    # integer arrays (class indices) are inputs without a gradient, as are NumPy keyword arguments (weights)
+    leaves = [None if a is None else torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+    tkw = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    fn = getattr(TF, torch_name or name, None) or getattr(torch, torch_name or name)  # e.g. torch.flatten
+    ref = fn(*leaves, *args, **tkw)
     assert_close(out, ref, dtype, f"{name} forward")
     dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))
@@ -50,7 +55,7 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **k
     grads = grads if isinstance(grads, tuple) else (grads,)
     assert len(grads) == len(arrays)
     for k, (g, leaf) in enumerate(zip(grads, leaves)):
-        if leaf is None:
+        if leaf is None or not leaf.requires_grad:
             assert g is None, f"{name}: gradient {k} should be None"
         else:
             assert_close(g, leaf.grad, dtype, f"{name} gradient {k}")

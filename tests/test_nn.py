@@ -62,7 +62,7 @@ def compare_network(ours: nn.Sequential, x: np.ndarray, y: np.ndarray, train: bo
     ours.to(np.float64).train(train)
     theirs = torch_twin(ours).double().train(train)
     theirs.load_state_dict(to_torch_state(ours.state_dict()))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     for _ in range(steps):  # twice: BatchNorm's running statistics must also stay equal
         ours.zero_grad()
         theirs.zero_grad()

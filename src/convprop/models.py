@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
+
 import numpy as np
 
 from . import nn
+from . import random as _random
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 ACTS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU}
@@ -44,7 +48,50 @@ def vgg_small(num_classes: int = 10, in_channels: int = 1, width: int = 16, dtyp
     )
 
 
-MODELS = {"lenet5": lenet5, "vgg_small": vgg_small}
+def resnet(depth: int = 20, num_classes: int = 10, in_channels: int = 1, dtype=np.float32) -> nn.Sequential:
+    """He et al. (2016), §4.2's CIFAR ResNet: 6n+2 weighted layers for depth = 6n + 2.
+
+    conv 3×3, 16 → [BasicBlock ×n at 16 channels, ×n at 32 (stride 2), ×n at 64 (stride 2)] →
+    global average pool → linear.  32×32×3 (CIFAR-10) or 28×28×1 (MNIST) inputs, or any size ≥ 1.
+    Shortcuts: the identity, or 1×1 conv + BN where the shape changes (option B).  Keys as
+    torchvision's ResNet: conv1.weight, bn1.*, layer1.0.conv1.weight, layer2.0.downsample.0.weight,
+    …, fc.weight.  Conv weights He-initialised (normal, fan_out), as torchvision does; BN γ = 1, β = 0.
+    """
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth: expected 6n + 2 for some n >= 1 (8, 14, 20, 32, 44, 56, 110), got {depth!r}")
+    n = (depth - 2) // 6
+    layers: OrderedDict[str, nn.Module] = OrderedDict(
+        conv1=nn.Conv2d(in_channels, 16, 3, padding=1, bias=False, dtype=dtype),
+        bn1=nn.BatchNorm2d(16, dtype=dtype), relu=nn.ReLU())
+    inplanes = 16
+    for stage, (planes, stride) in enumerate([(16, 1), (32, 2), (64, 2)], start=1):
+        blocks = []
+        for b in range(n):
+            blocks.append(nn.BasicBlock(inplanes, planes, stride if b == 0 else 1, dtype=dtype))
+            inplanes = planes
+        layers[f"layer{stage}"] = nn.Sequential(*blocks)
+    layers.update(avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                  fc=nn.Linear(64, num_classes, dtype=dtype))
+    model = nn.Sequential(layers)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):  # kaiming_normal_(mode="fan_out", nonlinearity="relu")
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+            std = math.sqrt(2.0 / fan_out)
+            m.weight.data[...] = _random.generator().standard_normal(m.weight.shape) * std
+    return model
+
+
+def resnet8(num_classes: int = 10, in_channels: int = 1, dtype=np.float32) -> nn.Sequential:
+    """ResNet-8 (n = 1): 78k parameters."""
+    return resnet(8, num_classes, in_channels, dtype)
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 1, dtype=np.float32) -> nn.Sequential:
+    """ResNet-20 (n = 3), the paper's smallest CIFAR-10 net (8.75 % error): 272k parameters."""
+    return resnet(20, num_classes, in_channels, dtype)
+
+
+MODELS = {"lenet5": lenet5, "vgg_small": vgg_small, "resnet8": resnet8, "resnet20": resnet20}
 
 
 def build(name: str, **config) -> nn.Sequential:

@@ -103,7 +103,7 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     from .functional import log_softmax
 
     model.eval()
-    out = [np.exp(log_softmax(model(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    out = [np.exp(log_softmax(model(x[i:i + batch_size]), 1)[0]) for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
 
 

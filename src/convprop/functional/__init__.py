@@ -16,7 +16,16 @@ from .activations import (
 )
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
-from .losses import log_softmax, mse_loss, softmax_cross_entropy
+from .losses import (
+    cross_entropy,
+    cross_entropy_backward,
+    log_softmax,
+    log_softmax_backward,
+    mse_loss,
+    softmax,
+    softmax_backward,
+    softmax_cross_entropy,
+)
 from .normalization import batch_norm, batch_norm_backward, dropout, dropout_backward
 from .pool import (
     avg_pool2d,
@@ -26,6 +35,7 @@ from .pool import (
     max_unpool2d,
     max_unpool2d_backward,
 )
+from .shape import flatten, flatten_backward
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -33,6 +43,7 @@ __all__ = [
     "linear", "linear_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward",
-    "log_softmax", "softmax_cross_entropy", "mse_loss",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "cross_entropy", "cross_entropy_backward",
+    "softmax_cross_entropy", "mse_loss", "flatten", "flatten_backward",
     "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
 ]

@@ -49,10 +49,11 @@ def relu(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
 
 
 def relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    """∂Z = ∂A ⊙ [Z > 0]   (the subgradient at 0 is 0, as torch)."""
+    """∂Z = ∂A ⊙ [not Z ≤ 0]   (the subgradient at 0 is 0; at NaN, where Z ≤ 0 is false, ∂A passes, as torch)."""
     c = _cache(cache, "relu")
     dz = _dout(dout, c)
-    return _parallel.elementwise(lambda da, a, out: np.multiply(da, a > 0, out=out), np.empty_like(dz), dz, c.saved)
+    return _parallel.elementwise(lambda da, a, out: np.multiply(da, ~(a <= 0), out=out), np.empty_like(dz), dz,
+                                 c.saved)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray, ActivationCache]:

@@ -16,7 +16,8 @@ from ..functional import _checks as chk
 from .module import Module, Parameter
 
 __all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
-           "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d"]
+           "Flatten", "Softmax", "LogSoftmax", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d",
+           "BatchNorm2d"]
 
 
 def _dtype(dtype) -> np.dtype:
@@ -245,18 +246,40 @@ class AdaptiveAvgPool2d(_Layer):
 
 
 class Flatten(_Layer):
+    """(N, C, H, W) -> (N, C·H·W) by default: dimensions start_dim … end_dim merged, as torch."""
+
+    _backward_fn = staticmethod(F.flatten_backward)
+
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._cache = x.shape
-        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
-        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        out, self._cache = F.flatten(x, self.start_dim, self.end_dim)
+        return out
 
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        shape = self._take_cache()
-        return dout.reshape(shape) if input_grad else None
+
+class Softmax(_Layer):
+    _backward_fn = staticmethod(F.softmax_backward)
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.softmax(x, self.dim)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    _backward_fn = staticmethod(F.log_softmax_backward)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.log_softmax(x, self.dim)
+        return out
 
 
 class _Activation(_Layer):

@@ -5,21 +5,41 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from ..functional.losses import REDUCTIONS
 
 
 class CrossEntropyLoss:
-    """Mean softmax cross-entropy over the batch, with optional label smoothing (torch's semantics)."""
+    """Softmax cross-entropy with torch's options: per-class `weight`, `ignore_index`,
+    `reduction` 'mean' | 'sum' | 'none', `label_smoothing`; class-index or probability targets;
+    logits (N, C), (N, C, d1, …) or (C,).
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        if not 0.0 <= label_smoothing <= 1.0:
+    Returns (loss, ∂loss/∂logits): loss a float for 'mean' and 'sum'; for 'none' the array of
+    per-sample losses, with the gradient of their sum.
+    """
+
+    def __init__(self, weight: np.ndarray | None = None, *, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing}")
+        self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
         self.label_smoothing = label_smoothing
 
-    def __call__(self, logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
-        return F.softmax_cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+    def __call__(self, logits: np.ndarray, targets: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
+        if (self.weight is None and self.reduction == "mean" and getattr(logits, "ndim", 0) == 2
+                and getattr(targets, "ndim", 0) == 1):  # the training loss: its own checks and messages
+            return F.softmax_cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        weight = None if self.weight is None else np.asarray(self.weight, dtype=getattr(logits, "dtype", None))
+        loss, cache = F.cross_entropy(logits, targets, weight, ignore_index=self.ignore_index,
+                                      reduction=self.reduction, label_smoothing=self.label_smoothing)
+        dlogits, _ = F.cross_entropy_backward(np.ones_like(loss), cache)
+        return (loss if self.reduction == "none" else float(loss)), dlogits
 
     def __repr__(self) -> str:
-        return f"CrossEntropyLoss(label_smoothing={self.label_smoothing})"
+        return (f"CrossEntropyLoss(reduction={self.reduction!r}, label_smoothing={self.label_smoothing}"
+                + ("" if self.weight is None else ", weight=...")
+                + ("" if self.ignore_index == -100 else f", ignore_index={self.ignore_index}") + ")")
 
 
 class MSELoss:

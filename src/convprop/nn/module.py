@@ -190,14 +190,19 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward walks them in reverse — the seed's chain rule, layer by layer."""
+    """Layers applied in order; backward walks them in reverse — the seed's chain rule, layer by layer.
+
+    Sequential(a, b, c) names them "0", "1", "2"; Sequential(OrderedDict(conv1=a, …)) by its keys,
+    as torch (state_dict keys "conv1.weight", …)."""
 
     def __init__(self, *layers: Module):
         super().__init__()
-        for i, layer in enumerate(layers):
+        named = (list(layers[0].items()) if len(layers) == 1 and isinstance(layers[0], OrderedDict)
+                 else [(str(i), layer) for i, layer in enumerate(layers)])
+        for name, layer in named:
             if not isinstance(layer, Module):
-                raise TypeError(f"layers[{i}]: expected a Module, got {type(layer).__name__}")
-            setattr(self, str(i), layer)
+                raise TypeError(f"layers[{name!r}]: expected a Module, got {type(layer).__name__}")
+            setattr(self, name, layer)
 
     def __getitem__(self, i: int) -> Module:
         return list(self._modules.values())[i]

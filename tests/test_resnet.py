@@ -1,0 +1,160 @@
+"""Forks and joins: the residual block and ResNets against torch, and gradcheck catching wrong backwards."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from helpers import assert_close, torch
+from test_nn import batch, to_torch_state
+
+from convprop import models, nn
+from convprop.gradcheck import GradcheckError, gradcheck
+
+tnn = torch.nn
+
+
+class TorchBlock(tnn.Module):
+    """torchvision's BasicBlock, written out (torchvision is not a dependency)."""
+
+    def __init__(self, inplanes, planes, stride, downsample):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.relu = tnn.ReLU()
+        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                         tnn.BatchNorm2d(planes)) if downsample else None
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def torch_resnet(ours: nn.Sequential) -> tnn.Sequential:
+    layers = OrderedDict()
+    for name, m in ours._modules.items():
+        if isinstance(m, nn.Sequential):
+            layers[name] = tnn.Sequential(*[TorchBlock(b.conv1.in_channels, b.conv1.out_channels, b.stride,
+                                                       b.downsample is not None) for b in m])
+        elif isinstance(m, nn.Conv2d):
+            layers[name] = tnn.Conv2d(m.in_channels, m.out_channels, 3, 1, 1, bias=False)
+        elif isinstance(m, nn.BatchNorm2d):
+            layers[name] = tnn.BatchNorm2d(m.num_features)
+        elif isinstance(m, nn.Linear):
+            layers[name] = tnn.Linear(m.in_features, m.out_features)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            layers[name] = tnn.AdaptiveAvgPool2d(1)
+        else:
+            layers[name] = getattr(tnn, type(m).__name__)()
+    return tnn.Sequential(layers)
+
+
+@pytest.mark.parametrize("depth, c, hw", [(8, 1, 28), (8, 3, 32), (14, 1, 9)])
+def test_resnet_forward_backward_and_state_match_torch(depth, c, hw):
+    ours = models.resnet(depth, in_channels=c).to(np.float64)
+    theirs = torch_resnet(ours).double()
+    assert list(theirs.state_dict()) == list(ours.state_dict())  # torchvision's keys
+    theirs.load_state_dict(to_torch_state(ours.state_dict()))
+    x, y = batch(4, c, hw, seed=depth)
+    for train in (True, True, False):  # twice in training: the running statistics must stay equal
+        ours.train(train), theirs.train(train)
+        ours.zero_grad(), theirs.zero_grad()
+        logits = ours(x)
+        xt = torch.tensor(x, requires_grad=True)
+        ref = theirs(xt)
+        assert_close(logits, ref, np.float64, "logits")
+        loss, dlogits = nn.CrossEntropyLoss()(logits, y)
+        tnn.functional.cross_entropy(ref, torch.tensor(y)).backward()
+        assert_close(ours.backward(dlogits), xt.grad, np.float64, "input gradient")
+        tparams = dict(theirs.named_parameters())
+        for name, p in ours.named_parameters():
+            assert_close(p.grad, tparams[name].grad, np.float64, f"grad of {name}")
+        tstate = theirs.state_dict()
+        for name, v in ours.state_dict().items():
+            assert_close(np.asarray(v, np.float64), tstate[name].double(), np.float64, f"state {name}")
+
+
+def test_resnet_shapes_names_and_sizes():
+    assert sum(p.data.size for p in models.resnet20(in_channels=3).parameters()) == 272_474
+    keys = list(models.resnet8().state_dict())
+    assert keys[:2] == ["conv1.weight", "bn1.weight"] and "layer1.0.conv1.weight" in keys
+    assert "layer2.0.downsample.0.weight" in keys and "layer1.0.downsample.0.weight" not in keys
+    assert keys[-2:] == ["fc.weight", "fc.bias"]
+    assert len([k for k in models.resnet20().state_dict() if k.endswith("conv2.weight")]) == 9
+    m = models.resnet8()
+    for shape in [(2, 1, 28, 28), (2, 1, 5, 5)]:
+        assert m(np.zeros(shape, np.float32)).shape == (2, 10)
+    assert models.resnet8(in_channels=3)(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="depth: expected 6n"):
+        models.resnet(10)
+
+
+def test_gradcheck_passes_for_resnet_in_train_and_eval_mode():
+    m = models.resnet8().to(np.float64)
+    x = np.random.default_rng(0).standard_normal((3, 1, 7, 7))
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    assert gradcheck(m, x)
+    assert gradcheck(m.eval(), x)
+    for k, v in m.state_dict().items():  # the running statistics are as they were
+        np.testing.assert_array_equal(v, before[k])
+
+
+class ForgetsTheShortcut(nn.BasicBlock):
+    def backward(self, dout, input_grad=True):
+        ds = self.relu2.backward(dout)
+        d = self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(ds))))
+        return self.conv1.backward(d, input_grad=input_grad)  # wrong: the fork's second ∂x is not added
+
+
+class GradientBeforeTheActivation(nn.BasicBlock):
+    def backward(self, dout, input_grad=True):
+        self.relu2.backward(dout)
+        d = self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(dout))))  # wrong: not ∂s
+        return self.conv1.backward(d, input_grad=input_grad) + dout
+
+
+@pytest.mark.parametrize("block, stride, message", [
+    (ForgetsTheShortcut, 1, "x (the input gradient)"),
+    (ForgetsTheShortcut, 2, "downsample.0.weight: backward left it None"),
+    (GradientBeforeTheActivation, 1, "gradient of"),
+])
+def test_gradcheck_names_what_a_wrong_backward_got_wrong(block, stride, message):
+    m = block(2, 2 * stride, stride).to(np.float64)
+    x = np.random.default_rng(1).standard_normal((2, 2, 5, 5))
+    with pytest.raises(GradcheckError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        gradcheck(m, x)
+    assert gradcheck(nn.BasicBlock(2, 2 * stride, stride).to(np.float64), x)  # the right one passes
+
+
+class TwoBranches(nn.Module):
+    """The documented pattern on an Inception-like fork: x -> (3×3 conv, 1×1 conv) -> concat -> + x."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 2, 3, padding=1), nn.Conv2d(4, 2, 1)
+        self.act = nn.Tanh()
+
+    def forward(self, x):
+        return self.act(np.concatenate([self.a(x), self.b(x)], axis=1) + x)
+
+    def backward(self, dout, input_grad=True):
+        ds = self.act.backward(dout)  # join 1 (a sum): ∂s to the concat and to x
+        da, db = ds[:, :2], ds[:, 2:]  # join 2 (a concat): each branch gets its slice
+        return self.a.backward(da) + self.b.backward(db) + ds  # the fork: x's three uses add
+
+
+def test_the_pattern_on_a_model_of_ones_own():
+    x = np.random.default_rng(2).standard_normal((2, 4, 5, 5))
+    assert gradcheck(TwoBranches().to(np.float64), x)
+
+
+def test_gradcheck_refuses_float32_and_random_forwards():
+    with pytest.raises(TypeError, match="model.to"):
+        gradcheck(models.resnet8(), np.zeros((1, 1, 5, 5)))
+    net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).to(np.float64)
+    with pytest.raises(GradcheckError, match="not deterministic"):
+        gradcheck(net, np.ones((4, 3)))

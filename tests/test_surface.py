@@ -1,0 +1,120 @@
+"""torch.nn.functional's surface beyond the seed's chain: softmax, log-softmax, every form of
+cross-entropy, flatten, ReLU at NaN.  Each case one line through check_op (float64 against autograd)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import F, check_op, numeric_grads, torch
+
+rng = np.random.default_rng(0)
+
+
+def logits(*shape, scale=3.0, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def classes(shape, k, seed=1, ignore=None):
+    y = np.random.default_rng(seed).integers(0, k, size=shape)
+    if ignore is not None:
+        y.ravel()[::3] = ignore
+    return y
+
+
+def probs(*shape, seed=2):
+    p = np.random.default_rng(seed).random(shape)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+W5 = np.array([0.5, 2.0, 1.0, 0.1, 3.0])
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape, dim", [((4, 5), 1), ((4, 5), -1), ((3, 4, 5), 0), ((2, 3, 4, 5), 1), ((6,), 0),
+                                        ((2, 3, 4, 5), -2)])
+def test_softmax_and_log_softmax(name, shape, dim):
+    check_op(name, [logits(*shape, scale=10)], dim)
+    check_op(name, [logits(*shape)], dim, dtype=np.float32, seed=1)
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"reduction": "sum"}, {"reduction": "none"}, {"weight": W5}, {"weight": W5, "reduction": "sum"},
+    {"ignore_index": 2}, {"ignore_index": -100}, {"weight": W5, "ignore_index": 1}, {"label_smoothing": 0.2},
+    {"label_smoothing": 0.3, "weight": W5}, {"label_smoothing": 0.3, "weight": W5, "ignore_index": 4},
+    {"label_smoothing": 0.1, "ignore_index": 0, "reduction": "none"}, {"label_smoothing": 1.0, "reduction": "sum"},
+])
+@pytest.mark.parametrize("shape", [(7, 5), (3, 5, 4), (2, 5, 3, 4)])
+def test_cross_entropy_class_indices(kw, shape):
+    y = classes(shape[:1] + shape[2:], 5, ignore=kw.get("ignore_index"))
+    check_op("cross_entropy", [logits(*shape), y], **kw)
+    check_op("cross_entropy", [logits(*shape, seed=3), y], dtype=np.float32, seed=1, **kw)
+
+
+@pytest.mark.parametrize("kw", [{}, {"reduction": "sum"}, {"reduction": "none"}, {"weight": W5},
+                                {"label_smoothing": 0.25, "weight": W5, "reduction": "mean"},
+                                {"label_smoothing": 0.1, "reduction": "none"}])
+@pytest.mark.parametrize("shape", [(6, 5), (2, 5, 3, 2)])
+def test_cross_entropy_probability_targets_and_their_gradient(kw, shape):
+    check_op("cross_entropy", [logits(*shape), probs(*shape)], **kw)  # ∂target too, as torch
+
+
+@pytest.mark.parametrize("kw", [{}, {"reduction": "none"}, {"weight": W5, "label_smoothing": 0.2}])
+def test_cross_entropy_unbatched(kw):
+    check_op("cross_entropy", [logits(5), np.array(3)], **kw)
+    check_op("cross_entropy", [logits(5), probs(1, 5)[0]], **kw)
+
+
+def test_cross_entropy_weighted_mean_divides_by_the_weights_of_the_targets():
+    z, y = logits(4, 5), np.array([0, 1, 1, 4])
+    loss, _ = F.cross_entropy(z, y, W5)
+    per_row, _ = F.cross_entropy(z, y, reduction="none")
+    assert np.isclose(loss, (W5[y] * per_row).sum() / W5[y].sum())
+
+
+def test_cross_entropy_every_row_ignored_is_nan_as_torch():
+    loss, _ = F.cross_entropy(logits(3, 4), np.full(3, -100))
+    assert np.isnan(loss) and np.isnan(torch.nn.functional.cross_entropy(torch.zeros(3, 4),
+                                                                       torch.full((3,), -100)).item())
+
+
+def test_cross_entropy_central_differences():
+    z, y = logits(3, 4, 2), classes((3, 2), 4)
+    w = np.array([1.0, 0.5, 2.0, 1.5])
+    _, cache = F.cross_entropy(z, y, w, label_smoothing=0.2, ignore_index=1)
+    numeric = numeric_grads(lambda a: F.cross_entropy(a, y, w, label_smoothing=0.2, ignore_index=1)[0], [z],
+                            np.array(1.0))
+    np.testing.assert_allclose(F.cross_entropy_backward(1.0, cache)[0], numeric[0], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("start, end", [(0, -1), (1, -1), (1, 2), (2, 3), (-2, -1), (0, 0)])
+def test_flatten(start, end):
+    check_op("flatten", [logits(2, 3, 4, 5)], start, end)
+
+
+def test_relu_passes_the_gradient_through_nan_as_torch():
+    x = np.array([[-1.0, 0.0, np.nan, 2.0, -np.inf, np.inf]])
+    out, cache = F.relu(x)
+    dx = F.relu_backward(np.ones_like(x), cache)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.relu(xt)
+    ref.backward(torch.ones_like(ref))
+    np.testing.assert_array_equal(out, ref.detach().numpy())  # NaN where torch has NaN
+    np.testing.assert_array_equal(dx, xt.grad.numpy())  # [0, 0, 1, 1, 0, 1]
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: F.cross_entropy(logits(2, 3), np.array([0, 3])), ValueError, ["target", "[0, 3)", "ignore_index"]),
+    (lambda: F.cross_entropy(logits(2, 3), np.array([0])), ValueError, ["target", "(2,)", "(1,)"]),
+    (lambda: F.cross_entropy(logits(2, 3), np.array([0, 1]), reduction="avg"), ValueError, ["reduction", "'avg'"]),
+    (lambda: F.cross_entropy(logits(2, 3), np.array([0, 1]), np.ones(4)), ValueError, ["weight", "(3,)", "(4,)"]),
+    (lambda: F.cross_entropy(logits(2, 3), probs(2, 4)), ValueError, ["target", "(2, 3)", "(2, 4)"]),
+    (lambda: F.cross_entropy(logits(2, 3), np.array(["a", "b"])), TypeError, ["target", "integer"]),
+    (lambda: F.cross_entropy(logits(2, 3), np.array([0, 1]), label_smoothing=1.5), ValueError, ["label_smoothing"]),
+    (lambda: F.softmax(logits(2, 3), 2), ValueError, ["dim", "[-2, 2)", "2"]),
+    (lambda: F.flatten(logits(2, 3), 1, 0), ValueError, ["start_dim", "end_dim"]),
+])
+def test_errors_name_the_argument(call, error, words):
+    with pytest.raises(error) as e:
+        call()
+    for w in words:
+        assert w in str(e.value)
