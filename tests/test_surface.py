@@ -118,3 +118,31 @@ def test_errors_name_the_argument(call, error, words):
         call()
     for w in words:
         assert w in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (5, 3, 4, 4), (64, 4, 6, 6)])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_batch_norm_against_torch(shape, training, affine, dtype):
+    """F.batch_norm in both modes (a mean far from 0, where x − μ must not cancel), running statistics too."""
+    from helpers import assert_close
+
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 3 + 20).astype(dtype)
+    c = shape[1]
+    rm, rv = rng.standard_normal(c).astype(dtype) + 20, rng.random(c).astype(dtype) + 5
+    w, b = (rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)) if affine else (None, None)
+    trm, trv = torch.tensor(rm), torch.tensor(rv)
+    out, cache = F.batch_norm(x, rm, rv, w, b, training, 0.2, 1e-3)
+    leaves = [torch.tensor(a, requires_grad=True) if a is not None else None for a in (x, w, b)]
+    ref = torch.nn.functional.batch_norm(leaves[0], trm, trv, leaves[1], leaves[2], training, 0.2, 1e-3)
+    assert_close(out, ref, dtype, "forward")
+    dout = rng.standard_normal(shape).astype(dtype)
+    ref.backward(torch.tensor(dout))
+    for k, (g, leaf) in enumerate(zip(F.batch_norm_backward(dout, cache), leaves)):
+        assert (g is None) == (leaf is None), k
+        if leaf is not None:
+            assert_close(g, leaf.grad, dtype, f"gradient {k}")
+    assert_close(rm, trm, dtype, "running_mean")
+    assert_close(rv, trv, dtype, "running_var")

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from . import __version__, checkpoint, models, nn
-from .data import IDXError, load_mnist, normalize
+from .data import IDXError, load_images, normalize
 from .functional._parallel import set_num_threads
 from .run import (
     CHECKPOINT_NAME,
@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"architecture (default: {d.model})")
     t.add_argument("--data", metavar="DIR", default=None,
                    help="directory of MNIST / Fashion-MNIST IDX files, .gz or raw, also torchvision's "
-                        "MNIST/raw layout (default: the bundled sample)")
+                        "MNIST/raw layout; or of CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin) "
+                        "(default: the bundled MNIST sample)")
     t.add_argument("--epochs", type=_positive_int, default=None, help=f"number of epochs (default: {d.epochs})")
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"training batch size (default: {d.batch_size})")
@@ -180,7 +181,7 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
-    images, labels = load_mnist(args.data, train=False)
+    images, labels = load_images(args.data, train=False)
     probs = predict(model, normalize(images, dtype=model.dtype))
     pred = probs.argmax(axis=1)
     k = max(probs.shape[1], int(labels.max(initial=-1)) + 1)  # a model of fewer classes than the data: still k×k
@@ -274,7 +275,7 @@ def cmd_plot(args) -> int:
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.restore_model(ckpt, ckpt_path)
     saved = metrics.get("args") or {}
-    images, labels = load_mnist(args.data or saved.get("data"), train=False)
+    images, labels = load_images(args.data or saved.get("data"), train=False)
     images, labels = _subset(images, labels, saved.get("test_size"), saved.get("seed", 0))
     pictures(run, model, history, images, labels)
     return 0

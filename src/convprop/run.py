@@ -29,7 +29,7 @@ import numpy as np
 
 from . import checkpoint, models, nn, optim
 from . import random as _random
-from .data import DataLoader, load_mnist, normalize
+from .data import DataLoader, load_images, normalize
 from .train import Divergence, fit
 
 CHECKPOINT_NAME, METRICS_NAME, LOCK_NAME = "checkpoint.npz", "metrics.json", ".convprop.lock"
@@ -303,8 +303,8 @@ class Run:
 
     def _build(self) -> None:
         s = self.settings
-        images, labels = load_mnist(s.data, train=True)
-        test_images, test_labels = load_mnist(s.data, train=False)
+        images, labels = load_images(s.data, train=True)  # MNIST-style IDX, or CIFAR-10's binary batches
+        test_images, test_labels = load_images(s.data, train=False)
         self.images, self.labels = _subset(images, labels, s.train_size, s.seed)
         self.test_images, self.test_labels = _subset(test_images, test_labels, s.test_size, s.seed)
         for what, ys in (("training", self.labels), ("test", self.test_labels)):
@@ -312,6 +312,8 @@ class Run:
                 raise RunError(f"--data {s.data or '(the bundled sample)'}: the {what} set has no images")
         _random.manual_seed(s.seed)
         self.config = {"num_classes": 10}
+        if self.colour:
+            self.config["in_channels"] = 3
         if self.ckpt is None:
             self.model = models.build(s.model, **self.config)
         else:
@@ -319,8 +321,9 @@ class Run:
             self.config = dict(self.ckpt["meta"]["model"].get("config", {}))
         dtype = self.model.dtype
         self._check_images_fit(dtype)
+        augment = dict(crop_padding=4, hflip=True) if self.colour else dict(max_shift=s.shift)  # CIFAR's, or shifts
         self.train_loader = DataLoader(self.images, self.labels, s.batch_size, shuffle=True, seed=s.seed,
-                                       max_shift=s.shift, dtype=dtype)
+                                       dtype=dtype, **augment)
         self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, dtype=dtype)
         self.optimizer = make_optimizer(s.optimizer, self.model.parameters(), s.lr)
         self.scheduler = optim.OneCycleLR(self.optimizer, max_lr=s.lr, epochs=s.epochs,
@@ -340,7 +343,7 @@ class Run:
         try:
             out = self.model.eval()(x)
         except (ValueError, TypeError) as e:
-            raise RunError(f"--data: images of {self.images.shape[1]}×{self.images.shape[2]} pixels do not fit "
+            raise RunError(f"--data: images of {'×'.join(map(str, self.images.shape[1:]))} pixels do not fit "
                            f"{self.settings.model}: {e}") from None
         finally:
             self.model.train()
@@ -357,12 +360,18 @@ class Run:
 
         return self.workers or (get_num_threads() if parallel.supports(self.model) is None else 1)
 
+    @property
+    def colour(self) -> bool:
+        """Colour images (N, 3, H, W): CIFAR-10."""
+        return self.images.ndim == 4
+
     def describe(self) -> str:
         s, w = self.settings, self.workers_used
         n_params = sum(p.data.size for p in self.model.parameters())
         return (f"training {s.model} ({n_params:,} parameters) on {len(self.labels):,} images, testing on "
                 f"{len(self.test_labels):,}; {s.epochs} epochs, batch {s.batch_size}, {s.optimizer} one-cycle lr "
-                f"{s.lr:g}, ±{s.shift} px shifts" + (f"; {w} processes" if w > 1 else ""))
+                f"{s.lr:g}, " + ("4 px random crops and flips" if self.colour else f"±{s.shift} px shifts")
+                + (f"; {w} processes" if w > 1 else ""))
 
     def train(self) -> list[dict]:
         """Epochs start_epoch+1 … settings.epochs; a checkpoint and metrics.json after each."""

@@ -8,14 +8,25 @@ from collections.abc import Iterator
 import numpy as np
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# CIFAR-10: per-channel mean and standard deviation of the 50,000 training images (pixels / 255)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def normalize(images: np.ndarray, mean: float = MNIST_MEAN, std: float = MNIST_STD,
-              dtype=np.float32) -> np.ndarray:
-    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype."""
+def normalize(images: np.ndarray, mean=None, std=None, dtype=np.float32) -> np.ndarray:
+    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype.
+
+    mean and std: numbers, or one per channel; None: MNIST's for one channel, CIFAR-10's for three."""
+    c = 1 if images.ndim == 3 else images.shape[1]
     dtype = np.dtype(dtype).type
+    if mean is None:
+        mean = MNIST_MEAN if c == 1 else CIFAR10_MEAN
+    if std is None:
+        std = MNIST_STD if c == 1 else CIFAR10_STD
+    per_channel = (1, -1, 1, 1) if images.ndim == 4 else (-1, 1, 1)
+    mean = np.asarray(mean, dtype).reshape(per_channel) if np.ndim(mean) else dtype(mean)
+    std = np.asarray(std, dtype).reshape(per_channel) if np.ndim(std) else dtype(std)
     x = images.astype(dtype) * dtype(1 / 255.0)
-    x = (x - dtype(mean)) * dtype(1 / std)
+    x = (x - mean) * (dtype(1) / std)
     return x[:, None] if x.ndim == 3 else x
 
 
@@ -36,16 +47,36 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
     return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols]
 
 
+def random_crop_flip(x: np.ndarray, padding: int, flip: bool, fill: np.ndarray, rng: np.random.Generator,
+                     ) -> np.ndarray:
+    """The CIFAR augmentation: pad (N, C, H, W) by `padding` px of `fill` (per channel: black, normalised),
+    take a random H×W crop of each image, and mirror each left-right with probability 1/2 if flip."""
+    n, c, h, w = x.shape
+    p = padding
+    padded = np.empty((n, c, h + 2 * p, w + 2 * p), x.dtype)
+    padded[...] = fill
+    padded[:, :, p:p + h, p:p + w] = x
+    dy, dx = (rng.integers(0, 2 * p + 1, size=n) for _ in range(2))
+    cols = dx[:, None] + np.arange(w)  # (N, W)
+    if flip:
+        mirror = rng.random(n) < 0.5
+        cols[mirror] = cols[mirror][:, ::-1]
+    rows = (dy[:, None] + np.arange(h))[:, None, :, None]
+    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols[:, None, None, :]]
+
+
 class DataLoader:
     """Iterate (x float (B, C, H, W), y int64 (B,)) batches over uint8 images and labels.
 
-    The order and the shifts of epoch e come from a generator seeded by (seed, e): the same seed
+    Augmentation: ±max_shift px random shifts (MNIST), or random crops of the image padded by
+    crop_padding px and random horizontal flips (hflip) — CIFAR's.  The order and the draws of epoch e
+    come from a generator seeded by (seed, e): the same seed
     gives the same batches, and a resumed run continues exactly where it stopped (set `epoch`).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, max_shift: int = 0, mean: float = MNIST_MEAN,
-                 std: float = MNIST_STD, dtype=np.float32) -> None:
+                 seed: int = 0, drop_last: bool = False, max_shift: int = 0, mean=None, std=None, dtype=np.float32,
+                 crop_padding: int = 0, hflip: bool = False) -> None:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if len(images) != len(labels):
@@ -54,6 +85,11 @@ class DataLoader:
         self.y = np.asarray(labels, dtype=np.int64)
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
         self.drop_last, self.max_shift, self.epoch = drop_last, max_shift, 0
+        if not isinstance(crop_padding, (int, np.integer)) or crop_padding < 0:
+            raise ValueError(f"crop_padding: expected a non-negative int, got {crop_padding!r}")
+        self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
+        zero = np.zeros((1,) + self.x.shape[1:2] + (1, 1) if images.ndim == 4 else (1, 1, 1), np.uint8)
+        self.fill = normalize(zero, mean, std, dtype).reshape(1, -1, 1, 1)  # a black pixel, normalised
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -66,4 +102,8 @@ class DataLoader:
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             x = self.x[idx]
-            yield (random_shift(x, self.max_shift, rng) if self.max_shift else x), self.y[idx]
+            if self.max_shift:
+                x = random_shift(x, self.max_shift, rng)
+            if self.crop_padding or self.hflip:
+                x = random_crop_flip(x, self.crop_padding, self.hflip, self.fill, rng)
+            yield x, self.y[idx]

@@ -17,15 +17,24 @@ __all__ = ["batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
 
 @dataclass(frozen=True, eq=False)
 class BatchNormCache:
-    xhat: np.ndarray  # the normalised input x̂ = (x − μ) / σ
+    xc: np.ndarray  # the centred input x − μ (training: the batch's μ); x itself in eval mode
+    mean: np.ndarray | None  # eval mode: the running μ still to subtract from xc; None in training
     inv_std: np.ndarray  # 1/σ per channel, broadcastable against x
     gamma: np.ndarray | None
     training: bool
+    has_bias: bool = True
 
 
 def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
     """(C,) -> broadcastable against (N, C, ...)."""
     return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ a ⊙ b over every axis but the channel axis 1: (C,), in one pass without a temporary."""
+    letters = "abdefghijklmnopqrstuvwxyz"[:a.ndim - 2]
+    spec = f"n c {letters}".replace(" ", "")
+    return np.einsum(f"{spec},{spec}->c", a, b)
 
 
 def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
@@ -36,6 +45,7 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
     x (N, C) or (N, C, H, W); running_mean, running_var, weight γ, bias β: (C,).
     Training: μ, σ² are the batch's (biased σ² normalises; the running average takes the unbiased
     one, m/(m−1)·σ², as torch) and running_mean/var are updated in place.  Eval: the running ones.
+    Computed as y = (x − μ) ⊙ (γ/σ) + β: two passes over x after the statistics.
     """
     chk.float_array(x, "x", (2, 3, 4, 5), "N, C, ...")
     axes = (0,) + tuple(range(2, x.ndim))
@@ -44,7 +54,8 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
         if m < 2:
             raise ValueError(f"x: expected more than 1 value per channel when training, got shape {x.shape}")
         mean = x.mean(axis=axes)
-        var = x.var(axis=axes)  # biased: what normalises the batch
+        xc = x - _channel_view(mean.astype(x.dtype), x.ndim)  # x − μ
+        var = _channel_dot(xc, xc) / x.dtype.type(m)  # σ² = mean((x − μ)²), biased: what normalises the batch
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -54,34 +65,47 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean: expected running statistics in eval mode, got None")
-        mean, var = running_mean, running_var
-    inv_std = _channel_view((1 / np.sqrt(var + eps)).astype(x.dtype), x.ndim)
-    xhat = (x - _channel_view(mean.astype(x.dtype), x.ndim)) * inv_std  # x̂ = (x − μ)/σ
-    out = xhat if weight is None else xhat * _channel_view(weight, x.ndim)  # γ x̂
-    if bias is not None:
-        out = out + _channel_view(bias, x.ndim)  # + β
-    return out, BatchNormCache(xhat, inv_std, weight, training)
+        mean, var, xc = running_mean, running_var, x
+    inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)  # 1/σ
+    scale = inv_std if weight is None else inv_std * weight  # γ/σ
+    if training:
+        out = np.multiply(xc, _channel_view(scale, x.ndim), out=np.empty_like(xc))  # γ x̂ = (x − μ) γ/σ
+        if bias is not None:
+            out += _channel_view(bias, x.ndim)  # + β
+    else:  # y = x ⊙ γ/σ + (β − μ γ/σ): the running μ folded into the shift
+        shift = -mean.astype(x.dtype) * scale + (0 if bias is None else bias)
+        out = x * _channel_view(scale, x.ndim)
+        out += _channel_view(shift.astype(x.dtype), x.ndim)
+    return out, BatchNormCache(xc, None if training else mean, _channel_view(inv_std, x.ndim), weight, training,
+                               bias is not None)
 
 
 def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """dout (like x) -> (∂x, ∂γ, ∂β).
+    """dout (like x) -> (∂x, ∂γ, ∂β), with x̂ = (x − μ)/σ:
 
     ∂β = Σ ∂y,   ∂γ = Σ ∂y ⊙ x̂   (sums over all axes but C)
-    training: ∂x = (1/σ)(∂x̂ − mean(∂x̂) − x̂ ⊙ mean(∂x̂ ⊙ x̂)) with ∂x̂ = γ ∂y   (μ, σ depend on x)
-    eval:     ∂x = ∂x̂ / σ                                                  (μ, σ are constants)
+    training: ∂x = (γ/σ)(∂y − mean(∂y) − x̂ ⊙ mean(∂y ⊙ x̂))   (μ, σ depend on x)
+    eval:     ∂x = (γ/σ) ∂y                                  (μ, σ are constants)
+    The training ∂x is computed as A ∂y + B (x − μ) + C per channel: A = γ/σ, B = −(γ/σ³) mean(∂y ⊙ (x − μ)),
+    C = −(γ/σ) mean(∂y).
     """
     chk.cache_of(cache, BatchNormCache, "batch_norm")
     c = cache
-    dy = chk.grad_output(dout, c.xhat.shape, c.xhat.dtype)
-    axes = (0,) + tuple(range(2, dy.ndim))
+    dy = chk.grad_output(dout, c.xc.shape, c.xc.dtype)
+    nd, dt = dy.ndim, dy.dtype.type
+    m = dt(dy.size // dy.shape[1]) if dy.size else dt(1)
+    axes = (0,) + tuple(range(2, nd))
+    inv_std = c.inv_std.reshape(-1)
+    k = inv_std if c.gamma is None else inv_std * c.gamma  # γ/σ
+    xc = c.xc if c.mean is None else c.xc - _channel_view(c.mean.astype(c.xc.dtype), nd)
     dbeta = dy.sum(axis=axes)
-    dgamma = (dy * c.xhat).sum(axis=axes)
-    dxhat = dy if c.gamma is None else dy * _channel_view(c.gamma, dy.ndim)
+    dgamma = _channel_dot(dy, xc) * inv_std  # Σ ∂y ⊙ x̂ = (1/σ) Σ ∂y ⊙ (x − μ)
+    dx = dy * _channel_view(k, nd)
     if c.training:
-        dxhat = (dxhat - dxhat.mean(axis=axes, keepdims=True)
-                 - c.xhat * (dxhat * c.xhat).mean(axis=axes, keepdims=True))
-    return dxhat * c.inv_std, (None if c.gamma is None else dgamma), dbeta
+        dx += xc * _channel_view(-k * inv_std * dgamma / m, nd)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
+        dx += _channel_view(-k * dbeta / m, nd)  # − (γ/σ) mean(∂y)
+    return dx, (None if c.gamma is None else dgamma), (dbeta if c.has_bias else None)
 
 
 @dataclass(frozen=True, eq=False)
