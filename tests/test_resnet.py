@@ -158,3 +158,21 @@ def test_gradcheck_refuses_float32_and_random_forwards():
     net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).to(np.float64)
     with pytest.raises(GradcheckError, match="not deterministic"):
         gradcheck(net, np.ones((4, 3)))
+
+
+def test_no_grad_forwards_keep_no_caches_and_give_the_same_output():
+    m = models.resnet8().eval()
+    x = np.random.default_rng(3).standard_normal((2, 1, 12, 12)).astype(np.float32)
+    out = m(x)
+    assert m.layer1[0].conv1._cache is not None
+    with nn.no_grad():
+        assert not nn.is_grad_enabled()
+        again = m(x)
+    assert nn.is_grad_enabled()
+    np.testing.assert_array_equal(out, again)
+    assert all(getattr(layer, "_cache", None) is None for layer in m.modules())
+    with pytest.raises(RuntimeError, match="no_grad"):
+        m.backward(np.ones_like(out))
+    pool = nn.MaxPool2d(2, return_indices=True)
+    with nn.no_grad():
+        assert pool(x)[1].shape == (2, 1, 6, 6)

@@ -146,3 +146,75 @@ def test_batch_norm_against_torch(shape, training, affine, dtype):
             assert_close(g, leaf.grad, dtype, f"gradient {k}")
     assert_close(rm, trm, dtype, "running_mean")
     assert_close(rv, trv, dtype, "running_var")
+
+
+# --------------------------------------------------------------------------- adaptive pooling, 1-D ops
+@pytest.mark.parametrize("shape, size", [((2, 3, 7, 9), (3, 4)), ((2, 3, 7, 9), 1), ((1, 2, 5, 5), 5),
+                                         ((2, 2, 4, 6), (8, 3)), ((3, 5, 5), 2), ((2, 1, 10, 3), (None, 2)),
+                                         ((1, 2, 13, 11), (6, 5))])
+@pytest.mark.parametrize("op", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
+def test_adaptive_pooling_any_sizes(op, shape, size):
+    from test_functional import tie_free
+
+    x = tie_free(np.random.default_rng(3), shape)
+    _, cache = check_op(op, [x], size)
+    check_op(op, [x], size, dtype=np.float32, seed=1)
+    if op == "adaptive_max_pool2d":  # the indices torch returns
+        _, ref = torch.nn.functional.adaptive_max_pool2d(torch.tensor(x), size, return_indices=True)
+        np.testing.assert_array_equal(cache.indices, ref.numpy())
+
+
+@pytest.mark.parametrize("kw", [{}, {"stride": 2}, {"padding": 2, "dilation": 2}, {"groups": 2, "stride": 3},
+                                {"padding": 1}])
+@pytest.mark.parametrize("batched", [True, False])
+def test_conv1d(kw, batched):
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((3, 4, 11)), rng.standard_normal((6, 4 // kw.get("groups", 1), 3)), \
+        rng.standard_normal(6)
+    check_op("conv1d", [x if batched else x[0], w, b], **kw)
+    check_op("conv1d", [x if batched else x[0], w, None], dtype=np.float32, seed=1, **kw)
+
+
+@pytest.mark.parametrize("op, k, kw", [("max_pool1d", 2, {}), ("max_pool1d", 3, {"stride": 2, "padding": 1}),
+                                       ("max_pool1d", 2, {"dilation": 2, "ceil_mode": True}),
+                                       ("avg_pool1d", 3, {"stride": 2, "padding": 1, "count_include_pad": False}),
+                                       ("avg_pool1d", 2, {"ceil_mode": True, "stride": 3})])
+@pytest.mark.parametrize("batched", [True, False])
+def test_pool1d(op, k, kw, batched):
+    from test_functional import tie_free
+
+    x = tie_free(np.random.default_rng(5), (2, 3, 10))
+    _, cache = check_op(op, [x if batched else x[0]], k, **kw)
+    if op == "max_pool1d":
+        _, ref = torch.nn.functional.max_pool1d(torch.tensor(x if batched else x[0]), k, return_indices=True, **kw)
+        np.testing.assert_array_equal(cache.indices, ref.numpy())
+
+
+def test_sequence_and_adaptive_modules_match_torch():
+    """A small sequence CNN (Conv1d, MaxPool1d, AvgPool1d) and adaptive pooling as modules, against torch.nn."""
+    from helpers import assert_close
+
+    from convprop import nn
+
+    tnn = torch.nn
+    ours = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 4, 2, stride=2),
+                         nn.AvgPool1d(2, stride=1), nn.Flatten(), nn.Linear(4 * 2, 5)).to(np.float64)
+    theirs = tnn.Sequential(tnn.Conv1d(3, 4, 3, padding=1), tnn.ReLU(), tnn.MaxPool1d(2), tnn.Conv1d(4, 4, 2, stride=2),
+                            tnn.AvgPool1d(2, stride=1), tnn.Flatten(), tnn.Linear(4 * 2, 5)).double()
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    x = np.random.default_rng(6).standard_normal((2, 3, 12))
+    xt = torch.tensor(x, requires_grad=True)
+    ref = theirs(xt)
+    assert_close(ours(x), ref, np.float64, "logits")
+    dout = np.random.default_rng(7).standard_normal(ref.shape)
+    ref.backward(torch.tensor(dout))
+    assert_close(ours.backward(dout), xt.grad, np.float64, "dx")
+    for name, p in theirs.named_parameters():
+        assert_close(dict(ours.named_parameters())[name].grad, p.grad, np.float64, name)
+    for ours_pool, their_pool in ((nn.AdaptiveMaxPool2d((2, 3), return_indices=True),
+                                   tnn.AdaptiveMaxPool2d((2, 3), return_indices=True)),
+                                  (nn.AdaptiveAvgPool2d(3), tnn.AdaptiveAvgPool2d(3))):
+        img = np.random.default_rng(8).permutation(2 * 7 * 5).reshape(1, 2, 7, 5).astype(np.float64)
+        out, ref = ours_pool(img), their_pool(torch.tensor(img))
+        for a, b in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+            np.testing.assert_allclose(a, b.numpy(), rtol=1e-14)

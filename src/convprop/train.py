@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .nn import Module
+from .nn import Module, no_grad
 from .optim import Optimizer
 from .optim.lr_scheduler import LRScheduler, OneCycleLR
 
@@ -103,7 +103,8 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     from .functional import log_softmax
 
     model.eval()
-    out = [np.exp(log_softmax(model(x[i:i + batch_size]), 1)[0]) for i in range(0, len(x), batch_size)]
+    with no_grad():  # no caches: one layer's temporaries at a time
+        out = [np.exp(log_softmax(model(x[i:i + batch_size]), 1)[0]) for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
 
 
@@ -112,7 +113,8 @@ def evaluate(model: Module, loader: Iterable, loss_fn=None) -> tuple[float, floa
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in loader:
-        logits = model(x)
+        with no_grad():  # no caches: one layer's temporaries at a time
+            logits = model(x)
         if loss_fn is not None:
             total_loss += loss_fn(logits, y)[0] * len(y)
         correct += int((logits.argmax(axis=1) == y).sum())

@@ -14,6 +14,12 @@ from .activations import (
     tanh,
     tanh_backward,
 )
+from .adaptive import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool2d_backward,
+    adaptive_max_pool2d,
+    adaptive_max_pool2d_backward,
+)
 from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .linear import linear, linear_backward
 from .losses import (
@@ -27,6 +33,14 @@ from .losses import (
     softmax_cross_entropy,
 )
 from .normalization import batch_norm, batch_norm_backward, dropout, dropout_backward
+from .onedim import (
+    avg_pool1d,
+    avg_pool1d_backward,
+    conv1d,
+    conv1d_backward,
+    max_pool1d,
+    max_pool1d_backward,
+)
 from .pool import (
     avg_pool2d,
     avg_pool2d_backward,
@@ -40,6 +54,8 @@ from .shape import flatten, flatten_backward
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
+    "conv1d", "conv1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
     "linear", "linear_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward",

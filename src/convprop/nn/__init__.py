@@ -3,9 +3,12 @@
 from .containers import BasicBlock
 from .layers import (
     AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d,
+    AvgPool1d,
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
+    Conv1d,
     Conv2d,
     ConvTranspose2d,
     Dropout,
@@ -13,6 +16,7 @@ from .layers import (
     LeakyReLU,
     Linear,
     LogSoftmax,
+    MaxPool1d,
     MaxPool2d,
     MaxUnpool2d,
     ReLU,
@@ -21,11 +25,22 @@ from .layers import (
     Tanh,
 )
 from .loss import CrossEntropyLoss, MSELoss
-from .module import AnomalyError, Module, Parameter, Sequential, detect_anomaly, is_anomaly_enabled
+from .module import (
+    AnomalyError,
+    Module,
+    Parameter,
+    Sequential,
+    detect_anomaly,
+    is_anomaly_enabled,
+    is_grad_enabled,
+    no_grad,
+)
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "detect_anomaly", "is_anomaly_enabled", "AnomalyError",
+    "Module", "Parameter", "Sequential", "detect_anomaly", "is_anomaly_enabled", "AnomalyError", "no_grad",
+    "is_grad_enabled",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
     "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
-    "Softmax", "LogSoftmax", "BasicBlock", "CrossEntropyLoss", "MSELoss",
+    "Softmax", "LogSoftmax", "BasicBlock", "Conv1d", "MaxPool1d", "AvgPool1d",
+    "AdaptiveMaxPool2d", "CrossEntropyLoss", "MSELoss",
 ]

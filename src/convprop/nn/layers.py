@@ -13,9 +13,10 @@ import numpy as np
 from .. import functional as F
 from .. import random as _random
 from ..functional import _checks as chk
-from .module import Module, Parameter
+from .module import Module, Parameter, _Grad
 
-__all__ = ["Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "MaxUnpool2d", "AvgPool1d", "AvgPool2d",
+           "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Linear",
            "Flatten", "Softmax", "LogSoftmax", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d",
            "BatchNorm2d"]
 
@@ -36,8 +37,16 @@ class _Layer(Module):
     """A module around one functional op: checks the input, keeps the cache, and by default runs
     the op's backward `_backward_fn(dout, cache)` (layers without parameters)."""
 
-    _cache = None
     _backward_fn = None
+
+    @property
+    def _cache(self):
+        """What forward kept for backward: the functional cache (None under no_grad())."""
+        return self.__dict__.get("_saved")
+
+    @_cache.setter
+    def _cache(self, value) -> None:
+        self.__dict__["_saved"] = value if _Grad.enabled else None
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         cache = self._take_cache()
@@ -52,7 +61,7 @@ class _Layer(Module):
                             f"call model.to({x.dtype.name})), got {x.dtype}")
         if size is not None and isinstance(x, np.ndarray) and x.ndim > max(axis, -axis - 1) \
                 and x.shape[axis] != size:
-            what = "features (last dimension)" if axis == -1 else "channels (dimension 1)"
+            what = {-1: "features (last dimension)", 1: "channels (dimension 1)"}.get(axis, "channels")
             raise ValueError(f"x: expected {size} {what} for {self!r}, got shape {x.shape}")
         return x
 
@@ -63,7 +72,8 @@ class _Layer(Module):
 
     def _take_cache(self):
         if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward: call forward first (no cached forward pass)")
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward first (no cached forward pass; "
+                               "a forward under no_grad() keeps none)")
         cache, self._cache = self._cache, None
         return cache
 
@@ -179,9 +189,10 @@ class MaxPool2d(_Layer):
         self.return_indices, self.ceil_mode = return_indices, ceil_mode
 
     def forward(self, x: np.ndarray):
-        out, self._cache = F.max_pool2d(x, self.kernel_size, stride=self.stride, padding=self.padding,
-                                        dilation=self.dilation, ceil_mode=self.ceil_mode)
-        return (out, self._cache.indices) if self.return_indices else out
+        out, cache = F.max_pool2d(x, self.kernel_size, stride=self.stride, padding=self.padding,
+                                  dilation=self.dilation, ceil_mode=self.ceil_mode)
+        self._cache = cache
+        return (out, cache.indices) if self.return_indices else out
 
 
     def extra_repr(self) -> str:
@@ -226,22 +237,87 @@ class AvgPool2d(_Layer):
 
 
 class AdaptiveAvgPool2d(_Layer):
-    """Average pooling to a fixed output size; here for sizes that divide the input (1×1 always does)."""
+    """Average pooling to a fixed output size from any input size (torch's window bounds)."""
 
-    _backward_fn = staticmethod(F.avg_pool2d_backward)
+    _backward_fn = staticmethod(F.adaptive_avg_pool2d_backward)
 
     def __init__(self, output_size) -> None:
         super().__init__()
-        self.output_size = chk.pair(output_size, "output_size", 1)
+        self.output_size = output_size
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        chk.float_array(x, "x", 4, "N, C, H, W")
-        (h, w), (oh, ow) = x.shape[2:], self.output_size
-        if h % oh or w % ow:
-            raise ValueError(f"output_size: expected a size that divides the input {h}×{w}, got {oh}×{ow} "
-                             "(only evenly dividing adaptive pooling is implemented)")
-        k = (h // oh, w // ow)
-        out, self._cache = F.avg_pool2d(x, k, stride=k)
+        out, self._cache = F.adaptive_avg_pool2d(x, self.output_size)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
+    """Max pooling to a fixed output size; with return_indices=True forward returns (out, indices) as torch."""
+
+    _backward_fn = staticmethod(F.adaptive_max_pool2d_backward)
+
+    def __init__(self, output_size, return_indices: bool = False) -> None:
+        super().__init__(output_size)
+        self.return_indices = return_indices
+
+    def forward(self, x: np.ndarray):
+        out, cache = F.adaptive_max_pool2d(x, self.output_size)
+        self._cache = cache
+        return (out, cache.indices) if self.return_indices else out
+
+
+class Conv1d(_Affine):
+    """Z = K * A + B along a sequence: the 2-D kernel on a height of 1.  weight (out, in/groups, k), bias (out,)."""
+
+    _backward_fn = staticmethod(F.conv1d_backward)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", dtype=None) -> None:
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(f"padding_mode: only 'zeros' is implemented, got {padding_mode!r}")
+        k = kernel_size[0] if isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 1 else kernel_size
+        k = chk.positive_int(k, "kernel_size")
+        groups = chk.positive_int(groups, "groups")
+        for name, c in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if chk.positive_int(c, name) % groups:
+                raise ValueError(f"{name}: expected a multiple of groups={groups}, got {c}")
+        self._init_parameters((out_channels, in_channels // groups, k), out_channels, in_channels // groups * k, bias,
+                              dtype)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (k,)
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.conv1d(self._input(x, self.in_channels, axis=-2), self.weight.data, self._data("bias"),
+                                    self.stride, self.padding, self.dilation, self.groups)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+class MaxPool1d(MaxPool2d):
+    """Max pooling along a sequence (N, C, L) or (C, L); return_indices as torch."""
+
+    _backward_fn = staticmethod(F.max_pool1d_backward)
+
+    def forward(self, x: np.ndarray):
+        out, cache = F.max_pool1d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        self._cache = cache
+        return (out, cache.indices) if self.return_indices else out
+
+
+class AvgPool1d(AvgPool2d):
+    """Average pooling along a sequence (N, C, L) or (C, L)."""
+
+    _backward_fn = staticmethod(F.avg_pool1d_backward)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, self._cache = F.avg_pool1d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                        self.count_include_pad)
         return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -276,3 +277,23 @@ def detect_anomaly(enabled: bool = True) -> None:
 def is_anomaly_enabled() -> bool:
     """Whether detect_anomaly is on (as torch.is_anomaly_enabled)."""
     return _Anomaly.enabled
+
+
+class _Grad:
+    enabled = True
+
+
+@contextmanager
+def no_grad() -> Iterator[None]:
+    """Forwards inside keep no caches for a backward (as torch.no_grad): evaluation and prediction
+    hold one layer's temporaries at a time instead of every layer's."""
+    before, _Grad.enabled = _Grad.enabled, False
+    try:
+        yield
+    finally:
+        _Grad.enabled = before
+
+
+def is_grad_enabled() -> bool:
+    """False inside no_grad() (as torch.is_grad_enabled)."""
+    return _Grad.enabled

@@ -1,0 +1,250 @@
+"""Whole models against torch: the ResNet-20 training step, and the peak memory of training runs.
+
+    python -m benchmarks.models [--threads 1] [--rounds 7] [--smoke]
+
+The step: convprop's train_step (one process: BatchNorm) and torch's, on the same weights, batch 128,
+interleaved in one process, medians.  Memory: each framework trains `steps` batches and then
+evaluates 2,000 test images in a fresh process (as `convprop train` does, in eval mode without
+caches), alternating; the peak RSS (VmHWM) of the process, and of the run alone (minus the peak
+before the framework was imported).  benchmarks.suite runs both; this module runs them alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_model(torch, name: str, ours):
+    """torch.nn twin of convprop model `name` (same state_dict keys), weights copied from `ours`."""
+    tnn = torch.nn
+    from collections import OrderedDict
+
+    class Block(tnn.Module):  # torchvision's BasicBlock
+        def __init__(self, b):
+            super().__init__()
+            cin, cout, s = b.conv1.in_channels, b.conv1.out_channels, b.stride
+            self.conv1, self.bn1 = tnn.Conv2d(cin, cout, 3, s, 1, bias=False), tnn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False), tnn.BatchNorm2d(cout)
+            self.relu = tnn.ReLU()
+            self.downsample = None if b.downsample is None else tnn.Sequential(
+                tnn.Conv2d(cin, cout, 1, s, bias=False), tnn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    def twin(m):
+        kind = type(m).__name__
+        if kind == "Sequential":
+            return tnn.Sequential(OrderedDict((k, twin(c)) for k, c in m._modules.items()))
+        if kind == "BasicBlock":
+            return Block(m)
+        if kind == "Conv2d":
+            return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                              bias=m.bias is not None)
+        if kind == "BatchNorm2d":
+            return tnn.BatchNorm2d(m.num_features)
+        if kind == "Linear":
+            return tnn.Linear(m.in_features, m.out_features)
+        if kind == "MaxPool2d":
+            return tnn.MaxPool2d(m.kernel_size, m.stride)
+        if kind == "AdaptiveAvgPool2d":
+            return tnn.AdaptiveAvgPool2d(m.output_size)
+        return getattr(tnn, kind)()
+
+    model = twin(ours)
+    model.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    return model
+
+
+def step_cases(np, torch, smoke: bool) -> list[tuple]:
+    """ResNet-20's training step at batch 128 (CIFAR-sized 32×32×3 images), both frameworks on the
+    same weights and data; Adam.  In the suite's case format."""
+    import convprop.random as R
+    from convprop import models, nn, optim
+    from convprop.train import train_step
+
+    batch = 8 if smoke else 128
+    R.manual_seed(0)
+    model = models.resnet20(in_channels=3)
+    opt, loss_fn = optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def ours():
+        train_step(model, loss_fn, opt, x, y)
+
+    theirs = None
+    if torch:
+        tm = torch_model(torch, "resnet20", model).train()
+        topt = torch.optim.Adam(tm.parameters(), lr=1e-3)
+        xt, yt = torch.tensor(x), torch.tensor(y)
+
+        def theirs():
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(tm(xt), yt).backward()
+            topt.step()
+
+    flops = 3 * resnet_forward_flops(model, batch, 32)
+    return [(f"ResNet-20 training step, batch {batch}, 32×32×3", None, flops, None, None, ours, theirs)]
+
+
+def resnet_forward_flops(model, n: int, hw: int) -> int:
+    """2 · multiply-adds of every convolution and linear layer for n images of hw × hw (one traced forward)."""
+    import numpy as np
+
+    from convprop import nn
+
+    total = 0
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers:
+        def traced(x, m=m, forward=m.forward):
+            nonlocal total
+            out = forward(x)
+            per_output = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                          if isinstance(m, nn.Conv2d) else m.in_features)
+            total += 2 * out.size * per_output
+            return out
+        m.forward = traced
+    try:
+        with nn.no_grad():
+            model.eval()(np.zeros((n, model.conv1.in_channels, hw, hw), model.dtype))
+    finally:
+        for m in layers:
+            del m.forward
+        model.train()
+    return total
+
+
+RUN_SCRIPT = r"""
+import sys, time
+framework, name, steps, batch, evaluate_n, threads, root = sys.argv[1:8]
+steps, batch, evaluate_n, threads = int(steps), int(batch), int(evaluate_n), int(threads)
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+import numpy as np
+from convprop.data import DataLoader, load_mnist
+x, y = load_mnist()
+tx, ty = load_mnist(train=False)
+loader = DataLoader(x, y, batch, shuffle=True, seed=0, max_shift=2)
+test = DataLoader(tx[:evaluate_n], ty[:evaluate_n], 1000)
+import convprop.random as R
+from convprop import models
+R.manual_seed(0)
+ours = models.build(name)
+before = hwm()
+t = time.perf_counter()
+if framework == "convprop":
+    from convprop.allocator import keep_freed_memory
+    keep_freed_memory()  # as `convprop train` does
+    from convprop import nn, optim, set_num_threads
+    from convprop.train import evaluate, train_step
+    set_num_threads(threads)
+    opt, loss_fn = optim.Adam(ours.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+    for k, (xb, yb) in enumerate(loader):
+        if k == steps:
+            break
+        train_step(ours, loss_fn, opt, xb, yb)
+    evaluate(ours, test, loss_fn)
+else:
+    import torch
+    torch.set_num_threads(threads)
+    sys.path.insert(0, root)
+    from benchmarks.models import torch_model
+    model = torch_model(torch, name, ours).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for k, (xb, yb) in enumerate(loader):
+        if k == steps:
+            break
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.from_numpy(xb)), torch.from_numpy(yb)).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        for xb, yb in test:
+            model(torch.from_numpy(xb))
+print(time.perf_counter() - t, hwm(), hwm() - before)
+"""
+
+MEMORY_RUNS = (("resnet20", 128), ("vgg_small", 64))
+
+
+def memory_runs(torch_ok: bool, threads: int, smoke: bool, rounds: int) -> list[dict]:
+    """Peak RSS of `steps` training steps and an evaluation, per model and framework, each in a fresh
+    process (alternating); the largest of the repeats."""
+    steps, evaluate_n = (2, 100) if smoke else (20, 2000)
+    frameworks = ["convprop"] + (["torch"] if torch_ok else [])
+    res: dict = {}
+    for _ in range(1 if smoke else max(2, rounds // 3)):
+        for name, batch in MEMORY_RUNS:
+            for f in frameworks:
+                out = subprocess.run([sys.executable, "-c", RUN_SCRIPT, f, name, str(steps), str(8 if smoke else batch),
+                                      str(evaluate_n), str(threads), ROOT],
+                                     capture_output=True, text=True, cwd=ROOT, check=True)
+                seconds, peak, run = (float(v) for v in out.stdout.split())
+                res.setdefault((name, batch), {}).setdefault(f, []).append((seconds, peak, run))
+    rows = []
+    for (name, batch), by in res.items():
+        row = {"model": name, "batch": batch, "steps": steps, "evaluated": evaluate_n}
+        for f, vals in by.items():
+            row[f"{f}_peak_mb"] = max(p for _, p, _ in vals)
+            row[f"{f}_run_mb"] = max(r for _, _, r in vals)
+            row[f"{f}_s"] = statistics.median(s for s, _, _ in vals)
+        if "torch_peak_mb" in row:
+            row["ratio"] = row["convprop_peak_mb"] / row["torch_peak_mb"]
+        rows.append(row)
+    return rows
+
+
+def memory_line(r: dict) -> str:
+    theirs = (f"torch {r['torch_peak_mb']:.0f} MB (run {r['torch_run_mb']:.0f})  ratio {r['ratio']:.2f}"
+              if "torch_peak_mb" in r else "torch —")
+    return (f"{r['model']} peak RSS, {r['steps']} steps at batch {r['batch']} + evaluating {r['evaluated']}: "
+            f"convprop {r['convprop_peak_mb']:.0f} MB (run {r['convprop_run_mb']:.0f})  {theirs}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, choices=[1, 2], default=1)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args(argv)
+    want = str(args.threads)
+    if os.environ.get("OMP_NUM_THREADS") != want and "numpy" not in sys.modules:
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": want, "OMP_NUM_THREADS": want, "MKL_NUM_THREADS": want}
+        return subprocess.call([sys.executable, "-m", "benchmarks.models", *(sys.argv[1:] if argv is None else argv)],
+                               env=env, cwd=ROOT)
+    import numpy as np
+
+    from benchmarks.suite import _cpu_name, interleaved
+    from convprop import set_num_threads
+
+    set_num_threads(args.threads)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    rounds = 3 if args.smoke else args.rounds
+    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); load average "
+          f"{os.getloadavg()[0]:.1f}")
+    for name, _, flops, _, _, ours, theirs in step_cases(np, torch, args.smoke):
+        t = interleaved({"convprop": ours, **({"torch": theirs} if theirs else {})}, rounds)
+        ratio = f"  ratio {t['convprop'] / t['torch']:.2f}" if "torch" in t else ""
+        print(f"{name}: convprop {t['convprop'] * 1e3:.1f} ms ({flops / t['convprop'] / 1e9:.1f} GFLOP/s)"
+              + (f"  torch {t['torch'] * 1e3:.1f} ms" if "torch" in t else "") + ratio, flush=True)
+    for r in memory_runs(torch is not None, args.threads, args.smoke, rounds):
+        print(memory_line(r), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
