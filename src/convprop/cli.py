@@ -17,7 +17,7 @@ import numpy as np
 from . import checkpoint, models, nn, optim, parallel
 from . import random as _random
 from .data import DataLoader, IDXError, load_mnist, normalize
-from .functional._parallel import get_num_threads, set_num_threads
+from .functional._threads import get_num_threads, set_num_threads
 from .train import Divergence, confusion_matrix, fit, predict
 
 DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=5e-3, optimizer="adam", shift=2, seed=0)
