@@ -364,5 +364,9 @@ def serve(ckpt_path: str | None = None, host: str = "127.0.0.1", port: int = 800
         print(f"convprop serve: listening on {host}, not only this machine's loopback (--host {host}): anyone who "
               "can reach this address can use the page and start training", file=sys.stderr)
     print(f"convprop serve: open {server.url}/ (Ctrl-C to stop)", flush=True)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again
+        pass
+    print("convprop serve: stopped")
     return 0
