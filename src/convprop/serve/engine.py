@@ -67,7 +67,7 @@ def digit_from_pixels(pixels) -> np.ndarray:
     try:
         a = np.asarray(pixels, dtype=np.float64)
     except (ValueError, TypeError):
-        raise InputError(f"pixels: expected a {SIZE}×{SIZE} array of numbers, got a ragged or non-numeric list") \
+        raise InputError(f"pixels: expected a {SIZE}×{SIZE} array of numbers, got a ragged or non-numeric value") \
             from None
     if a.shape != (SIZE, SIZE):
         raise InputError(f"pixels: expected shape ({SIZE}, {SIZE}), got {a.shape}")
