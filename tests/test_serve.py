@@ -279,21 +279,14 @@ def test_training_streams_curves_and_filters_and_stops(server):
 
 
 def test_last_run_and_training_first(tmp_path, monkeypatch):
-    """Without CKPT: the newest runs/*/checkpoint.npz; without one, the default `convprop train` runs first."""
-    import convprop.cli
+    """Without CKPT: the newest runs/*/checkpoint.npz; without one, a `convprop train` run (its Run) first."""
+    from convprop.run import Settings
 
     monkeypatch.chdir(tmp_path)
     assert last_run_checkpoint() is None
-    real_main = convprop.cli.main
-    calls = []
-
-    def small_train(argv):  # the default run, made small for the test
-        calls.append(argv)
-        return real_main(argv + ["--epochs", "1", "--train-size", "256", "--test-size", "100", "--no-progress"])
-
-    monkeypatch.setattr(convprop.cli, "main", small_train)
-    engine = load_engine(None, log=lambda _: None)
-    assert calls == [["train"]] and engine.source == os.path.join("runs", "lenet5-seed0", "checkpoint.npz")
+    small = Settings(epochs=1, train_size=256, test_size=100)  # the default run, made small for the test
+    engine = load_engine(None, log=lambda _: None, train_settings=small)
+    assert engine.source == os.path.join("runs", "lenet5-seed0", "checkpoint.npz") and engine.meta["epoch"] == 1
     R.manual_seed(1)
     checkpoint.save("runs/newer/checkpoint.npz", models.lenet5(), "lenet5", {"num_classes": 10})
     assert last_run_checkpoint() == os.path.join("runs", "newer", "checkpoint.npz")

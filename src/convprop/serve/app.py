@@ -247,20 +247,19 @@ def last_run_checkpoint(root: str = "runs") -> str | None:
     return max(found, key=os.path.getmtime) if found else None
 
 
-def load_engine(ckpt_path: str | None, log=print) -> Engine:
-    """The engine for CKPT; without one, the last `convprop train` run's, or train the default LeNet-5 first."""
+def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine:
+    """The engine for CKPT; without one, the last `convprop train` run's, or train first: the default run
+    (LeNet-5, `convprop train`'s Run, with its progress bar), or one of `train_settings` (a run.Settings)."""
     from .. import checkpoint
 
     if ckpt_path is None:
         ckpt_path = last_run_checkpoint()
         if ckpt_path is None:
-            from ..cli import main as cli_main
+            from ..run import Settings, run_training
 
             log("convprop serve: no checkpoint given and no runs/*/checkpoint.npz here: training the default "
-                "LeNet-5 first (convprop train)")
-            if cli_main(["train"]) != 0:
-                raise RuntimeError("training the default model failed (see above)")
-            ckpt_path = last_run_checkpoint()
+                "LeNet-5 first, as convprop train does")
+            ckpt_path = run_training(train_settings or Settings(), log=log).ckpt_path
         else:
             log(f"convprop serve: using the last training run's checkpoint, {ckpt_path}")
     ckpt = checkpoint.load(ckpt_path)
