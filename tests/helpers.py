@@ -36,7 +36,8 @@ def layout(a, batch_last: bool):
 
 def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):
     """F.<name>(*arrays, *args, **kw) and F.<name>_backward against torch.nn.functional.<name>:
-    the output, and the gradient of every array input (None inputs must get None gradients).
+    the output, and the gradient of every array input (None inputs must get None gradients);
+    NumPy arrays among args (indices) go to torch as tensors, without gradients.
     Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
     arrays = [None if a is None else np.asarray(a) if np.asarray(a).dtype.kind in "iub"
@@ -45,9 +46,10 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **k
     out, cache = getattr(F, name)(*arrays, *args, **kw)
     # integer arrays (class indices) are inputs without a gradient, as are NumPy keyword arguments (weights)
     leaves = [None if a is None else torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+    targs = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args]  # e.g. max_unpool2d's indices
     tkw = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
     fn = getattr(TF, torch_name or name, None) or getattr(torch, torch_name or name)  # e.g. torch.flatten
-    ref = fn(*leaves, *args, **tkw)
+    ref = fn(*leaves, *targs, **tkw)
     assert_close(out, ref, dtype, f"{name} forward")
     dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))
