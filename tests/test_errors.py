@@ -18,7 +18,7 @@ _, lin_cache = F.linear(np.zeros((2, 5), np.float32), np.zeros((3, 5), np.float3
 CASES = [  # (call, exception, words the message must contain)
     (lambda: F.conv2d(x.astype(np.int64), w), TypeError, ["x", "floating", "int64"]),
     (lambda: F.conv2d(x.tolist(), w), TypeError, ["x", "NumPy array", "list"]),
-    (lambda: F.conv2d(x[0], w), ValueError, ["x", "4 dimensions", "got 3"]),
+    (lambda: F.conv2d(x[0, 0], w), ValueError, ["x", "4 dimensions", "C, H, W unbatched", "got 2"]),
     (lambda: F.conv2d(x, w[:, :3]), ValueError, ["w", "w.shape[1] == 4", "(6, 3, 3, 3)"]),
     (lambda: F.conv2d(x, w.astype(np.float64)), TypeError, ["w", "float32", "float64"]),
     (lambda: F.conv2d(x, w[:, :2], groups=3), ValueError, ["groups", "4 channels", "3"]),

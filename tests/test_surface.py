@@ -218,3 +218,87 @@ def test_sequence_and_adaptive_modules_match_torch():
         out, ref = ours_pool(img), their_pool(torch.tensor(img))
         for a, b in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- conv and pooling surface
+@pytest.mark.parametrize("k, d, groups", [(2, 1, 1), (3, 1, 1), (4, 1, 2), (4, 2, 1), (3, 3, 1), ((2, 5), 1, 1),
+                                          ((4, 1), (1, 3), 2), (1, 1, 1)])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_conv2d_same_and_valid_padding_as_torch(k, d, groups, padding):
+    """'same' with an even d·(k − 1) pads one more row/column at the bottom/right, as torch."""
+    rng = np.random.default_rng(9)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x, w = rng.standard_normal((2, 4, 9, 10)), rng.standard_normal((6, 4 // groups, kh, kw))
+    out, _ = check_op("conv2d", [x, w, rng.standard_normal(6)], padding=padding, dilation=d, groups=groups)
+    check_op("conv2d", [x, w, None], dtype=np.float32, seed=1, padding=padding, dilation=d, groups=groups)
+    if padding == "same":
+        assert out.shape[2:] == x.shape[2:]
+
+
+@pytest.mark.parametrize("op, arrays, args, kw", [
+    ("conv2d", [(3, 7, 8), (4, 3, 3, 3), (4,)], (), {"stride": 2, "padding": 1}),
+    ("conv2d", [(4, 7, 8), (4, 2, 2, 3), None], (), {"padding": "same", "groups": 2}),
+    ("conv_transpose2d", [(3, 5, 4), (3, 2, 4, 4), (2,)], (), {"stride": 2, "padding": 1}),
+    ("max_pool2d", [(3, 7, 8)], (3,), {"stride": 2, "padding": 1, "ceil_mode": True}),
+    ("avg_pool2d", [(3, 7, 8)], (2,), {"count_include_pad": False, "padding": 1}),
+    ("avg_pool2d", [(3, 7, 8)], (3,), {"divisor_override": 5, "stride": 2}),
+])
+def test_unbatched_conv_and_pooling(op, arrays, args, kw):
+    from test_functional import tie_free
+
+    rng = np.random.default_rng(10)
+    arrays = [None if s is None else tie_free(rng, s) for s in arrays]
+    _, cache = check_op(op, arrays, *args, **kw)
+    check_op(op, arrays, *args, dtype=np.float32, seed=1, **kw)
+    if op == "max_pool2d":
+        _, ref = torch.nn.functional.max_pool2d(torch.tensor(arrays[0]), *args, return_indices=True, **kw)
+        np.testing.assert_array_equal(cache.indices, ref.numpy())
+
+
+@pytest.mark.parametrize("k, kw", [(2, {"divisor_override": 3}),
+                                   (3, {"stride": 2, "padding": 1, "divisor_override": 2}),
+                                   ((2, 3), {"ceil_mode": True, "divisor_override": 7})])
+def test_avg_pool2d_divisor_override(k, kw):
+    check_op("avg_pool2d", [np.random.default_rng(11).standard_normal((2, 3, 7, 8))], k, **kw)
+
+
+def test_positional_arguments_in_torch_order():
+    rng = np.random.default_rng(12)
+    x, w, b = rng.standard_normal((2, 4, 8, 8)), rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6)
+    check_op("conv2d", [x, w, b], 2, 1, 1, 2)  # stride, padding, dilation, groups
+    w_t = rng.standard_normal((4, 3, 3, 3))
+    check_op("conv_transpose2d", [x, w_t, None], 2, 1, 1, 2, 1)  # stride, padding, output_padding, groups, dilation
+    check_op("max_pool2d", [x], 3, 2, 1, 1, True)  # kernel, stride, padding, dilation, ceil_mode
+    check_op("avg_pool2d", [x], 3, 2, 1, True, False, None)  # …, ceil_mode, count_include_pad, divisor_override
+    check_op("conv1d", [x[:, :, 0], w[:, :, 0], b], 1, "same", 2, 2)
+
+
+def test_padding_errors_name_the_argument():
+    x, w = np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="'same' is for stride 1"):
+        F.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding: expected an int, a pair, 'same' or 'valid', got 'full'"):
+        F.conv2d(x, w, padding="full")
+    with pytest.raises(ValueError, match="divisor_override"):
+        F.avg_pool2d(x, 2, divisor_override=0)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(3, 3, 3\)"):
+        F.conv2d_backward(np.zeros((1, 3, 3, 3)), F.conv2d(x[0], w)[1])
+
+
+def test_modules_take_unbatched_images_and_string_padding():
+    from helpers import assert_close
+
+    from convprop import nn
+
+    tnn = torch.nn
+    ours = nn.Sequential(nn.Conv2d(2, 3, 4, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 3),
+                         nn.AvgPool2d(2, divisor_override=3), nn.AdaptiveAvgPool2d((1, 2))).to(np.float64)
+    theirs = tnn.Sequential(tnn.Conv2d(2, 3, 4, padding="same"), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(3, 2, 3),
+                            tnn.AvgPool2d(2, divisor_override=3), tnn.AdaptiveAvgPool2d((1, 2))).double()
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+    x = np.random.default_rng(13).standard_normal((2, 12, 12))  # one image, no batch axis
+    xt = torch.tensor(x, requires_grad=True)
+    ref = theirs(xt)
+    assert_close(ours(x), ref, np.float64, "out")
+    ref.backward(torch.ones_like(ref))
+    assert_close(ours.backward(np.ones(ref.shape)), xt.grad, np.float64, "dx")

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
 from . import _checks as chk
 from . import _threads
 from ._tiling import Tile, batch_last_pays, each_tile, is_batch_last_view, window_view
+from ._unbatched import unbatched, unbatched_backward
 from ._windows import Col2im, Pair, allocate, batch_last, is_batch_last, out_size, unpad
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
@@ -185,7 +187,7 @@ def _subpixel_route(dz: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, pa
 
 # --------------------------------------------------------------------------- shared checks
 def _conv_args(x, w, stride, padding, dilation, groups, transposed: bool):
-    chk.float_array(x, "x", 4, "N, C, H, W")
+    chk.float_array(x, "x", 4, "N, C, H, W; or C, H, W unbatched")
     chk.float_array(w, "w", 4, "Cin, Cout/groups, kh, kw" if transposed else "Cout, Cin/groups, kh, kw")
     chk.same_dtype(x, w, "w")
     stride = chk.pair(stride, "stride", 1)
@@ -235,25 +237,48 @@ class Conv2dCache(_ConvCache):
 
     windows: np.ndarray
     x_hw: Pair
+    extra: Pair = (0, 0)  # 'same' padding's extra bottom/right zeros, cropped from ∂A
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, stride: int | Pair = 1,
-           padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1,
+@unbatched  # (C, H, W): a batch of one
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, stride: int | Pair = 1,
+           padding: int | Pair | str = 0, dilation: int | Pair = 1, groups: int = 1,
            ) -> tuple[np.ndarray, Conv2dCache]:
     """Z = K * A + B (a cross-correlation, as torch.nn.functional.conv2d).
 
-    x (N, Cin, H, W), w (Cout, Cin/groups, kh, kw), b (Cout,) or None
+    x (N, Cin, H, W) or (Cin, H, W), w (Cout, Cin/groups, kh, kw), b (Cout,) or None
     -> out (N, Cout, OH, OW) with OH = ⌊(H + 2p − d(kh−1) − 1)/s⌋ + 1, and the cache for backward.
+    padding 'valid' is 0; 'same' (stride 1) pads d(k−1) in all, the odd one at the bottom/right, as torch.
     """
+    padding, extra = _string_padding(padding, stride, dilation, w)
+    if isinstance(x, np.ndarray) and x.ndim == 4 and any(extra):  # 'same' with an even kernel: one more row/col
+        x = np.pad(x, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
     stride, padding, dilation, groups = _conv_args(x, w, stride, padding, dilation, groups, False)
     b = chk.bias(b, x, w.shape[0])
     (_, _, h, wd), (_, _, kh, kw) = x.shape, w.shape
     oh = chk.output_size(out_size(h, kh, stride[0], padding[0], dilation[0]), "x (height)")
     ow = chk.output_size(out_size(wd, kw, stride[1], padding[1], dilation[1]), "x (width)")
     out, win = _conv_forward(x, w, b, stride, padding, dilation, groups, (oh, ow))
-    return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, win, (h, wd))
+    return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, win, (h, wd), extra)
 
 
+def _string_padding(padding, stride, dilation, w) -> tuple[Any, Pair]:
+    """padding 'valid' -> 0; 'same' -> the symmetric part d(k−1)//2 and the extra (0 or 1) zero
+    row/column torch adds at the bottom/right when d(k−1) is odd.  Other values pass through."""
+    if not isinstance(padding, str):
+        return padding, (0, 0)
+    if padding == "valid":
+        return 0, (0, 0)
+    if padding != "same":
+        raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}")
+    if chk.pair(stride, "stride", 1) != (1, 1):
+        raise ValueError(f"padding: 'same' is for stride 1 (as in torch), got stride {stride}")
+    chk.float_array(w, "w", 4, "Cout, Cin/groups, kh, kw")
+    total = [d * (k - 1) for d, k in zip(chk.pair(dilation, "dilation", 1), w.shape[2:])]
+    return (total[0] // 2, total[1] // 2), (total[0] % 2, total[1] % 2)
+
+
+@unbatched_backward
 def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = True,
                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of conv2d for the upstream gradient ∂Z = dout (N, Cout, OH, OW).
@@ -269,7 +294,8 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
     dz = chk.grad_output(dout, c.out_shape, c.w.dtype)
 
     def data() -> np.ndarray:
-        return _data_grad(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups)  # ∂A = K ⋆ᵀ ∂Z
+        da = _data_grad(dz, c.w, c.x_hw, c.stride, c.padding, c.dilation, c.groups)  # ∂A = K ⋆ᵀ ∂Z
+        return da[:, :, :c.x_hw[0] - c.extra[0], :c.x_hw[1] - c.extra[1]] if any(c.extra) else da
 
     def weight() -> np.ndarray:
         return _weight_grad(dz, c.windows, c.groups)  # ∂K = Σ_ij A_patch_ij ⊙ ∂Z_ij
@@ -289,10 +315,10 @@ class ConvTranspose2dCache(_ConvCache):
     x: np.ndarray
 
 
-def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
-                     stride: int | Pair = 1, padding: int | Pair = 0, output_padding: int | Pair = 0,
-                     dilation: int | Pair = 1, groups: int = 1,
-                     ) -> tuple[np.ndarray, ConvTranspose2dCache]:
+@unbatched  # (C, H, W): a batch of one
+def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, stride: int | Pair = 1,
+                     padding: int | Pair = 0, output_padding: int | Pair = 0, groups: int = 1,
+                     dilation: int | Pair = 1) -> tuple[np.ndarray, ConvTranspose2dCache]:
     """Y = K ⋆ᵀ X + B: the transposed convolution, i.e. conv2d's backward-data applied to x.
 
     x (N, Cin, H, W), w (Cin, Cout/groups, kh, kw), b (Cout,) or None -> out (N, Cout, OH, OW),
@@ -317,6 +343,7 @@ def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, 
     return out, ConvTranspose2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, x)
 
 
+@unbatched_backward
 def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, input_grad: bool = True,
                               ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of conv_transpose2d for dout (N, Cout, OH, OW).

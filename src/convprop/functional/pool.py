@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _checks as chk
 from . import _threads
+from ._unbatched import unbatched, unbatched_backward
 from ._windows import Pair, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
@@ -57,7 +58,7 @@ class _Geometry:
 
 
 def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry:
-    chk.float_array(x, "x", 4, "N, C, H, W")
+    chk.float_array(x, "x", 4, "N, C, H, W; or C, H, W unbatched")
     kernel = chk.pair(kernel_size, "kernel_size", 1)
     stride = kernel if stride is None else chk.pair(stride, "stride", 1)
     padding = chk.pair(padding, "padding", 0)
@@ -95,12 +96,13 @@ class MaxPool2dCache:
         return rows * g.x_shape[3] + cols
 
 
-def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | None = None,
+@unbatched  # (C, H, W): a batch of one
+def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None = None,
                padding: int | Pair = 0, dilation: int | Pair = 1, ceil_mode: bool = False,
                ) -> tuple[np.ndarray, MaxPool2dCache]:
     """Z^l_ij = max of window ij (padding counts as −inf), as torch.nn.functional.max_pool2d.
 
-    x (N, C, H, W) -> out (N, C, OH, OW); cache.indices (N, C, OH, OW) int64 as torch's.
+    x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW); cache.indices (N, C, OH, OW) int64 as torch's.
     Ties go to the first offset in row-major window order; a NaN wins, as in torch.
     """
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
@@ -129,6 +131,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
     return out, MaxPool2dCache(argmax, g, x.dtype)
 
 
+@unbatched_backward
 def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     """∂Z^{l-1} = max-unpool(∂Z^l): each ∂Z^l_ij lands on its window's argmax in a zero mask.
 
@@ -157,7 +160,7 @@ class MaxUnpool2dCache:
     dtype: np.dtype
 
 
-def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair, *,
+def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
                  stride: int | Pair | None = None, padding: int | Pair = 0,
                  output_size: tuple[int, ...] | None = None) -> tuple[np.ndarray, MaxUnpool2dCache]:
     """Put every x[n, c, i, j] at flat position indices[n, c, i, j] of a zero (H, W) plane.
@@ -221,19 +224,24 @@ def _window_counts(size: int, k: int, s: int, p: int, n_out: int, include_pad: b
     return np.minimum(end, size) - np.maximum(start, 0)
 
 
-def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | None = None,
+@unbatched  # (C, H, W): a batch of one
+def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None = None,
                padding: int | Pair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-               ) -> tuple[np.ndarray, AvgPool2dCache]:
+               divisor_override: int | None = None) -> tuple[np.ndarray, AvgPool2dCache]:
     """Z^l_ij = Σ window ij / r_size, as torch.nn.functional.avg_pool2d.
 
-    x (N, C, H, W) -> out (N, C, OH, OW).  r_size counts the zero padding when count_include_pad.
+    x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW).  r_size counts the zero padding when
+    count_include_pad; divisor_override replaces it for every window.
     """
     g = _geometry(x, kernel_size, stride, padding, 1, ceil_mode)
     win = g.view(x, 0.0)
     kh, kw = g.kernel
-    counts = [_window_counts(x.shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a],
-                             bool(count_include_pad)) for a in range(2)]
-    divisor = np.outer(*counts).astype(x.dtype)  # r_size (OH, OW)
+    if divisor_override is not None:
+        divisor = np.full(g.out, chk.positive_int(divisor_override, "divisor_override"), x.dtype)
+    else:
+        counts = [_window_counts(x.shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a],
+                                 bool(count_include_pad)) for a in range(2)]
+        divisor = np.outer(*counts).astype(x.dtype)  # r_size (OH, OW)
     out = np.empty_like(win[:, :, 0, 0])
 
     def window_mean(block: slice) -> None:
@@ -247,6 +255,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
     return out, AvgPool2dCache(divisor, g, x.dtype)
 
 
+@unbatched_backward
 def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     """∂Z^{l-1} = Σ_windows ∂Z^l_ij / r_size spread evenly over window ij (overlaps sum).
 

@@ -55,13 +55,14 @@ class _Layer(Module):
     def _input(self, x, size: int | None = None, axis: int = 1, ndim: int | None = None) -> np.ndarray:
         """x in the parameters' dtype, with `ndim` dimensions and `size` entries along `axis`."""
         if ndim is not None:
-            chk.float_array(x, "x", ndim, "N, C, H, W")
+            chk.float_array(x, "x", ndim, "N, C, H, W" if ndim == 4 else "N, C, H, W or C, H, W")
         if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.dtype != self.dtype and self._parameters:
             raise TypeError(f"x: expected dtype {self.dtype} (this {type(self).__name__}'s parameters; cast x or "
                             f"call model.to({x.dtype.name})), got {x.dtype}")
         if size is not None and isinstance(x, np.ndarray) and x.ndim > max(axis, -axis - 1) \
                 and x.shape[axis] != size:
             what = {-1: "features (last dimension)", 1: "channels (dimension 1)"}.get(axis, "channels")
+            what = "channels (dimension 1, or 0 unbatched)" if axis == -3 else what
             raise ValueError(f"x: expected {size} {what} for {self!r}, got shape {x.shape}")
         return x
 
@@ -133,7 +134,8 @@ class Conv2d(_ConvNd):
                          transposed=False)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        out, self._cache = F.conv2d(self._input(x, self.in_channels, ndim=4), self.weight.data, self._data("bias"),
+        out, self._cache = F.conv2d(self._input(x, self.in_channels, axis=-3, ndim=(3, 4)), self.weight.data,
+                                    self._data("bias"),
                                     stride=self.stride, padding=self.padding, dilation=self.dilation,
                                     groups=self.groups)
         return out
@@ -152,8 +154,9 @@ class ConvTranspose2d(_ConvNd):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.conv_transpose2d(
-            self._input(x, self.in_channels, ndim=4), self.weight.data, self._data("bias"), stride=self.stride,
-            padding=self.padding, output_padding=self.output_padding, dilation=self.dilation, groups=self.groups)
+            self._input(x, self.in_channels, axis=-3, ndim=(3, 4)), self.weight.data, self._data("bias"),
+            stride=self.stride, padding=self.padding, output_padding=self.output_padding, dilation=self.dilation,
+            groups=self.groups)
         return out
 
 
@@ -218,14 +221,15 @@ class AvgPool2d(_Layer):
     _backward_fn = staticmethod(F.avg_pool2d_backward)
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True) -> None:
+                 count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.avg_pool2d(x, self.kernel_size, stride=self.stride, padding=self.padding,
-                                        ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
+                                        ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
+                                        divisor_override=self.divisor_override)
         return out
 
 
