@@ -176,3 +176,16 @@ def test_no_grad_forwards_keep_no_caches_and_give_the_same_output():
     pool = nn.MaxPool2d(2, return_indices=True)
     with nn.no_grad():
         assert pool(x)[1].shape == (2, 1, 6, 6)
+
+
+@pytest.mark.parametrize("options", [{}, {"size": 5, "kernel": 2, "seed": 3}, {"size": 6, "kernel": 5, "seed": 1}])
+def test_explain_residual_shows_the_join_and_the_fork_on_numbers(options):
+    from convprop.explain import explain, render_text
+
+    e = explain("residual", **options)
+    assert e.ok and len(e.checks) == 3 and not e.checks[2].agree  # forgetting the fork's sum must differ
+    fork = next(s for s in e.steps if "fork adds" in s.title).arrays
+    np.testing.assert_array_equal(fork["∂x"], fork["∂x|_f"] + fork["∂x|_shortcut"])
+    join = next(s for s in e.steps if "join hands" in s.title).arrays
+    np.testing.assert_array_equal(join["∂f"], join["∂(shortcut)"])
+    assert max(len(line) for line in render_text(e).splitlines()) <= 80

@@ -15,7 +15,7 @@ import numpy as np
 from . import functional as F
 from .gradcheck import numeric_gradient
 
-TOPICS = ("conv", "transposed-conv", "maxpool", "avgpool", "linear", "network")
+TOPICS = ("conv", "transposed-conv", "maxpool", "avgpool", "linear", "network", "residual")
 WIDTH = 80
 
 
@@ -324,6 +324,47 @@ def explain_network(size: int = 6, seed: int = 0, **_) -> Explanation:
     return e
 
 
+# --------------------------------------------------------------------------- residual
+def explain_residual(size: int = 4, kernel: int = 3, seed: int = 0, **_) -> Explanation:
+    """The fork and the join of a residual block y = ReLU(K * x + x), on small integers."""
+    rng = np.random.default_rng(seed)
+    x = _ints(rng, -2, 3, (1, 1, size, size))
+    K = _ints(rng, -1, 2, (1, 1, kernel, kernel), nonzero=True)
+    f, conv_cache = F.conv2d(x, K, padding="same")  # the branch f(x) = K * x, as large as x
+    s = f + x  # the join
+    y, relu_cache = F.relu(s)
+    dy = _ints(rng, -2, 3, y.shape, nonzero=True)
+    dy[s == 0] = 0  # no ∂ into ReLU's kink, where central differences would be one-sided
+    ds = F.relu_backward(dy, relu_cache)
+    dx_f, dK, _ = F.conv2d_backward(ds, conv_cache)  # the branch's ∂x and ∂K, from ∂f = ∂s
+    dx = dx_f + ds  # the fork: x fed the branch and the shortcut, so their ∂x add
+    e = Explanation("residual", "Forks and joins: backprop through a residual block",
+                    f"y = ReLU(s), s = f(x) + x with f(x) = K * x ({kernel}×{kernel}, 'same' padding): the "
+                    "input x forks into the convolution and the identity shortcut, and the two join in a sum. "
+                    "At a join (s = a + b) the gradient goes to both branches unchanged: ∂a = ∂b = ∂s. At a fork "
+                    "(x used twice) the gradients of the uses add: ∂x = ∂x|_f + ∂x|_shortcut.")
+    e.steps.append(Step("Forward: fork, branch, join", "f = K * x,   s = f + x,   y = ReLU(s)",
+                        {"x": x, "K": K, "f = K * x": f, "s = f + x": s, "y": y}))
+    e.steps.append(Step("Back through the activation", "∂s = ∂y ⊙ [s > 0]", {"∂y": dy, "[s > 0]": (s > 0) * 1.0,
+                                                                            "∂s": ds}))
+    e.steps.append(Step("The join hands ∂s to both branches", "∂f = ∂s,   ∂(shortcut) = ∂s",
+                        {"∂f": ds, "∂(shortcut)": ds}))
+    e.steps.append(Step("Back through the branch (a convolution)", "∂x|_f = K ⋆ᵀ ∂f,   ∂K = Σ_ij x_patch_ij ⊙ ∂f_ij",
+                        {"∂x|_f": dx_f, "∂K": dK}))
+    e.steps.append(Step("The fork adds the gradients of x's two uses", "∂x = ∂x|_f + ∂x|_shortcut = K ⋆ᵀ ∂s + ∂s",
+                        {"∂x|_f": dx_f, "∂x|_shortcut": ds, "∂x": dx},
+                        note="The identity's Jacobian is I, so the shortcut passes ∂s through untouched: the gradient "
+                             "reaches x even where the branch's weights are small - why deep ResNets train."))
+
+    def block(a, k):
+        return F.relu(F.conv2d(a, k, padding="same")[0] + a)[0]
+
+    n_x, n_K = numeric_gradient(block, [x.copy(), K.copy()], dy)
+    e.checks += [Check("∂x", dx, n_x), Check("∂K", dK, n_K),
+                 Check("∂x|_f alone (the fork's sum forgotten)", dx_f, n_x, agree=False)]
+    return e
+
+
 LAYER_RULES = {
     "Linear": "∂A = ∂Z W  (= Wᵀ ∂Z as columns),  ∂W = ∂Zᵀ A,  ∂b = Σ ∂Z",
     "Flatten": "∂ reshaped back to (C, H, W)",
@@ -333,7 +374,8 @@ LAYER_RULES = {
 }
 
 BUILDERS = {"conv": explain_conv, "transposed-conv": explain_transposed_conv, "maxpool": explain_maxpool,
-            "avgpool": explain_avgpool, "linear": explain_linear, "network": explain_network}
+            "avgpool": explain_avgpool, "linear": explain_linear, "network": explain_network,
+            "residual": explain_residual}
 
 
 def explain(topic: str, **options) -> Explanation:
