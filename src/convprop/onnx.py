@@ -306,20 +306,46 @@ _INTS = {7: np.int64, 6: np.int32}  # TensorProto.INT64, INT32 (shapes)
 _TYPED_FIELD = {1: "float_data", 11: "double_data", 7: "int64_data", 6: "int32_data"}
 
 
+def _type_name(code: int) -> str:
+    try:
+        return _onnx().TensorProto.DataType.Name(code)
+    except ValueError:
+        return str(code)
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
-def _tensor(t, where: str, limit: int) -> np.ndarray:
+def _external(t, where: str, directory: str | None, nbytes: int) -> bytes:
+    """The bytes of a tensor stored beside the model (torch.onnx.export's external data): a file of
+    the model's directory named without any path, its offset and length checked against its size."""
+    info = {e.key: e.value for e in t.external_data}
+    name = info.get("location", "")
+    if directory is None or not name or os.path.basename(name) != name or name in (".", ".."):
+        raise OnnxError(f"{where}: tensor {t.name!r} names external data {name!r}; only a file beside the "
+                        "model, named without a path, is read")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
+    except ValueError:
+        raise OnnxError(f"{where}: tensor {t.name!r} has a malformed external data offset or length") from None
+    file = os.path.join(directory, name)
+    size = os.path.getsize(file) if os.path.isfile(file) else -1
+    if length != nbytes or offset < 0 or offset + length > size:
+        raise OnnxError(f"{where}: tensor {t.name!r} needs {nbytes:,} bytes at offset {offset:,} of {name!r} "
+                        f"({'missing' if size < 0 else f'{size:,} bytes'}; length {length:,})")
+    with open(file, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def _tensor(t, where: str, limit: int, directory: str | None = None) -> np.ndarray:
     """A TensorProto as an array, its declared shape checked against its bytes and `limit` first."""
     dtypes = {**_FLOATS, **_INTS}
     if t.data_type not in dtypes:
-        raise OnnxError(f"{where}: tensor {t.name!r} has data type {t.data_type} "
+        raise OnnxError(f"{where}: tensor {t.name!r} has data type {_type_name(t.data_type)} "
                         "(supported: float32, float64, and int64/int32 for shapes)")
-    if t.data_location == 1 or len(t.external_data):
-        raise OnnxError(f"{where}: tensor {t.name!r} keeps its data in an external file; "
-                        "only self-contained ONNX files are read")
     if t.HasField("segment"):
         raise OnnxError(f"{where}: tensor {t.name!r} is segmented; not supported")
     dims = [int(d) for d in t.dims]
@@ -330,7 +356,9 @@ def _tensor(t, where: str, limit: int) -> np.ndarray:
         raise OnnxError(f"{where}: tensor {t.name!r} declares shape {dims} ({n:,} elements), over the limit "
                         f"of {limit:,}")
     dtype = np.dtype(dtypes[t.data_type]).newbyteorder("<")
-    if t.raw_data:
+    if t.data_location == 1 or len(t.external_data):
+        a = np.frombuffer(_external(t, where, directory, n * dtype.itemsize), dtype)
+    elif t.raw_data:
         if len(t.raw_data) != n * dtype.itemsize:
             raise OnnxError(f"{where}: tensor {t.name!r} declares shape {dims} ({n * dtype.itemsize:,} bytes) "
                             f"but holds {len(t.raw_data):,} bytes")
@@ -374,7 +402,8 @@ class _Reader:
             if name not in self.raw_consts:
                 raise OnnxError(f"{self.where(node)}: input {index} ({what}) {name!r} must be a constant "
                                 "(an initializer), not computed in the graph")
-            self.consts[name] = _tensor(self.raw_consts[name], self.where(node), self.limit)
+            self.consts[name] = _tensor(self.raw_consts[name], self.where(node), self.limit,
+                                        os.path.dirname(os.path.abspath(self.path)))
         return self.consts[name]
 
     def optional_const(self, node, index: int, what: str) -> np.ndarray | None:
@@ -499,6 +528,8 @@ def _import_pool(r: _Reader, node) -> nn.Module:
         raise r.refuse(node, "pads", pads)
     if pads[:2] != pads[2:]:
         raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+    if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
+        raise r.refuse(node, "pads", pads, f"torch and convprop pool with at most half the kernel {list(kernel)}")
     ceil = bool(at["ceil_mode"])
     try:
         if avg:
@@ -559,7 +590,7 @@ def _import_reshape(r: _Reader, node) -> nn.Module:
     at = r.attrs(node, dict(allowzero=0))
     shape = [int(s) for s in r.const(node, 1, "shape").reshape(-1)]
     dims = r.shapes.get(node.input[0])
-    if not at["allowzero"] and shape.count(-1) <= 1:
+    if not (at["allowzero"] and 0 in shape) and shape.count(-1) <= 1:  # allowzero: a 0 means size 0
         if shape in ([0, -1], [-1, -1]) or dims is None or None in dims[1:]:
             if shape == [0, -1] or (shape[:1] == [-1] and len(shape) == 2 and dims and None not in dims[1:]
                                     and shape[1] in (-1, math.prod(dims[1:]))):
@@ -602,9 +633,22 @@ def _import_global_pool(r: _Reader, node) -> nn.Module:
     return nn.AdaptiveAvgPool2d(1)
 
 
+def _import_reduce_mean(r: _Reader, node) -> nn.Module:
+    """The mean over H and W, keeping them (torch.onnx.export's AdaptiveAvgPool2d(1)): global pooling."""
+    at = r.attrs(node, dict(axes=None, keepdims=1, noop_with_empty_axes=0))
+    axes = at["axes"] if at["axes"] is not None else r.optional_const(node, 1, "axes")
+    rank = len(r.shapes.get(node.input[0]) or [None] * 4)
+    axes = sorted(int(a) % rank for a in np.asarray(axes if axes is not None else []).reshape(-1))
+    if rank != 4 or axes != [2, 3] or not at["keepdims"]:
+        raise OnnxError(f"{r.where(node)}: only the mean over H and W with keepdims=1 (global average pooling) "
+                        f"is supported, got axes {axes} of a {rank}-D input, keepdims={at['keepdims']}")
+    return nn.AdaptiveAvgPool2d(1)
+
+
 IMPORTERS: dict[str, Callable] = {
     "Conv": _import_conv, "ConvTranspose": _import_conv, "MaxPool": _import_pool, "AveragePool": _import_pool,
-    "GlobalAveragePool": _import_global_pool, "Gemm": _import_gemm, "BatchNormalization": _import_batchnorm,
+    "GlobalAveragePool": _import_global_pool, "ReduceMean": _import_reduce_mean, "Gemm": _import_gemm,
+    "BatchNormalization": _import_batchnorm,
     "Flatten": _import_flatten, "Reshape": _import_reshape, "Dropout": _import_dropout,
     "Relu": _simple(nn.ReLU), "Sigmoid": _simple(nn.Sigmoid), "Tanh": _simple(nn.Tanh),
     "LeakyRelu": _simple(nn.LeakyReLU, alpha=0.01),
@@ -652,7 +696,8 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
                         f"{len(g.output)} outputs (weights must be initializers)")
     elem = g.input[[i.name for i in g.input].index(data_inputs[0])].type.tensor_type.elem_type
     if elem not in _FLOATS:
-        raise OnnxError(f"{path}: input {data_inputs[0]!r} has element type {elem}; expected float32 or float64")
+        raise OnnxError(f"{path}: input {data_inputs[0]!r} has element type {_type_name(elem)}; "
+                        "expected float32 or float64")
     consumers: dict[str, int] = {g.output[0].name: 1}
     for node in g.node:
         for i in node.input:
@@ -674,6 +719,10 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
             r.consts[node.output[0]] = _tensor(at["value"], r.where(node), limit)
             continue
         data = [i for i in node.input if i and not r.is_const(i)]
+        if op == "Identity" and not data:  # a constant under another name (torch's shared weights)
+            r.attrs(node, {})
+            r.consts[node.output[0]] = r.const(node, 0, "input")
+            continue
         for i in data:
             if i not in alias:
                 raise OnnxError(f"{r.where(node)}: input {i!r} is not computed before this node "
