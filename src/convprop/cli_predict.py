@@ -54,7 +54,7 @@ def run(args) -> int:
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start:start + CHUNK]
         read = [read_digit(p) for p in chunk]
-        probs = predict(model, normalize(np.stack([d for d, _ in read])).astype(model.dtype, copy=False))
+        probs = predict(model, normalize(np.stack([d for d, _ in read]), dtype=model.dtype))
         if names is None:
             saved = ckpt["meta"].get("args")
             names = class_names(saved.get("data") if isinstance(saved, dict) else None, probs.shape[1])
