@@ -5,8 +5,9 @@
 The step: convprop's train_step (one process: BatchNorm) and torch's, on the same weights, batch 128,
 interleaved in one process, medians.  Memory: each framework trains `steps` batches and then
 evaluates 2,000 test images in a fresh process (as `convprop train` does, in eval mode without
-caches), alternating; the peak RSS (VmHWM) of the process, and of the run alone (minus the peak
-before the framework was imported).  benchmarks.suite runs both; this module runs them alone.
+caches), alternating; the peak RSS (VmHWM) of the process, and what the training and evaluation
+added to it (the peak minus the peak once the framework was imported and the model built).
+benchmarks.suite runs both; this module runs them alone.
 """
 
 from __future__ import annotations
@@ -139,7 +140,6 @@ import convprop.random as R
 from convprop import models
 R.manual_seed(0)
 ours = models.build(name)
-before = hwm()
 t = time.perf_counter()
 if framework == "convprop":
     from convprop.allocator import keep_freed_memory
@@ -148,6 +148,7 @@ if framework == "convprop":
     from convprop.train import evaluate, train_step
     set_num_threads(threads)
     opt, loss_fn = optim.Adam(ours.parameters(), lr=1e-3), nn.CrossEntropyLoss()
+    ready = hwm()
     for k, (xb, yb) in enumerate(loader):
         if k == steps:
             break
@@ -160,6 +161,7 @@ else:
     from benchmarks.models import torch_model
     model = torch_model(torch, name, ours).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ready = hwm()
     for k, (xb, yb) in enumerate(loader):
         if k == steps:
             break
@@ -170,7 +172,7 @@ else:
     with torch.no_grad():
         for xb, yb in test:
             model(torch.from_numpy(xb))
-print(time.perf_counter() - t, hwm(), hwm() - before)
+print(time.perf_counter() - t, hwm(), hwm() - ready)
 """
 
 MEMORY_RUNS = (("resnet20", 128), ("vgg_small", 64))
@@ -184,8 +186,9 @@ def memory_runs(torch_ok: bool, threads: int, smoke: bool, rounds: int) -> list[
     res: dict = {}
     for _ in range(1 if smoke else max(2, rounds // 3)):
         for name, batch in MEMORY_RUNS:
+            batch = 8 if smoke else batch
             for f in frameworks:
-                out = subprocess.run([sys.executable, "-c", RUN_SCRIPT, f, name, str(steps), str(8 if smoke else batch),
+                out = subprocess.run([sys.executable, "-c", RUN_SCRIPT, f, name, str(steps), str(batch),
                                       str(evaluate_n), str(threads), ROOT],
                                      capture_output=True, text=True, cwd=ROOT, check=True)
                 seconds, peak, run = (float(v) for v in out.stdout.split())
@@ -199,15 +202,17 @@ def memory_runs(torch_ok: bool, threads: int, smoke: bool, rounds: int) -> list[
             row[f"{f}_s"] = statistics.median(s for s, _, _ in vals)
         if "torch_peak_mb" in row:
             row["ratio"] = row["convprop_peak_mb"] / row["torch_peak_mb"]
+            row["run_ratio"] = row["convprop_run_mb"] / max(row["torch_run_mb"], 1.0)
         rows.append(row)
     return rows
 
 
 def memory_line(r: dict) -> str:
-    theirs = (f"torch {r['torch_peak_mb']:.0f} MB (run {r['torch_run_mb']:.0f})  ratio {r['ratio']:.2f}"
+    theirs = (f"torch {r['torch_peak_mb']:.0f} MB (+{r['torch_run_mb']:.0f})  ratio {r['ratio']:.2f} "
+              f"(of the training's own: {r['run_ratio']:.2f})"
               if "torch_peak_mb" in r else "torch —")
     return (f"{r['model']} peak RSS, {r['steps']} steps at batch {r['batch']} + evaluating {r['evaluated']}: "
-            f"convprop {r['convprop_peak_mb']:.0f} MB (run {r['convprop_run_mb']:.0f})  {theirs}")
+            f"convprop {r['convprop_peak_mb']:.0f} MB (+{r['convprop_run_mb']:.0f} training)  {theirs}")
 
 
 def main(argv=None) -> int:

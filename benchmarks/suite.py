@@ -370,7 +370,10 @@ def run(args) -> int:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; {args.threads} thread(s); "
           f"sgemm peak {peak:.1f} GFLOP/s; numpy {np.__version__}; torch {machine['torch']}")
     results = []
+    from benchmarks import models as model_bench  # ResNet-20's step; peak RSS of resnet20 and vgg_small runs
+
     cases = build_cases(np, torch, F, args.smoke) + lenet_step_cases(np, torch, args.smoke)
+    cases += model_bench.step_cases(np, torch, args.smoke)
     only = [s for s in args.only.split(",") if s]
     for name, fwd_flops, flops, ours_f, theirs_f, ours, theirs in cases:
         if only and not any(s in name for s in only):
@@ -392,15 +395,18 @@ def run(args) -> int:
     for r in alone:
         print(_line({**r, "phase": "alone"}), flush=True)
     runs = [] if args.no_train else whole_runs(torch is not None, args.threads, args.smoke, rounds)
+    memory = [] if args.no_train else model_bench.memory_runs(torch is not None, args.threads, args.smoke, rounds)
+    for r in memory:
+        print(model_bench.memory_line(r), flush=True)
     for r in runs:
         print(f"{'one epoch of the default recipe':<48} {r['framework']:>9}: {r['epoch_s']:.2f} s, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB")
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench-{args.threads}t{'-smoke' if args.smoke else ''}")
     with open(stem + ".json", "w") as f:
-        json.dump({"machine": machine, "ops": results, "alone": alone, "runs": runs}, f, indent=2)
+        json.dump({"machine": machine, "ops": results, "alone": alone, "runs": runs, "memory": memory}, f, indent=2)
     with open(stem + ".md", "w") as f:
-        f.write(markdown(machine, results, alone, runs))
+        f.write(markdown(machine, results, alone, runs) + "".join(f"\n{model_bench.memory_line(r)}\n" for r in memory))
     print(f"wrote {stem}.json and {stem}.md")
     return 0
 

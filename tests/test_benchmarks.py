@@ -28,8 +28,12 @@ def test_benchmark_suite_runs_at_smoke_size(tmp_path, threads):
     alone = result["alone"]  # every op and the LeNet-5 steps again, each framework alone in a fresh process
     assert [r["case"] for r in alone] == ["LeNet-5 training step, batch 8"] + [
         f"{r['case']}, forward+backward" for r in result["ops"]
-        if r["phase"] == "forward+backward" and "LeNet-5" not in r["case"]]
+        if r["phase"] == "forward+backward" and "LeNet-5" not in r["case"] and "ResNet" not in r["case"]]
     assert all(r["convprop_ms"] > 0 and r["torch_ms"] > 0 and r["ratio"] > 0 for r in alone)
+    assert any(n.startswith("ResNet-20 training step, batch 8") for n in names)
+    memory = {r["model"]: r for r in result["memory"]}  # peak RSS of short training runs, both frameworks
+    assert set(memory) == {"resnet20", "vgg_small"}
+    assert all(r["convprop_peak_mb"] > 0 and r["torch_peak_mb"] > 0 and r["ratio"] > 0 for r in memory.values())
     assert (tmp_path / f"bench-{threads}t-smoke.md").read_text().count("|") > 50
 
 

@@ -189,3 +189,13 @@ def test_explain_residual_shows_the_join_and_the_fork_on_numbers(options):
     join = next(s for s in e.steps if "join hands" in s.title).arrays
     np.testing.assert_array_equal(join["∂f"], join["∂(shortcut)"])
     assert max(len(line) for line in render_text(e).splitlines()) <= 80
+
+
+def test_the_docs_examples_run():
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "residual.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    exec(compile("\n".join(blocks), "residual.md", "exec"), {})
