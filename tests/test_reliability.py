@@ -184,7 +184,8 @@ def test_model_inputs_of_the_wrong_shape_dtype_or_not_finite():
     x = np.zeros((2, 1, 28, 28), np.float32)
     for bad, exc, words in [
         (np.zeros((2, 3, 28, 28), np.float32), ValueError, "expected 1 channels"),
-        (np.zeros((2, 28, 28), np.float32), ValueError, "4 dimensions"),
+        (np.zeros((2, 28, 28), np.float32), ValueError, "expected 1 channels"),  # unbatched (C, H, W), as torch
+        (np.zeros((28, 28), np.float32), ValueError, "3 or 4 dimensions"),
         (np.zeros((2, 1, 28, 28), np.int64), TypeError, "floating"),
         (x.astype(np.float64), TypeError, "expected dtype float32"),
         (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x).astype(np.float32), ValueError, "1 NaN"),
