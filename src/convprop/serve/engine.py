@@ -168,7 +168,7 @@ class Engine:
             return outs
 
         outs = self._run(run)
-        return outs, np.exp(log_softmax(outs[-1].astype(np.float64)))[0]
+        return outs, np.exp(log_softmax(outs[-1].astype(np.float64), 1)[0])[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)[1]
@@ -188,7 +188,7 @@ class Engine:
             h = layer(h)
             acts.append(h)
         logits = h
-        probs = np.exp(log_softmax(logits.astype(np.float64)))[0]
+        probs = np.exp(log_softmax(logits.astype(np.float64), 1)[0])[0]
         classes = logits.shape[1]
         if target is None:
             target = int(probs.argmax())
