@@ -220,6 +220,13 @@ def load_digit(path: str) -> np.ndarray:
             g = np.asarray(im.convert("L"), dtype=np.float64)
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UsageError(f"{path}: not an image Pillow can read ({e})") from None
+    return mnist_digit(g)
+
+
+def mnist_digit(g: np.ndarray) -> np.ndarray:
+    """A grayscale image (H, W), values 0-255, as a 28×28 uint8 MNIST digit (see load_digit)."""
+    from PIL import Image
+
     border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
     if border.mean() > 127:  # dark ink on light paper: invert to MNIST's white on black
         g, border = 255 - g, 255 - border

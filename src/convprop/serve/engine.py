@@ -8,8 +8,6 @@ One lock serialises everything that uses the model (its layers keep their forwar
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 
@@ -45,21 +43,17 @@ def digit_from_image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
+                raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; "
+                                 "send a smaller one")
+            g = np.asarray(im.convert("L"), dtype=np.float64)
     except (UnidentifiedImageError, OSError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
         raise InputError(f"image: not a PNG or JPEG that can be decoded ({type(e).__name__})") from None
-    if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
-        raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; send a smaller one")
-    from ..cli import UsageError, load_digit
+    from ..cli import mnist_digit
 
-    fd, path = tempfile.mkstemp(suffix=".img", prefix="convprop-serve-")  # a name of ours, never the client's
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return load_digit(path)
-    except (UsageError, ValueError, OSError) as e:
-        raise InputError("image: " + str(e).replace(path + ": ", "").replace(path, "the image")) from None
-    finally:
-        os.unlink(path)
+    return mnist_digit(g)  # as `convprop predict` prepares an image file
 
 
 def digit_from_pixels(pixels) -> np.ndarray:

@@ -132,8 +132,16 @@ pad.addEventListener("drop", (e) => {
 });
 $("#file").addEventListener("change", (e) => useImage(e.target.files[0]));
 
+// The drawing is sent at half size (140×140): the server scales the ink into 20×20 anyway.
+const half = document.createElement("canvas");
+half.width = pad.width / 2;
+half.height = pad.height / 2;
 function input() {
-  return { image: state.dropped || pad.toDataURL("image/png") };
+  if (state.dropped) return { image: state.dropped };
+  const h = half.getContext("2d");
+  h.imageSmoothingQuality = "high";
+  h.drawImage(pad, 0, 0, half.width, half.height);
+  return { image: half.toDataURL("image/png") };
 }
 
 // ------------------------------------------------------------------ prediction bars
