@@ -276,6 +276,7 @@ def test_training_streams_curves_and_filters_and_stops(server):
     assert client.post("/api/train/start", json={"lr": "fast"}).status_code == 400
     assert client.post("/api/train/restore", json={}).status_code == 200
     np.testing.assert_array_equal(engine.model[0].weight.data, before)
+    np.testing.assert_array_equal(arr(client.get("/api/filters").json()), before)
 
 
 def test_last_run_and_training_first(tmp_path, monkeypatch):

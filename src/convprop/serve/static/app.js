@@ -242,8 +242,10 @@ function convPieces(layer) {
   box.append(equation(pc.transposed_equation));
   let panels = el("div", "panels");
   for (const t of pc.transposed) {
-    panels.append(panel(t.dz, `∂Z_${t.channel}`, 120), panel(t.kernel, `K_${t.channel}`, 120),
-                  panel(t.contribution, `∂Z_${t.channel} ⋆ᵀ K_${t.channel}`, 120));
+    const group = el("div", "panels group");
+    group.append(panel(t.dz, `∂Z_${t.channel}`, 90), panel(t.kernel, `K_${t.channel}`, 90),
+                 panel(t.contribution, `∂Z_${t.channel} ⋆ᵀ K_${t.channel}`, 90));
+    panels.append(group);
   }
   panels.append(panel(layer.grad_input, "Σ over channels = ∂A", 200));
   box.append(panels);
@@ -252,8 +254,10 @@ function convPieces(layer) {
   box.append(equation(pc.patch_equation));
   panels = el("div", "panels");
   for (const q of pc.patches) {
-    panels.append(panel(q.patch, `A_patch(${q.position.join(",")})`, 100),
-                  panel(q.product, `× ∂Z = ${fmt(q.dz)}`, 100));
+    const group = el("div", "panels group");
+    group.append(panel(q.patch, `A_patch(${q.position.join(",")})`, 100),
+                 panel(q.product, `× ∂Z = ${fmt(q.dz)}`, 100));
+    panels.append(group);
   }
   box.append(panels);
   if (layer.parameters.bias) {
