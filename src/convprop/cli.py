@@ -15,7 +15,7 @@ import numpy as np
 
 from . import __version__, checkpoint, models, nn
 from .data import IDXError, load_mnist, normalize
-from .functional._parallel import set_num_threads
+from .functional._threads import set_num_threads
 from .run import (
     CHECKPOINT_NAME,
     DEFAULT_LR,
