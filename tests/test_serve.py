@@ -23,8 +23,8 @@ from test_nn import to_torch_state, torch_twin  # noqa: E402
 
 import convprop.random as R  # noqa: E402
 from convprop import checkpoint, models, nn  # noqa: E402
-from convprop.cli import load_digit  # noqa: E402
 from convprop.data import load_mnist, normalize  # noqa: E402
+from convprop.data.images import load_digit  # noqa: E402
 from convprop.serve.app import MAX_BODY, last_run_checkpoint, load_engine  # noqa: E402
 from convprop.serve.engine import Engine  # noqa: E402
 

@@ -43,17 +43,16 @@ def digit_from_image(data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
-                raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; "
-                                 "send a smaller one")
-            g = np.asarray(im.convert("L"), dtype=np.float64)
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        if isinstance(e, InputError):
-            raise
         raise InputError(f"image: not a PNG or JPEG that can be decoded ({type(e).__name__})") from None
-    from ..cli import mnist_digit
+    if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
+        raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; send a smaller one")
+    from ..data.images import read_digit
 
-    return mnist_digit(g)  # as `convprop predict` prepares an image file
+    try:
+        return read_digit(data, name="image")[0]  # from the bytes: no file, no name of the client's
+    except (ValueError, OSError) as e:
+        raise InputError(str(e)) from None
 
 
 def digit_from_pixels(pixels) -> np.ndarray:
