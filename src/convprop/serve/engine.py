@@ -116,15 +116,18 @@ class Engine:
         self.model, self.source, self.meta = model, source, dict(meta or {})
         self.lock = threading.Lock()
         self.waiting = 0  # requests queued for the lock (training yields to them between steps)
+        self._count = threading.Lock()
         self.initial = {k: v.copy() for k, v in model.state_dict().items()}
         self.model.eval()
         self.dtype = model.dtype.type  # np.float32 or np.float64
         self.trainer = Trainer(self)
 
     def _acquire(self):
-        self.waiting += 1
+        with self._count:
+            self.waiting += 1
         self.lock.acquire()
-        self.waiting -= 1
+        with self._count:
+            self.waiting -= 1
 
     def input(self, digit: np.ndarray) -> np.ndarray:
         """uint8 (28, 28) → the model's (1, 1, 28, 28) input, normalised as in training."""
