@@ -52,7 +52,9 @@ def _relu(z, out):
 
 
 def _relu_grad(da, a, out):
-    return np.multiply(da, ~(a <= 0), out=out)  # ∂Z = ∂A ⊙ [not A ≤ 0]  (= [Z > 0], and 1 at NaN as torch)
+    # ∂Z = ∂A ⊙ [A ≠ 0]: A = max(Z, 0) is never negative, so [A ≠ 0] = [Z > 0] — and 1 where Z is NaN
+    # (A is NaN there, and NaN ≠ 0), as torch, whose mask is [not Z ≤ 0]
+    return np.multiply(da, a != 0, out=out)
 
 
 def _leaky_relu(z, out, slope):
