@@ -199,7 +199,8 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, *, label_smoo
                           ) -> tuple[float, np.ndarray]:
     """The training loss: (mean cross-entropy as a float, ∂L/∂Z) for logits (β, K), targets (β,).
 
-    ∂L/∂Z = (softmax(Z) − q) / β with q = (1 − ε)·onehot(y) + ε/K: the seed's batch averaging, done once.
+    ∂L/∂Z = (softmax(Z) − q) / β with q = (1 − ε)·onehot(y) + ε/K.  The 1/β is the batch averaging
+    (docs/math.md), done once, here.
     """
     chk.float_array(logits, "logits", 2, "batch, classes")
     if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu":

@@ -1,6 +1,6 @@
 """Forks and joins: modules whose forward is Python code over submodules, with a backward written beside it.
 
-The seed derives backprop for a chain, where each layer's ∂ flows to the one before it.  A network
+docs/math.md derives backprop for a chain, where each layer's ∂ flows to the one before it.  A network
 with a skip connection is not a chain: the input x *forks* into two branches, and the branches
 *join* in a sum.  Backprop through the two (llm.c's residual_forward/residual_backward):
 

@@ -191,7 +191,7 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward walks them in reverse — the seed's chain rule, layer by layer.
+    """Layers applied in order; backward walks them in reverse — the chain rule of docs/math.md, layer by layer.
 
     Sequential(a, b, c) names them "0", "1", "2"; Sequential(OrderedDict(conv1=a, …)) by its keys,
     as torch (state_dict keys "conv1.weight", …)."""
