@@ -47,7 +47,9 @@ for _ in range(steps):
 params = list(model.parameters())
 ar = []
 for _ in range(50 if world > 1 else 0):
-    t = time.perf_counter(); distributed.allreduce_gradients(params, [0.0, 0.0, 0.0]); ar.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    distributed.allreduce_gradients(params, [0.0, 0.0, 0.0])
+    ar.append(time.perf_counter() - t)
 if rank == 0:
     n = sum(p.data.size for p in params)
     print(json.dumps({"step_s": float(np.median(times)), "allreduce_s": float(np.median(ar)) if ar else 0.0,

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import checkpoint, models, nn, optim, parallel
+from . import checkpoint, distributed, models, nn, optim
 from . import random as _random
 from .data import DataLoader, IDXError, load_mnist, normalize
 from .functional._parallel import get_num_threads, set_num_threads
@@ -52,7 +52,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`convprop: error: …`, exit code 2), like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"convprop: error: {message} (see {self.prog} --help)\n")
+        # under mpiexec every rank parses the same command line: rank 0 alone says what is wrong
+        self.exit(2, f"convprop: error: {message} (see {self.prog} --help)\n" if distributed.launched_rank() == 0
+                  else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="CKPT", default=None,
                    help="continue the run saved in CKPT with its own settings, up to its --epochs")
     t.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help="processes each batch is split over (default: the thread count, for models without "
-                        "buffers such as BatchNorm's; else 1)")
+                   help="train on N MPI ranks on this machine, each batch split over them (re-runs itself under "
+                        "mpiexec; default: the thread count if mpi4py is installed, else 1); see docs/distributed.md")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check every layer's output and gradients; name the first that is not finite")
@@ -146,6 +148,23 @@ def cmd_train(args) -> int:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # each step's temporaries reuse the last step's pages (see allocator.py)
+    rank, world = distributed.init()  # (0, 1) unless started by mpiexec: then every rank runs this
+    threads = get_num_threads()
+    if world > 1:  # the machine's cores shared among this machine's ranks; rank 0 alone prints
+        set_num_threads(max(1, threads // int(os.environ.get("MPI_LOCALNRANKS", world))))
+        if rank != 0:
+            import warnings
+
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+            warnings.simplefilter("ignore")  # (NumPy's warnings: rank 0 shows its own)
+    with distributed.together("loading the data and the model"):
+        (args, out, ckpt, model, optimizer, scheduler, loss_fn, config, images, labels, test_images, test_labels,
+         train_loader, test_loader, start_epoch, history) = _setup_train(args, rank, world)
+    return _run_train(args, out, ckpt, model, optimizer, scheduler, loss_fn, config, labels, test_images,
+                      test_labels, train_loader, test_loader, start_epoch, history, rank, world, threads)
+
+
+def _setup_train(args, rank: int, world: int):
     ckpt, resume_path = None, args.resume
     if args.resume:
         ckpt = checkpoint.load(args.resume)
@@ -157,14 +176,17 @@ def cmd_train(args) -> int:
         args = argparse.Namespace(**saved)
         args.out, args.no_progress, args.detect_anomaly = out, not progress, anomaly
     out = args.out or os.path.join("runs", f"{args.model}-seed{args.seed}")
-    os.makedirs(out, exist_ok=True)
+    if rank == 0:
+        os.makedirs(out, exist_ok=True)
 
     images, labels = load_mnist(args.data, train=True)
     test_images, test_labels = load_mnist(args.data, train=False)
     images, labels = _subset(images, labels, args.train_size, args.seed)
     test_images, test_labels = _subset(test_images, test_labels, args.test_size, args.seed)
-    train_loader = DataLoader(images, labels, args.batch_size, shuffle=True, seed=args.seed, max_shift=args.shift)
-    test_loader = DataLoader(test_images, test_labels, 1000)
+    # every rank draws the same order and shifts and takes its shard of each batch (DistributedSampler)
+    train_loader = DataLoader(images, labels, args.batch_size, shuffle=True, seed=args.seed, max_shift=args.shift,
+                              num_replicas=world, rank=rank)
+    test_loader = DataLoader(test_images, test_labels, 1000)  # (distributed.evaluate shards each batch)
 
     _random.manual_seed(args.seed)
     config = {"num_classes": 10}
@@ -178,26 +200,34 @@ def cmd_train(args) -> int:
         start_epoch, history = int(ckpt["meta"]["epoch"]), ckpt["meta"].get("history", [])
         train_loader.epoch = start_epoch
         print(f"resuming {args.model} from epoch {start_epoch} of {args.epochs}")
+    return (args, out, ckpt, model, optimizer, scheduler, loss_fn, config, images, labels, test_images, test_labels,
+            train_loader, test_loader, start_epoch, history)
 
+
+def _run_train(args, out, ckpt, model, optimizer, scheduler, loss_fn, config, labels, test_images, test_labels,
+               train_loader, test_loader, start_epoch, history, rank: int, world: int, threads: int) -> int:
     nn.detect_anomaly(args.detect_anomaly)
     ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    saved_args = {k: v for k, v in vars(args).items()
-                  if k not in ("debug", "resume", "command", "detect_anomaly", "no_progress")}
+    saved_args = {k: v for k, v in vars(args).items()  # (how many ranks ran it is not part of the run)
+                  if k not in ("debug", "resume", "command", "detect_anomaly", "no_progress", "workers")}
 
     def on_epoch_end(epoch, hist):
-        checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
-                        history=hist, args=saved_args)
+        if rank == 0:  # every rank holds the same model: rank 0 alone writes it
+            checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
+                            history=hist, args=saved_args)
 
-    workers = getattr(args, "workers", None) or (get_num_threads() if parallel.supports(model) is None else 1)
     n_params = sum(p.data.size for p in model.parameters())
     print(f"training {args.model} ({n_params:,} parameters) on {len(labels):,} images, testing on "
           f"{len(test_labels):,}; {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} "
-          f"one-cycle lr {args.lr:g}, ±{args.shift} px shifts" + (f"; {workers} processes" if workers > 1 else ""))
+          f"one-cycle lr {args.lr:g}, ±{args.shift} px shifts" + (f"; {world} MPI ranks" if world > 1 else ""))
     start = time.perf_counter()
     history = fit(model, loss_fn, optimizer, train_loader, args.epochs, test_loader, scheduler,
                   start_epoch=start_epoch, history=history, progress=not args.no_progress,
-                  on_epoch_end=on_epoch_end, workers=workers)
+                  on_epoch_end=on_epoch_end)
     seconds = time.perf_counter() - start
+    if rank != 0:
+        return 0
+    set_num_threads(threads)  # the other ranks are done: the pictures get every core
     metrics = {"model": args.model, "args": saved_args, "epochs": history,
                "test_accuracy": history[-1]["test_acc"] if history else None,
                "test_loss": history[-1]["test_loss"] if history else None, "seconds": seconds}
@@ -342,27 +372,64 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "explain": cmd_explain}
 
 
+def _launch_workers(args, argv: list[str], command: bool) -> int | None:
+    """`convprop train --workers N` (N > 1, not yet under mpiexec): run the same command as N MPI
+    ranks on this machine and return their exit code; None to train in this process.  Without
+    --workers: the thread count when run as a command and MPI is installed, else 1 (main(argv)
+    called from Python trains in its caller's process)."""
+    world = distributed.launched_size()
+    if world > 1:
+        if args.workers not in (None, world):
+            raise UsageError(f"--workers: this run was started by mpiexec with {world} ranks, got --workers "
+                             f"{args.workers} (give one or the other)")
+        return None
+    workers = args.workers or (get_num_threads() if command and distributed.available() else 1)
+    if workers == 1:
+        return None
+    if not distributed.available():
+        raise UsageError(f"--workers {workers}: training on several processes needs MPI: "
+                         "pip install 'convprop[mpi]'")
+    return distributed.launch(workers, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    command, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.threads is not None:
         set_num_threads(args.threads)
     try:
+        if args.command == "train" and (code := _launch_workers(args, argv, command)) is not None:
+            return code
         return COMMANDS[args.command](args)
-    except (Divergence, nn.AnomalyError) as e:
-        print(f"convprop: {e}; the last good checkpoint is kept", file=sys.stderr)
-        if args.debug:
-            raise
-        return 1
-    except (UsageError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
-            IsADirectoryError, ValueError, TypeError) as e:
-        if args.debug:
-            raise
-        print(f"convprop: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if distributed.is_initialized() and not getattr(e, "every_rank", False):
+            if args.debug:
+                import traceback
+
+                traceback.print_exc()
+            distributed.abort(f"{type(e).__name__}: {e}" if not isinstance(e, _EXPECTED) else str(e), 1)
+        if distributed.launched_rank() != 0:  # the same error on every rank: rank 0 says it
+            return 1 if isinstance(e, (Divergence, nn.AnomalyError)) else 2
+        if isinstance(e, (Divergence, nn.AnomalyError)):
+            print(f"convprop: {e}; the last good checkpoint is kept", file=sys.stderr)
+            if args.debug:
+                raise
+            return 1
+        if isinstance(e, _EXPECTED):
+            if args.debug:
+                raise
+            print(f"convprop: error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
-        print("convprop: interrupted", file=sys.stderr)
+        if distributed.launched_rank() == 0:
+            print("convprop: interrupted", file=sys.stderr)
         return 130
+
+
+_EXPECTED = (UsageError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
+             IsADirectoryError, ValueError, TypeError, distributed.MPIError)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -42,6 +47,10 @@ _ENV_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SI
 _ENV_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 DEFAULT_TIMEOUT_S = 120.0  # CONVPROP_MPI_TIMEOUT overrides it
 SPIN_S = 0.02  # a waiting rank polls this long before it starts to sleep between polls
+
+class MPIError(RuntimeError):
+    """MPI is needed but not there (mpi4py or mpiexec missing)."""
+
 
 _comm = None
 _rank, _size = 0, 1
@@ -83,7 +92,7 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> tuple[int
     try:
         from mpi4py import MPI
     except ImportError:
-        raise RuntimeError("started by mpiexec, but mpi4py is not installed: pip install 'convprop[mpi]'") from None
+        raise MPIError("started by mpiexec, but mpi4py is not installed: pip install 'convprop[mpi]'") from None
     _comm = MPI.COMM_WORLD
     _rank, _size = _comm.Get_rank(), _comm.Get_size()
     _peers = _comm.allgather((socket.gethostname(), os.getpid()))
@@ -122,6 +131,7 @@ def abort(message: str, code: int = 1) -> None:
     sys.stdout.flush()
     print(f"convprop: rank {_rank} of {_size}: {message}", file=sys.stderr, flush=True)
     if _comm is not None:
+        time.sleep(0.3)  # (mpiexec forwards the line before MPI_Abort tears the job down)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)  # MPICH's own multi-line notice of the abort: the line above says it
         _comm.Abort(code)
@@ -226,12 +236,9 @@ def broadcast_parameters(model: Module, root: int = 0) -> None:
     if _size == 1 or _comm is None:
         return
     for value in [p.data for p in model.parameters()] + [b for _, b in model.named_buffers() if b is not None]:
-        if value.ndim == 0:
-            box = np.array(value).reshape(1)
-            _comm.Bcast(box, root=root)
-            value[...] = box[0]
-        else:
-            _comm.Bcast(value, root=root)
+        box = np.ascontiguousarray(value).reshape(-1).copy()
+        _wait(_comm.Ibcast(box, root=root), "the broadcast of the parameters")
+        value[...] = box.reshape(value.shape)
 
 
 def sync_batch_norm(model: Module) -> Module:
@@ -253,6 +260,114 @@ def _modules(model: Module):
     for child in model._modules.values():
         if child is not None:
             yield from _modules(child)
+
+
+@contextmanager
+def together(what: str = "setting up") -> Iterator[None]:
+    """A block every rank runs (loading data, building the model): an error on any rank is raised
+    on every rank after it — rank 0's copy names the failing rank when not every rank failed —
+    and marked as raised everywhere, so the job ends in order (rank 0 reporting it once) rather
+    than leave the other ranks waiting.  A rank that takes longer than the timeout stops the job."""
+    error = None
+    try:
+        yield
+    except Exception as e:
+        if _comm is None or _size == 1:
+            raise
+        error = e
+    if _comm is None or _size == 1:
+        return
+    _wait(_comm.Ibarrier(), f"waiting for every rank to finish {what}")
+    try:
+        errors = _comm.allgather(error)
+    except Exception:  # an exception that does not pickle: its message does
+        errors = _comm.allgather(None if error is None else RuntimeError(f"{type(error).__name__}: {error}"))
+    failed = [r for r, e in enumerate(errors) if e is not None]
+    if not failed:
+        return
+    e = error if error is not None else errors[failed[0]]
+    if len(failed) < _size and e.args and isinstance(e.args[0], str):
+        r = _rank if error is not None else failed[0]
+        e.args = (f"rank {r} of {_size}: {e.args[0]}", *e.args[1:])
+    raise _every_rank(e)
+
+
+# --------------------------------------------------------------------------- launching
+def find_mpiexec() -> str | None:
+    """The mpiexec next to this Python (where pip install 'convprop[mpi]' puts MPICH's), else on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+def available() -> bool:
+    """Whether this Python can run ranks: mpi4py installed and an mpiexec found."""
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None and find_mpiexec() is not None
+
+
+def _die_with_parent() -> None:
+    """(In the child, before exec.)  Linux: SIGKILL this process when its parent dies, so that
+    killing `convprop train` kills its mpiexec, and mpiexec's end ends the ranks."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+_BANNER_PID = re.compile(r"^=\s+PID (\d+) RUNNING AT (\S+)")
+_BANNER_EXIT = re.compile(r"^YOUR APPLICATION TERMINATED WITH THE EXIT STRING: (.*)$")
+
+
+def launch(n: int, args: list[str]) -> int:
+    """Run `python -m convprop ARGS` as n ranks on this machine under mpiexec; return its exit code.
+
+    Rank 0's output passes through.  When a rank dies (killed, say), mpiexec (MPICH's Hydra) stops
+    the others and prints a dozen lines naming a pid; those become one line naming the rank."""
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        raise MPIError("no mpiexec found next to this Python or on PATH: pip install 'convprop[mpi]'")
+    with tempfile.TemporaryDirectory(prefix="convprop-ranks-") as tmp:
+        ranks_file = os.path.join(tmp, "ranks.json")
+        env = {**os.environ, "CONVPROP_RANKS_FILE": ranks_file, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, "-m", "convprop", *args],
+                                stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
+        banner, pid, host, how, held = False, None, None, None, b""
+        try:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line.startswith("=" * 20) and not banner:
+                    banner, held = True, b""
+                if banner:
+                    m = _BANNER_PID.match(line)
+                    pid, host = (int(m.group(1)), m.group(2)) if m else (pid, host)
+                    m = _BANNER_EXIT.match(line)
+                    how = m.group(1) if m else how
+                    continue
+                if not line.strip():  # (the banner starts with a blank line: hold blank lines back)
+                    held += raw
+                    continue
+                sys.stdout.buffer.write(held + raw)
+                sys.stdout.flush()
+                held = b""
+            code = proc.wait()
+        except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to the ranks; let them end
+            code = proc.wait()
+            raise
+        if banner:
+            try:
+                with open(ranks_file) as f:
+                    ranks = json.load(f)
+            except (OSError, ValueError):
+                ranks = {}
+            who = (f"rank {ranks[str(pid)]} of {n} (pid {pid})" if str(pid) in ranks
+                   else f"a rank (pid {pid})" if pid else "a rank")
+            print(f"convprop: error: {who} ended abnormally: {how or f'exit code {code}'}; every rank was stopped",
+                  file=sys.stderr, flush=True)
+        return code
 
 
 # --------------------------------------------------------------------------- training
@@ -285,9 +400,9 @@ def step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndar
         _wait(request, "the batch-size Allreduce")
     N = count[0]
     finite = bool(np.isfinite(loss))
-    if not finite:
-        dlogits = np.zeros_like(dlogits)  # every rank still runs the backward's collectives
-    model.backward(dlogits * dlogits.dtype.type(n_k / N), input_grad=False)  # this shard's part of ∂L/∂W
+    with np.errstate(all="ignore") if not finite else nullcontext():  # (diverged: nan in, nan out, no warnings)
+        # this shard's part of ∂L/∂W; a diverged rank runs it too, for SyncBatchNorm's collectives
+        model.backward(dlogits * dlogits.dtype.type(n_k / N), input_grad=False)
     correct = int((logits.argmax(axis=1) == y).sum())
     extra = allreduce_gradients(model.parameters(), [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0])
     if extra[2]:
