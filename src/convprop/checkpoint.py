@@ -62,8 +62,9 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as every other file of a run (mkstemp would make it 0600)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -84,14 +85,43 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
 TMP_PREFIX = ".ckpt-"
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def _remove_stale_temporaries(directory: str) -> None:
-    """Half-written files that a killed save left behind (never the checkpoint itself)."""
+    """Half-written files that a killed save left behind: `.ckpt-<pid>-….tmp` of processes that no
+    longer run.  Never the checkpoint, and never the temporary of a save still under way elsewhere."""
     for name in os.listdir(directory):
-        if name.startswith(TMP_PREFIX) and name.endswith(".tmp"):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+        if not (name.startswith(TMP_PREFIX) and name.endswith(".tmp")):
+            continue
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
 
 
 def load(path: str) -> dict[str, Any]:
@@ -158,13 +188,13 @@ def restore_model(ckpt: dict, path: str = "checkpoint") -> Module:
 
 
 def restore_training(ckpt: dict, model: Module, optimizer: optim.Optimizer | None,
-                     scheduler: optim.LRScheduler | None) -> None:
+                     scheduler: optim.LRScheduler | None, path: str = "checkpoint") -> None:
     """Load optimizer, scheduler and RNG state into freshly built objects of the same kind."""
     meta = ckpt["meta"]
     if optimizer is not None and "optimizer" in meta:
         o = meta["optimizer"]
         if o["class"] != type(optimizer).__name__:
-            raise CheckpointError(f"checkpoint: optimizer {o['class']} does not match {type(optimizer).__name__}")
+            raise CheckpointError(f"{path}: optimizer {o['class']} does not match {type(optimizer).__name__}")
         state = {int(i): dict(s) for i, s in ckpt["optim"].items()}
         for i, scalars in o.get("scalars", {}).items():
             state.setdefault(int(i), {}).update(scalars)

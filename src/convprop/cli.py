@@ -10,18 +10,24 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
-from . import checkpoint, distributed, models, nn, optim
-from . import random as _random
-from .data import DataLoader, IDXError, load_mnist, normalize
+from . import __version__, checkpoint, distributed, models, nn
+from .data import IDXError, load_mnist, normalize
 from .functional._parallel import get_num_threads, set_num_threads
-from .train import Divergence, confusion_matrix, fit, predict
-
-DEFAULTS = dict(model="lenet5", epochs=15, batch_size=64, lr=5e-3, optimizer="adam", shift=2, seed=0)
-CHECKPOINT_NAME = "checkpoint.npz"
+from .run import (
+    CHECKPOINT_NAME,
+    DEFAULT_LR,
+    Run,
+    RunDiverged,
+    RunError,
+    RunInterrupted,
+    Settings,
+    _subset,
+    pictures,
+)
+from .train import Divergence, confusion_matrix, predict
 
 
 class UsageError(ValueError):
@@ -35,6 +41,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer below 2**63, got {v}")
     return v
 
 
@@ -57,43 +73,55 @@ class _Parser(argparse.ArgumentParser):
                   else None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    """--debug and --threads: before the command, or after it (there they default to 'not given', so that
+    `convprop --threads 2 train` keeps its 2)."""
+    p.add_argument("--debug", action="store_true", default=False if default is None else default,
+                   help="show the full traceback on errors")
+    p.add_argument("--threads", type=_positive_int, default=default, metavar="N",
                    help="threads (cores) for convprop's kernels (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS "
                         "if set, else the CPUs available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="convprop", description="CNNs with hand-written backward passes, in NumPy.")
+    p.add_argument("--version", action="version", version=f"convprop {__version__}",
+                   help="print convprop's version and exit")
+    _global_options(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (default: LeNet-5 on the bundled MNIST sample)",
                        description="Train a CNN. With no arguments: LeNet-5, Adam with a one-cycle schedule, "
                                    "±2 px random shifts, 15 epochs on the bundled 5,000-image MNIST sample, "
                                    "tested on the official 10,000 test images.")
-    t.add_argument("--model", choices=sorted(models.MODELS), default=DEFAULTS["model"],
-                   help="architecture (default: %(default)s)")
+    d = Settings()
+    t.add_argument("--model", choices=sorted(models.MODELS), default=None,
+                   help=f"architecture (default: {d.model})")
     t.add_argument("--data", metavar="DIR", default=None,
                    help="directory of MNIST / Fashion-MNIST IDX files, .gz or raw, also torchvision's "
                         "MNIST/raw layout (default: the bundled sample)")
-    t.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"],
-                   help="number of epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"],
-                   help="training batch size (default: %(default)s)")
-    t.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"],
-                   help="peak learning rate of the one-cycle schedule (default: %(default)s)")
-    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=DEFAULTS["optimizer"],
-                   help="optimizer; sgd uses Nesterov momentum 0.9 (default: %(default)s)")
-    t.add_argument("--shift", type=int, choices=range(0, 5), default=DEFAULTS["shift"], metavar="PX",
-                   help="random shift augmentation in pixels, 0 to 4 (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
+    t.add_argument("--epochs", type=_positive_int, default=None, help=f"number of epochs (default: {d.epochs})")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"training batch size (default: {d.batch_size})")
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="peak learning rate of the one-cycle schedule (default: "
+                        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ")")
+    t.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=None,
+                   help=f"optimizer; sgd uses Nesterov momentum 0.9 (default: {d.optimizer})")
+    t.add_argument("--shift", type=int, choices=range(0, 5), default=None, metavar="PX",
+                   help=f"random shift augmentation in pixels, 0 to 4 (default: {d.shift})")
+    t.add_argument("--seed", type=_seed, default=None, help=f"random seed, a non-negative integer (default: {d.seed})")
     t.add_argument("--train-size", type=_positive_int, default=None, metavar="N",
                    help="train on a random subset of N images (default: all)")
     t.add_argument("--test-size", type=_positive_int, default=None, metavar="N",
                    help="test on a random subset of N images (default: all)")
     t.add_argument("--out", metavar="DIR", default=None,
-                   help="where metrics.json, checkpoint.npz and training-curves.png go "
-                        "(default: runs/<model>-seed<seed>, or the resumed checkpoint's directory)")
+                   help="where metrics.json, checkpoint.npz and the pictures go; it must not hold another run "
+                        "(default: runs/<model>-seed<seed>, numbered -2, -3, … if that holds one; or the "
+                        "resumed checkpoint's directory)")
     t.add_argument("--resume", metavar="CKPT", default=None,
-                   help="continue the run saved in CKPT with its own settings, up to its --epochs")
+                   help="continue the run saved in CKPT with its own settings, up to its epochs (the settings "
+                        "flags are refused with it; --data may point at the same data moved)")
     t.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="train on N MPI ranks on this machine, each batch split over them (re-runs itself under "
                         "mpiexec; default: the thread count if mpi4py is installed, else 1); see docs/distributed.md")
@@ -127,24 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint")
     r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
     r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size; converted as MNIST)")
+
+    v = sub.add_parser("serve", help="a web page: draw a digit, watch its forward and backward pass, train live",
+                       description="Serve a page (the `serve` extra) that draws every layer's output and gradient "
+                                   "for a digit you draw, and trains the model live. JSON endpoints: docs/serve.md.")
+    v.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None,
+                   help="a checkpoint.npz (default: the last convprop train run's, else train LeNet-5 first)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
+
+    for command in sub.choices.values():  # every command (keep this last): --debug/--threads after it too
+        _global_options(command, argparse.SUPPRESS)
     return p
 
 
 # --------------------------------------------------------------------------- train
-def _subset(images, labels, n, seed):
-    if n is None or n >= len(labels):
-        return images, labels
-    idx = np.sort(np.random.default_rng([seed, 1234]).permutation(len(labels))[:n])
-    return images[idx], labels[idx]
-
-
-def _make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
-    if name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
-    return (optim.AdamW if name == "adamw" else optim.Adam)(params, lr=lr)
+SETTINGS_FLAGS = ("model", "epochs", "batch_size", "lr", "optimizer", "shift", "seed", "train_size", "test_size")
 
 
 def cmd_train(args) -> int:
+    """Everything a run does is the Run's (convprop/run.py); here only the flags are turned into one."""
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # each step's temporaries reuse the last step's pages (see allocator.py)
@@ -153,104 +183,20 @@ def cmd_train(args) -> int:
     if world > 1:  # the machine's cores shared among this machine's ranks; rank 0 alone prints
         set_num_threads(max(1, threads // int(os.environ.get("MPI_LOCALNRANKS", world))))
         if rank != 0:
-            import warnings
-
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
-            warnings.simplefilter("ignore")  # (NumPy's warnings: rank 0 shows its own)
-    with distributed.together("loading the data and the model"):
-        (args, out, ckpt, model, optimizer, scheduler, loss_fn, config, images, labels, test_images, test_labels,
-         train_loader, test_loader, start_epoch, history) = _setup_train(args, rank, world)
-    return _run_train(args, out, ckpt, model, optimizer, scheduler, loss_fn, config, labels, test_images,
-                      test_labels, train_loader, test_loader, start_epoch, history, rank, world, threads)
-
-
-def _setup_train(args, rank: int, world: int):
-    ckpt, resume_path = None, args.resume
-    if args.resume:
-        ckpt = checkpoint.load(args.resume)
-        saved = ckpt["meta"].get("args")
-        if not isinstance(saved, dict):
-            raise checkpoint.CheckpointError(f"{args.resume}: holds no training arguments to resume from")
-        out = args.out or os.path.dirname(os.path.abspath(args.resume))
-        progress, anomaly = not args.no_progress, args.detect_anomaly
-        args = argparse.Namespace(**saved)
-        args.out, args.no_progress, args.detect_anomaly = out, not progress, anomaly
-    out = args.out or os.path.join("runs", f"{args.model}-seed{args.seed}")
-    if rank == 0:
-        os.makedirs(out, exist_ok=True)
-
-    images, labels = load_mnist(args.data, train=True)
-    test_images, test_labels = load_mnist(args.data, train=False)
-    images, labels = _subset(images, labels, args.train_size, args.seed)
-    test_images, test_labels = _subset(test_images, test_labels, args.test_size, args.seed)
-    # every rank draws the same order and shifts and takes its shard of each batch (DistributedSampler)
-    train_loader = DataLoader(images, labels, args.batch_size, shuffle=True, seed=args.seed, max_shift=args.shift,
-                              num_replicas=world, rank=rank)
-    test_loader = DataLoader(test_images, test_labels, 1000)  # (distributed.evaluate shards each batch)
-
-    _random.manual_seed(args.seed)
-    config = {"num_classes": 10}
-    model = models.build(args.model, **config) if ckpt is None else checkpoint.restore_model(ckpt, resume_path)
-    optimizer = _make_optimizer(args.optimizer, model.parameters(), args.lr)
-    scheduler = optim.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=len(train_loader))
-    loss_fn = nn.CrossEntropyLoss()
-    start_epoch, history = 0, []
-    if ckpt is not None:
-        checkpoint.restore_training(ckpt, model, optimizer, scheduler)
-        start_epoch, history = int(ckpt["meta"]["epoch"]), ckpt["meta"].get("history", [])
-        train_loader.epoch = start_epoch
-        print(f"resuming {args.model} from epoch {start_epoch} of {args.epochs}")
-    return (args, out, ckpt, model, optimizer, scheduler, loss_fn, config, images, labels, test_images, test_labels,
-            train_loader, test_loader, start_epoch, history)
-
-
-def _run_train(args, out, ckpt, model, optimizer, scheduler, loss_fn, config, labels, test_images, test_labels,
-               train_loader, test_loader, start_epoch, history, rank: int, world: int, threads: int) -> int:
-    nn.detect_anomaly(args.detect_anomaly)
-    ckpt_path = os.path.join(out, CHECKPOINT_NAME)
-    saved_args = {k: v for k, v in vars(args).items()  # (how many ranks ran it is not part of the run)
-                  if k not in ("debug", "resume", "command", "detect_anomaly", "no_progress", "workers")}
-
-    def on_epoch_end(epoch, hist):
-        if rank == 0:  # every rank holds the same model: rank 0 alone writes it
-            checkpoint.save(ckpt_path, model, args.model, config, optimizer, scheduler, epoch,
-                            history=hist, args=saved_args)
-
-    n_params = sum(p.data.size for p in model.parameters())
-    print(f"training {args.model} ({n_params:,} parameters) on {len(labels):,} images, testing on "
-          f"{len(test_labels):,}; {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} "
-          f"one-cycle lr {args.lr:g}, ±{args.shift} px shifts" + (f"; {world} MPI ranks" if world > 1 else ""))
-    start = time.perf_counter()
-    history = fit(model, loss_fn, optimizer, train_loader, args.epochs, test_loader, scheduler,
-                  start_epoch=start_epoch, history=history, progress=not args.no_progress,
-                  on_epoch_end=on_epoch_end)
-    seconds = time.perf_counter() - start
-    if rank != 0:
-        return 0
-    set_num_threads(threads)  # the other ranks are done: the pictures get every core
-    metrics = {"model": args.model, "args": saved_args, "epochs": history,
-               "test_accuracy": history[-1]["test_acc"] if history else None,
-               "test_loss": history[-1]["test_loss"] if history else None, "seconds": seconds}
-    metrics_path = os.path.join(out, "metrics.json")
-    with open(metrics_path, "w") as f:
-        json.dump(metrics, f, indent=2)
-    print(f"test accuracy {metrics['test_accuracy']:.2%} after {len(history)} epochs ({seconds:.1f} s this run)")
-    print(f"metrics:    {metrics_path}")
-    print(f"checkpoint: {ckpt_path}")
-    _pictures(out, model, history, test_images, test_labels)
+    given = {k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None}
+    options = dict(progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
+    with distributed.together("setting up the run"):  # (an error on any rank: said once, every rank stops)
+        if args.resume:
+            run = Run.resume(args.resume, args.out, given=given, data=args.data, **options)
+        else:
+            run = Run(Settings(data=args.data, **given), args.out, **options)
+    with run:
+        run.train()
+        if rank == 0:
+            set_num_threads(threads)  # the other ranks are done: the pictures get every core
+            run.finish()
     return 0
-
-
-def _pictures(out: str, model, history, test_images, test_labels) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print("(matplotlib is not installed: no pictures; pip install 'convprop[train]')")
-        return
-    from . import plots
-
-    paths = plots.plot_run(out, model, history, normalize(test_images), test_labels)
-    print("pictures:   " + "\n            ".join(paths))
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -258,9 +204,9 @@ def cmd_evaluate(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     images, labels = load_mnist(args.data, train=False)
-    probs = predict(model, normalize(images))
+    probs = predict(model, normalize(images, dtype=model.dtype))
     pred = probs.argmax(axis=1)
-    k = probs.shape[1]
+    k = max(probs.shape[1], int(labels.max(initial=-1)) + 1)  # a model of fewer classes than the data: still k×k
     confusion = confusion_matrix(labels, pred, k)
     print(f"{args.checkpoint}: {ckpt['meta']['model']['name']}, epoch {ckpt['meta'].get('epoch')}")
     print(f"accuracy {np.mean(pred == labels):.2%} on {len(labels):,} test images")
@@ -353,7 +299,7 @@ def cmd_plot(args) -> int:
     saved = metrics.get("args") or {}
     images, labels = load_mnist(args.data or saved.get("data"), train=False)
     images, labels = _subset(images, labels, saved.get("test_size"), saved.get("seed", 0))
-    _pictures(run, model, history, images, labels)
+    pictures(run, model, history, images, labels)
     return 0
 
 
@@ -361,15 +307,23 @@ def cmd_predict(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     digits = np.stack([load_digit(p) for p in args.images])
-    probs = predict(model, normalize(digits))
+    probs = predict(model, normalize(digits, dtype=model.dtype))
     for path, p in zip(args.images, probs):
         print(f"{path}: {int(p.argmax())}  (p = {p.max():.3f})")
         print("    " + "  ".join(f"{c}:{v:.3f}" for c, v in enumerate(p)))
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve.app import serve
+    except ImportError:
+        raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
+    return serve(args.checkpoint, args.host, args.port)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "serve": cmd_serve}
 
 
 def _launch_workers(args, argv: list[str], command: bool) -> int | None:
@@ -395,41 +349,64 @@ def _launch_workers(args, argv: list[str], command: bool) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     command, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `convprop`: what it can do, not an error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     if args.threads is not None:
         set_num_threads(args.threads)
     try:
-        if args.command == "train" and (code := _launch_workers(args, argv, command)) is not None:
-            return code
-        return COMMANDS[args.command](args)
-    except Exception as e:
-        if distributed.is_initialized() and not getattr(e, "every_rank", False):
-            if args.debug:
+        try:
+            if args.command == "train" and (code := _launch_workers(args, argv, command)) is not None:
+                return code
+            return COMMANDS[args.command](args)
+        except BaseException as e:
+            if not distributed.is_initialized():
+                raise
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) or getattr(e, "every_rank", False):
+                if distributed.rank() != 0:  # every rank has it: rank 0 says it
+                    return 130 if isinstance(e, KeyboardInterrupt) else 1 if isinstance(e, _DIVERGED) else 2
+                raise
+            if args.debug:  # this rank's alone: say it, naming the rank, and stop every rank
                 import traceback
 
                 traceback.print_exc()
-            distributed.abort(f"{type(e).__name__}: {e}" if not isinstance(e, _EXPECTED) else str(e), 1)
-        if distributed.launched_rank() != 0:  # the same error on every rank: rank 0 says it
-            return 1 if isinstance(e, (Divergence, nn.AnomalyError)) else 2
-        if isinstance(e, (Divergence, nn.AnomalyError)):
-            print(f"convprop: {e}; the last good checkpoint is kept", file=sys.stderr)
-            if args.debug:
-                raise
-            return 1
-        if isinstance(e, _EXPECTED):
-            if args.debug:
-                raise
-            print(f"convprop: error: {e}", file=sys.stderr)
-            return 2
-        raise
+            distributed.abort(str(e) if isinstance(e, _EXPECTED) else f"{type(e).__name__}: {e}",
+                              1 if isinstance(e, _DIVERGED) else 2 if isinstance(e, _EXPECTED) else 1)
+    except _DIVERGED as e:
+        if args.debug:
+            raise
+        print(f"convprop: {e}", file=sys.stderr)
+        return 1
+    except _EXPECTED as e:
+        if args.debug:
+            raise
+        print(f"convprop: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `convprop … | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 141
+    except RunInterrupted as e:
+        print(f"convprop: {e.message}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        if distributed.launched_rank() == 0:
-            print("convprop: interrupted", file=sys.stderr)
+        print("convprop: interrupted", file=sys.stderr)
         return 130
 
 
-_EXPECTED = (UsageError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
+_DIVERGED = (Divergence, nn.AnomalyError, RunDiverged)
+_EXPECTED = (UsageError, RunError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
              IsADirectoryError, ValueError, TypeError, distributed.MPIError)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 def normalize(images: np.ndarray, mean: float = MNIST_MEAN, std: float = MNIST_STD,
               dtype=np.float32) -> np.ndarray:
     """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype."""
+    dtype = np.dtype(dtype).type
     x = images.astype(dtype) * dtype(1 / 255.0)
     x = (x - dtype(mean)) * dtype(1 / std)
     return x[:, None] if x.ndim == 3 else x
