@@ -361,10 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                 return code
             return COMMANDS[args.command](args)
         except BaseException as e:
-            if not distributed.is_initialized():
-                raise
-            if isinstance(e, (KeyboardInterrupt, SystemExit)) or getattr(e, "every_rank", False):
-                if distributed.rank() != 0:  # every rank has it: rank 0 says it
+            # under mpiexec: an error of every rank (before MPI starts, an error of the command line's) is
+            # rank 0's to say; one of this rank's alone stops every rank, naming this one
+            if (not distributed.is_initialized() or isinstance(e, (KeyboardInterrupt, SystemExit))
+                    or getattr(e, "every_rank", False)):
+                if distributed.launched_rank() != 0:
                     return 130 if isinstance(e, KeyboardInterrupt) else 1 if isinstance(e, _DIVERGED) else 2
                 raise
             if args.debug:  # this rank's alone: say it, naming the rank, and stop every rank

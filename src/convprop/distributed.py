@@ -138,7 +138,7 @@ def abort(message: str, code: int = 1) -> None:
     os._exit(code)  # (MPI_Abort may return before the signal that ends this process arrives)
 
 
-def _every_rank(e: BaseException) -> BaseException:
+def mark_every_rank(e: BaseException) -> BaseException:
     """Mark an error that every rank raises at the same point (after a collective): the job can end
     in order, rank 0 reporting it, rather than abort."""
     e.every_rank = True
@@ -289,7 +289,7 @@ def together(what: str = "setting up") -> Iterator[None]:
     if len(failed) < _size and e.args and isinstance(e.args[0], str):
         r = _rank if error is not None else failed[0]
         e.args = (f"rank {r} of {_size}: {e.args[0]}", *e.args[1:])
-    raise _every_rank(e)
+    raise mark_every_rank(e)
 
 
 # --------------------------------------------------------------------------- launching
@@ -407,7 +407,7 @@ def step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndar
     extra = allreduce_gradients(model.parameters(), [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0])
     if extra[2]:
         optimizer.zero_grad()
-        raise _every_rank(Divergence("the loss became nan or inf on "
+        raise mark_every_rank(Divergence("the loss became nan or inf on "
                          f"{int(extra[2])} of {_size} ranks: training diverged (try a smaller --lr)"))
     optimizer.step()  # the same update on every rank: W ← W − lr·∂W (or the optimizer's rule)
     return float(extra[0] / N), int(round(extra[1])), int(N)

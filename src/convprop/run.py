@@ -427,11 +427,11 @@ class Run:
         bad = [k for k in ("train_loss", "test_loss") if k in row and not math.isfinite(row[k])]
         # (every rank holds the same history and weights: under MPI, every rank raises these together)
         if bad:
-            raise distributed._every_rank(Divergence(
+            raise distributed.mark_every_rank(Divergence(
                 f"epoch {epoch} ended with a {bad[0].replace('_', ' ')} of {row[bad[0]]}: training diverged "
                 "(try a smaller --lr)"))
         if not all(np.isfinite(p.data).all() for p in self.model.parameters()):
-            raise distributed._every_rank(Divergence(
+            raise distributed.mark_every_rank(Divergence(
                 f"epoch {epoch} ended with weights that are not finite: training diverged (try a smaller --lr)"))
         if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
             self.saved_epoch = epoch
