@@ -175,20 +175,29 @@ def main(argv=None) -> int:
     # the cost model: measured shard compute + modelled collectives
     shard = {m: {b: statistics.median(s[b] for s in got) for b in sizes} for m, got in shard_samples.items()}
     model_rows = []
-    print(f"\ncost model, global batch {batch}: step = T_shard(B/K) + ring Allreduce + small collectives")
+    print(f"\ncost model, global batch {batch}: step = T_shard(B/K) + ring Allreduce + small collectives,")
+    print("T_shard(b) = t0 + t1·b fitted (least squares) to the one-rank steps measured at b = " +
+          ", ".join(map(str, sizes)))
+    fits = {}
     for m in shard:
+        import numpy as np
+
+        t1, t0 = np.polyfit(sizes, [shard[m][b] for b in sizes], 1)
+        fits[m] = (max(float(t0), 0.0), float(t1))
         nbytes = next(r["buffer_bytes"] for r in rows if r["model"] == m)
         print(f"{m}: {nbytes / 1e3:.1f} kB of gradients per step (per rank, each way: 2(K−1)/K of it), "
-              f"{syncs(m)} small collectives; one-rank step at batch {batch}: {shard[m][batch] * 1e3:.1f} ms")
+              f"{syncs(m)} small collectives; t0 = {fits[m][0] * 1e3:.2f} ms, t1 = {fits[m][1] * 1e3:.3f} ms/image; "
+              "measured: " + ", ".join(f"{b}: {shard[m][b] * 1e3:.1f}" for b in sizes) + " ms")
+        t_shard = lambda b, m=m: fits[m][0] + fits[m][1] * b  # noqa: E731
         for net, (bw, alpha) in NETWORKS.items():
             cells = []
             for k in NODES:
                 b = max(1, batch // k)
                 comm = ring_allreduce_s(nbytes, k, bw, alpha) + syncs(m) * ring_allreduce_s(64, k, bw, alpha)
-                step = shard[m][b] + comm
-                eff = shard[m][batch] / (k * step)
+                step = t_shard(b) + comm
+                eff = t_shard(batch) / (k * step)
                 cells.append(f"K={k}: {eff:.0%} ({comm * 1e3:.2f} ms comm)")
-                model_rows.append({"model": m, "network": net, "nodes": k, "shard_ms": shard[m][b] * 1e3,
+                model_rows.append({"model": m, "network": net, "nodes": k, "shard_ms": t_shard(b) * 1e3,
                                    "comm_ms": comm * 1e3, "efficiency": eff})
             print(f"  {net}: " + ", ".join(cells))
         for r in rows:  # the check: this machine's ranks, with the measured Allreduce in place of the network's
@@ -203,6 +212,7 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             json.dump({"cpu": cpu_model(), "cpus": os.cpu_count(), "rounds": rounds, "rows": rows,
                        "shard_ms": {m: {b: v * 1e3 for b, v in d.items()} for m, d in shard.items()},
+                       "shard_fit_ms": {m: [t0 * 1e3, t1 * 1e3] for m, (t0, t1) in fits.items()},
                        "cost_model": model_rows,
                        "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, f, indent=1)
     return 0
