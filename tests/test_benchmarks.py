@@ -56,3 +56,11 @@ def test_distributed_benchmark_runs_at_smoke_size(tmp_path):
     assert all(row["allreduce_ms"] > 0 for row in result["rows"] if row["ranks"] == 2)
     assert {row["nodes"] for row in result["cost_model"]} == {1, 2, 4, 8, 16, 32, 64}
     assert "check, 2 local ranks: predicted" in r.stdout
+
+
+def test_deploy_benchmark_runs_at_smoke_size():
+    pytest.importorskip("onnxruntime")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.deploy", "--smoke"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "ONNX Runtime img/s" in r.stdout and r.stdout.count("×") >= 3 and "CPU:" in r.stdout, r.stdout
