@@ -71,7 +71,7 @@ from convprop import models, nn, optim, set_num_threads
 from convprop.random import manual_seed
 from convprop.train import train_step
 set_num_threads(1)
-name, sizes, steps = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3])
+name, sizes, steps, least = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
 manual_seed(0)
 model = models.build(name, num_classes=10)
 opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -82,7 +82,7 @@ for b in sizes:
     for _ in range(3):
         train_step(model, nn.CrossEntropyLoss(), opt, x, y)
     times = []
-    for _ in range(max(steps, 2000 // b)):
+    for _ in range(max(steps, least // b)):  # (at least `least` images: small shards get more steps)
         t = time.perf_counter()
         train_step(model, nn.CrossEntropyLoss(), opt, x, y)
         times.append(time.perf_counter() - t)
@@ -107,9 +107,9 @@ def syncs(model: str) -> int:
     return 1 + 2 * sum(isinstance(m, nn.BatchNorm2d) for m in net)
 
 
-def run_shards(model: str, sizes: list[int], steps: int) -> dict:
+def run_shards(model: str, sizes: list[int], steps: int, least: int) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", SHARDS, model, ",".join(map(str, sizes)), str(steps)],
+    r = subprocess.run([sys.executable, "-c", SHARDS, model, ",".join(map(str, sizes)), str(steps), str(least)],
                        capture_output=True, text=True, env=env, timeout=600, check=True)
     return {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
 
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
         for c in configs:
             samples[c].append(run_one(*c, steps))
         for m in shard_samples:
-            shard_samples[m].append(run_shards(m, sizes, steps))
+            shard_samples[m].append(run_shards(m, sizes, steps, 0 if args.smoke else 2000))
     rows = []
     for (model, b, k), got in samples.items():
         step_s = statistics.median(s["step_s"] for s in got)
