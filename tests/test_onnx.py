@@ -394,3 +394,46 @@ def test_hostile_tensors_are_refused_before_allocating(tmp_path):
         assert "\n" not in str(e.value)
     with pytest.raises(OnnxError, match="over the limit"):
         conv_onnx.load(good, max_bytes=100)
+
+
+class Residual(nn.Module):
+    """The forward/backward pattern for forks and joins: y = relu(bn(conv2(relu(conv1(x)))) + shortcut(x))."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride), nn.BatchNorm2d(c_out)) \
+            if stride != 1 or c_in != c_out else None
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn(self.conv2(self.relu1(self.conv1(x))))
+        return self.relu2(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def test_export_modules_whose_forward_forks_and_joins(tmp_path):
+    convprop.random.manual_seed(0)
+    model = randomized(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Residual(4, 4), Residual(4, 8, stride=2),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))
+    path = conv_onnx.export(model, str(tmp_path / "res.onnx"), (1, 1, 9, 9))
+    x = _input((3, 1, 9, 9))
+    assert_close(run_ort(path, x), model(x), "residual blocks")
+    assert [n.op_type for n in onnx.load(path).graph.node].count("Add") == 2
+    back = conv_onnx.load(path)  # a Graph with the same numbers, and a backward
+    assert isinstance(back, Graph)
+    assert_close(back.eval()(x), model(x), "residual blocks imported", 1e-6)
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.fc(x * 2.0)
+
+    with pytest.raises(OnnxError, match=r"^fc \(Linear\): its input is computed by code other than layers"):
+        conv_onnx.export(Scaled(), str(tmp_path / "s.onnx"), (1, 3))
+    assert nn.Module.__call__ is conv_onnx._original_call  # the tracing is undone after an error too

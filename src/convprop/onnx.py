@@ -182,19 +182,71 @@ EXPORTERS: dict[type, Callable] = {
 }
 
 
-def _emit(b: _Builder, m: nn.Module, x: str, xa: np.ndarray, label: str) -> tuple[str, np.ndarray]:
-    """Write module m applied to the tensor named x (whose value on the example input is xa)."""
-    if isinstance(m, nn.Sequential):
-        for name, child in m._modules.items():
-            x, xa = _emit(b, child, x, xa, f"{label}.{name}" if label else name)
-        return x, xa
-    if isinstance(m, Graph):
-        return m._export(b, x, xa, label)
-    for cls in type(m).__mro__:
-        if cls in EXPORTERS:
-            return EXPORTERS[cls](b, m, x, xa, label or type(m).__name__), m(xa)
-    raise OnnxError(f"{label or 'model'} ({type(m).__name__}): no ONNX export for this layer "
-                    f"(exported: {', '.join(sorted(c.__name__ for c in EXPORTERS))}, Sequential)")
+class _Traced(np.ndarray):
+    """The example input's value at some point of the forward pass, with the name of the ONNX tensor
+    that holds it.  Only a layer's output or a sum of two traced values is traced: anything else
+    computed from one (a reshape, a product, …) has no name, and a layer given it is refused."""
+
+    onnx_name: str | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.onnx_name = None  # views and results of other operations are not the named tensor
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [i.view(np.ndarray) if isinstance(i, _Traced) else i for i in inputs]
+        out = getattr(ufunc, method)(*plain, **kwargs)
+        names = [getattr(i, "onnx_name", None) for i in inputs]
+        if ufunc is np.add and method == "__call__" and len(inputs) == 2 and all(names) and not kwargs \
+                and inputs[0].shape == inputs[1].shape and _tracer.builder is not None:
+            return _trace(out, _tracer.builder.node("Add", names, f"{_tracer.label}.add"))  # a join
+        return out
+
+
+def _trace(value: np.ndarray, name: str) -> _Traced:
+    t = np.asarray(value).view(_Traced)
+    t.onnx_name = name
+    return t
+
+
+class _Tracer:
+    """While export runs the forward pass: every Module call writes its layer's nodes."""
+
+    builder: _Builder | None = None
+    label = ""
+    names: dict[int, str] = {}
+
+
+_tracer = _Tracer()
+_original_call = nn.Module.__call__
+
+
+def _exporter(m: nn.Module) -> Callable | None:
+    return next((EXPORTERS[c] for c in type(m).__mro__ if c in EXPORTERS), None)
+
+
+def _traced_call(self: nn.Module, *args, **kwargs):
+    b, label = _tracer.builder, _tracer.names.get(id(self), "") or type(self).__name__
+    if b is None:
+        return _original_call(self, *args, **kwargs)
+    emit = _exporter(self)
+    if emit is None:  # a container: its forward calls its submodules (and adds branches)
+        if not self._modules or isinstance(self, nn.Module) and type(self).forward is nn.Module.forward:
+            raise OnnxError(f"{label} ({type(self).__name__}): no ONNX export for this layer (exported: "
+                            f"{', '.join(sorted(c.__name__ for c in EXPORTERS))}, and modules whose forward "
+                            "calls those and adds their outputs)")
+        outer, _tracer.label = _tracer.label, label
+        try:
+            return _original_call(self, *args, **kwargs)
+        finally:
+            _tracer.label = outer
+    inputs = [a for a in args if isinstance(a, np.ndarray)]
+    if kwargs or len(inputs) != len(args) or not inputs or any(getattr(a, "onnx_name", None) is None for a in inputs):
+        raise OnnxError(f"{label} ({type(self).__name__}): its input is computed by code other than layers and "
+                        "sums of their outputs, which cannot be exported")
+    names = [a.onnx_name for a in inputs]
+    plain = [a.view(np.ndarray) for a in inputs]
+    name = emit(b, self, names if isinstance(self, Add) else names[0], plain[0], label)
+    return _trace(_original_call(self, *plain), name)
 
 
 def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> str:
@@ -215,13 +267,21 @@ def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int
     elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     was_training = [m.training for m in model.modules()]
     model.eval()
+    b = _Builder(onnx, dtype)
+    _tracer.builder, _tracer.names, _tracer.label = b, {id(m): n for n, m in model.named_modules()}, ""
+    nn.Module.__call__ = _traced_call
     try:
-        b = _Builder(onnx, dtype)
-        xa = np.zeros((1, *shape[1:]), dtype)
-        out, ya = _emit(b, model, "input", xa, "")
+        y = model(_trace(np.zeros((1, *shape[1:]), dtype), "input"))
     finally:
+        nn.Module.__call__ = _original_call
+        _tracer.builder, _tracer.names = None, {}
         for m, mode in zip(model.modules(), was_training):
             object.__setattr__(m, "training", mode)
+    out = getattr(y, "onnx_name", None)
+    if out is None:
+        raise OnnxError(f"model ({type(model).__name__}): its output is computed by code other than layers and sums "
+                        "of their outputs, which cannot be exported")
+    ya = y.view(np.ndarray)
     if out == "input":
         out = b.node("Identity", ["input"], "identity")
     for node in b.nodes:  # the last tensor is the graph's "output"
@@ -288,16 +348,8 @@ class Graph(nn.Module):
                 grads[name] = gi if name not in grads else grads[name] + gi  # a fork adds its branches
         return grads.get(self.input) if input_grad else None
 
-    def _export(self, b: _Builder, x: str, xa: np.ndarray, label: str) -> tuple[str, np.ndarray]:
-        names, values = {self.input: x}, {self.input: xa}
-        for k, (out, ins, m) in enumerate(zip(self.outputs, self.inputs, self.children())):
-            sub = f"{label}.{k}" if label else str(k)
-            if isinstance(m, Add):
-                names[out] = b.node("Add", [names[i] for i in ins], sub)
-                values[out] = m(*[values[i] for i in ins])
-            else:
-                names[out], values[out] = _emit(b, m, names[ins[0]], values[ins[0]], sub)
-        return names[self.output], values[self.output]
+
+EXPORTERS[Add] = lambda b, m, names, xa, label: b.node("Add", names, label)
 
 
 # =========================================================================== import
