@@ -215,7 +215,7 @@ def explain_topics():
 
 
 def cmd_explain(args) -> int:
-    from .explain import TOPICS, explain, render_markdown, render_text
+    from .explain import TOPICS, accepted, explain, render_markdown, render_text
 
     render = render_markdown if args.format == "markdown" else render_text
     options = dict(size=args.size, kernel=args.kernel, stride=args.stride, padding=args.padding, seed=args.seed)
@@ -227,7 +227,7 @@ def cmd_explain(args) -> int:
     ok = True
     for topic in topics:
         try:
-            e = explain(topic, **options)
+            e = explain(topic, **(accepted(topic, options) if args.topic == "all" else options))
         except ValueError as err:
             raise UsageError(f"{topic}: {err}") from None
         ok &= e.ok
