@@ -6,6 +6,7 @@ for (N, C, H, W)); m = the number of values per channel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ class BatchNormCache:
     gamma: np.ndarray | None
     training: bool
     has_bias: bool = True
+    allreduce: Callable[[np.ndarray], np.ndarray] | None = None  # SyncBatchNorm: sums over every process
+    count: float = 0.0  # m, the values per channel (over every process, with allreduce)
 
 
 def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
@@ -44,23 +47,42 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.ndarray | None,
                weight: np.ndarray | None = None, bias: np.ndarray | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5) -> tuple[np.ndarray, BatchNormCache]:
+               momentum: float = 0.1, eps: float = 1e-5, allreduce: Callable[[np.ndarray], np.ndarray] | None = None,
+               ) -> tuple[np.ndarray, BatchNormCache]:
     """y = γ (x − μ) / √(σ² + ε) + β, as torch.nn.functional.batch_norm (same argument order).
 
     x (N, C) or (N, C, H, W); running_mean, running_var, weight γ, bias β: (C,).
     Training: μ, σ² are the batch's (biased σ² normalises; the running average takes the unbiased
     one, m/(m−1)·σ², as torch) and running_mean/var are updated in place.  Eval: the running ones.
     Computed as y = (x − μ) ⊙ (γ/σ) + β: two passes over x after the statistics.
+
+    allreduce (SyncBatchNorm, as torch.nn.SyncBatchNorm): when x is one process's shard of a batch
+    spread over several, a function that sums a float64 array over every process (an MPI
+    Allreduce; see convprop.distributed).  Training then normalises with the whole batch's μ, σ²,
+    from the per-channel sums (m, Σx, Σx²) over every process, and so updates identical running
+    statistics everywhere; the backward sums its two per-channel sums the same way.
     """
     chk.float_array(x, "x", (2, 3, 4, 5), "N, C, ...")
     axes = (0,) + tuple(range(2, x.ndim))
     m = x.size // x.shape[1]
+    if training and allreduce is not None:
+        sums = np.empty((3, x.shape[1]))
+        sums[0] = m
+        sums[1] = x.sum(axis=axes, dtype=np.float64)  # Σx per channel (float64: a difference of sums follows)
+        sums[2] = (x * x).sum(axis=axes, dtype=np.float64)  # Σx²
+        sums = allreduce(sums)  # ... over every process's shard
+        m = int(round(sums[0, 0]))
+        if m >= 2:
+            mean = sums[1] / m  # μ = Σx / m
+            var = np.maximum(sums[2] / m - mean * mean, 0.0)  # σ² = Σx²/m − μ²
     if training:
         if m < 2:
             raise ValueError(f"x: expected more than 1 value per channel when training, got shape {x.shape}")
-        mean = x.mean(axis=axes)
+        if allreduce is None:
+            mean = x.mean(axis=axes)
         xc = x - _channel_view(mean.astype(x.dtype), x.ndim)  # x − μ
-        var = _channel_dot(xc, xc) / x.dtype.type(m)  # σ² = mean((x − μ)²), biased: what normalises the batch
+        if allreduce is None:
+            var = _channel_dot(xc, xc) / x.dtype.type(m)  # σ² = mean((x − μ)²), biased: what normalises the batch
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -82,7 +104,7 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
         out = x * _channel_view(scale, x.ndim)
         out += _channel_view(shift.astype(x.dtype), x.ndim)
     return out, BatchNormCache(xc, None if training else mean, _channel_view(inv_std, x.ndim), weight, training,
-                               bias is not None)
+                               bias is not None, allreduce if training else None, m)
 
 
 def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
@@ -92,14 +114,15 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
     ∂β = Σ ∂y,   ∂γ = Σ ∂y ⊙ x̂   (sums over all axes but C)
     training: ∂x = (γ/σ)(∂y − mean(∂y) − x̂ ⊙ mean(∂y ⊙ x̂))   (μ, σ depend on x)
     eval:     ∂x = (γ/σ) ∂y                                  (μ, σ are constants)
-    The training ∂x is computed as A ∂y + B (x − μ) + C per channel: A = γ/σ, B = −(γ/σ³) mean(∂y ⊙ (x − μ)),
-    C = −(γ/σ) mean(∂y).
+    The training ∂x is computed as A ∂y + B (x − μ) + C per channel: A = γ/σ,
+    B = −(γ/σ²) mean(∂y ⊙ x̂), C = −(γ/σ) mean(∂y).
+    With the forward's allreduce, the two means are over every process's shard: Σ∂y and Σ∂y ⊙ x̂
+    are summed over the processes (∂γ, ∂β stay this shard's: the gradient Allreduce adds them up).
     """
     chk.cache_of(cache, BatchNormCache, "batch_norm")
     c = cache
     dy = chk.grad_output(dout, c.xc.shape, c.xc.dtype)
-    nd, dt = dy.ndim, dy.dtype.type
-    m = dt(dy.size // dy.shape[1]) if dy.size else dt(1)
+    nd = dy.ndim
     axes = (0,) + tuple(range(2, nd))
     inv_std = c.inv_std.reshape(-1)
     k = inv_std if c.gamma is None else inv_std * c.gamma  # γ/σ
@@ -108,8 +131,11 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
     dgamma = _channel_dot(dy, xc) * inv_std  # Σ ∂y ⊙ x̂ = (1/σ) Σ ∂y ⊙ (x − μ)
     dx = dy * _channel_view(k, nd)
     if c.training:
-        dx += xc * _channel_view(-k * inv_std * dgamma / m, nd)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
-        dx += _channel_view(-k * dbeta / m, nd)  # − (γ/σ) mean(∂y)
+        sum_dy, sum_dy_xhat, m = dbeta, dgamma, max(c.count, 1)
+        if c.allreduce is not None:  # the means over every process's shard
+            sum_dy, sum_dy_xhat = c.allreduce(np.stack([dbeta, dgamma]).astype(np.float64)).astype(dy.dtype)
+        dx += xc * _channel_view(-k * inv_std * sum_dy_xhat / m, nd)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
+        dx += _channel_view(-k * sum_dy / m, nd)  # − (γ/σ) mean(∂y)
     return dx, (None if c.gamma is None else dgamma), (dbeta if c.has_bias else None)
 
 
