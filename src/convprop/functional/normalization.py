@@ -131,11 +131,12 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
     dgamma = _channel_dot(dy, xc) * inv_std  # Σ ∂y ⊙ x̂ = (1/σ) Σ ∂y ⊙ (x − μ)
     dx = dy * _channel_view(k, nd)
     if c.training:
-        sum_dy, sum_dy_xhat, m = dbeta, dgamma, max(c.count, 1)
-        if c.allreduce is not None:  # the means over every process's shard
-            sum_dy, sum_dy_xhat = c.allreduce(np.stack([dbeta, dgamma]).astype(np.float64)).astype(dy.dtype)
-        dx += xc * _channel_view(-k * inv_std * sum_dy_xhat / m, nd)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
-        dx += _channel_view(-k * sum_dy / m, nd)  # − (γ/σ) mean(∂y)
+        g = 1 if c.gamma is None else c.gamma
+        sums, m = (g * dbeta, g * dgamma), max(c.count, 1)  # Σ∂x̂ = γ Σ∂y,  Σ∂x̂ ⊙ x̂ = γ Σ∂y ⊙ x̂
+        if c.allreduce is not None:  # ... over every process's shard
+            sums = c.allreduce(np.stack(sums).astype(np.float64)).astype(dy.dtype)
+        dx += xc * _channel_view(-inv_std * inv_std * sums[1] / m, nd)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
+        dx += _channel_view(-inv_std * sums[0] / m, nd)  # − (γ/σ) mean(∂y)
     return dx, (None if c.gamma is None else dgamma), (dbeta if c.has_bias else None)
 
 
