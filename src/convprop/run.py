@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, models, nn, optim
+from . import checkpoint, models, nn, optim, safe_json
 from . import random as _random
 from .data import DataLoader, load_mnist, normalize
 from .train import Divergence, fit
@@ -471,6 +471,39 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+MAX_METRICS_BYTES = 64 << 20
+
+
+def read_metrics(path: str) -> tuple[list[dict], Settings]:
+    """A run's metrics.json, checked as a stranger's file: (its epochs' rows, its settings).
+    ValueError naming the file and what is wrong with it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no metrics.json (is {os.path.dirname(path) or '.'} a convprop train "
+                                "--out directory?)")
+    size = os.path.getsize(path)
+    if size > MAX_METRICS_BYTES:
+        raise RunError(f"{path}: {size:,} bytes, more than a metrics file holds ({MAX_METRICS_BYTES:,})")
+    with open(path, "rb") as f:
+        metrics = safe_json.loads(f.read(), path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
+        raise RunError(f"{path}: not a convprop metrics file (expected an object with a list of 'epochs')")
+    rows = metrics["epochs"]
+    if not rows:
+        raise RunError(f"{path}: no epoch has finished yet: nothing to draw")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    with_test = "test_loss" in rows[0]
+    for k, row in enumerate(rows):
+        keys = ("epoch", "train_loss", "train_acc") + (("test_loss", "test_acc") if with_test else ())
+        if not isinstance(row, dict) or not all(number(row.get(key)) for key in keys):
+            raise RunError(f"{path}: epochs[{k}]: expected numbers {', '.join(keys)}, got {str(row)[:80]}")
+    args = metrics.get("args")
+    settings = Settings.from_saved(args, path) if args is not None else Settings()
+    return rows, settings
 
 
 def pictures(out: str, model, history, test_images, test_labels, log: Callable[[str], None] = print) -> list[str]:
