@@ -36,13 +36,15 @@ def layout(a, batch_last: bool):
 
 def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):
     """F.<name>(*arrays, *args, **kw) and F.<name>_backward against torch.nn.functional.<name>:
-    the output, and the gradient of every array input (None inputs must get None gradients).
+    the output, and the gradient of every array input (None inputs must get None gradients);
+    NumPy arrays among args (indices) go to torch as tensors, without gradients.
     Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
     arrays = [None if a is None else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
     out, cache = getattr(F, name)(*arrays, *args, **kw)
     leaves = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
-    ref = getattr(TF, torch_name or name)(*leaves, *args, **kw)
+    targs = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args]  # e.g. max_unpool2d's indices
+    ref = getattr(TF, torch_name or name)(*leaves, *targs, **kw)
     assert_close(out, ref, dtype, f"{name} forward")
     dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))

@@ -74,14 +74,14 @@ def random_pool(seed, kind):
 
 def small_tiles_and_blocks(seed, monkeypatch):
     """Seeds 0 mod 4: tiles of one output row (of one sample, or of 16 batch-last samples).
-    Seeds 1 mod 4: the batch split over 3 threads however small the work (_parallel)."""
-    from convprop.functional import _parallel, conv
+    Seeds 1 mod 4: the batch split over 3 threads however small the work (_threads)."""
+    from convprop.functional import _threads, _tiling
 
     if seed % 4 == 0:
-        monkeypatch.setattr(conv, "TILE_BYTES", 1)
+        monkeypatch.setattr(_tiling, "TILE_BYTES", 1)
     if seed % 4 == 1:
-        monkeypatch.setattr(_parallel, "_threads", 3)
-        monkeypatch.setattr(_parallel, "MIN_WORK_PER_THREAD", 1)
+        monkeypatch.setattr(_threads, "_count", 3)
+        monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -91,9 +91,18 @@ def test_conv2d_random(seed, monkeypatch):
     check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
 
 
+def routes_taken(monkeypatch) -> list[str]:
+    """The ∂A routes (conv._data_grad_route) taken from now on, in order."""
+    from convprop.functional import conv
+
+    taken, route = [], conv._data_grad_route
+    monkeypatch.setattr(conv, "_data_grad_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    return taken
+
+
 def random_same_conv(seed):
     """'Same'-padded stride-1 convolutions with as many input as output channels: the shapes whose
-    backward-data takes the full-correlation route (see _conv_backward_data)."""
+    backward-data takes the full-correlation route (conv._same_route)."""
     rng = np.random.default_rng(10_000 + seed)
     g = int(rng.choice([1, 2]))
     c = g * int(rng.integers(1, 5))
@@ -106,25 +115,17 @@ def random_same_conv(seed):
 
 @pytest.mark.parametrize("seed", range(80))
 def test_conv2d_same_padding_random(seed, monkeypatch):
-    from convprop.functional import conv
-
-    routes = []
-    forward = conv._conv_forward
-    monkeypatch.setattr(conv, "_conv_forward", lambda *a: routes.append(a[2]) or forward(*a))
+    routes = routes_taken(monkeypatch)
     arrays, kw, dtype = random_same_conv(seed)
     check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
-    assert len(routes) == 2  # the forward, and backward-data as a correlation with the flipped kernel
+    assert routes == ["same"]  # backward-data as a correlation with the flipped kernel
     check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
 
 
 @pytest.mark.parametrize("seed", range(60))
 def test_conv_transpose2d_subpixel_random(seed, monkeypatch):
     """Strides that divide the kernel (the usual ×2 upsampling, k4 s2): the sub-pixel route."""
-    from convprop.functional import conv
-
-    taken = []
-    subpixel = conv._subpixel
-    monkeypatch.setattr(conv, "_subpixel", lambda *a: taken.append(1) or subpixel(*a))
+    taken = routes_taken(monkeypatch)
     rng = np.random.default_rng(20_000 + seed)
     g, s = int(rng.choice([1, 2])), tuple(int(v) for v in rng.integers(1, 4, size=2))
     if s == (1, 1):
@@ -138,7 +139,7 @@ def test_conv_transpose2d_subpixel_random(seed, monkeypatch):
               rng.standard_normal(cout) if seed % 3 else None]
     check_op("conv_transpose2d", arrays, dtype=_dtype(rng), seed=seed, stride=s, padding=p, output_padding=op,
              groups=g)
-    assert taken
+    assert taken == ["subpixel"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -177,9 +178,7 @@ def test_max_unpool2d_random(seed):
         default = [(o - 1) * st[a] - 2 * kw["padding"][a] + k[a] for a, o in enumerate(pooled.shape[2:])]
         if cache.indices.max() >= default[0] * default[1]:
             size = x.shape[2:]
-    ours = F.max_unpool2d(pooled, cache.indices, k, output_size=size, **kw)
-    ref = TF.max_unpool2d(torch.tensor(pooled), torch.tensor(cache.indices), k, output_size=size, **kw)
-    assert_close(ours, ref, dtype, "max_unpool2d")
+    check_op("max_unpool2d", [pooled], cache.indices, k, dtype=dtype, seed=seed, output_size=size, **kw)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -389,15 +388,15 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
     (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 4 * 2),  # per-sample: whole samples, one or two a tile
 ])
 def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, monkeypatch):
-    """im2col, the GEMMs and col2im run a tile of output positions at a time (conv.TILE_BYTES):
+    """im2col, the GEMMs and col2im run a tile of output positions at a time (_tiling.TILE_BYTES):
     shrunk so that every core runs several tiles, the results still equal torch's."""
-    from convprop.functional import _parallel, conv
+    from convprop.functional import _threads, _tiling
 
-    monkeypatch.setattr(conv, "TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(_parallel, "_threads", 1)  # one block of the batch: its tiles alone
+    monkeypatch.setattr(_tiling, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_threads, "_count", 1)  # one block of the batch: its tiles alone
     counts = []
-    tiles = conv._tiles
-    monkeypatch.setattr(conv, "_tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    tiles = _tiling.tiles
+    monkeypatch.setattr(_tiling, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
     rng = np.random.default_rng(n)
     x, w, b = rng.standard_normal((n, c, h, h)), rng.standard_normal((c, c, k, k)), rng.standard_normal(c)
     check_op("conv2d", [x, w, b], stride=s, padding=p)

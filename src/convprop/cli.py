@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__, checkpoint, models, nn
 from .data import IDXError, load_mnist, normalize
-from .functional._parallel import set_num_threads
+from .functional._threads import set_num_threads
 from .run import (
     CHECKPOINT_NAME,
     DEFAULT_LR,
@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint")
     r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
     r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size; converted as MNIST)")
+
+    v = sub.add_parser("serve", help="a web page: draw a digit, watch its forward and backward pass, train live",
+                       description="Serve a page (the `serve` extra) that draws every layer's output and gradient "
+                                   "for a digit you draw, and trains the model live. JSON endpoints: docs/serve.md.")
+    v.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None,
+                   help="a checkpoint.npz (default: the last convprop train run's, else train LeNet-5 first)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
+
     for command in sub.choices.values():  # every command (keep this last): --debug/--threads after it too
         _global_options(command, argparse.SUPPRESS)
     return p
@@ -287,8 +296,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve.app import serve
+    except ImportError:
+        raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
+    return serve(args.checkpoint, args.host, args.port)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot,
-            "explain": cmd_explain}
+            "explain": cmd_explain, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

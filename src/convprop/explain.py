@@ -74,6 +74,21 @@ def _sq(a) -> np.ndarray:
     return a
 
 
+# The equations of the steps that `convprop serve` also shows next to its pictures (one place for both).
+EQUATIONS = {
+    "conv.forward": "Z_ij = Σ_ab K_ab · A_(i·s+a, j·s+b) + B   (cross-correlation, as torch)",
+    "conv.dA": "∂A = K ⋆ᵀ ∂Z   (conv2d_backward)",
+    "conv.dW": "O_ij = A_patch_ij ⊙ ∂Z_ij,   ∂W = Σ_ij O_ij",
+    "conv.dB": "∂B = Σ_ij ∂Z_ij",
+    "maxpool.unpool": "mask = 0;  mask[indices] += ∂Z^l",
+    "maxpool.act": "∂Z^(l-1) = max-unpool(∂Z^l) ⊙ act'(Z^(l-1))",
+    "avgpool.divide": "∂Z_ij / r",
+    "avgpool.spread": "window ij gets ∂Z_ij / r in each of its cells",
+    "avgpool.sum": "∂A = Σ_windows spread",
+    "loss": "L = −log softmax(z)_y,   ∂L/∂z = softmax(z) − onehot(y)",
+}
+
+
 # --------------------------------------------------------------------------- conv
 FLIP_NOTE = ("Convention: ∂A is the transposed convolution of ∂Z with the kernel K itself (every ∂Z_ij·K "
              "scattered back onto its window), which is the same as a full cross-correlation of the "
@@ -96,7 +111,7 @@ def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int =
                     f"One channel in and out: A^(l-1) is {size}×{size}, the kernel K is {k}×{k}, stride {s}, "
                     f"padding {p}. The upstream gradient ∂Z = ∂L/∂Z is given. " + FLIP_NOTE)
     Ap = np.pad(A[0, 0], p)
-    e.steps.append(Step("Forward", "Z_ij = Σ_ab K_ab · A_(i·s+a, j·s+b) + B   (cross-correlation, as torch)",
+    e.steps.append(Step("Forward", EQUATIONS["conv.forward"],
                         {"A^(l-1)" + (" padded" if p else ""): Ap, "K": K, "B": B, "Z": Z}))
     e.steps.append(Step("Upstream gradient", "∂Z = ∂L/∂Z, the same shape as Z", {"∂Z": dZ}))
     # ∂A, route 1: full cross-correlation of the zero-inserted, padded ∂Z with the flipped kernel
@@ -116,7 +131,7 @@ def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int =
     e.steps.append(Step("∂A^(l-1): the flipped kernel, correlated over the padded ∂Z",
                         "∂A = pad(∂Z) ⋆ K^F   (then crop the forward padding p)", arrays))
     # ∂A, route 2: transposed convolution with the unflipped K = what conv2d_backward computes
-    e.steps.append(Step("∂A^(l-1): the same as a transposed convolution with K", "∂A = K ⋆ᵀ ∂Z   (conv2d_backward)",
+    e.steps.append(Step("∂A^(l-1): the same as a transposed convolution with K", EQUATIONS["conv.dA"],
                         {"∂A (corr. route)": dA_corr, "∂A (K ⋆ᵀ ∂Z)": dA},
                         "In a layer below, ∂Z^(l-1) = ∂A ⊙ act'(Z^(l-1))."))
     patches = {}
@@ -125,8 +140,8 @@ def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int =
             patches[f"A_patch{i}{j}·∂Z{i}{j}"] = Ap[i * s: i * s + k, j * s: j * s + k] * dZ[0, 0, i, j]
     patches["Σ = ∂W"] = dK
     e.steps.append(Step("∂W: every patch of A^(l-1) times its ∂Z_ij, summed",
-                        "O_ij = A_patch_ij ⊙ ∂Z_ij,   ∂W = Σ_ij O_ij", patches))
-    e.steps.append(Step("∂B: the sum of ∂Z over positions", "∂B = Σ_ij ∂Z_ij", {"∂B": dB}))
+                        EQUATIONS["conv.dW"], patches))
+    e.steps.append(Step("∂B: the sum of ∂Z over positions", EQUATIONS["conv.dB"], {"∂B": dB}))
     wrong, _ = F.conv_transpose2d(dZ, KF, stride=s, padding=p, output_padding=size + 2 * p - ((oh - 1) * s + k))
     e.steps.append(Step("The seed read literally: flip K *and* transpose", "(K^F) ⋆ᵀ ∂Z   — flips twice",
                         {"(K^F) ⋆ᵀ ∂Z": wrong, "true ∂A": dA}, "This differs from ∂A: the double flip is wrong."))
@@ -190,10 +205,10 @@ def explain_maxpool(size: int = 4, kernel: int = 2, stride: int = 2, padding: in
                         {"Z^(l-1)": Zp, "A^(l-1)": A, "Z^l": P}))
     e.steps.append(Step("Cached argmax indices", "flat index y·W + x of each window's maximum (torch's convention)",
                         {"indices": cache.indices}))
-    e.steps.append(Step("Max-unpool ∂Z^l into a zero mask", "mask = 0;  mask[indices] += ∂Z^l",
+    e.steps.append(Step("Max-unpool ∂Z^l into a zero mask", EQUATIONS["maxpool.unpool"],
                         {"∂Z^l": dZ, "zero mask": np.zeros_like(A), "max-unpooled": unpooled},
                         "Where windows overlap, two gradients landing on one cell add up."))
-    e.steps.append(Step("Times the activation's derivative", "∂Z^(l-1) = max-unpool(∂Z^l) ⊙ act'(Z^(l-1))",
+    e.steps.append(Step("Times the activation's derivative", EQUATIONS["maxpool.act"],
                         {"act'(Z^(l-1))": act, "∂Z^(l-1)": dZp}))
     n = numeric_gradient(lambda z: F.max_pool2d(F.relu(z)[0], kernel, stride=stride, padding=padding)[0], [Zp], dZ)
     e.checks.append(Check("∂Z^(l-1)", dZp, n[0]))
@@ -221,9 +236,10 @@ def explain_avgpool(size: int = 4, kernel: int = 2, stride: int = 1, padding: in
                     f"{' (windows overlap)' if stride < kernel else ''}. Each ∂Z_ij is divided by the window "
                     "size r and spread evenly over its window; where windows overlap the spreads add up.")
     e.steps.append(Step("Forward", "Z_ij = Σ window ij / r", {"A": A, "Z": Z}))
-    e.steps.append(Step("Each gradient divided by the window size", "∂Z_ij / r", {"∂Z": dZ, "∂Z / r": share}))
-    e.steps.append(Step("Spread over every window", "window ij gets ∂Z_ij / r in each of its cells", spreads))
-    e.steps.append(Step("Summed where windows overlap", "∂A = Σ_windows spread",
+    e.steps.append(Step("Each gradient divided by the window size", EQUATIONS["avgpool.divide"],
+                        {"∂Z": dZ, "∂Z / r": share}))
+    e.steps.append(Step("Spread over every window", EQUATIONS["avgpool.spread"], spreads))
+    e.steps.append(Step("Summed where windows overlap", EQUATIONS["avgpool.sum"],
                         {"windows per cell": counts[padding: padding + size, padding: padding + size], "∂A": dA}))
     n = numeric_gradient(lambda a: F.avg_pool2d(a, kernel, stride=stride, padding=padding)[0], [A], dZ)
     e.checks.append(Check("∂A", dA, n[0]))
@@ -285,7 +301,7 @@ def explain_network(size: int = 6, seed: int = 0, **_) -> Explanation:
     loss, dlogits = loss_fn(h, target)
     e.steps.append(Step("Forward, every layer caching what its backward needs", "h_(k+1) = layer_k(h_k)",
                         {name: (a[0] if a.ndim == 4 else a) for name, a in acts.items()}))
-    e.steps.append(Step("The loss and its gradient", "L = −log softmax(z)_y,   ∂L/∂z = softmax(z) − onehot(y)",
+    e.steps.append(Step("The loss and its gradient", EQUATIONS["loss"],
                         {"logits z": h, "L": np.array([loss]), "∂L/∂z": dlogits}))
     d = dlogits
     for k in range(len(net) - 1, -1, -1):
@@ -294,7 +310,7 @@ def explain_network(size: int = 6, seed: int = 0, **_) -> Explanation:
         arrays = {f"∂L/∂(input of {k})": d[0] if d.ndim == 4 else d}
         for name, p in layer.named_parameters():
             arrays[f"∂{name}"] = p.grad[:, 0] if p.grad.ndim == 4 else p.grad
-        e.steps.append(Step(f"Backward through layer {k}: {type(layer).__name__}", _LAYER_RULES[type(layer).__name__],
+        e.steps.append(Step(f"Backward through layer {k}: {type(layer).__name__}", LAYER_RULES[type(layer).__name__],
                             arrays))
 
     def loss_of(*_arrays):
@@ -308,7 +324,7 @@ def explain_network(size: int = 6, seed: int = 0, **_) -> Explanation:
     return e
 
 
-_LAYER_RULES = {
+LAYER_RULES = {
     "Linear": "∂A = ∂Z W  (= Wᵀ ∂Z as columns),  ∂W = ∂Zᵀ A,  ∂b = Σ ∂Z",
     "Flatten": "∂ reshaped back to (C, H, W)",
     "MaxPool2d": "max-unpool: each ∂ goes to its window's argmax",

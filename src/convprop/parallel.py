@@ -31,7 +31,7 @@ import numpy as np
 
 from . import nn
 from . import random as _random
-from .functional import _parallel
+from .functional import _threads
 from .nn import Module
 from .optim import Optimizer
 from .train import gradients, train_step
@@ -129,7 +129,7 @@ class DataParallel:
             self._go[k].release()
         try:
             self.optimizer.zero_grad()
-            with _parallel.serial():  # one core per process
+            with _threads.serial():  # one core per process
                 loss, correct = gradients(self.model, self.loss_fn, x[: bounds[1]], y[: bounds[1]])
         finally:  # every worker's results in before anything else touches the shared arrays
             for k in range(1, self.workers):
@@ -173,7 +173,7 @@ class DataParallel:
         ctx = multiprocessing.get_context("fork")
         self._go = [None] + [ctx.Semaphore(0) for _ in range(1, k1)]
         self._done = [None] + [ctx.Semaphore(0) for _ in range(1, k1)]
-        _parallel.shutdown()  # fork with no worker threads about
+        _threads.shutdown()  # fork with no worker threads about
         parent = os.getpid()
         for k in range(1, k1):
             pid = os.fork()
@@ -188,7 +188,7 @@ class DataParallel:
             self._pids.append(pid)
 
     def _serve(self, k: int, parent: int) -> None:
-        _parallel.set_num_threads(1)
+        _threads.set_num_threads(1)
         while True:
             _acquire(self._go[k], lambda: os.getppid() == parent, SPIN_S)
             n, training, seed, anomaly = (int(v) for v in self._n[k])

@@ -353,7 +353,7 @@ class Run:
     @property
     def workers_used(self) -> int:
         from . import parallel
-        from .functional._parallel import get_num_threads
+        from .functional._threads import get_num_threads
 
         return self.workers or (get_num_threads() if parallel.supports(self.model) is None else 1)
 

@@ -20,16 +20,15 @@ accepts either layout and preserves what it is given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _checks as chk
-from . import _parallel
+from . import _threads
 
 Pair = tuple[int, int]
-Tile = tuple[slice, slice]  # (batch, output rows): a block of output positions
 
 
 def out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool = False) -> int:
@@ -106,36 +105,53 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
     )
 
 
-def col2im(tiles_of: Callable[[slice], Iterable[tuple[Tile, Callable[[int, int], np.ndarray]]]],
-           padded_shape: tuple[int, ...], dtype: np.dtype, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
-           batch_last_layout: bool = True, flops: int = 0) -> np.ndarray:
-    """Scatter-add back into a zero input: dxp[.., y·sh + i·dh, x·sw + j·dw] += piece(i, j)[.., y, x].
+class Col2im:
+    """The scatter-add of col2im: a zero (padded) input gradient dxp (N, C, H', W') and its
+    writable window view, onto which pieces of gradient at each kernel offset are added back:
 
-    `tiles_of(block)` yields (where, piece) for a block of the batch: `where` = (batch slice within
-    the block, output-row slice) picks output positions and `piece(i, j)` is the gradient reaching
-    kernel offset (i, j) from them; overlapping windows sum.  Within one offset no two output
-    positions share an input element, so `+=` is exact; blocks of the batch never share one, so
-    they run on convprop's threads at once.  Returns the padded (N, C, H', W') gradient, batch-last
-    in memory unless told otherwise; crop it with `unpad`.  flops: what tiles_of computes (for _parallel).
+        dxp[n, c, y·sh + i·dh, x·sw + j·dw] += piece(batch, rows, i, j)[n, c, y, x]
+
+    Within one offset no two output positions share an input element, so `+=` is exact; blocks of
+    the batch never share one, so they may run on convprop's threads at once.
     """
-    # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add;
-    # windows that tile the input exactly write every cell: no zeroing first
-    disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
-    tiled = disjoint and all(d == 1 and s == k and o * s == size
-                             for s, d, k, o, size in zip(stride, dilation, kernel, out, padded_shape[2:]))
-    dxp = allocate(padded_shape, dtype, batch_last_layout, zeroed=False)
-    view = windows(dxp, kernel, stride, dilation, out, writeable=True)
+
+    def __init__(self, padded_shape: tuple[int, ...], dtype, kernel: Pair, stride: Pair, dilation: Pair,
+                 out: Pair, batch_last_layout: bool = True) -> None:
+        self.kernel = kernel
+        # windows that cannot overlap (stride ≥ the dilated kernel) write each cell once: assign, don't add;
+        # windows that tile the input exactly write every cell: no zeroing first
+        self.disjoint = all(s >= d * (k - 1) + 1 for s, d, k in zip(stride, dilation, kernel))
+        self.tiled = self.disjoint and all(d == 1 and s == k and o * s == size for s, d, k, o, size
+                                           in zip(stride, dilation, kernel, out, padded_shape[2:]))
+        self.dxp = allocate(padded_shape, dtype, batch_last_layout, zeroed=False)
+        self.view = windows(self.dxp, kernel, stride, dilation, out, writeable=True)
+
+    def zero(self, block: slice) -> None:
+        """Clear the batch block of dxp before its pieces arrive (unless they will cover it)."""
+        if not self.tiled:
+            self.dxp[block] = 0
+
+    def add(self, piece: Callable[[slice, slice, int, int], np.ndarray], batch: slice, rows: slice) -> None:
+        """Add piece(batch, rows, i, j) — the gradient reaching kernel offset (i, j) from the output
+        positions (batch, rows) — onto the input cells those positions read, for every (i, j)."""
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                if self.disjoint:
+                    self.view[batch, :, i, j, rows] = piece(batch, rows, i, j)
+                else:
+                    self.view[batch, :, i, j, rows] += piece(batch, rows, i, j)
+
+
+def col2im(piece: Callable[[slice, slice, int, int], np.ndarray], padded_shape: tuple[int, ...], dtype,
+           kernel: Pair, stride: Pair, dilation: Pair, out: Pair, batch_last_layout: bool = True) -> np.ndarray:
+    """Σ over kernel offsets (i, j) of piece(batch, rows, i, j) put back where window ij read it
+    (see Col2im), the batch in blocks on convprop's threads.  Returns the padded (N, C, H', W')
+    gradient, batch-last in memory unless told otherwise; crop it with `unpad`."""
+    target = Col2im(padded_shape, dtype, kernel, stride, dilation, out, batch_last_layout)
 
     def scatter(block: slice) -> None:
-        if not tiled:
-            dxp[block] = 0
-        for (batch, rows), piece in tiles_of(block):
-            for i in range(kernel[0]):
-                for j in range(kernel[1]):
-                    if disjoint:
-                        view[batch, :, i, j, rows] = piece(i, j)
-                    else:
-                        view[batch, :, i, j, rows] += piece(i, j)
+        target.zero(block)
+        target.add(piece, block, slice(None))
 
-    _parallel.run(scatter, _parallel.parts(padded_shape[0], 2 * dxp.nbytes, flops))
-    return dxp
+    _threads.run(scatter, _threads.parts(padded_shape[0], 2 * target.dxp.nbytes))
+    return target.dxp

@@ -1,17 +1,20 @@
-"""Activations: A = act(Z) and the factor ⊙ act'(Z) of every ∂Z^l in the seed.
+"""Activations: A = act(Z) and the factor ⊙ act'(Z) of every ∂Z^l (docs/math.md).
 
-Each backward returns ∂Z = ∂A ⊙ act'(Z), with act' written from what the forward cached.
-Masks are multiplied, never selected with np.where: one pass, dtype preserved.
+One pattern for all: an activation is two element-wise formulas, `_<name>(z, out)` for A and
+`_<name>_grad(da, saved, out)` for ∂Z = ∂A ⊙ act'(·), with act' written in what the forward saved
+(Z, or A where that is simpler).  `_forward` and `_backward` do the rest: the checks, the cache,
+and the batch split over convprop's threads.  Masks are multiplied, never selected: dtype preserved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from . import _checks as chk
-from . import _parallel
+from . import _threads
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
            "tanh", "tanh_backward"]
@@ -26,72 +29,94 @@ class ActivationCache:
     negative_slope: float = 0.0
 
 
-def _check(x, op: str):
-    return chk.float_array(x, "x", tuple(range(0, 33)))
+def _forward(op: str, value, x, saved: str, slope: float = 0.0) -> tuple[np.ndarray, ActivationCache]:
+    """A = value(Z) element-wise (the batch split over convprop's threads); the cache keeps Z or A,
+    whichever act' is written in (saved = "z" or "a")."""
+    chk.float_array(x, "x", tuple(range(0, 33)))
+    a = _threads.elementwise(value, np.empty_like(x), x)
+    return a, ActivationCache(op, x if saved == "z" else a, slope)
 
 
-def _cache(cache, op: str) -> ActivationCache:
+def _backward(op: str, grad, dout, cache) -> np.ndarray:
+    """∂Z = grad(∂A, saved) = ∂A ⊙ act'(·) element-wise, for the cache of activation `op`."""
     chk.cache_of(cache, ActivationCache, op)
     if cache.op != op:
         raise TypeError(f"cache: expected the cache returned by {op}, got one from {cache.op}")
-    return cache
+    da = chk.grad_output(dout, cache.saved.shape, cache.saved.dtype)
+    return _threads.elementwise(grad, np.empty_like(da), da, cache.saved)
 
 
-def _dout(dout, cache: ActivationCache):
-    return chk.grad_output(dout, cache.saved.shape, cache.saved.dtype)
+# Each activation: two element-wise formulas, value(z, out) for A and grad(da, saved, out) for ∂Z.
+def _relu(z, out):
+    return np.maximum(z, 0, out=out)  # A = max(Z, 0)
+
+
+def _relu_grad(da, a, out):
+    return np.multiply(da, a > 0, out=out)  # ∂Z = ∂A ⊙ [A > 0]  ([A > 0] = [Z > 0])
+
+
+def _leaky_relu(z, out, slope):
+    pos = z > 0
+    return np.multiply(z, pos + (~pos) * z.dtype.type(slope), out=out)  # A = Z if Z > 0 else slope·Z
+
+
+def _leaky_relu_grad(da, z, out, slope):
+    pos = z > 0
+    return np.multiply(da, pos + (~pos) * z.dtype.type(slope), out=out)  # ∂Z = ∂A ⊙ (1 if Z > 0 else slope)
+
+
+def _sigmoid(z, out):
+    e = np.exp(-np.abs(z))  # in (0, 1]: never overflows
+    return np.divide(np.where(z >= 0, 1, e), 1 + e, out=out)  # A = 1/(1 + e^−Z) = e^Z/(1 + e^Z)
+
+
+def _sigmoid_grad(da, a, out):
+    return np.multiply(da, a * (1 - a), out=out)  # ∂Z = ∂A ⊙ A(1 − A)
+
+
+def _tanh(z, out):
+    return np.tanh(z, out=out)  # A = tanh(Z)
+
+
+def _tanh_grad(da, a, out):
+    return np.multiply(da, 1 - a * a, out=out)  # ∂Z = ∂A ⊙ (1 − A²)
 
 
 def relu(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
-    """A = max(Z, 0).   any shape -> same shape."""
-    _check(x, "relu")
-    out = _parallel.elementwise(lambda z, out: np.maximum(z, 0, out=out), np.empty_like(x), x)
-    return out, ActivationCache("relu", out)
+    """A = max(Z, 0).   any shape -> same shape (the subgradient at 0 is 0, as torch)."""
+    return _forward("relu", _relu, x, "a")
 
 
 def relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
-    """∂Z = ∂A ⊙ [Z > 0]   (the subgradient at 0 is 0, as torch)."""
-    c = _cache(cache, "relu")
-    dz = _dout(dout, c)
-    return _parallel.elementwise(lambda da, a, out: np.multiply(da, a > 0, out=out), np.empty_like(dz), dz, c.saved)
+    """∂Z = ∂A ⊙ [Z > 0]."""
+    return _backward("relu", _relu_grad, dout, cache)
 
 
 def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray, ActivationCache]:
     """A = Z if Z > 0 else slope·Z."""
-    _check(x, "leaky_relu")
-    pos = x > 0
-    out = x * (pos + (~pos) * x.dtype.type(negative_slope))
-    return out, ActivationCache("leaky_relu", x, float(negative_slope))
+    return _forward("leaky_relu", partial(_leaky_relu, slope=float(negative_slope)), x, "z", float(negative_slope))
 
 
 def leaky_relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """∂Z = ∂A ⊙ (1 if Z > 0 else slope)."""
-    c = _cache(cache, "leaky_relu")
-    pos = c.saved > 0
-    return _dout(dout, c) * (pos + (~pos) * c.saved.dtype.type(c.negative_slope))
+    return _backward("leaky_relu", partial(_leaky_relu_grad, slope=getattr(cache, "negative_slope", 0.0)), dout, cache)
 
 
 def sigmoid(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
     """A = 1 / (1 + e^{−Z}), computed without overflow for large |Z|."""
-    _check(x, "sigmoid")
-    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    out = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-    return out, ActivationCache("sigmoid", out)
+    return _forward("sigmoid", _sigmoid, x, "a")
 
 
 def sigmoid_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """∂Z = ∂A ⊙ A(1 − A)."""
-    c = _cache(cache, "sigmoid")
-    return _dout(dout, c) * c.saved * (1 - c.saved)
+    return _backward("sigmoid", _sigmoid_grad, dout, cache)
 
 
 def tanh(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
     """A = tanh(Z)."""
-    _check(x, "tanh")
-    out = np.tanh(x)
-    return out, ActivationCache("tanh", out)
+    return _forward("tanh", _tanh, x, "a")
 
 
 def tanh_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
     """∂Z = ∂A ⊙ (1 − A²)."""
-    c = _cache(cache, "tanh")
-    return _dout(dout, c) * (1 - c.saved * c.saved)
+    return _backward("tanh", _tanh_grad, dout, cache)

@@ -12,12 +12,14 @@ The activation factor ⊙ act'(Z^{l-1}) of the seed belongs to the activation's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from . import _checks as chk
-from . import _parallel
+from . import _threads
 from ._windows import Pair, col2im, is_batch_last, out_size, pad, unpad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
@@ -46,11 +48,11 @@ class _Geometry:
         """(N, C, H, W) -> the window view (N, C, kh, kw, OH, OW) of x padded with `fill`."""
         return windows(pad(x, self.padding, self.extra, fill), self.kernel, self.stride, self.dilation, self.out)
 
-    def scatter(self, pieces_of, dtype) -> np.ndarray:
-        """col2im: Σ over kernel offsets of piece(i, j) put back onto the input (N, C, H, W), where
-        pieces_of(block) gives the piece(i, j) of a block of the batch (blocks run on convprop's threads)."""
-        dxp = col2im(lambda block: [((block, slice(None)), pieces_of(block))], self.padded_shape, dtype,
-                     self.kernel, self.stride, self.dilation, self.out, self.batch_last)
+    def scatter(self, piece: Callable[[slice, slice, int, int], np.ndarray], dtype) -> np.ndarray:
+        """col2im: Σ over kernel offsets (i, j) of piece(batch, rows, i, j) put back where window ij
+        read it, cropped to the input (N, C, H, W)."""
+        dxp = col2im(piece, self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out,
+                     self.batch_last)
         return unpad(dxp, self.padding, self.x_shape[2:])
 
 
@@ -123,7 +125,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
             for k, cand in enumerate(offsets):
                 arg += (nan & np.isnan(cand)) * (k - arg).astype(arg.dtype)
 
-    _parallel.run(window_max, _parallel.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
+    _threads.run(window_max, _threads.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
     return out, MaxPool2dCache(argmax, g, x.dtype)
 
 
@@ -135,18 +137,33 @@ def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     chk.cache_of(cache, MaxPool2dCache, "max_pool2d")
     g = cache.geometry
     dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
-    kw = g.kernel[1]
-    # kernel offset (i, j) receives ∂Z_ij only where it was the argmax: a mask multiply, no scatter
-    return g.scatter(lambda block: lambda i, j, d=dz[block], a=cache.argmax[block]: d * (a == i * kw + j), dz.dtype)
+    return g.scatter(partial(_unpool_piece, dz, cache.argmax, g.kernel[1]), dz.dtype)
+
+
+def _unpool_piece(dz: np.ndarray, argmax: np.ndarray, kw: int, batch: slice, rows: slice, i: int, j: int,
+                  ) -> np.ndarray:
+    """Max-unpool at kernel offset (i, j): ∂A_(y·s+i·d, x·s+j·d) += ∂Z_yx · [argmax_yx = (i, j)] —
+    each window's gradient goes to the one input cell that won its max, nothing to the others.
+    dz, argmax (N, C, OH, OW) -> the piece for the positions (batch, rows)."""
+    return dz[batch, :, rows] * (argmax[batch, :, rows] == i * kw + j)
+
+
+@dataclass(frozen=True, eq=False)
+class MaxUnpool2dCache:
+    """indices (N, C, OH, OW): where each input value went in its (H, W) output plane; out_shape."""
+
+    indices: np.ndarray
+    out_shape: tuple[int, int, int, int]
+    dtype: np.dtype
 
 
 def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair, *,
                  stride: int | Pair | None = None, padding: int | Pair = 0,
-                 output_size: tuple[int, ...] | None = None) -> np.ndarray:
+                 output_size: tuple[int, ...] | None = None) -> tuple[np.ndarray, MaxUnpool2dCache]:
     """Put every x[n, c, i, j] at flat position indices[n, c, i, j] of a zero (H, W) plane.
 
-    x, indices (N, C, OH, OW) -> (N, C, H, W), H = (OH − 1)s − 2p + kh unless output_size is
-    given (its last two entries), as torch.nn.functional.max_unpool2d.
+    x, indices (N, C, OH, OW) -> out (N, C, H, W), H = (OH − 1)s − 2p + kh unless output_size is
+    given (its last two entries), as torch.nn.functional.max_unpool2d; and the cache for backward.
     """
     chk.float_array(x, "x", 4, "N, C, OH, OW")
     if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
@@ -169,17 +186,20 @@ def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair, *,
         raise ValueError(f"indices: expected values in [0, {h * w}) for a {h}×{w} output, got "
                          f"[{indices.min()}, {indices.max()}]")
     out = np.zeros((n, c, h * w), dtype=x.dtype)
-    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)
-    return out.reshape(n, c, h, w)
+    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)  # out[indices] = x
+    return out.reshape(n, c, h, w), MaxUnpool2dCache(indices, (n, c, h, w), x.dtype)
 
 
-def max_unpool2d_backward(dout: np.ndarray, indices: np.ndarray) -> np.ndarray:
+def max_unpool2d_backward(dout: np.ndarray, cache: MaxUnpool2dCache) -> np.ndarray:
     """∂x[n, c, i, j] = ∂out[n, c] at flat position indices[n, c, i, j]: unpooling's adjoint, a gather.
 
-    dout (N, C, H, W), indices (N, C, OH, OW) -> (N, C, OH, OW).
+    dout (N, C, H, W) -> (N, C, OH, OW).
     """
-    n, c = indices.shape[:2]
-    return np.take_along_axis(dout.reshape(n, c, -1), indices.reshape(n, c, -1), axis=2).reshape(indices.shape)
+    chk.cache_of(cache, MaxUnpool2dCache, "max_unpool2d")
+    dout = chk.grad_output(dout, cache.out_shape, cache.dtype)
+    n, c = cache.indices.shape[:2]
+    idx = cache.indices
+    return np.take_along_axis(dout.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2).reshape(idx.shape)
 
 
 # --------------------------------------------------------------------------- average pooling
@@ -223,7 +243,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, *, stride: int | Pair | N
             total += win[block, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
         total /= divisor
 
-    _parallel.run(window_mean, _parallel.parts(x.shape[0], x.nbytes + out.nbytes))
+    _threads.run(window_mean, _threads.parts(x.shape[0], x.nbytes + out.nbytes))
     return out, AvgPool2dCache(divisor, g, x.dtype)
 
 
@@ -235,5 +255,11 @@ def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     chk.cache_of(cache, AvgPool2dCache, "avg_pool2d")
     g = cache.geometry
     dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
-    # ∂Z_ij / r_size, the same for every cell of the window
-    return g.scatter(lambda block: lambda i, j, share=dz[block] / cache.divisor: share, dz.dtype)
+    share = _threads.elementwise(np.divide, np.empty_like(dz), dz, np.broadcast_to(cache.divisor, dz.shape))
+    return g.scatter(partial(_even_spread_piece, share), dz.dtype)
+
+
+def _even_spread_piece(share: np.ndarray, batch: slice, rows: slice, i: int, j: int) -> np.ndarray:
+    """The even spread at kernel offset (i, j): ∂A_(y·s+i, x·s+j) += ∂Z_yx / r_size — every cell of a
+    window gets the same share, so the piece is share = ∂Z / r_size (N, C, OH, OW) at every offset."""
+    return share[batch, :, rows]

@@ -190,19 +190,16 @@ class MaxPool2d(_Layer):
 class MaxUnpool2d(_Layer):
     """forward(x, indices, output_size=None): the partial inverse of MaxPool2d."""
 
+    _backward_fn = staticmethod(F.max_unpool2d_backward)
+
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
-        out = F.max_unpool2d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
-                             output_size=output_size)
-        self._cache = (indices, out.shape)
+        out, self._cache = F.max_unpool2d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
+                                          output_size=output_size)
         return out
-
-    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        indices, shape = self._take_cache()
-        return F.max_unpool2d_backward(chk.grad_output(dout, shape, dout.dtype), indices) if input_grad else None
 
 
 class AvgPool2d(_Layer):

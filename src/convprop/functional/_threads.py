@@ -70,27 +70,27 @@ def _default_threads() -> int:
 
 
 _blas = _blas_threads()
-_threads = _default_threads() if _blas else 1
+_count = _default_threads() if _blas else 1
 _pool: ThreadPoolExecutor | None = None
 _blas_pinned = False  # convprop has set OpenBLAS to one thread (once, at its first kernel)
 
 
 def get_num_threads() -> int:
     """How many threads convprop's kernels use."""
-    return _threads
+    return _count
 
 
 def set_num_threads(n: int) -> None:
     """Use n threads (n cores) for convprop's kernels, as torch.set_num_threads.  With a BLAS other
     than OpenBLAS it stays 1 (see the module doc)."""
-    global _threads
+    global _count
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a positive int, got {n!r}")
     if _blas is None:
         n = 1
-    if n != _threads:
+    if n != _count:
         shutdown()
-    _threads = n
+    _count = n
 
 
 def shutdown() -> None:
@@ -121,7 +121,7 @@ if hasattr(os, "register_at_fork"):
 def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
     """The batch 0..n split into up to get_num_threads() contiguous, nearly equal blocks, fewer when
     the work (nbytes read and written, flops computed) is too small to share."""
-    k = max(1, min(_threads, n, (nbytes + flops // FLOPS_PER_BYTE) // MIN_WORK_PER_THREAD))
+    k = max(1, min(_count, n, (nbytes + flops // FLOPS_PER_BYTE) // MIN_WORK_PER_THREAD))
     bounds = [n * i // k for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -152,7 +152,7 @@ def run(fn: Callable[[slice], T], blocks: Sequence[slice]) -> list[T]:
     if len(blocks) == 1 or getattr(_local, "busy", False):
         return [fn(block) for block in blocks]
     if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, _threads - 1), thread_name_prefix="convprop")
+        _pool = ThreadPoolExecutor(max(1, _count - 1), thread_name_prefix="convprop")
     futures = [_pool.submit(_share, fn, block) for block in blocks[1:]]
     try:
         first = _share(fn, blocks[0])
@@ -165,7 +165,7 @@ def both(first: Callable[[], T], second: Callable[[], T], n: int, nbytes: int, f
     """(first(), second()): two independent kernels of about equal work (nbytes, flops each, as in
     `parts`) over a batch of n — at once on two threads where each alone is too small to split its
     batch but the two together are worth sharing (the halves of a backward pass at batch 64)."""
-    if _threads > 1 and len(parts(n, nbytes, flops)) == 1 and len(parts(2, 2 * nbytes, 2 * flops)) == 2:
+    if _count > 1 and len(parts(n, nbytes, flops)) == 1 and len(parts(2, 2 * nbytes, 2 * flops)) == 2:
         a, b = run(lambda task: (first, second)[task.start](), [slice(0, 1), slice(1, 2)])
         return a, b
     return first(), second()

@@ -1,4 +1,4 @@
-"""convprop's own threads (functional/_parallel.py): same numbers as torch on any thread count,
+"""convprop's own threads (functional/_threads.py): same numbers as torch on any thread count,
 reproducible for a given count, errors from any thread surface, a clear message for bad counts."""
 
 from __future__ import annotations
@@ -13,35 +13,35 @@ from test_nn import batch, compare_network
 import convprop
 import convprop.functional as F
 from convprop import models
-from convprop.functional import _parallel
+from convprop.functional import _threads
 from convprop.random import manual_seed
 
 
 @pytest.fixture
 def threads(monkeypatch):
     """Split every batch, however small its work, over the given number of threads."""
-    monkeypatch.setattr(_parallel, "MIN_WORK_PER_THREAD", 1)
+    monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)
 
     def use(n):
-        monkeypatch.setattr(_parallel, "_threads", n)  # even where OpenBLAS's per-thread setting is missing
-        monkeypatch.setattr(_parallel, "_pool", None)  # a pool of n − 1 workers on first use
+        monkeypatch.setattr(_threads, "_count", n)  # even where OpenBLAS's per-thread setting is missing
+        monkeypatch.setattr(_threads, "_pool", None)  # a pool of n − 1 workers on first use
 
     yield use
-    if _parallel._pool is not None:
-        _parallel._pool.shutdown()
+    if _threads._pool is not None:
+        _threads._pool.shutdown()
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_networks_match_torch_with_their_batch_split_over_threads(threads, n):
     threads(n)
     seen = set()
-    run = _parallel.run
-    _parallel.run = lambda fn, blocks: run(lambda b: seen.add(threading.get_ident()) or fn(b), blocks)
+    run = _threads.run
+    _threads.run = lambda fn, blocks: run(lambda b: seen.add(threading.get_ident()) or fn(b), blocks)
     try:
         compare_network(models.lenet5(), *batch(7))
         compare_network(models.vgg_small(width=4), *batch(5, seed=2))
     finally:
-        _parallel.run = run
+        _threads.run = run
     assert len(seen) == n  # the work really ran on n threads
 
 
@@ -62,12 +62,12 @@ def test_results_are_reproducible_for_a_thread_count(threads):
 def test_parts_cover_the_batch_in_contiguous_blocks(threads):
     threads(3)
     for n in (0, 1, 2, 3, 10, 257):
-        blocks = _parallel.parts(n, 1 << 30)
+        blocks = _threads.parts(n, 1 << 30)
         assert len(blocks) == max(1, min(3, n))
         assert [b.start for b in blocks] == [0] + [b.stop for b in blocks[:-1]] and blocks[-1].stop == n
-    _parallel.MIN_WORK_PER_THREAD = 1000
-    assert len(_parallel.parts(100, 1999)) == 1  # too little work to share
-    assert len(_parallel.parts(100, 999, 8 * 2000)) == 2  # flops count too
+    _threads.MIN_WORK_PER_THREAD = 1000
+    assert len(_threads.parts(100, 1999)) == 1  # too little work to share
+    assert len(_threads.parts(100, 999, 8 * 2000)) == 2  # flops count too
 
 
 def test_an_error_on_any_thread_surfaces_after_every_block_finished(threads):
@@ -80,7 +80,7 @@ def test_an_error_on_any_thread_surfaces_after_every_block_finished(threads):
         finished.append(block.start)
 
     with pytest.raises(ValueError, match="block 2 failed"):
-        _parallel.run(work, [slice(0, 1), slice(1, 2), slice(2, 3)])
+        _threads.run(work, [slice(0, 1), slice(1, 2), slice(2, 3)])
     assert sorted(finished) == [0, 1]
 
 
@@ -95,7 +95,7 @@ def test_set_num_threads_changes_the_count():
     try:
         convprop.set_num_threads(1)
         assert convprop.get_num_threads() == 1
-        assert len(_parallel.parts(1000, 1 << 30)) == 1
+        assert len(_threads.parts(1000, 1 << 30)) == 1
     finally:
         convprop.set_num_threads(before)
 
@@ -114,12 +114,12 @@ def test_cli_threads_flag(capsys):
         convprop.set_num_threads(before)
 
 
-@pytest.mark.skipif(_parallel._blas is None, reason="needs NumPy's OpenBLAS")
+@pytest.mark.skipif(_threads._blas is None, reason="needs NumPy's OpenBLAS")
 @pytest.mark.parametrize("n", [1, 2])
 def test_convprop_runs_openblas_on_one_thread_from_its_first_kernel(n, threads, monkeypatch):
-    get, put = _parallel._blas
+    get, put = _threads._blas
     before = get()
-    monkeypatch.setattr(_parallel, "_blas_pinned", False)  # as in a fresh process
+    monkeypatch.setattr(_threads, "_blas_pinned", False)  # as in a fresh process
     try:
         put(2)
         threads(n)
@@ -135,17 +135,17 @@ def test_convprop_runs_openblas_on_one_thread_from_its_first_kernel(n, threads, 
 
 def test_both_runs_two_kernels_at_once_only_where_the_batch_does_not_split(threads):
     threads(2)
-    _parallel.MIN_WORK_PER_THREAD = 100
+    _threads.MIN_WORK_PER_THREAD = 100
     ident = []
 
     def task(v):
         ident.append(threading.get_ident())
         return v
 
-    assert _parallel.both(lambda: task(1), lambda: task(2), 1, 150, 0) == (1, 2)
+    assert _threads.both(lambda: task(1), lambda: task(2), 1, 150, 0) == (1, 2)
     assert len(set(ident)) == 2  # a batch of 1 cannot split; the two kernels went to two threads
     ident.clear()
-    assert _parallel.both(lambda: task(1), lambda: task(2), 8, 400, 0) == (1, 2)
+    assert _threads.both(lambda: task(1), lambda: task(2), 8, 400, 0) == (1, 2)
     assert len(set(ident)) == 1  # the batch splits inside each kernel instead
     rng = np.random.default_rng(3)
     check_op("conv2d", [rng.standard_normal((1, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3)), None], padding=1)

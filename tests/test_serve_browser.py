@@ -1,0 +1,192 @@
+"""The page in a real headless browser (Debian's chromium, driven by Playwright): draw a stroke, see the
+prediction, every layer's forward and gradient pictures non-blank, switch the class, train and watch the
+curve grow.  Screenshots go to the test's directory; with CONVPROP_UPDATE_SCREENSHOTS=1 also to docs/
+(the README's picture is made this way)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+from serve_helpers import png_data_url, start  # noqa: E402
+
+import convprop.random as R  # noqa: E402
+from convprop import checkpoint, models, nn, optim  # noqa: E402
+from convprop.data import DataLoader, load_mnist  # noqa: E402
+from convprop.serve.app import load_engine  # noqa: E402
+from convprop.train import fit  # noqa: E402
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# the non-blank check of every picture: drawn into a canvas, its pixels' standard deviation
+BLANK_JS = """imgs => imgs.map(img => {
+  const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0, s = 0, s2 = 0;
+  for (let i = 0; i < d.length; i += 4)
+    if (d[i + 3]) { const v = d[i] + 2 * d[i + 1] + d[i + 2]; n++; s += v; s2 += v * v; }
+  return {caption: img.nextSibling ? img.nextSibling.textContent : '', complete: img.complete && img.naturalWidth > 0,
+          std: n ? Math.sqrt(Math.max(s2 / n - (s / n) ** 2, 0)) : 0};
+})"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:  # CI installs it (.ci/run); a failure, never a skip
+        pytest.fail("no chromium on PATH: apt-get install chromium (the browser tests need it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """LeNet-5 trained for 2 epochs on the bundled sample, saved as a `convprop train` run would be."""
+    root = tmp_path_factory.mktemp("serve")
+    R.manual_seed(0)
+    model = models.lenet5()
+    images, labels = load_mnist(train=True)
+    opt = optim.Adam(model.parameters(), lr=3e-3)
+    history = fit(model, nn.CrossEntropyLoss(), opt, DataLoader(images, labels, 64, shuffle=True, max_shift=1), 2,
+                  DataLoader(*(a[:1000] for a in load_mnist(train=False)), 1000), progress=False, log=None)
+    cwd = os.getcwd()
+    os.chdir(root)  # so that the page names the checkpoint as a run's: runs/lenet5-seed0/checkpoint.npz
+    try:
+        checkpoint.save("runs/lenet5-seed0/checkpoint.npz", model, "lenet5", {"num_classes": 10}, opt, epoch=2,
+                        history=history)
+        engine = load_engine(None, log=lambda _: None)
+    finally:
+        os.chdir(cwd)
+    srv = start(engine)
+    yield srv
+    srv.close()
+
+
+def non_blank(page, selector: str) -> list[dict]:
+    pictures = page.eval_on_selector_all(selector, BLANK_JS)
+    assert pictures, f"no pictures match {selector}"
+    blank = [p["caption"] for p in pictures if not (p["complete"] and p["std"] > 1)]
+    assert not blank, f"blank pictures: {blank}"
+    return pictures
+
+
+def draw_seven(page) -> None:
+    box = page.locator("#pad").bounding_box()
+    points = [(80, 70), (200, 70), (190, 110), (150, 180), (130, 232)]
+    page.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+    page.mouse.up()
+
+
+def screenshot(page, name: str, tmp_path) -> None:
+    page.screenshot(path=str(tmp_path / name))
+    if os.environ.get("CONVPROP_UPDATE_SCREENSHOTS") == "1":
+        page.screenshot(path=str(DOCS / name))
+
+
+def test_draw_see_every_layer_switch_class_and_train(browser, server, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('lenet5')")
+    assert "runs/lenet5-seed0/checkpoint.npz" in page.text_content("#model-info")
+
+    # draw: the prediction while drawing, then both passes when the stroke ends
+    draw_seven(page)
+    page.wait_for_selector("#layers[data-state=ready]", timeout=60_000)
+    assert page.locator("#bars .bar").count() == 10
+    predicted = int(page.get_attribute("#bars", "data-predicted"))
+    assert predicted == 7, "a drawn 7 after two epochs of training"
+    assert page.get_attribute("#layers", "data-class") == str(predicted)
+    layers = page.locator("#layers .layer[data-type]")
+    assert layers.count() == 12
+    titles = page.locator("#layers .layer h3").all_text_contents()
+    assert any(t.startswith("0: Conv2d 1→6, 5×5, pad 2") and "(6, 28, 28)" in t for t in titles)
+    assert any(t.startswith("2: MaxPool2d 2×2") and "(6, 14, 14)" in t for t in titles)
+    non_blank(page, "#layers .layer .col:first-child figure.panel img")  # forward: every layer's output
+    grads = non_blank(page, "#layers .panels.grad figure.panel img")  # backward: ∂L/∂A, ∂W, routing
+    assert len(grads) >= 12 + 5 * 2 + 2  # every layer's ∂L/∂(output), 5 layers' ∂W and ∂b, 2 pooling masks
+    non_blank(page, "#layers .pieces figure.panel img")  # K ⋆ᵀ ∂Z by channel, patch ⊙ ∂Z_ij
+    captions = " ".join(p["caption"] for p in grads)
+    assert "argmax mask" in captions and "∂L/∂weight" in captions
+    text = page.text_content("#layers")
+    for eq in ("∂A = K ⋆ᵀ ∂Z", "O_ij = A_patch_ij ⊙ ∂Z_ij", "mask = 0;  mask[indices] += ∂Z^l", "∂Z = ∂A ⊙ [Z > 0]"):
+        assert eq in text
+    saliency_before = page.get_attribute("#layers figure.panel img >> nth=2", "src")
+
+    # switch the class of the backward pass: click the bar of another digit
+    analyses = int(page.get_attribute("body", "data-analyses"))
+    page.click("#bars .bar[data-k='3']")
+    page.wait_for_function(f"document.body.dataset.analyses > {analyses}")
+    page.wait_for_selector("#layers[data-class='3']")
+    assert page.locator("#bars .bar.selected").get_attribute("data-k") == "3"
+    assert "for class 3" in page.text_content("#layers .layer h3")
+    assert page.get_attribute("#layers figure.panel img >> nth=2", "src") != saliency_before
+    non_blank(page, "#layers .panels.grad figure.panel img")
+    screenshot(page, "serve.png", tmp_path)
+
+    # training: start from random weights, watch the loss curve grow, stop
+    page.click("nav .tab[data-tab=train]")
+    page.wait_for_selector("#filters img")
+    filters_before = page.get_attribute("#filters img", "src")
+    page.click("#train-start")
+    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) >= 40", timeout=120_000)
+    grown = int(page.get_attribute("#loss-chart", "data-points"))
+    page.wait_for_function(f"Number(document.querySelector('#loss-chart').dataset.points) > {grown}")
+    screenshot(page, "serve-training.png", tmp_path)
+    page.click("#train-stop")
+    page.wait_for_function("document.querySelector('#train-status').textContent.startsWith('Not training')")
+    assert page.get_attribute("#filters img", "src") != filters_before  # the first-layer filters changed
+    non_blank(page, "#filters img")
+    chart = page.eval_on_selector("#loss-chart", "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, "
+                                                 "c.height).data; let n = 0; for (let i = 0; i < d.length; i += 4) "
+                                                 "if (d[i] < 100 && d[i + 2] > 150) n++; return n; }")
+    assert chart > 50, "the loss curve is drawn"
+    stopped = int(page.get_attribute("#loss-chart", "data-points"))
+    page.wait_for_timeout(800)
+    assert int(page.get_attribute("#loss-chart", "data-points")) == stopped  # stopped means stopped
+    page.click("#train-restore")
+    assert not errors, errors
+    page.close()
+
+
+def test_touch_drawing_and_a_dropped_image(browser, server):
+    """A finger on a touch screen draws as the mouse does; an image file given to the page is classified."""
+    context = browser.new_context(viewport={"width": 800, "height": 900}, has_touch=True)
+    page = context.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('lenet5')")
+    box = page.locator("#pad").bounding_box()
+    cdp = context.new_cdp_session(page)
+    points = [(140, 50), (140, 100), (140, 160), (140, 230)]  # a "1", as touch events
+    for k, (x, y) in enumerate(points):
+        kind = "touchStart" if k == 0 else "touchMove"
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": box["x"] + x, "y": box["y"] + y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    page.wait_for_selector("#layers[data-state=ready]", timeout=60_000)
+    assert page.get_attribute("#bars", "data-predicted") == "1"
+
+    x, y = load_mnist(train=False)
+    png = base64.b64decode(png_data_url(x[1], 200).partition(",")[2])  # a 2, dark ink on white paper
+    analyses = int(page.get_attribute("body", "data-analyses"))
+    page.set_input_files("#file", files=[{"name": "two.png", "mimeType": "image/png", "buffer": png}])
+    page.wait_for_function(f"document.body.dataset.analyses > {analyses}", timeout=60_000)
+    assert page.get_attribute("#bars", "data-predicted") == str(y[1])
+    digit = page.eval_on_selector("#digit", "c => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data)")
+    assert np.asarray(digit).reshape(28, 28, 4)[..., 0].max() > 200  # what the model sees, drawn
+    context.close()
