@@ -78,13 +78,17 @@ def rewrite_npz(src: str, dst: str, replace: dict[str, tuple[bytes, int]] | None
     """Copy the archive src to dst; `replace` (and add) members named name.npy by a header followed by
     zeros up to a total size, deflated; `members` replaces members by plain bytes."""
     replace, members = replace or {}, members or {}
-    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:  # stored, as np.savez writes them
         for info in z.infolist():
             if info.filename not in replace:
                 out.writestr(info.filename, members.get(info.filename, z.read(info)))
+        for name in members.keys() - {i.filename for i in z.infolist()}:
+            out.writestr(name, members[name])
         with _repeating_compressor():
             for name, (head, total) in replace.items():
-                with out.open(name, "w", force_zip64=True) as w:
+                info = zipfile.ZipInfo(name)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with out.open(info, "w", force_zip64=True) as w:
                     w.write(head)
                     for _ in range((total - len(head)) // MIB):
                         w.write(_ZERO)
@@ -108,17 +112,41 @@ def capped_env() -> dict:
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _cap():
+def limit_address_space():
+    """For preexec_fn: this process and its children get at most CAP bytes of address space."""
     resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
 
 
 def run_capped(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
     """`convprop *args` with at most CAP bytes of address space."""
     return subprocess.run([sys.executable, "-m", "convprop", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, preexec_fn=_cap, env=capped_env())
+                          timeout=timeout, preexec_fn=limit_address_space, env=capped_env())
 
 
 def run_script_capped(script: str, *args, timeout=600) -> subprocess.CompletedProcess:
     """A Python script with at most CAP bytes of address space."""
     return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=_cap, env=capped_env())
+                          preexec_fn=limit_address_space, env=capped_env())
+
+
+def make_tiny(root) -> None:
+    """root/data: 40 training and 30 test images as gzipped IDX; root/run: a 1-epoch run trained on them;
+    root/digit.png: one test digit."""
+    import gzip
+
+    from PIL import Image
+
+    from convprop.data import load_mnist
+    from convprop.run import Run, Settings
+
+    data = root / "data"
+    data.mkdir()
+    x, y = load_mnist(train=False)
+    for split, sl in (("train", slice(0, 40)), ("t10k", slice(40, 70))):
+        for kind, a in (("images", x[sl]), ("labels", y[sl].astype(np.uint8))):
+            with gzip.open(data / f"{split}-{kind}-idx{a.ndim}-ubyte.gz", "wb") as f:
+                f.write(idx_header(8, a.shape) + a.tobytes())
+    with Run(Settings(data=str(data), epochs=1, batch_size=20), str(root / "run"), workers=1, progress=False,
+             log=lambda *_: None) as run:
+        run.train()
+    Image.fromarray(x[0]).save(root / "digit.png")

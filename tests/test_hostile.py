@@ -12,17 +12,12 @@ import sys
 
 import numpy as np
 import pytest
-from hostile import GIB, MIB, gzip_of_zeros, idx_header, npy_header, rewrite_npz, run_capped, sparse_file
+from hostile import GIB, MIB, gzip_of_zeros, idx_header, make_tiny, npy_header, rewrite_npz, run_capped, sparse_file
 
 from convprop import checkpoint, models
-from convprop.data import load_mnist
-from convprop.run import Run, Settings
+from convprop.run import Settings
 
 IMAGES, LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
-
-
-def quiet(*_):
-    pass
 
 
 def write_idx(path, array, code=0x08, compress=True):
@@ -33,20 +28,8 @@ def write_idx(path, array, code=0x08, compress=True):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A data directory of 40 training and 30 test images, and a 1-epoch run trained on it."""
     root = tmp_path_factory.mktemp("hostile")
-    data = root / "data"
-    data.mkdir()
-    x, y = load_mnist(train=False)
-    for split, sl in (("train", slice(0, 40)), ("t10k", slice(40, 70))):
-        write_idx(data / f"{split}-images-idx3-ubyte.gz", x[sl])
-        write_idx(data / f"{split}-labels-idx1-ubyte.gz", y[sl].astype(np.uint8))
-    with Run(Settings(data=str(data), epochs=1, batch_size=20), str(root / "run"), workers=1, progress=False,
-             log=quiet) as run:
-        run.train()
-    from PIL import Image
-
-    Image.fromarray(x[0]).save(root / "digit.png")
+    make_tiny(root)
     return root
 
 

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kernel", type=_positive_int, default=None, metavar="K", help="kernel size")
     x.add_argument("--stride", type=_positive_int, default=None, metavar="S", help="stride")
     x.add_argument("--padding", type=int, default=None, metavar="P", help="padding")
-    x.add_argument("--seed", type=int, default=0, help="random seed of the example numbers (default: 0)")
+    x.add_argument("--seed", type=_seed, default=0, help="random seed of the example numbers (default: 0)")
     x.add_argument("--format", choices=["text", "markdown"], default="text", help="output format (default: text)")
 
     r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint")

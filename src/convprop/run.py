@@ -329,7 +329,7 @@ class Run:
         if self.ckpt is not None:
             checkpoint.restore_training(self.ckpt, self.model, self.optimizer, self.scheduler, self.resume_path)
             meta = self.ckpt["meta"]
-            self.start_epoch = self.saved_epoch = meta["epoch"]
+            self.start_epoch = self.saved_epoch = meta.get("epoch", 0)
             self.history = list(meta.get("history", []))
             self.train_loader.epoch = self.start_epoch
 
@@ -402,8 +402,8 @@ class Run:
         """Ctrl-C may land anywhere, even between a save and its bookkeeping: ask the disk which epoch the
         checkpoint holds, and leave metrics.json with exactly the epochs up to it (plottable, resumable)."""
         try:
-            self.saved_epoch = checkpoint.load(self.ckpt_path)["meta"]["epoch"] if os.path.exists(self.ckpt_path) \
-                else 0
+            exists = os.path.exists(self.ckpt_path)
+            self.saved_epoch = checkpoint.load(self.ckpt_path)["meta"].get("epoch", 0) if exists else 0
         except (OSError, ValueError):
             pass
         if self.saved_epoch:
