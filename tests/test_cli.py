@@ -11,6 +11,7 @@ import pytest
 
 from convprop import checkpoint, cli
 from convprop.data import load_mnist, normalize
+from convprop.data.images import load_digit
 from convprop.train import predict
 
 SMALL = ["--train-size", "500", "--test-size", "300", "--no-progress", "--batch-size", "50"]
@@ -84,7 +85,7 @@ def test_load_digit_matches_mnist_conventions(tmp_path):
 
     images, _ = load_mnist(train=False)
     Image.fromarray(255 - images[3]).save(tmp_path / "inv.png")
-    d = cli.load_digit(str(tmp_path / "inv.png"))
+    d = load_digit(str(tmp_path / "inv.png"))
     assert d.shape == (28, 28) and d.dtype == np.uint8
     assert d[0].max() < 30 and d.max() > 200  # inverted back to white ink on a black background
 
@@ -161,7 +162,7 @@ def test_load_digit_recovers_mnist_digits_from_resized_and_inverted_files(tmp_pa
         img = Image.fromarray(images[i] if i % 2 else 255 - images[i]).resize((84, 84))
         path = tmp_path / f"{i}.{'png' if i % 3 else 'jpg'}"
         img.convert("RGB").save(path)
-        d = cli.load_digit(str(path)).astype(float)
+        d = load_digit(str(path)).astype(float)
         corrs.append(np.corrcoef(d.ravel(), images[i].astype(float).ravel())[0, 1])
     assert np.mean(corrs) > 0.9 and min(corrs) > 0.7, corrs  # the same digit, where MNIST put it
 

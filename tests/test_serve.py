@@ -23,8 +23,8 @@ from test_nn import to_torch_state, torch_twin  # noqa: E402
 
 import convprop.random as R  # noqa: E402
 from convprop import checkpoint, models, nn  # noqa: E402
-from convprop.cli import load_digit  # noqa: E402
 from convprop.data import load_mnist, normalize  # noqa: E402
+from convprop.data.images import load_digit  # noqa: E402
 from convprop.serve.app import MAX_BODY, last_run_checkpoint, load_engine  # noqa: E402
 from convprop.serve.engine import Engine  # noqa: E402
 
@@ -276,6 +276,7 @@ def test_training_streams_curves_and_filters_and_stops(server):
     assert client.post("/api/train/start", json={"lr": "fast"}).status_code == 400
     assert client.post("/api/train/restore", json={}).status_code == 200
     np.testing.assert_array_equal(engine.model[0].weight.data, before)
+    np.testing.assert_array_equal(arr(client.get("/api/filters").json()), before)
 
 
 def test_last_run_and_training_first(tmp_path, monkeypatch):
@@ -351,3 +352,14 @@ def test_load_benchmark_runs_at_smoke_size():
                        timeout=300, cwd=pathlib.Path(__file__).resolve().parent.parent)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "40/40 ok from 4 concurrent clients" in r.stdout and "p95" in r.stdout, r.stdout
+
+
+def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
+    """asyncio sets TCP_NODELAY only on sockets made with proto IPPROTO_TCP; without it every response's body
+    waited ~40 ms for the client's delayed ACK of its headers."""
+    import socket
+
+    from convprop.serve.app import bind
+
+    with bind("127.0.0.1", 0) as sock:
+        assert sock.proto == socket.IPPROTO_TCP

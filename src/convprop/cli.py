@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from . import __version__, checkpoint, models, nn
+from . import __version__, checkpoint, cli_export, cli_predict, models, nn
 from .data import IDXError, load_mnist, normalize
 from .functional._threads import set_num_threads
 from .run import (
@@ -150,9 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=_seed, default=0, help="random seed of the example numbers (default: 0)")
     x.add_argument("--format", choices=["text", "markdown"], default="text", help="output format (default: text)")
 
-    r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint")
-    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
-    r.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any size; converted as MNIST)")
+    cli_predict.add_parser(sub)
+    cli_export.add_parser(sub)
 
     v = sub.add_parser("serve", help="a web page: draw a digit, watch its forward and backward pass, train live",
                        description="Serve a page (the `serve` extra) that draws every layer's output and gradient "
@@ -207,41 +206,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- predict
-def load_digit(path: str) -> np.ndarray:
-    """An image file as a 28×28 uint8 MNIST digit: grayscale, white ink on black (inverted if the
-    background is light), the ink's bounding box scaled into 20×20 and centred by its centre of mass."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise UsageError("predict needs Pillow: pip install 'convprop[train]'") from None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            g = np.asarray(im.convert("L"), dtype=np.float64)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UsageError(f"{path}: not an image Pillow can read ({e})") from None
-    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
-    if border.mean() > 127:  # dark ink on light paper: invert to MNIST's white on black
-        g, border = 255 - g, 255 - border
-    g = np.clip(g - np.median(border), 0, 255)  # the background to 0
-    ys, xs = np.nonzero(g > 0.2 * g.max()) if g.max() > 0 else (np.array([0]), np.array([0]))
-    g = g[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    h, w = g.shape
-    scale = 20.0 / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = np.asarray(Image.fromarray(g.astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float64)
-    canvas = np.zeros((28, 28))
-    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
-    canvas[top:top + small.shape[0], left:left + small.shape[1]] = small
-    if canvas.sum() > 0:  # shift the centre of mass to the centre, as MNIST was made
-        cy, cx = (np.indices(canvas.shape) * canvas).reshape(2, -1).sum(1) / canvas.sum()
-        dy, dx = int(round(14.0 - cy)), int(round(14.0 - cx))  # MNIST put the centre of mass at (14, 14)
-        canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
-    return np.clip(canvas, 0, 255).astype(np.uint8)
-
-
 def explain_topics():
     from .explain import TOPICS
 
@@ -285,17 +249,6 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    ckpt = checkpoint.load(args.checkpoint)
-    model = checkpoint.restore_model(ckpt, args.checkpoint)
-    digits = np.stack([load_digit(p) for p in args.images])
-    probs = predict(model, normalize(digits, dtype=model.dtype))
-    for path, p in zip(args.images, probs):
-        print(f"{path}: {int(p.argmax())}  (p = {p.max():.3f})")
-        print("    " + "  ".join(f"{c}:{v:.3f}" for c, v in enumerate(p)))
-    return 0
-
-
 def cmd_serve(args) -> int:
     try:
         from .serve.app import serve
@@ -304,8 +257,8 @@ def cmd_serve(args) -> int:
     return serve(args.checkpoint, args.host, args.port)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "plot": cmd_plot,
-            "explain": cmd_explain, "serve": cmd_serve}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cli_predict.run, "plot": cmd_plot,
+            "explain": cmd_explain, "serve": cmd_serve, "export": cli_export.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convprop: {e}", file=sys.stderr)
         return 1
     except (UsageError, RunError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
-            IsADirectoryError, ValueError, TypeError) as e:
+            IsADirectoryError, ValueError, TypeError, ImportError) as e:
         if args.debug:
             raise
         print(f"convprop: error: {e}", file=sys.stderr)

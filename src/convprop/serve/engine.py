@@ -8,8 +8,6 @@ One lock serialises everything that uses the model (its layers keep their forwar
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 
@@ -49,17 +47,12 @@ def digit_from_image(data: bytes) -> np.ndarray:
         raise InputError(f"image: not a PNG or JPEG that can be decoded ({type(e).__name__})") from None
     if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
         raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; send a smaller one")
-    from ..cli import UsageError, load_digit
+    from ..data.images import read_digit
 
-    fd, path = tempfile.mkstemp(suffix=".img", prefix="convprop-serve-")  # a name of ours, never the client's
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return load_digit(path)
-    except (UsageError, ValueError, OSError) as e:
-        raise InputError("image: " + str(e).replace(path + ": ", "").replace(path, "the image")) from None
-    finally:
-        os.unlink(path)
+        return read_digit(data, name="image")[0]  # from the bytes: no file, no name of the client's
+    except (ValueError, OSError) as e:
+        raise InputError(str(e)) from None
 
 
 def digit_from_pixels(pixels) -> np.ndarray:
@@ -123,15 +116,18 @@ class Engine:
         self.model, self.source, self.meta = model, source, dict(meta or {})
         self.lock = threading.Lock()
         self.waiting = 0  # requests queued for the lock (training yields to them between steps)
+        self._count = threading.Lock()
         self.initial = {k: v.copy() for k, v in model.state_dict().items()}
         self.model.eval()
         self.dtype = model.dtype.type  # np.float32 or np.float64
         self.trainer = Trainer(self)
 
     def _acquire(self):
-        self.waiting += 1
+        with self._count:
+            self.waiting += 1
         self.lock.acquire()
-        self.waiting -= 1
+        with self._count:
+            self.waiting -= 1
 
     def input(self, digit: np.ndarray) -> np.ndarray:
         """uint8 (28, 28) → the model's (1, 1, 28, 28) input, normalised as in training."""

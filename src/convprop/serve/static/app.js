@@ -132,8 +132,16 @@ pad.addEventListener("drop", (e) => {
 });
 $("#file").addEventListener("change", (e) => useImage(e.target.files[0]));
 
+// The drawing is sent at half size (140×140): the server scales the ink into 20×20 anyway.
+const half = document.createElement("canvas");
+half.width = pad.width / 2;
+half.height = pad.height / 2;
 function input() {
-  return { image: state.dropped || pad.toDataURL("image/png") };
+  if (state.dropped) return { image: state.dropped };
+  const h = half.getContext("2d");
+  h.imageSmoothingQuality = "high";
+  h.drawImage(pad, 0, 0, half.width, half.height);
+  return { image: half.toDataURL("image/png") };
 }
 
 // ------------------------------------------------------------------ prediction bars
@@ -234,8 +242,10 @@ function convPieces(layer) {
   box.append(equation(pc.transposed_equation));
   let panels = el("div", "panels");
   for (const t of pc.transposed) {
-    panels.append(panel(t.dz, `∂Z_${t.channel}`, 120), panel(t.kernel, `K_${t.channel}`, 120),
-                  panel(t.contribution, `∂Z_${t.channel} ⋆ᵀ K_${t.channel}`, 120));
+    const group = el("div", "panels group");
+    group.append(panel(t.dz, `∂Z_${t.channel}`, 90), panel(t.kernel, `K_${t.channel}`, 90),
+                 panel(t.contribution, `∂Z_${t.channel} ⋆ᵀ K_${t.channel}`, 90));
+    panels.append(group);
   }
   panels.append(panel(layer.grad_input, "Σ over channels = ∂A", 200));
   box.append(panels);
@@ -244,8 +254,10 @@ function convPieces(layer) {
   box.append(equation(pc.patch_equation));
   panels = el("div", "panels");
   for (const q of pc.patches) {
-    panels.append(panel(q.patch, `A_patch(${q.position.join(",")})`, 100),
-                  panel(q.product, `× ∂Z = ${fmt(q.dz)}`, 100));
+    const group = el("div", "panels group");
+    group.append(panel(q.patch, `A_patch(${q.position.join(",")})`, 100),
+                 panel(q.product, `× ∂Z = ${fmt(q.dz)}`, 100));
+    panels.append(group);
   }
   box.append(panels);
   if (layer.parameters.bias) {

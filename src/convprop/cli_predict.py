@@ -1,0 +1,75 @@
+"""`convprop predict CKPT IMAGE|DIR …`: classify image files with a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import checkpoint
+from .data import normalize
+from .data.images import IMAGE_EXTENSIONS, class_names, read_digit
+from .train import predict
+
+CHUNK = 256  # images read and classified at a time
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint",
+                       description="Each image is converted as MNIST was made (grayscale, white ink on black, "
+                                   "the ink scaled into 20×20 and centred) and classified. A warning goes to "
+                                   "stderr for an image that is blank, almost uniform, or whose ink is only in "
+                                   "its alpha channel.")
+    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    r.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image files, or directories of them (PNG, JPEG, BMP, GIF, WebP, TIFF; any size)")
+    r.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default: 3)")
+    r.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
+
+
+def image_paths(items: list[str]) -> list[str]:
+    """Files as given; directories expanded to their image files, sorted by name."""
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
+            if not found:
+                raise FileNotFoundError(f"{item}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this directory")
+            paths += found
+        else:
+            paths.append(item)
+    return paths
+
+
+def run(args) -> int:
+    if args.top_k < 1:
+        raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
+    ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.restore_model(ckpt, args.checkpoint)
+    paths = image_paths(args.images)
+    names = None
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start:start + CHUNK]
+        read = [read_digit(p) for p in chunk]
+        probs = predict(model, normalize(np.stack([d for d, _ in read]), dtype=model.dtype))
+        if names is None:
+            saved = ckpt["meta"].get("args")
+            names = class_names(saved.get("data") if isinstance(saved, dict) else None, probs.shape[1])
+        for path, (_, warnings), p in zip(chunk, read, probs):
+            for w in warnings:
+                print(f"convprop: warning: {path}: {w}", file=sys.stderr)
+            top = np.argsort(-p, kind="stable")[:args.top_k]
+            if args.json:
+                print(json.dumps({"image": path, "class": int(top[0]), "name": names[top[0]],
+                                  "p": round(float(p[top[0]]), 6),
+                                  "top": [{"class": int(c), "name": names[c], "p": round(float(p[c]), 6)}
+                                          for c in top], "warnings": warnings}))
+                continue
+            label = names[top[0]] if names[top[0]] == str(top[0]) else f"{names[top[0]]} (class {top[0]})"
+            print(f"{path}: {label}  (p = {p[top[0]]:.3f})")
+            if args.top_k > 1:
+                print("    " + "  ".join(f"{names[c]}: {p[c]:.3f}" for c in top))
+    return 0

@@ -1,0 +1,807 @@
+"""ONNX export and import of convprop models, built on the `onnx` package (pip install 'convprop[onnx]').
+
+    convprop.onnx.export(model, "lenet5.onnx", input_shape=(1, 1, 28, 28))   # batch dimension dynamic
+    model = convprop.onnx.load("lenet5.onnx")                                # an nn model, with its weights
+
+Export writes each layer as the ONNX operator torch.onnx.export writes for it (Conv, ConvTranspose,
+MaxPool, AveragePool, GlobalAveragePool, Gemm, Flatten, Relu, LeakyRelu, Sigmoid, Tanh,
+BatchNormalization, Add for a residual join), in eval mode: Dropout is the identity, BatchNorm uses
+its running statistics.  Import reads graphs of those operators (also MatMul + Add, Reshape to
+(N, −1), Identity, Dropout and Constant) into an nn.Sequential, or into a `Graph` where
+the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and export again.
+
+Files are untrusted: import parses the protobuf only (no external data files, no custom operator
+domains), checks every tensor's declared shape against the bytes it carries and against a size limit
+before converting it, and fails with one `OnnxError` line naming the node, operator and attribute.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import nn
+
+__all__ = ["export", "load", "OnnxError", "Graph", "DEFAULT_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS"]
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+MAX_FILE_BYTES = 512 * 2**20  # an ONNX file larger than this is refused before it is read
+MAX_TENSOR_ELEMENTS = 64 * 2**20  # per tensor (256 MB of float32), checked before converting
+
+
+class OnnxError(ValueError):
+    """An ONNX file or model convprop cannot read or write; the message is one line."""
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("ONNX export and import need the onnx package: pip install 'convprop[onnx]'") from None
+    return onnx
+
+
+# =========================================================================== export
+class _Builder:
+    """Nodes and initializers of the graph being written, with fresh names."""
+
+    def __init__(self, onnx, dtype: np.dtype):
+        self.onnx, self.dtype, self.nodes, self.initializers, self.count = onnx, dtype, [], [], 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        name = self.name(base)
+        self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], label: str, **attrs) -> str:
+        out = self.name(label)
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+
+def _pads(padding, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> list[int]:
+    """ONNX pads [top, left, bottom, right] from torch's padding (an int, a pair, 'valid' or 'same')."""
+    if padding == "valid":
+        return [0, 0, 0, 0]
+    if padding == "same":  # torch puts the odd pixel of an even kernel at the end
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+    ph, pw = (padding, padding) if isinstance(padding, (int, np.integer)) else tuple(padding)
+    return [int(ph), int(pw), int(ph), int(pw)]
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, (int, np.integer)) else [int(v[0]), int(v[1])]
+
+
+def _conv(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    k = list(m.kernel_size)
+    inputs = [x, b.const(f"{label}.weight", m.weight.data)]
+    if m.bias is not None:
+        inputs.append(b.const(f"{label}.bias", m.bias.data))
+    attrs = dict(kernel_shape=k, strides=_pair(m.stride), dilations=_pair(m.dilation), group=int(m.groups),
+                 pads=_pads(m.padding, tuple(k), tuple(_pair(m.dilation))))
+    if isinstance(m, nn.ConvTranspose2d):
+        return b.node("ConvTranspose", inputs, label, output_padding=_pair(m.output_padding), **attrs)
+    return b.node("Conv", inputs, label, **attrs)
+
+
+def _pool_attrs(m, dilation) -> dict:
+    k = _pair(m.kernel_size)
+    p = _pair(m.padding)
+    attrs = dict(kernel_shape=k, strides=k if m.stride is None else _pair(m.stride), pads=[p[0], p[1], p[0], p[1]])
+    if m.ceil_mode:  # as torch's: a last window that would start in the padding is dropped
+        attrs["ceil_mode"] = 1
+    if dilation is not None:
+        attrs["dilations"] = _pair(dilation)
+    return attrs
+
+
+def _maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if getattr(m, "return_indices", False):
+        raise OnnxError(f"{label} (MaxPool2d): return_indices=True cannot be exported (it feeds a MaxUnpool2d)")
+    return b.node("MaxPool", [x], label, **_pool_attrs(m, m.dilation))
+
+
+def _avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if getattr(m, "divisor_override", None) is not None:
+        raise OnnxError(f"{label} (AvgPool2d): divisor_override has no ONNX AveragePool equivalent")
+    return b.node("AveragePool", [x], label, count_include_pad=int(bool(m.count_include_pad)),
+                  **_pool_attrs(m, None))
+
+
+def _adaptive_avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    (h, w), (oh, ow) = xa.shape[2:], _pair(m.output_size)
+    if (oh, ow) == (1, 1):
+        return b.node("GlobalAveragePool", [x], label)
+    if h % oh or w % ow:
+        raise OnnxError(f"{label} (AdaptiveAvgPool2d): output size {oh}×{ow} does not divide the input "
+                        f"{h}×{w}; only evenly dividing adaptive pooling is exported")
+    k = [h // oh, w // ow]
+    return b.node("AveragePool", [x], label, kernel_shape=k, strides=k)
+
+
+def _linear(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    w = b.const(f"{label}.weight", m.weight.data)
+    if xa.ndim == 2:
+        inputs = [x, w] + ([b.const(f"{label}.bias", m.bias.data)] if m.bias is not None else [])
+        return b.node("Gemm", inputs, label, transB=1)  # Z = A Wᵀ + B
+    out = b.node("MatMul", [x, b.const(f"{label}.weightT", m.weight.data.T)], f"{label}.matmul")
+    return out if m.bias is None else b.node("Add", [out, b.const(f"{label}.bias", m.bias.data)], label)
+
+
+def _flatten(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    start, end = m.start_dim % xa.ndim, m.end_dim % xa.ndim
+    if start == 1 and end == xa.ndim - 1:
+        return b.node("Flatten", [x], label, axis=1)
+    shape = list(xa.shape[:start]) + [-1] + list(xa.shape[end + 1:])
+    if start > 0:
+        shape[0] = 0  # copy the (dynamic) batch dimension
+    return b.node("Reshape", [x, b.const(f"{label}.shape", np.array(shape, np.int64))], label)
+
+
+def _batchnorm(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if m.running_mean is None:
+        raise OnnxError(f"{label} ({type(m).__name__}): track_running_stats=False normalises with batch "
+                        "statistics even in eval mode; ONNX inference BatchNormalization needs running statistics")
+    c, dt = m.num_features, m.running_mean.dtype
+    scale = m.weight.data if m.weight is not None else np.ones(c, dt)
+    bias = m.bias.data if m.bias is not None else np.zeros(c, dt)
+    inputs = [x] + [b.const(f"{label}.{n}", a) for n, a in
+                    (("weight", scale), ("bias", bias), ("running_mean", m.running_mean),
+                     ("running_var", m.running_var))]
+    return b.node("BatchNormalization", inputs, label, epsilon=float(m.eps),
+                  momentum=1.0 - float(m.momentum if m.momentum is not None else 0.1))
+
+
+def _activation(op: str, **attrs_of: Callable) -> Callable:
+    def emit(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+        return b.node(op, [x], label, **{k: f(m) for k, f in attrs_of.items()})
+    return emit
+
+
+def _identity(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    return x  # Dropout in eval mode
+
+
+EXPORTERS: dict[type, Callable] = {
+    nn.Conv2d: _conv, nn.ConvTranspose2d: _conv, nn.MaxPool2d: _maxpool, nn.AvgPool2d: _avgpool,
+    nn.AdaptiveAvgPool2d: _adaptive_avgpool, nn.Linear: _linear, nn.Flatten: _flatten,
+    nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm, nn.Dropout: _identity,
+    nn.ReLU: _activation("Relu"), nn.Sigmoid: _activation("Sigmoid"), nn.Tanh: _activation("Tanh"),
+    nn.LeakyReLU: _activation("LeakyRelu", alpha=lambda m: float(m.negative_slope)),
+}
+
+
+def _emit(b: _Builder, m: nn.Module, x: str, xa: np.ndarray, label: str) -> tuple[str, np.ndarray]:
+    """Write module m applied to the tensor named x (whose value on the example input is xa)."""
+    if isinstance(m, nn.Sequential):
+        for name, child in m._modules.items():
+            x, xa = _emit(b, child, x, xa, f"{label}.{name}" if label else name)
+        return x, xa
+    if isinstance(m, Graph):
+        return m._export(b, x, xa, label)
+    for cls in type(m).__mro__:
+        if cls in EXPORTERS:
+            return EXPORTERS[cls](b, m, x, xa, label or type(m).__name__), m(xa)
+    raise OnnxError(f"{label or 'model'} ({type(m).__name__}): no ONNX export for this layer "
+                    f"(exported: {', '.join(sorted(c.__name__ for c in EXPORTERS))}, Sequential)")
+
+
+def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> str:
+    """Write `model` as an ONNX file for inputs of `input_shape` (N, C, H, W) or (N, features).
+
+    The batch dimension N is dynamic (named "batch"); the rest are fixed.  The graph is the model in
+    eval mode (Dropout the identity, BatchNorm with running statistics), in the parameters' dtype;
+    checked with onnx.checker before it is written.  Returns path.
+    """
+    onnx = _onnx()
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset: expected an int from {MIN_OPSET} to {newest}, got {opset!r}")
+    shape = tuple(input_shape)
+    if len(shape) < 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
+        raise ValueError(f"input_shape: expected (N, C, H, W) or (N, features) of positive ints, got {input_shape!r}")
+    dtype = model.dtype
+    elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
+    was_training = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        b = _Builder(onnx, dtype)
+        xa = np.zeros((1, *shape[1:]), dtype)
+        out, ya = _emit(b, model, "input", xa, "")
+    finally:
+        for m, mode in zip(model.modules(), was_training):
+            object.__setattr__(m, "training", mode)
+    if out == "input":
+        out = b.node("Identity", ["input"], "identity")
+    for node in b.nodes:  # the last tensor is the graph's "output"
+        node.input[:] = ["output" if n == out else n for n in node.input]
+        node.output[:] = ["output" if n == out else n for n in node.output]
+    graph = onnx.helper.make_graph(
+        b.nodes, "convprop", [onnx.helper.make_tensor_value_info("input", elem, ["batch", *shape[1:]])],
+        [onnx.helper.make_tensor_value_info("output", elem, ["batch", *ya.shape[1:]])], b.initializers)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                   producer_name="convprop")
+    proto.ir_version = min(proto.ir_version, _IR_FOR_OPSET.get(opset, proto.ir_version))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, path)
+    return path
+
+
+# the IR version each opset first shipped with (so older runtimes accept the file)
+_IR_FOR_OPSET = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
+
+
+# =========================================================================== a graph of layers
+class Add(nn.Module):
+    """The join of two branches: y = a + b.  Backward hands dout to both (∂y/∂a = ∂y/∂b = I)."""
+
+    def forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape != b.shape:
+            raise ValueError(f"Add: expected two inputs of one shape, got {a.shape} and {b.shape}")
+        return a + b
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        return dout, dout
+
+
+class Graph(nn.Module):
+    """Layers wired as a directed acyclic graph, as an ONNX file stores them: step k computes the
+    tensor named `outputs[k]` by applying child module k to the tensors named `inputs[k]`.
+
+    backward walks the steps in reverse.  Where a tensor fed several steps (a fork), the gradients
+    that come back from each are added; an Add (a join) hands its gradient to both of its inputs.
+    """
+
+    def __init__(self, steps: list[tuple[str, nn.Module, list[str]]], input: str, output: str):
+        super().__init__()
+        self.input, self.output = input, output
+        self.outputs, self.inputs = [s[0] for s in steps], [list(s[2]) for s in steps]
+        for k, (_, module, _) in enumerate(steps):
+            setattr(self, str(k), module)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        nn.module.check_input(x)
+        values = {self.input: x}
+        for out, ins, m in zip(self.outputs, self.inputs, self.children()):
+            values[out] = m(*[values[i] for i in ins])
+        return values[self.output]
+
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        grads = {self.output: dout}
+        for out, ins, m in reversed(list(zip(self.outputs, self.inputs, self.children()))):
+            g = grads.pop(out, None)
+            if g is None:  # a tensor the output does not depend on
+                continue
+            back = m.backward(g)
+            for name, gi in zip(ins, back if isinstance(m, Add) else (back,)):
+                grads[name] = gi if name not in grads else grads[name] + gi  # a fork adds its branches
+        return grads.get(self.input) if input_grad else None
+
+    def _export(self, b: _Builder, x: str, xa: np.ndarray, label: str) -> tuple[str, np.ndarray]:
+        names, values = {self.input: x}, {self.input: xa}
+        for k, (out, ins, m) in enumerate(zip(self.outputs, self.inputs, self.children())):
+            sub = f"{label}.{k}" if label else str(k)
+            if isinstance(m, Add):
+                names[out] = b.node("Add", [names[i] for i in ins], sub)
+                values[out] = m(*[values[i] for i in ins])
+            else:
+                names[out], values[out] = _emit(b, m, names[ins[0]], values[ins[0]], sub)
+        return names[self.output], values[self.output]
+
+
+# =========================================================================== import
+_FLOATS = {1: np.float32, 11: np.float64}  # TensorProto.FLOAT, DOUBLE
+_INTS = {7: np.int64, 6: np.int32}  # TensorProto.INT64, INT32 (shapes)
+_TYPED_FIELD = {1: "float_data", 11: "double_data", 7: "int64_data", 6: "int32_data"}
+
+
+def _type_name(code: int) -> str:
+    try:
+        return _onnx().TensorProto.DataType.Name(code)
+    except ValueError:
+        return str(code)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _external(t, where: str, directory: str | None, nbytes: int) -> bytes:
+    """The bytes of a tensor stored beside the model (torch.onnx.export's external data): a file of
+    the model's directory named without any path, its offset and length checked against its size."""
+    info = {e.key: e.value for e in t.external_data}
+    name = info.get("location", "")
+    if directory is None or not name or os.path.basename(name) != name or name in (".", ".."):
+        raise OnnxError(f"{where}: tensor {t.name!r} names external data {name!r}; only a file beside the "
+                        "model, named without a path, is read")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", nbytes))
+    except ValueError:
+        raise OnnxError(f"{where}: tensor {t.name!r} has a malformed external data offset or length") from None
+    file = os.path.join(directory, name)
+    size = os.path.getsize(file) if os.path.isfile(file) else -1
+    if length != nbytes or offset < 0 or offset + length > size:
+        raise OnnxError(f"{where}: tensor {t.name!r} needs {nbytes:,} bytes at offset {offset:,} of {name!r} "
+                        f"({'missing' if size < 0 else f'{size:,} bytes'}; length {length:,})")
+    with open(file, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def _tensor(t, where: str, limit: int, directory: str | None = None) -> np.ndarray:
+    """A TensorProto as an array, its declared shape checked against its bytes and `limit` first."""
+    dtypes = {**_FLOATS, **_INTS}
+    if t.data_type not in dtypes:
+        raise OnnxError(f"{where}: tensor {t.name!r} has data type {_type_name(t.data_type)} "
+                        "(supported: float32, float64, and int64/int32 for shapes)")
+    if t.HasField("segment"):
+        raise OnnxError(f"{where}: tensor {t.name!r} is segmented; not supported")
+    dims = [int(d) for d in t.dims]
+    if any(d < 0 for d in dims) or len(dims) > 8:
+        raise OnnxError(f"{where}: tensor {t.name!r} declares an invalid shape {dims}")
+    n = math.prod(dims)
+    if n > limit:
+        raise OnnxError(f"{where}: tensor {t.name!r} declares shape {dims} ({n:,} elements), over the limit "
+                        f"of {limit:,}")
+    dtype = np.dtype(dtypes[t.data_type]).newbyteorder("<")
+    if t.data_location == 1 or len(t.external_data):
+        a = np.frombuffer(_external(t, where, directory, n * dtype.itemsize), dtype)
+    elif t.raw_data:
+        if len(t.raw_data) != n * dtype.itemsize:
+            raise OnnxError(f"{where}: tensor {t.name!r} declares shape {dims} ({n * dtype.itemsize:,} bytes) "
+                            f"but holds {len(t.raw_data):,} bytes")
+        a = np.frombuffer(t.raw_data, dtype)
+    else:
+        field = getattr(t, _TYPED_FIELD[t.data_type])
+        if len(field) != n:
+            raise OnnxError(f"{where}: tensor {t.name!r} declares shape {dims} ({n:,} values) "
+                            f"but holds {len(field):,}")
+        a = np.asarray(field, dtype)
+    return a.astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+
+
+class _Reader:
+    """The graph's tensors by name: constants (initializers, Constant nodes) and data (the rest)."""
+
+    def __init__(self, onnx, proto, path: str, limit: int):
+        self.onnx, self.path, self.limit = onnx, path, limit
+        self.graph = proto.graph
+        self.raw_consts = {t.name: t for t in self.graph.initializer}
+        self.consts: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, list] = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False).graph
+            infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+        except Exception:
+            infos = list(self.graph.input) + list(self.graph.output)
+        for vi in infos:
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                        for d in vi.type.tensor_type.shape.dim]
+
+    def is_const(self, name: str) -> bool:
+        return name in self.consts or name in self.raw_consts
+
+    def const(self, node, index: int, what: str) -> np.ndarray:
+        name = node.input[index] if index < len(node.input) else ""
+        if not name:
+            raise OnnxError(f"{self.where(node)}: input {index} ({what}) is missing")
+        if name not in self.consts:
+            if name not in self.raw_consts:
+                raise OnnxError(f"{self.where(node)}: input {index} ({what}) {name!r} must be a constant "
+                                "(an initializer), not computed in the graph")
+            self.consts[name] = _tensor(self.raw_consts[name], self.where(node), self.limit,
+                                        os.path.dirname(os.path.abspath(self.path)))
+        return self.consts[name]
+
+    def optional_const(self, node, index: int, what: str) -> np.ndarray | None:
+        return self.const(node, index, what) if index < len(node.input) and node.input[index] else None
+
+    def where(self, node) -> str:
+        return f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type})"
+
+    def attrs(self, node, allowed: dict[str, Any]) -> dict[str, Any]:
+        """The node's attributes over `allowed`'s defaults; any other attribute is refused."""
+        out = dict(allowed)
+        for a in node.attribute:
+            if a.name not in allowed:
+                raise OnnxError(f"{self.where(node)}: attribute {a.name!r} is not supported")
+            value = self.onnx.helper.get_attribute_value(a)
+            out[a.name] = value.decode() if isinstance(value, bytes) else value
+        return out
+
+    def refuse(self, node, attr: str, value, why: str = "") -> OnnxError:
+        return OnnxError(f"{self.where(node)}: attribute {attr!r} = {value!r} is not supported"
+                         + (f" ({why})" if why else ""))
+
+
+def _float(r: _Reader, node, a: np.ndarray, what: str) -> np.ndarray:
+    if a.dtype.kind != "f":
+        raise OnnxError(f"{r.where(node)}: {what} has dtype {a.dtype}; expected float32 or float64")
+    return a
+
+
+def _spatial(r: _Reader, node, at: dict, key: str, default: list[int]) -> tuple[int, int]:
+    v = at[key] if at[key] is not None else default
+    v = list(v)
+    if len(v) != 2:
+        raise r.refuse(node, key, v, "only 2-D (N, C, H, W) operators are imported")
+    if key == "strides" or key == "dilations":
+        if min(v) < 1:
+            raise r.refuse(node, key, v)
+    return int(v[0]), int(v[1])
+
+
+def _conv_pads(r: _Reader, node, at: dict, kernel, dilation, stride) -> tuple[int, int]:
+    auto = at.get("auto_pad", "NOTSET")
+    if auto == "VALID":
+        return 0, 0
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if stride != (1, 1) or any(t % 2 for t in total):
+            raise r.refuse(node, "auto_pad", auto, "'SAME' padding is imported only where it is symmetric")
+        return total[0] // 2, total[1] // 2
+    if auto != "NOTSET":
+        raise r.refuse(node, "auto_pad", auto)
+    pads = list(at["pads"] or [0, 0, 0, 0])
+    if len(pads) != 4 or pads[:2] != pads[2:] or min(pads) < 0:
+        raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+    return int(pads[0]), int(pads[1])
+
+
+def _load_weights(m: nn.Module, **arrays) -> nn.Module:
+    for name, a in arrays.items():
+        if a is not None:
+            getattr(m, name).data[...] = a
+    return m
+
+
+def _import_conv(r: _Reader, node) -> nn.Module:
+    transposed = node.op_type == "ConvTranspose"
+    allowed = dict(auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None)
+    if transposed:
+        allowed.update(output_padding=None, output_shape=None)
+    at = r.attrs(node, allowed)
+    w = _float(r, node, r.const(node, 1, "weight"), "the weight")
+    if w.ndim != 4:
+        raise OnnxError(f"{r.where(node)}: weight of shape {w.shape}; only 2-D convolutions (4-D weights) "
+                        "are imported")
+    b = r.optional_const(node, 2, "bias")
+    kernel = w.shape[2:]
+    if at["kernel_shape"] is not None and tuple(at["kernel_shape"]) != kernel:
+        raise r.refuse(node, "kernel_shape", at["kernel_shape"], f"the weight's kernel is {kernel}")
+    stride, dilation = _spatial(r, node, at, "strides", [1, 1]), _spatial(r, node, at, "dilations", [1, 1])
+    groups = int(at["group"])
+    if groups < 1 or (w.shape[0] % groups if not transposed else w.shape[0] % groups):
+        raise r.refuse(node, "group", groups, f"does not divide the weight's shape {w.shape}")
+    if transposed and at["output_shape"] is not None:
+        raise r.refuse(node, "output_shape", at["output_shape"], "give pads and output_padding instead")
+    if transposed and at.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise r.refuse(node, "auto_pad", at["auto_pad"])
+    padding = _conv_pads(r, node, at, kernel, dilation, stride)
+    try:
+        if transposed:
+            m = nn.ConvTranspose2d(w.shape[0], w.shape[1] * groups, kernel, stride, padding,
+                                   _spatial(r, node, at, "output_padding", [0, 0]), groups, b is not None,
+                                   dilation, dtype=w.dtype)
+        else:
+            m = nn.Conv2d(w.shape[1] * groups, w.shape[0], kernel, stride, padding, dilation, groups,
+                          b is not None, dtype=w.dtype)
+    except (TypeError, ValueError) as e:
+        raise OnnxError(f"{r.where(node)}: {_one_line(e)}") from None
+    if b is not None and b.shape != (m.out_channels,):
+        raise OnnxError(f"{r.where(node)}: bias of shape {b.shape}; expected ({m.out_channels},)")
+    return _load_weights(m, weight=w, bias=b)
+
+
+def _import_pool(r: _Reader, node) -> nn.Module:
+    avg = node.op_type == "AveragePool"
+    allowed = dict(auto_pad="NOTSET", ceil_mode=0, kernel_shape=None, pads=None, strides=None, dilations=None)
+    allowed.update(count_include_pad=0) if avg else allowed.update(storage_order=0)
+    at = r.attrs(node, allowed)
+    if len(node.output) > 1 and node.output[1]:
+        raise OnnxError(f"{r.where(node)}: output 'Indices' is not supported")
+    if at["kernel_shape"] is None:
+        raise OnnxError(f"{r.where(node)}: attribute 'kernel_shape' is missing")
+    kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
+    stride, dilation = _spatial(r, node, at, "strides", [1, 1]), _spatial(r, node, at, "dilations", [1, 1])
+    if avg and dilation != (1, 1):
+        raise r.refuse(node, "dilations", list(dilation), "AvgPool2d has no dilation")
+    if at["storage_order" if not avg else "ceil_mode"] not in (0, 1) or (not avg and at["storage_order"]):
+        raise r.refuse(node, "storage_order", at.get("storage_order"))
+    if at["auto_pad"] != "NOTSET" and at["auto_pad"] != "VALID":
+        raise r.refuse(node, "auto_pad", at["auto_pad"])
+    pads = [0, 0, 0, 0] if at["auto_pad"] == "VALID" else list(at["pads"] or [0, 0, 0, 0])
+    if len(pads) != 4 or min(pads) < 0:
+        raise r.refuse(node, "pads", pads)
+    if pads[:2] != pads[2:]:
+        raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+    if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
+        raise r.refuse(node, "pads", pads, f"torch and convprop pool with at most half the kernel {list(kernel)}")
+    ceil = bool(at["ceil_mode"])
+    try:
+        if avg:
+            return nn.AvgPool2d(kernel, stride, (pads[0], pads[1]), ceil_mode=ceil,
+                                count_include_pad=bool(at["count_include_pad"]))
+        return nn.MaxPool2d(kernel, stride, (pads[0], pads[1]), dilation, ceil_mode=ceil)
+    except (TypeError, ValueError) as e:
+        raise OnnxError(f"{r.where(node)}: {_one_line(e)}") from None
+
+
+def _import_gemm(r: _Reader, node) -> nn.Module:
+    at = r.attrs(node, dict(alpha=1.0, beta=1.0, transA=0, transB=0))
+    if at["transA"]:
+        raise r.refuse(node, "transA", at["transA"], "the data input must be (N, features)")
+    w = _float(r, node, r.const(node, 1, "B (weight)"), "the weight")
+    if w.ndim != 2:
+        raise OnnxError(f"{r.where(node)}: weight of shape {w.shape}; expected 2-D")
+    w = (w if at["transB"] else w.T) * w.dtype.type(at["alpha"])  # Linear's (out, in)
+    c = r.optional_const(node, 2, "C (bias)")
+    if c is not None:
+        if c.size not in (1, w.shape[0]) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+            raise OnnxError(f"{r.where(node)}: bias C of shape {c.shape}; expected ({w.shape[0]},)")
+        c = np.broadcast_to(c.reshape(-1), (w.shape[0],)) * w.dtype.type(at["beta"])
+    return _load_weights(nn.Linear(w.shape[1], w.shape[0], bias=c is not None, dtype=w.dtype), weight=w, bias=c)
+
+
+def _import_batchnorm(r: _Reader, node) -> nn.Module:
+    at = r.attrs(node, dict(epsilon=1e-5, momentum=0.9, training_mode=0, spatial=1))
+    if at["training_mode"]:
+        raise r.refuse(node, "training_mode", at["training_mode"], "inference BatchNormalization only")
+    if at["spatial"] != 1:
+        raise r.refuse(node, "spatial", at["spatial"])
+    if any(o for o in node.output[1:]):
+        raise OnnxError(f"{r.where(node)}: the running-statistics outputs are not supported")
+    scale, bias, mean, var = (_float(r, node, r.const(node, i, what), what)
+                              for i, what in enumerate(("scale", "B", "mean", "var"), 1))
+    c = scale.shape[0] if scale.ndim == 1 else -1
+    if any(a.shape != (c,) for a in (scale, bias, mean, var)):
+        raise OnnxError(f"{r.where(node)}: scale, B, mean and var must be 1-D of one length, got "
+                        f"{[a.shape for a in (scale, bias, mean, var)]}")
+    rank = len(r.shapes.get(node.input[0]) or [None] * 4)
+    cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
+    m = cls(c, eps=float(at["epsilon"]), momentum=1.0 - float(at["momentum"]), dtype=scale.dtype)
+    m.running_mean[...], m.running_var[...] = mean, var
+    return _load_weights(m, weight=scale, bias=bias)
+
+
+def _import_flatten(r: _Reader, node) -> nn.Module:
+    at = r.attrs(node, dict(axis=1))
+    rank = len(r.shapes.get(node.input[0]) or [])
+    if at["axis"] != 1 and not (rank and at["axis"] == 1 - rank):
+        raise r.refuse(node, "axis", at["axis"], "only axis=1, flattening all but the batch dimension")
+    return nn.Flatten()
+
+
+def _import_reshape(r: _Reader, node) -> nn.Module:
+    """Reshape by a constant shape that merges adjacent dimensions other than the batch: a Flatten."""
+    at = r.attrs(node, dict(allowzero=0))
+    shape = [int(s) for s in r.const(node, 1, "shape").reshape(-1)]
+    dims = r.shapes.get(node.input[0])
+    if not (at["allowzero"] and 0 in shape) and shape.count(-1) <= 1:  # allowzero: a 0 means size 0
+        if shape in ([0, -1], [-1, -1]) or dims is None or None in dims[1:]:
+            if shape == [0, -1] or (shape[:1] == [-1] and len(shape) == 2 and dims and None not in dims[1:]
+                                    and shape[1] in (-1, math.prod(dims[1:]))):
+                return nn.Flatten()
+        else:
+            target = [dims[i] if s == 0 and i < len(dims) else s for i, s in enumerate(shape)]
+            for start in range(1, len(dims)):
+                for end in range(start, len(dims)):
+                    merged = dims[:start] + [math.prod(dims[start:end + 1])] + dims[end + 1:]
+                    if len(merged) == len(target) and all(t in (c, -1) or (c is None and t == 0)
+                                                          for t, c in zip(target, merged)):
+                        return nn.Flatten(start, end)
+    raise OnnxError(f"{r.where(node)}: shape {shape} is not supported (only a reshape that merges adjacent "
+                    "dimensions after the batch, a Flatten)")
+
+
+def _import_dropout(r: _Reader, node) -> nn.Module | None:
+    at = r.attrs(node, dict(ratio=0.5, seed=0, is_test=0))
+    ratio = r.optional_const(node, 1, "ratio")
+    p = float(ratio.reshape(-1)[0]) if ratio is not None and ratio.size else float(at["ratio"])
+    training = r.optional_const(node, 2, "training_mode")
+    if training is not None and training.size and bool(training.reshape(-1)[0]):
+        raise OnnxError(f"{r.where(node)}: training_mode=True is not supported (inference graphs only)")
+    if any(o for o in node.output[1:]):
+        raise OnnxError(f"{r.where(node)}: output 'mask' is not supported")
+    if not 0.0 <= p < 1.0:
+        raise r.refuse(node, "ratio", p)
+    return nn.Dropout(p)
+
+
+def _simple(cls, **defaults) -> Callable:
+    def make(r: _Reader, node) -> nn.Module:
+        at = r.attrs(node, defaults)
+        return cls(**{"negative_slope": float(at["alpha"])} if "alpha" in at else {})
+    return make
+
+
+def _import_global_pool(r: _Reader, node) -> nn.Module:
+    r.attrs(node, {})
+    return nn.AdaptiveAvgPool2d(1)
+
+
+def _import_reduce_mean(r: _Reader, node) -> nn.Module:
+    """The mean over H and W, keeping them (torch.onnx.export's AdaptiveAvgPool2d(1)): global pooling."""
+    at = r.attrs(node, dict(axes=None, keepdims=1, noop_with_empty_axes=0))
+    axes = at["axes"] if at["axes"] is not None else r.optional_const(node, 1, "axes")
+    rank = len(r.shapes.get(node.input[0]) or [None] * 4)
+    axes = sorted(int(a) % rank for a in np.asarray(axes if axes is not None else []).reshape(-1))
+    if rank != 4 or axes != [2, 3] or not at["keepdims"]:
+        raise OnnxError(f"{r.where(node)}: only the mean over H and W with keepdims=1 (global average pooling) "
+                        f"is supported, got axes {axes} of a {rank}-D input, keepdims={at['keepdims']}")
+    return nn.AdaptiveAvgPool2d(1)
+
+
+IMPORTERS: dict[str, Callable] = {
+    "Conv": _import_conv, "ConvTranspose": _import_conv, "MaxPool": _import_pool, "AveragePool": _import_pool,
+    "GlobalAveragePool": _import_global_pool, "ReduceMean": _import_reduce_mean, "Gemm": _import_gemm,
+    "BatchNormalization": _import_batchnorm,
+    "Flatten": _import_flatten, "Reshape": _import_reshape, "Dropout": _import_dropout,
+    "Relu": _simple(nn.ReLU), "Sigmoid": _simple(nn.Sigmoid), "Tanh": _simple(nn.Tanh),
+    "LeakyRelu": _simple(nn.LeakyReLU, alpha=0.01),
+}
+# handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul
+
+
+def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> nn.Module:
+    """An ONNX file as a convprop model with its weights: an nn.Sequential for a chain of layers, a
+    Graph where it forks and joins.  Raises OnnxError (one line: node, operator, attribute) for
+    what convprop cannot represent or for a damaged or hostile file; never reads another file."""
+    onnx = _onnx()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    if not os.path.isfile(path):
+        raise OnnxError(f"{path}: expected an ONNX file, got a directory or device")
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise OnnxError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} for an ONNX file")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    try:
+        proto = onnx.ModelProto.FromString(data)
+    except Exception as e:  # protobuf's DecodeError, or a recursion limit
+        raise OnnxError(f"{path}: not an ONNX model ({_one_line(e)})") from None
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise OnnxError(f"{path}: not an ONNX model (no graph nodes)")
+    for op in proto.opset_import:
+        if op.domain not in ("", "ai.onnx"):
+            raise OnnxError(f"{path}: operator set {op.domain!r} is not supported (standard ONNX operators only)")
+    try:
+        return _build(onnx, proto, path, max_tensor_elements)
+    except OnnxError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+        raise OnnxError(f"{path}: cannot import ({_one_line(e)})") from None
+
+
+def _build(onnx, proto, path: str, limit: int) -> nn.Module:
+    r = _Reader(onnx, proto, path, limit)
+    g = proto.graph
+    data_inputs = [i.name for i in g.input if i.name not in r.raw_consts]
+    if len(data_inputs) != 1 or len(g.output) != 1:
+        raise OnnxError(f"{path}: expected one data input and one output, got inputs {data_inputs[:5]} and "
+                        f"{len(g.output)} outputs (weights must be initializers)")
+    elem = g.input[[i.name for i in g.input].index(data_inputs[0])].type.tensor_type.elem_type
+    if elem not in _FLOATS:
+        raise OnnxError(f"{path}: input {data_inputs[0]!r} has element type {_type_name(elem)}; "
+                        "expected float32 or float64")
+    consumers: dict[str, int] = {g.output[0].name: 1}
+    for node in g.node:
+        for i in node.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    alias = {data_inputs[0]: data_inputs[0]}  # tensor name -> the step output that holds it
+    steps: list[tuple[str, nn.Module, list[str]]] = []
+    fused: set[int] = set()
+    nodes = list(g.node)
+    for k, node in enumerate(nodes):
+        if k in fused:
+            continue
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            raise OnnxError(f"{r.where(node)}: operator domain {node.domain!r} is not supported")
+        if op == "Constant":
+            at = r.attrs(node, dict(value=None))
+            if at["value"] is None:
+                raise OnnxError(f"{r.where(node)}: only the 'value' attribute is supported")
+            r.consts[node.output[0]] = _tensor(at["value"], r.where(node), limit)
+            continue
+        data = [i for i in node.input if i and not r.is_const(i)]
+        if op == "Identity" and not data:  # a constant under another name (torch's shared weights)
+            r.attrs(node, {})
+            r.consts[node.output[0]] = r.const(node, 0, "input")
+            continue
+        for i in data:
+            if i not in alias:
+                raise OnnxError(f"{r.where(node)}: input {i!r} is not computed before this node "
+                                "(the graph is not topologically sorted or names a missing tensor)")
+        ins = [alias[i] for i in data]
+        if op == "Identity":
+            r.attrs(node, {})
+            alias[node.output[0]] = ins[0]
+            continue
+        if op == "Add" and len(data) == 2:
+            r.attrs(node, {})
+            m = Add()
+        elif op == "MatMul":
+            m, k2 = _import_matmul(r, node, nodes, k, consumers)
+            if k2 is not None:
+                fused.add(k2)
+                node = nodes[k2]
+        elif op in IMPORTERS:
+            if len(data) != 1:
+                raise OnnxError(f"{r.where(node)}: expected one data input, got {len(data)}")
+            m = IMPORTERS[op](r, node)
+        else:
+            raise OnnxError(f"{r.where(node)}: operator {op!r} is not supported (supported: "
+                            f"{', '.join(sorted([*IMPORTERS, 'Add', 'MatMul', 'Identity', 'Constant']))})")
+        steps.append((node.output[0], m, ins))
+        alias[node.output[0]] = node.output[0]
+    out = g.output[0].name
+    if out not in alias:
+        raise OnnxError(f"{path}: the graph output {out!r} is not computed by any node")
+    dtypes = {m.dtype for _, m, _ in steps if any(True for _ in m.parameters())}
+    if len(dtypes) > 1:
+        raise OnnxError(f"{path}: the weights mix dtypes {sorted(d.name for d in dtypes)}")
+    model = _assemble(steps, data_inputs[0], alias[out])
+    if dtypes and dtypes.pop() != _FLOATS[elem]:
+        model.to(_FLOATS[elem])
+    return model
+
+
+def _import_matmul(r: _Reader, node, nodes, k: int, consumers) -> tuple[nn.Module, int | None]:
+    """MatMul by a constant (in, out) matrix is Linear without bias; a following Add of a constant
+    (out,) vector is its bias (torch's Linear on inputs of more than two dimensions)."""
+    r.attrs(node, {})
+    if r.is_const(node.input[0]) or not r.is_const(node.input[1]):
+        raise OnnxError(f"{r.where(node)}: only data × constant weight is supported")
+    w = _float(r, node, r.const(node, 1, "weight"), "the weight")
+    if w.ndim != 2:
+        raise OnnxError(f"{r.where(node)}: weight of shape {w.shape}; expected 2-D")
+    nxt = next((j for j in range(k + 1, len(nodes)) if node.output[0] in nodes[j].input), None)
+    bias, fused = None, None
+    if nxt is not None and consumers.get(node.output[0]) == 1 and nodes[nxt].op_type == "Add":
+        other = [i for i in nodes[nxt].input if i != node.output[0]]
+        if len(other) == 1 and r.is_const(other[0]):
+            b = r.const(nodes[nxt], list(nodes[nxt].input).index(other[0]), "bias")
+            if b.shape == (w.shape[1],):
+                bias, fused = b.astype(w.dtype), nxt
+    m = nn.Linear(w.shape[0], w.shape[1], bias=bias is not None, dtype=w.dtype)
+    return _load_weights(m, weight=w.T, bias=bias), fused
+
+
+def _assemble(steps, input: str, output: str) -> nn.Module:
+    """A Sequential where each step takes the previous one's output, else a Graph."""
+    chain, prev = True, input
+    for out, m, ins in steps:
+        if isinstance(m, Add) or ins != [prev]:
+            chain = False
+            break
+        prev = out
+    if chain and prev == output:
+        return nn.Sequential(*[m for _, m, _ in steps])
+    used = _needed(steps, output)
+    return Graph([s for s in steps if s[0] in used], input, output)
+
+
+def _needed(steps, output: str) -> set[str]:
+    need, producers = {output}, {out: ins for out, _, ins in steps}
+    stack = [output]
+    while stack:
+        for i in producers.get(stack.pop(), []):
+            if i not in need:
+                need.add(i)
+                stack.append(i)
+    return need

@@ -1,0 +1,396 @@
+"""ONNX export and import: convprop → onnxruntime for every layer kind and every model; ONNX graphs
+(built with onnx.helper, from ONNX's own operator test cases, and from torch.onnx.export) → convprop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import convprop.random  # noqa: E402
+from convprop import models, nn  # noqa: E402
+from convprop import onnx as conv_onnx  # noqa: E402
+from convprop.onnx import Graph, OnnxError  # noqa: E402
+
+TOL = 1e-5
+
+
+def run_ort(path: str, x: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def assert_close(ours: np.ndarray, ref: np.ndarray, what: str, tol: float = TOL) -> None:
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != {ref.shape}"
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max()) / scale
+    assert err <= tol, f"{what}: error {err:.3g} > {tol:g}"
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorm's running statistics and affine parameters away from their 1/0 defaults."""
+    rng = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            c = m.num_features
+            m.running_mean[...] = rng.standard_normal(c)
+            m.running_var[...] = rng.uniform(0.5, 2.0, c)
+            if m.weight is not None:
+                m.weight.data[...] = rng.uniform(0.5, 1.5, c)
+                m.bias.data[...] = rng.standard_normal(c)
+    return model.eval()
+
+
+S = nn.Sequential
+LAYERS = {  # name: (model, input shape)
+    "conv": (lambda: S(nn.Conv2d(3, 4, 3)), (2, 3, 9, 9)),
+    "conv-stride-pad-dilation": (lambda: S(nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=2)),
+                                 (2, 3, 11, 10)),
+    "conv-groups-nobias": (lambda: S(nn.Conv2d(4, 6, 3, groups=2, bias=False, padding=1)), (2, 4, 7, 7)),
+    "conv-depthwise": (lambda: S(nn.Conv2d(4, 4, 3, groups=4)), (2, 4, 7, 7)),
+    "convtranspose": (lambda: S(nn.ConvTranspose2d(3, 4, 3)), (2, 3, 5, 5)),
+    "convtranspose-stride-pad-outpad": (lambda: S(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1,
+                                                                     groups=2)), (2, 4, 5, 6)),
+    "convtranspose-dilation": (lambda: S(nn.ConvTranspose2d(2, 3, 3, stride=3, dilation=2, bias=False)),
+                               (1, 2, 4, 4)),
+    "maxpool": (lambda: S(nn.MaxPool2d(2)), (2, 3, 8, 8)),
+    "maxpool-stride-pad-dilation": (lambda: S(nn.MaxPool2d(3, stride=2, padding=1, dilation=2)), (2, 3, 11, 10)),
+    "maxpool-ceil": (lambda: S(nn.MaxPool2d(3, stride=2, ceil_mode=True)), (2, 3, 10, 8)),
+    "maxpool-ceil-pad": (lambda: S(nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)), (2, 3, 10, 11)),
+    "avgpool": (lambda: S(nn.AvgPool2d(2)), (2, 3, 8, 8)),
+    "avgpool-pad-include": (lambda: S(nn.AvgPool2d(3, stride=2, padding=1)), (2, 3, 9, 8)),
+    "avgpool-pad-exclude": (lambda: S(nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)), (2, 3, 9, 8)),
+    "avgpool-ceil": (lambda: S(nn.AvgPool2d(3, stride=2, ceil_mode=True)), (2, 3, 10, 8)),
+    "avgpool-ceil-pad-include": (lambda: S(nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)), (2, 3, 10, 11)),
+    "avgpool-ceil-pad-exclude": (lambda: S(nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True,
+                                                        count_include_pad=False)), (2, 3, 10, 11)),
+    "adaptive-avgpool-1": (lambda: S(nn.AdaptiveAvgPool2d(1)), (2, 3, 7, 5)),
+    "adaptive-avgpool-2x3": (lambda: S(nn.AdaptiveAvgPool2d((2, 3))), (2, 3, 8, 9)),
+    "linear": (lambda: S(nn.Linear(7, 5)), (3, 7)),
+    "linear-nobias": (lambda: S(nn.Linear(7, 5, bias=False)), (3, 7)),
+    "linear-3d": (lambda: S(nn.Linear(7, 5)), (3, 4, 7)),
+    "flatten": (lambda: S(nn.Flatten(), nn.Linear(48, 3)), (2, 3, 4, 4)),
+    "flatten-2-3": (lambda: S(nn.Flatten(2, 3)), (2, 3, 4, 4)),
+    "relu": (lambda: S(nn.ReLU()), (2, 3, 4, 4)),
+    "leaky-relu": (lambda: S(nn.LeakyReLU(0.2)), (2, 3, 4, 4)),
+    "sigmoid": (lambda: S(nn.Sigmoid()), (2, 3, 4, 4)),
+    "tanh": (lambda: S(nn.Tanh()), (2, 3, 4, 4)),
+    "dropout": (lambda: S(nn.Linear(6, 6), nn.Dropout(0.3)), (4, 6)),
+    "dropout-only": (lambda: S(nn.Dropout(0.3)), (4, 6)),
+    "batchnorm2d": (lambda: S(nn.BatchNorm2d(3)), (2, 3, 5, 5)),
+    "batchnorm2d-no-affine": (lambda: S(nn.BatchNorm2d(3, affine=False, eps=1e-3)), (2, 3, 5, 5)),
+    "batchnorm1d": (lambda: S(nn.Linear(5, 4), nn.BatchNorm1d(4)), (3, 5)),
+}
+
+
+def _input(shape, seed=1, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_export_every_layer_kind_matches_onnxruntime(name, tmp_path):
+    make, shape = LAYERS[name]
+    convprop.random.manual_seed(0)
+    model = randomized(make())
+    path = conv_onnx.export(model, str(tmp_path / "m.onnx"), shape)
+    for batch in (shape[0], 5):  # the batch dimension is dynamic
+        x = _input((batch, *shape[1:]))
+        assert_close(run_ort(path, x), model(x), name)
+    back = conv_onnx.load(path)  # and back: the same layers, the same numbers
+    x = _input(shape, seed=2)
+    assert_close(back.eval()(x), model(x), f"{name} round trip", 1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_export_every_model_matches_onnxruntime(name, tmp_path):
+    convprop.random.manual_seed(0)
+    model = randomized(models.build(name))
+    path = conv_onnx.export(model, str(tmp_path / f"{name}.onnx"), (1, 1, 28, 28), opset=13)
+    assert onnx.load(path).opset_import[0].version == 13
+    x = _input((6, 1, 28, 28))
+    assert_close(run_ort(path, x), model(x), name)
+    back = conv_onnx.load(path)
+    assert type(back) is type(model) and list(back.state_dict()) == list(model.state_dict())
+    for (k, a), b in zip(model.state_dict().items(), back.state_dict().values()):
+        if k.endswith("num_batches_tracked"):
+            continue
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_export_float64_and_refusals(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh()).to(np.float64)  # onnxruntime has no float64 Conv
+    path = conv_onnx.export(model, str(tmp_path / "f64.onnx"), (1, 4))
+    x = _input((2, 4), dtype=np.float64)
+    assert_close(run_ort(path, x), model(x), "float64", 1e-12)
+    assert conv_onnx.load(path).dtype == np.float64
+
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(OnnxError, match=r"^1 \(Custom\): no ONNX export for this layer"):
+        conv_onnx.export(nn.Sequential(nn.ReLU(), Custom()), str(tmp_path / "c.onnx"), (1, 3))
+    with pytest.raises(OnnxError, match=r"return_indices=True"):
+        conv_onnx.export(nn.Sequential(nn.MaxPool2d(2, return_indices=True)), str(tmp_path / "c.onnx"), (1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"^opset: expected an int from 13"):
+        conv_onnx.export(model, str(tmp_path / "c.onnx"), (1, 4), opset=7)
+    with pytest.raises(ValueError, match=r"^input_shape: expected"):
+        conv_onnx.export(model, str(tmp_path / "c.onnx"), (0, 4))
+
+
+def test_graph_residual_forward_backward_export(tmp_path):
+    """A Graph with a fork and a join: backward adds the branches' gradients (checked against torch),
+    and the export runs in onnxruntime."""
+    torch = pytest.importorskip("torch")
+    convprop.random.manual_seed(0)
+    conv1, conv2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+    g = Graph([("a", conv1, ["x"]), ("b", nn.ReLU(), ["a"]), ("c", conv2, ["b"]), ("d", conv_onnx.Add(), ["c", "x"]),
+               ("y", nn.Tanh(), ["d"])], "x", "y")
+    x = _input((2, 2, 5, 5)).astype(np.float64)
+    g.to(np.float64)
+    out = g(x)
+    dout = np.random.default_rng(3).standard_normal(out.shape)
+    dx = g.backward(dout)
+    tx = torch.tensor(x, requires_grad=True)
+    w1, b1, w2, b2 = (torch.tensor(a, requires_grad=True) for a in (conv1.weight.data, conv1.bias.data,
+                                                                     conv2.weight.data, conv2.bias.data))
+    tc = torch.nn.functional.conv2d
+    ref = torch.tanh(tc(torch.relu(tc(tx, w1, b1, padding=1)), w2, b2, padding=1) + tx)
+    ref.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(conv1.weight.grad, w1.grad.numpy(), rtol=1e-10, atol=1e-12)
+    g.to(np.float32)
+    x = x.astype(np.float32)
+    path = conv_onnx.export(g, str(tmp_path / "res.onnx"), (1, 2, 5, 5))
+    assert_close(run_ort(path, x), g(x), "residual graph")
+    back = conv_onnx.load(path)
+    assert isinstance(back, Graph)
+    np.testing.assert_array_equal(back(x), g(x))
+
+
+# --------------------------------------------------------------------------- import
+def torch_models():
+    torch = pytest.importorskip("torch")
+    t = torch.nn
+    torch.manual_seed(0)
+    lenet = t.Sequential(t.Conv2d(1, 6, 5, padding=2), t.ReLU(), t.MaxPool2d(2), t.Conv2d(6, 16, 5), t.Tanh(),
+                         t.AvgPool2d(2, ceil_mode=True), t.Flatten(), t.Linear(400, 120), t.LeakyReLU(0.1),
+                         t.Dropout(0.2), t.Linear(120, 10))
+    bn = t.Sequential(t.Conv2d(1, 4, 3, stride=2, bias=False), t.BatchNorm2d(4), t.ReLU(), t.ConvTranspose2d(
+        4, 3, 3, stride=2, padding=1, output_padding=1), t.Sigmoid(), t.AdaptiveAvgPool2d(1), t.Flatten(),
+        t.Linear(3, 5), t.BatchNorm1d(5))
+    for m in bn.modules():
+        if isinstance(m, (t.BatchNorm1d, t.BatchNorm2d)):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    return torch, {"lenet": lenet.eval(), "batchnorm-convtranspose": bn.eval()}
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter", "dynamo-exporter"])
+def test_load_graphs_torch_onnx_export_writes(dynamo, tmp_path):
+    torch, nets = torch_models()
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    x = torch.tensor(_input((3, 1, 28, 28)))
+    for name, net in nets.items():
+        path = str(tmp_path / f"{name}.onnx")
+        if dynamo:
+            torch.onnx.export(net, (x,), path, dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        else:
+            torch.onnx.export(net, (x,), path, dynamo=False, dynamic_axes={"input": {0: "batch"}},
+                              input_names=["input"])
+        model = conv_onnx.load(path).eval()
+        with torch.no_grad():
+            assert_close(model(x.numpy()), net(x).numpy(), f"{name} from torch.onnx.export")
+        # fine-tune with convprop's backward, then export again
+        model.train()
+        out = model(x.numpy())
+        model.backward(np.ones_like(out))
+        assert all(p.grad is not None for p in model.parameters())
+        again = conv_onnx.export(model.eval(), str(tmp_path / f"{name}-again.onnx"), (1, 1, 28, 28))
+        assert_close(run_ort(again, x.numpy()), model(x.numpy()), f"{name} re-exported")
+
+
+def make_model(nodes, initializers, in_shape, out_rank=None, opset=18):
+    h, rank = onnx.helper, out_rank or len(in_shape)
+    graph = h.make_graph(nodes, "t", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *in_shape[1:]])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None] * rank)],
+                         [onnx.numpy_helper.from_array(a, n) for n, a in initializers.items()])
+    m = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def _w(*shape, seed=4):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+N = onnx.helper.make_node
+HELPER_CASES = {  # one model per supported operator and attribute: (nodes, initializers, input shape)
+    "Conv": ([N("Conv", ["x", "W", "B"], ["y"], strides=[2, 1], pads=[1, 2, 1, 2], dilations=[1, 2], group=2)],
+             {"W": _w(4, 1, 3, 3), "B": _w(4)}, (2, 2, 9, 9)),
+    "Conv-auto-pad-same": ([N("Conv", ["x", "W"], ["y"], auto_pad="SAME_UPPER", kernel_shape=[3, 3])],
+                           {"W": _w(3, 2, 3, 3)}, (2, 2, 6, 6)),
+    "ConvTranspose": ([N("ConvTranspose", ["x", "W", "B"], ["y"], strides=[2, 2], pads=[1, 1, 1, 1],
+                         output_padding=[1, 0])], {"W": _w(2, 3, 3, 3), "B": _w(3)}, (2, 2, 4, 5)),
+    "MaxPool": ([N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)],
+                {}, (2, 3, 10, 9)),
+    "MaxPool-dilations": ([N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])], {}, (2, 3, 7, 7)),
+    "AveragePool": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                       count_include_pad=1)], {}, (2, 3, 9, 8)),
+    "AveragePool-exclude-ceil": ([N("AveragePool", ["x"], ["y"], kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1,
+                                    pads=[1, 1, 1, 1])], {}, (2, 3, 9, 8)),
+    "GlobalAveragePool": ([N("GlobalAveragePool", ["x"], ["y"])], {}, (2, 3, 5, 4)),
+    "ReduceMean": ([N("ReduceMean", ["x", "axes"], ["y"], keepdims=1)], {"axes": np.array([2, 3], np.int64)},
+                   (2, 3, 5, 4)),
+    "Gemm": ([N("Gemm", ["x", "W", "B"], ["y"], alpha=0.5, beta=2.0)], {"W": _w(6, 4), "B": _w(4)}, (3, 6)),
+    "Gemm-transB": ([N("Gemm", ["x", "W"], ["y"], transB=1)], {"W": _w(4, 6)}, (3, 6)),
+    "MatMul-Add": ([N("MatMul", ["x", "W"], ["h"]), N("Add", ["h", "B"], ["y"])], {"W": _w(6, 4), "B": _w(4)},
+                   (3, 5, 6)),
+    "Flatten": ([N("Flatten", ["x"], ["y"], axis=1)], {}, (2, 3, 4, 5)),
+    "Reshape": ([N("Reshape", ["x", "s"], ["y"])], {"s": np.array([0, -1], np.int64)}, (2, 3, 4, 5)),
+    "Relu": ([N("Relu", ["x"], ["y"])], {}, (2, 3)),
+    "LeakyRelu": ([N("LeakyRelu", ["x"], ["y"], alpha=0.3)], {}, (2, 3)),
+    "Sigmoid": ([N("Sigmoid", ["x"], ["y"])], {}, (2, 3)),
+    "Tanh": ([N("Tanh", ["x"], ["y"])], {}, (2, 3)),
+    "Dropout-Identity": ([N("Dropout", ["x"], ["h"]), N("Identity", ["h"], ["y"])], {}, (2, 3)),
+    "BatchNormalization": ([N("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], epsilon=1e-3)],
+                           {"s": _w(3), "b": _w(3), "m": _w(3), "v": np.abs(_w(3)) + 0.5}, (2, 3, 4, 4)),
+    "Add-residual": ([N("Relu", ["x"], ["h"]), N("Conv", ["h", "W"], ["c"], pads=[1, 1, 1, 1]),
+                      N("Add", ["c", "x"], ["y"])], {"W": _w(2, 2, 3, 3)}, (2, 2, 5, 5)),
+    "Constant": ([N("Constant", [], ["s"], value=onnx.numpy_helper.from_array(np.array([0, -1], np.int64))),
+                  N("Reshape", ["x", "s"], ["y"])], {}, (2, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELPER_CASES))
+def test_load_every_supported_operator_matches_onnxruntime(name, tmp_path):
+    nodes, inits, shape = HELPER_CASES[name]
+    proto = make_model(nodes, inits, shape, 2 if nodes[-1].op_type in ("Gemm", "Flatten", "Reshape") else None)
+    onnx.checker.check_model(proto, full_check=True)
+    path = str(tmp_path / "m.onnx")
+    onnx.save(proto, path)
+    model = conv_onnx.load(path).eval()
+    x = _input(shape)
+    assert_close(model(x), run_ort(path, x), name)
+
+
+def test_load_onnx_operator_test_cases(tmp_path):
+    """ONNX's own test cases of every supported operator (onnx.backend.test): each loads and matches
+    the expected output, or is refused in one line naming the node and operator."""
+    import warnings
+
+    from onnx.backend.test.case import node as cases
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        all_cases = cases.collect_testcases()
+    ops = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "Flatten", "Relu",
+           "LeakyRelu", "Sigmoid", "Tanh", "BatchNormalization", "Dropout", "Reshape", "ReduceMean"}
+    loaded, refused = [], []
+    for case in all_cases:
+        if case.kind != "node" or case.model.graph.node[0].op_type not in ops:
+            continue
+        proto, (inputs, outputs) = onnx.ModelProto(), case.data_sets[0]
+        proto.CopyFrom(case.model)
+        g = proto.graph
+        for vi, value in list(zip(g.input, inputs))[1:]:  # the weights: initializers, as in a real model
+            g.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), vi.name))
+        path = str(tmp_path / f"{case.name}.onnx")
+        onnx.save(proto, path)
+        try:
+            model = conv_onnx.load(path).eval()
+        except OnnxError as e:
+            msg = str(e)
+            assert "\n" not in msg and msg.startswith(path), msg  # one line, about this file
+            refused.append(case.name)
+            continue
+        x = np.asarray(inputs[0])
+        if x.dtype != np.float32:
+            continue
+        try:
+            got = model(x)
+        except ValueError:  # e.g. ONNX's 1-D or 3-D pooling, which convprop's 2-D layers refuse
+            refused.append(case.name)
+            continue
+        # ONNX's backend test runner's tolerances (some expected outputs are rounded to 4 digits)
+        np.testing.assert_allclose(got, np.asarray(outputs[0]), rtol=1e-3, atol=1e-7, err_msg=case.name)
+        loaded.append(case.name)
+    must = {"test_" + n for n in """
+        basic_conv_with_padding conv_with_strides_and_asymmetric_padding conv_with_strides_padding
+        convtranspose convtranspose_pads convtranspose_dilations convtranspose_group_2
+        maxpool_2d_precomputed_pads maxpool_2d_ceil maxpool_2d_dilations maxpool_2d_strides
+        averagepool_2d_precomputed_pads averagepool_2d_precomputed_pads_count_include_pad
+        averagepool_2d_ceil averagepool_2d_ceil_last_window_starts_on_pad globalaveragepool
+        gemm_default_vector_bias gemm_transposeB gemm_alpha flatten_axis1 relu leakyrelu sigmoid tanh batchnorm_example
+        batchnorm_epsilon dropout_default
+    """.split()}
+    assert must <= set(loaded), sorted(must - set(loaded))
+    assert {"test_maxpool_2d_same_lower", "test_batchnorm_example_training_mode",
+            "test_maxpool_2d_pads", "test_gemm_transposeA"} <= set(refused)  # unlike torch: padding > kernel/2
+
+
+# --------------------------------------------------------------------------- refusals, hostile files
+def _saved(tmp_path, proto, name="m.onnx") -> str:
+    path = str(tmp_path / name)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    return path
+
+
+def test_unsupported_operator_and_attribute_name_node_operator_attribute(tmp_path):
+    p = _saved(tmp_path, make_model([N("Softmax", ["x"], ["y"], name="probs")], {}, (2, 3)))
+    with pytest.raises(OnnxError, match=r"node 'probs' \(Softmax\): operator 'Softmax' is not supported"):
+        conv_onnx.load(p)
+    p = _saved(tmp_path, make_model([N("Conv", ["x", "W"], ["y"], name="c1", pads=[0, 0, 1, 1])],
+                                    {"W": _w(2, 1, 3, 3)}, (1, 1, 5, 5)))
+    with pytest.raises(OnnxError, match=r"node 'c1' \(Conv\): attribute 'pads' = \[0, 0, 1, 1\] is not supported"):
+        conv_onnx.load(p)
+    p = _saved(tmp_path, make_model([N("MaxPool", ["x"], ["y"], name="mp", kernel_shape=[2, 2], storage_order=1)],
+                                    {}, (1, 1, 4, 4)))
+    with pytest.raises(OnnxError, match=r"node 'mp' \(MaxPool\): attribute 'storage_order' = 1"):
+        conv_onnx.load(p)
+    p = _saved(tmp_path, make_model([N("Relu", ["x"], ["y"], name="r", bogus=3)], {}, (1, 3)))
+    with pytest.raises(OnnxError, match=r"node 'r' \(Relu\): attribute 'bogus' is not supported"):
+        conv_onnx.load(p)
+
+
+def _conv_proto(weight: onnx.TensorProto):
+    h = onnx.helper
+    graph = h.make_graph([N("Conv", ["x", "W"], ["y"], name="c")], "t",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 5, 5])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2, 3, 3])], [weight])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_hostile_tensors_are_refused_before_allocating(tmp_path):
+    huge = onnx.TensorProto(name="W", data_type=onnx.TensorProto.FLOAT, dims=[10**6, 10**6, 3, 3],
+                            raw_data=b"\0" * 16)
+    with pytest.raises(OnnxError, match=r"tensor 'W' declares shape \[1000000, 1000000, 3, 3\] .* over the limit"):
+        conv_onnx.load(_saved(tmp_path, _conv_proto(huge)))
+    short = onnx.TensorProto(name="W", data_type=onnx.TensorProto.FLOAT, dims=[2, 1, 3, 3], raw_data=b"\0" * 7)
+    with pytest.raises(OnnxError, match=r"declares shape \[2, 1, 3, 3\] \(72 bytes\) but holds 7 bytes"):
+        conv_onnx.load(_saved(tmp_path, _conv_proto(short)))
+    ints = onnx.helper.make_tensor("W", onnx.TensorProto.INT8, [2, 1, 3, 3], [1] * 18)
+    with pytest.raises(OnnxError, match=r"data type INT8"):
+        conv_onnx.load(_saved(tmp_path, _conv_proto(ints)))
+    outside = onnx.TensorProto(name="W", data_type=onnx.TensorProto.FLOAT, dims=[2, 1, 3, 3],
+                               data_location=onnx.TensorProto.EXTERNAL)
+    outside.external_data.add(key="location", value="../../etc/passwd")
+    with pytest.raises(OnnxError, match=r"only a file beside the model, named without a path"):
+        conv_onnx.load(_saved(tmp_path, _conv_proto(outside)))
+    good = _saved(tmp_path, _conv_proto(onnx.numpy_helper.from_array(_w(2, 1, 3, 3), "W")), "good.onnx")
+    data = open(good, "rb").read()
+    for cut in (1, 10, len(data) // 2, len(data) - 3):
+        bad = tmp_path / f"cut{cut}.onnx"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(OnnxError) as e:
+            conv_onnx.load(str(bad))
+        assert "\n" not in str(e.value)
+    with pytest.raises(OnnxError, match="over the limit"):
+        conv_onnx.load(good, max_bytes=100)
