@@ -41,3 +41,11 @@ def test_thread_probe_runs_at_smoke_size():
     lines = r.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:3]] == [f"wake-up after {ms} ms idle" for ms in (0, 1, 5)]
     assert "np.maximum over" in lines[3] and "sgemms" in lines[4]
+
+
+def test_deploy_benchmark_runs_at_smoke_size():
+    pytest.importorskip("onnxruntime")
+    r = subprocess.run([sys.executable, "-m", "benchmarks.deploy", "--smoke"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "ONNX Runtime img/s" in r.stdout and r.stdout.count("×") >= 3 and "CPU:" in r.stdout, r.stdout

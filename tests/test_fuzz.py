@@ -1,18 +1,18 @@
-"""Fuzzing every file convprop reads from strangers: IDX (raw and gzip), checkpoint .npz members, the
-checkpoint's JSON header (depth and values), metrics.json — and every CLI command that reads them.
+"""Fuzzing every file convprop reads from strangers, in two layers.
 
-Two layers:
-  - property-based (hypothesis), in this process: the IDX reader and the checkpoint loader either
-    load a generated or damaged file or raise their documented exception (IDXError / CheckpointError);
-  - end to end, under a 1 GiB address-space cap (as `ulimit -v 1048576`): generated inputs of each class
-    go through `convprop train / evaluate / predict / plot / explain` (tests/fuzz_probe.py, one process
-    per class), and no command may end in a traceback — each ends in success or in one line
-    `convprop: error: …` with exit code 2.
+Property-based (hypothesis), in this process: the IDX reader, the checkpoint loader, the image reader
+of `convprop predict`, the ONNX importer and the safetensors reader either load a generated or
+corrupted file or raise their documented exception (IDXError, CheckpointError, ImageError, OnnxError,
+WeightsError, all ValueErrors, in one line).  300 files per target in CI.
 
-CASES (CONVPROP_FUZZ_CASES, default 250) is the number of generated inputs per class and of hypothesis
-examples per target: CI runs 250 × 4 classes + 60 explain command lines end to end, and 2 × 250 in
-process (1,560 cases).  The dedicated run, 20,000 cases end to end (30,000 in all):
-    CONVPROP_FUZZ_CASES=5000 python -m pytest tests/test_fuzz.py
+End to end, under a 1 GiB address-space cap (as `ulimit -v 1048576`): generated IDX files (raw and
+gzip), checkpoint .npz members, checkpoint JSON headers (depth and values) and metrics.json files go
+through `convprop train / train --resume / evaluate / predict / plot / explain` (tests/fuzz_probe.py,
+one capped process per class), and no command may end in a traceback: each ends in success or in
+one line `convprop: error: …` with exit code 2.  250 inputs per class and 60 explain command lines in CI.
+
+CI runs 2,560 cases in all; the dedicated run, 45,060 (25,000 in process, 20,060 end to end):
+    CONVPROP_FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz.py
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ from convprop import checkpoint, models
 from convprop.checkpoint import CheckpointError
 from convprop.data import IDXError, read_idx
 
-CASES = int(os.environ.get("CONVPROP_FUZZ_CASES", "250"))
-EXAMPLES = CASES
+EXAMPLES = int(os.environ.get("CONVPROP_FUZZ_EXAMPLES", "300"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=list(HealthCheck))
 
@@ -138,7 +137,213 @@ def test_checkpoint_loader_loads_or_raises_checkpoint_error(edits, member, membe
         os.unlink(path)
 
 
+# --------------------------------------------------------------------------- images, ONNX, safetensors
+# Each loads, or raises its documented one-line error (ImageError / OnnxError / WeightsError, all
+# ValueErrors); NumPy allocations stay under FUZZ_ALLOC_LIMIT (tracemalloc sees NumPy's arrays).
+FUZZ_ALLOC_LIMIT = 64 * 2**20
+
+
+def _one_line(e: BaseException) -> None:
+    assert "\n" not in str(e) and str(e), repr(e)
+
+
+def _png(w: int, h: int, color_type: int, depth: int, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b""))
+
+
+_VALID_IMAGES: list[bytes] = []
+
+
+def valid_images() -> list[bytes]:
+    if not _VALID_IMAGES:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        digit = (rng.random((12, 10)) * 255).astype(np.uint8)
+        for mode, fmt in (("L", "PNG"), ("RGBA", "PNG"), ("RGB", "JPEG"), ("P", "GIF"), ("L", "BMP"),
+                          ("I;16", "PNG"), ("LA", "PNG"), ("1", "PNG"), ("F", "TIFF")):
+            im = Image.fromarray(digit.astype(np.uint16) * 257 if mode == "I;16" else digit)
+            im = im if mode == "I;16" else im.convert(mode)
+            buf = io.BytesIO()
+            im.save(buf, fmt)
+            _VALID_IMAGES.append(buf.getvalue())
+    return _VALID_IMAGES
+
+
+IMAGES = st.one_of(
+    st.builds(lambda i, edits: mutate(valid_images()[i % len(valid_images())], edits), st.integers(0, 8), EDITS),
+    st.builds(_png, st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1)),
+              st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1)), st.sampled_from([0, 2, 3, 4, 6, 1, 7]),
+              st.sampled_from([1, 2, 4, 8, 16, 3]), st.binary(max_size=300)),
+    st.binary(max_size=200),
+)
+
+
+@SETTINGS
+@given(data=IMAGES)
+def test_image_reader_reads_or_raises_image_error(data):
+    from convprop.data.images import ImageError, read_digit
+
+    try:
+        digit, warnings = read_digit(data, name="fuzz.png")
+        assert digit.shape == (28, 28) and digit.dtype == np.uint8 and all(isinstance(w, str) for w in warnings)
+    except ImageError as e:
+        _one_line(e)
+
+
+def _allocations_bounded(fn) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < FUZZ_ALLOC_LIMIT, f"peak allocation {peak:,} bytes"
+
+
+_VALID_ONNX: list[bytes] = []
+
+
+def valid_onnx_bytes() -> bytes:
+    if not _VALID_ONNX:
+        from convprop import nn
+        from convprop import onnx as conv_onnx
+
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+        with tempfile.TemporaryDirectory() as d:
+            path = conv_onnx.export(model, os.path.join(d, "m.onnx"), (1, 1, 8, 8))
+            _VALID_ONNX.append(open(path, "rb").read())
+    return _VALID_ONNX[0]
+
+
+def _edit_onnx(data: bytes, which: int, dims, dtype: int, cut: int, attr: int) -> bytes:
+    """A structural edit of a valid model: an initializer's declared dims, data type or bytes, or a
+    node's attribute value."""
+    import onnx
+
+    m = onnx.ModelProto.FromString(data)
+    t = m.graph.initializer[which % len(m.graph.initializer)]
+    if dims is not None:
+        del t.dims[:]
+        t.dims.extend(dims)
+    if dtype:
+        t.data_type = dtype
+    if cut:
+        t.raw_data = t.raw_data[:max(0, len(t.raw_data) - cut)]
+    node = m.graph.node[which % len(m.graph.node)]
+    if attr and node.attribute:
+        a = node.attribute[attr % len(node.attribute)]
+        if a.ints:
+            a.ints[0] = attr - 5
+        else:
+            a.i = attr - 5
+    return m.SerializeToString()
+
+
+ONNX_FILES = st.one_of(
+    st.builds(lambda edits: mutate(valid_onnx_bytes(), edits), EDITS),
+    st.builds(lambda *a: _edit_onnx(valid_onnx_bytes(), *a), st.integers(0, 20),
+              st.one_of(st.none(), st.lists(st.one_of(st.integers(0, 8), st.integers(-3, 2**62)), max_size=6)),
+              st.sampled_from([0, 0, 1, 2, 3, 6, 7, 10, 11, 16, 99]), st.sampled_from([0, 0, 1, 4, 100]),
+              st.integers(0, 12)),
+    st.binary(max_size=200),
+)
+
+
+@SETTINGS
+@given(data=ONNX_FILES)
+def test_onnx_loader_loads_or_raises_onnx_error(data):
+    pytest = __import__("pytest")
+    pytest.importorskip("onnx")
+    from convprop.onnx import OnnxError, load
+
+    path = _write(data, ".onnx")
+
+    def attempt():
+        try:
+            model = load(path)
+        except OnnxError as e:
+            _one_line(e)
+            return
+        try:  # a model that loads runs, or says in one line why not
+            model.eval()(np.zeros((2, 1, 8, 8), model.dtype))
+        except (ValueError, TypeError) as e:
+            _one_line(e)
+
+    try:
+        _allocations_bounded(attempt)
+    finally:
+        os.unlink(path)
+
+
+_VALID_WEIGHTS: list[bytes] = []
+
+
+def valid_weights_bytes() -> bytes:
+    if not _VALID_WEIGHTS:
+        from convprop.weights import save_weights
+
+        with tempfile.TemporaryDirectory() as d:
+            path = save_weights(models.vgg_small(width=2), os.path.join(d, "w.safetensors"))
+            _VALID_WEIGHTS.append(open(path, "rb").read())
+    return _VALID_WEIGHTS[0]
+
+
+def _safetensors(entries, tail: int) -> bytes:
+    import json
+    import struct
+
+    header = json.dumps({f"t{i}": {"dtype": d, "shape": s, "data_offsets": o} for i, (d, s, o) in
+                         enumerate(entries)}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * tail
+
+
+WEIGHT_FILES = st.one_of(
+    st.builds(lambda edits: mutate(valid_weights_bytes(), edits), EDITS),
+    st.builds(_safetensors, st.lists(st.tuples(
+        st.sampled_from(["F32", "F64", "F16", "I64", "BF16", "BOOL", "U8", "X", ""]),
+        st.lists(st.one_of(st.integers(0, 4), st.integers(-1, 2**62)), max_size=4),
+        st.lists(st.one_of(st.integers(0, 64), st.integers(-1, 2**64 - 1)), min_size=0, max_size=3)), max_size=3),
+        st.integers(0, 64)),
+    st.builds(lambda n, rest: n.to_bytes(8, "little") + rest, st.one_of(st.integers(0, 64), st.integers(0, 2**64 - 1)),
+              st.binary(max_size=100)),
+)
+
+
+@SETTINGS
+@given(data=WEIGHT_FILES)
+def test_weights_loader_loads_or_raises_weights_error(data):
+    pytest = __import__("pytest")
+    pytest.importorskip("safetensors")
+    from convprop.weights import WeightsError, load_weights
+
+    path = _write(data, ".safetensors")
+
+    def attempt():
+        try:
+            state = load_weights(path)
+            assert all(isinstance(v, np.ndarray) for v in state.values())
+        except WeightsError as e:
+            _one_line(e)
+
+    try:
+        _allocations_bounded(attempt)
+    finally:
+        os.unlink(path)
+
+
 # --------------------------------------------------------------------------- end to end, under a memory cap
+CASES = int(os.environ.get("CONVPROP_FUZZ_EXAMPLES", "250"))  # inputs per class
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 JSON_VALUES = [None, True, False, 0, -1, 1, 7, 2**31, 2**63, 10**12, 10**400, 0.5, -0.0, 1e300, float("inf"),
                float("nan"), "", "x", "lenet5", "vgg_small", "float64", "adam", "sgd", [], [1], [[]], {}, {"a": 1}]
@@ -429,7 +634,7 @@ def test_no_generated_input_makes_a_command_end_in_a_traceback(fuzz_results, com
 def test_the_fuzz_suite_runs_enough_cases_and_exercises_both_outcomes(fuzz_results):
     total = sum(len(v) for v in fuzz_results.values())
     inputs = 4 * CASES + 60
-    assert (inputs >= 1000 or "CONVPROP_FUZZ_CASES" in os.environ) and total >= inputs
+    assert (inputs >= 1000 or "CONVPROP_FUZZ_EXAMPLES" in os.environ) and total >= inputs
     for command in ("train", "evaluate", "train --resume", "plot"):  # some inputs pass, most are refused
         rcs = [r["rc"] for _, r in fuzz_results[command]]
         assert rcs.count(2) > len(rcs) // 4 and rcs.count(0) >= 1, (command, rcs.count(0), rcs.count(2))

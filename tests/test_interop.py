@@ -246,3 +246,22 @@ def test_big_png_is_read_in_bounded_memory(ckpt, tmp_path):
     peak_mb = int(r.stderr.strip().splitlines()[-1])
     assert peak_mb < 500, f"peak RSS {peak_mb} MB"
     assert json.loads(r.stdout)["warnings"] == []
+
+
+def test_train_init_starts_from_torch_made_weights(tmp_path):
+    torch.manual_seed(3)
+    net = torch_lenet5()
+    init = str(tmp_path / "init.safetensors")
+    safetensors_torch.save_file(net.state_dict(), init)
+    out = tmp_path / "run"
+    r = run_cli("train", "--init", init, "--epochs", "1", "--lr", "1e-9", "--train-size", "64", "--test-size", "50",
+                "--no-progress", "--out", str(out), "--workers", "1")
+    assert r.returncode == 0 and "starting from the weights in" in r.stdout, r.stderr
+    trained = checkpoint.load(str(out / "checkpoint.npz"))["model"]
+    for k, v in net.state_dict().items():  # one step of lr 1e-9: still the torch weights
+        assert np.abs(trained[k] - v.numpy()).max() < 1e-6, k
+    bad = save_weights({"0.weight": np.zeros((6, 1, 5, 5), np.float32)}, str(tmp_path / "bad.safetensors"))
+    r = run_cli("train", "--init", bad, "--epochs", "1", "--train-size", "64", "--test-size", "50", "--no-progress",
+                "--out", str(tmp_path / "run2"))
+    assert r.returncode == 2 and "--init" in r.stderr and "missing" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where metrics.json, checkpoint.npz and the pictures go; it must not hold another run "
                         "(default: runs/<model>-seed<seed>, numbered -2, -3, … if that holds one; or the "
                         "resumed checkpoint's directory)")
+    t.add_argument("--init", metavar="WEIGHTS", default=None,
+                   help="start from the weights in a safetensors file with torch's state_dict keys (one written "
+                        "by torch, or by convprop export)")
     t.add_argument("--resume", metavar="CKPT", default=None,
                    help="continue the run saved in CKPT with its own settings, up to its epochs (the settings "
                         "flags are refused with it; --data may point at the same data moved)")
@@ -167,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- train
-SETTINGS_FLAGS = ("model", "epochs", "batch_size", "lr", "optimizer", "shift", "seed", "train_size", "test_size")
+SETTINGS_FLAGS = ("model", "epochs", "batch_size", "lr", "optimizer", "shift", "seed", "train_size", "test_size",
+                  "init")
 
 
 def cmd_train(args) -> int:

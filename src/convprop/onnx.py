@@ -669,7 +669,7 @@ def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = 
     if size > max_bytes:
         raise OnnxError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} for an ONNX file")
     with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
+        data = f.read()  # its size is checked above (read(n) would allocate n bytes first)
     try:
         proto = onnx.ModelProto.FromString(data)
     except Exception as e:  # protobuf's DecodeError, or a recursion limit

@@ -71,6 +71,7 @@ class Settings:
     seed: int = 0
     train_size: int | None = None
     test_size: int | None = None
+    init: str | None = None  # a safetensors file of weights (torch's keys) the model starts from
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in DEFAULT_LR:
@@ -93,6 +94,8 @@ class Settings:
             raise bad("optimizer", f"one of {list(OPTIMIZERS)}", self.optimizer)
         if self.data is not None and not isinstance(self.data, str):
             raise bad("data", "a directory name", self.data)
+        if self.init is not None and not isinstance(self.init, str):
+            raise bad("init", "a safetensors file name", self.init)
         for name, top in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH)):
             v = getattr(self, name)
             if not whole(v) or not 1 <= v <= top:
@@ -314,6 +317,8 @@ class Run:
         self.config = {"num_classes": 10}
         if self.ckpt is None:
             self.model = models.build(s.model, **self.config)
+            if s.init is not None:
+                self._load_init(s.init)
         else:
             self.model = checkpoint.restore_model(self.ckpt, self.resume_path)
             self.config = dict(self.ckpt["meta"]["model"].get("config", {}))
@@ -332,6 +337,16 @@ class Run:
             self.start_epoch = self.saved_epoch = meta.get("epoch", 0)
             self.history = list(meta.get("history", []))
             self.train_loader.epoch = self.start_epoch
+
+    def _load_init(self, path: str) -> None:
+        """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""
+        from .weights import load_weights
+
+        try:
+            self.model.load_state_dict(load_weights(path))
+        except (ValueError, TypeError) as e:
+            raise RunError(f"--init {path}: {e}") from None
+        self.log(f"starting from the weights in {path}")
 
     def _check_images_fit(self, dtype) -> None:
         """One image through the model before training: a size it cannot take is one line now, not a
