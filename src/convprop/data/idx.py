@@ -63,8 +63,8 @@ def read_idx(path: str, max_bytes: int = MAX_BYTES) -> np.ndarray:
             raise IDXError(f"{path}: wrong magic number {bytes(head).hex()}, expected 0000 + a type code "
                            f"({', '.join(f'{t:02x}' for t in _TYPES)}) + the number of dimensions")
         ndim = head[3]
-        if ndim < 1:
-            raise IDXError(f"{path}: expected at least 1 dimension, got 0")
+        if not 1 <= ndim <= 32:  # NumPy's arrays have at most 64; no IDX file has more than a few
+            raise IDXError(f"{path}: expected 1 to 32 dimensions, got {ndim}")
         sizes = bytearray(4 * ndim)
         got = _read_exactly(f, memoryview(sizes), path)
         if got < len(sizes):
