@@ -87,6 +87,8 @@ def read_idx(path: str, max_bytes: int = MAX_BYTES) -> np.ndarray:
             out = np.empty(shape, dtype)
         except MemoryError:
             raise IDXError(f"{path}: shape {shape} needs {nbytes:,} bytes of memory, more than is free") from None
+        except ValueError as e:  # e.g. (0, 2**29, 2**29, 2**29): no bytes, but sizes NumPy cannot index
+            raise IDXError(f"{path}: shape {shape} is not one NumPy can make ({e})") from None
         got = _read_exactly(f, memoryview(out.reshape(-1).view(np.uint8)), path)
         if got < nbytes:
             raise IDXError(f"{path}: expected {nbytes} data bytes for shape {shape}, got {got} (truncated)")
