@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
+from cases import layout  # noqa: E402,F401
+
 import convprop.functional as F  # noqa: E402
 from convprop.gradcheck import numeric_gradient as numeric_grads  # noqa: E402,F401
 
@@ -25,13 +27,6 @@ def assert_close(ours, ref, dtype, what=""):
     scale = max(float(np.abs(ref).max(initial=0.0)), 1.0)
     err = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0)) / scale
     assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:g}"
-
-
-def layout(a, batch_last: bool):
-    """The same (N, C, H, W) values, stored batch-last in memory when asked (other ndims unchanged)."""
-    if a is None or a.ndim != 4 or not batch_last:
-        return a
-    return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
 
 
 def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):

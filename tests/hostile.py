@@ -146,7 +146,7 @@ def make_tiny(root) -> None:
         for kind, a in (("images", x[sl]), ("labels", y[sl].astype(np.uint8))):
             with gzip.open(data / f"{split}-{kind}-idx{a.ndim}-ubyte.gz", "wb") as f:
                 f.write(idx_header(8, a.shape) + a.tobytes())
-    with Run(Settings(data=str(data), epochs=1, batch_size=20), str(root / "run"), workers=1, progress=False,
+    with Run(Settings(data=str(data), epochs=1, batch_size=20), str(root / "run"), progress=False,
              log=lambda *_: None) as run:
         run.train()
     Image.fromarray(x[0]).save(root / "digit.png")

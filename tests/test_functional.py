@@ -8,109 +8,28 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import (
+    random_conv,
+    random_dtype,
+    random_pool,
+    random_same_conv,
+    random_subpixel,
+    routes_taken,
+    small_tiles_and_blocks,
+    tie_free,
+)
 from helpers import TF, F, assert_close, check_op, layout, numeric_grads, torch
 
 N_RANDOM = 220
 SEEDS = range(N_RANDOM)
 
 
-def _dtype(rng):
-    return np.float32 if rng.random() < 0.2 else np.float64
-
-
 # --------------------------------------------------------------------------- random configurations
-def random_conv(seed, transposed=False):
-    rng = np.random.default_rng(seed)
-    g = int(rng.choice([1, 1, 2, 3]))
-    cin, cout = g * int(rng.integers(1, 4)), g * int(rng.integers(1, 4))
-    kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
-    stride = tuple(int(v) for v in rng.integers(1, 4, size=2))
-    dilation = tuple(int(v) for v in rng.integers(1, 4, size=2))
-    padding = tuple(int(v) for v in rng.integers(0, 3, size=2))
-    n = int(rng.integers(1, 4))
-    if transposed:
-        h, w = (int(v) for v in rng.integers(1, 7, size=2))
-        wshape = (cin, cout // g, kh, kw)
-        # output_padding must be smaller than stride or dilation
-        op = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(stride, dilation))
-        hw_out = [(s - 1) * st - 2 * p + d * (k - 1) + o + 1
-                  for s, st, p, d, k, o in zip((h, w), stride, padding, dilation, (kh, kw), op)]
-        if min(hw_out) < 1:
-            padding = (0, 0)
-        extra = {"output_padding": op}
-    else:
-        h = int(rng.integers(dilation[0] * (kh - 1) + 1, 12)) if rng.random() < 0.8 else \
-            max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
-        w = int(rng.integers(dilation[1] * (kw - 1) + 1, 12))
-        wshape = (cout, cin // g, kh, kw)
-        extra = {}
-    dtype = _dtype(rng)
-    x = rng.standard_normal((n, cin, h, w))
-    wt = rng.standard_normal(wshape)
-    b = rng.standard_normal(cout) if rng.random() < 0.7 else None
-    return [x, wt, b], dict(stride=stride, padding=padding, dilation=dilation, groups=g, **extra), dtype
-
-
-def tie_free(rng, shape):
-    """Distinct values: max pooling's argmax is unique, so its gradient is well defined."""
-    return rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape) - 0.5
-
-
-def random_pool(seed, kind):
-    rng = np.random.default_rng(seed)
-    k = tuple(int(v) for v in rng.integers(1, 5, size=2))
-    stride = None if rng.random() < 0.25 else tuple(int(v) for v in rng.integers(1, 4, size=2))
-    padding = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
-    dilation = tuple(int(v) for v in rng.integers(1, 3, size=2)) if kind == "max" else (1, 1)
-    h, w = (int(dilation[a] * (k[a] - 1) + 1 + rng.integers(0, 8)) for a in range(2))
-    x = tie_free(rng, (int(rng.integers(1, 4)), int(rng.integers(1, 4)), h, w))
-    kw = dict(stride=stride, padding=padding, ceil_mode=bool(rng.random() < 0.5))
-    if kind == "max":
-        kw["dilation"] = dilation
-    else:
-        kw["count_include_pad"] = bool(rng.random() < 0.5)
-    return x, k, kw, _dtype(rng)
-
-
-def small_tiles_and_blocks(seed, monkeypatch):
-    """Seeds 0 mod 4: tiles of one output row (of one sample, or of 16 batch-last samples).
-    Seeds 1 mod 4: the batch split over 3 threads however small the work (_threads)."""
-    from convprop.functional import _threads, _tiling
-
-    if seed % 4 == 0:
-        monkeypatch.setattr(_tiling, "TILE_BYTES", 1)
-    if seed % 4 == 1:
-        monkeypatch.setattr(_threads, "_count", 3)
-        monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv2d_random(seed, monkeypatch):
     small_tiles_and_blocks(seed, monkeypatch)
     arrays, kw, dtype = random_conv(seed)
     check_op("conv2d", arrays, dtype=dtype, seed=seed, **kw)
-
-
-def routes_taken(monkeypatch) -> list[str]:
-    """The ∂A routes (conv._data_grad_route) taken from now on, in order."""
-    from convprop.functional import conv
-
-    taken, route = [], conv._data_grad_route
-    monkeypatch.setattr(conv, "_data_grad_route", lambda *a: taken.append(route(*a)) or taken[-1])
-    return taken
-
-
-def random_same_conv(seed):
-    """'Same'-padded stride-1 convolutions with as many input as output channels: the shapes whose
-    backward-data takes the full-correlation route (conv._same_route)."""
-    rng = np.random.default_rng(10_000 + seed)
-    g = int(rng.choice([1, 2]))
-    c = g * int(rng.integers(1, 5))
-    k, d = int(rng.choice([1, 3, 5])), int(rng.choice([1, 2]))
-    h, w = (int(v) for v in rng.integers(d * (k - 1) + 1, 10, size=2))
-    x, wt = rng.standard_normal((int(rng.integers(1, 4)), c, h, w)), rng.standard_normal((c, c // g, k, k))
-    b = rng.standard_normal(c) if rng.random() < 0.5 else None
-    return [x, wt, b], dict(padding=d * (k - 1) // 2, dilation=d, groups=g), _dtype(rng)
 
 
 @pytest.mark.parametrize("seed", range(80))
@@ -126,19 +45,8 @@ def test_conv2d_same_padding_random(seed, monkeypatch):
 def test_conv_transpose2d_subpixel_random(seed, monkeypatch):
     """Strides that divide the kernel (the usual ×2 upsampling, k4 s2): the sub-pixel route."""
     taken = routes_taken(monkeypatch)
-    rng = np.random.default_rng(20_000 + seed)
-    g, s = int(rng.choice([1, 2])), tuple(int(v) for v in rng.integers(1, 4, size=2))
-    if s == (1, 1):
-        s = (2, 2)
-    k = tuple(si * int(rng.integers(1, 3)) for si in s)
-    p = tuple(int(rng.integers(0, kk)) for kk in k)
-    op = tuple(int(rng.integers(0, si)) for si in s)
-    n, cin, cout = int(rng.integers(1, 4)), g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
-    h, w = (int(v) for v in rng.integers(max(p) + 1, 7, size=2))
-    arrays = [rng.standard_normal((n, cin, h, w)), rng.standard_normal((cin, cout // g) + k),
-              rng.standard_normal(cout) if seed % 3 else None]
-    check_op("conv_transpose2d", arrays, dtype=_dtype(rng), seed=seed, stride=s, padding=p, output_padding=op,
-             groups=g)
+    arrays, kw, dtype = random_subpixel(seed)
+    check_op("conv_transpose2d", arrays, dtype=dtype, seed=seed, **kw)
     assert taken == ["subpixel"]
 
 
@@ -189,7 +97,7 @@ def test_linear_random(seed, monkeypatch):
     fin, fout = (int(v) for v in rng.integers(1, 20, size=2))
     b = rng.standard_normal(fout) if rng.random() < 0.7 else None
     arrays = [rng.standard_normal(lead + (fin,)), rng.standard_normal((fout, fin)), b]
-    check_op("linear", arrays, dtype=_dtype(rng), seed=seed)
+    check_op("linear", arrays, dtype=random_dtype(rng), seed=seed)
 
 
 ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh"]
@@ -204,13 +112,13 @@ def test_activations_random(seed, monkeypatch):
     x = rng.standard_normal(shape) * float(rng.choice([1, 10]))
     x[np.abs(x) < 1e-3] = 0.5  # relu's kink: no finite difference straddles it
     kw = {"negative_slope": float(rng.uniform(0, 0.5))} if name == "leaky_relu" else {}
-    check_op(name, [x], dtype=_dtype(rng), seed=seed, **kw)
+    check_op(name, [x], dtype=random_dtype(rng), seed=seed, **kw)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_softmax_cross_entropy_random(seed):
     rng = np.random.default_rng(seed)
-    dtype = _dtype(rng)
+    dtype = random_dtype(rng)
     n, k = int(rng.integers(1, 9)), int(rng.integers(2, 12))
     logits = (rng.standard_normal((n, k)) * float(rng.choice([1, 30]))).astype(dtype)
     targets = rng.integers(0, k, size=n)

@@ -178,6 +178,28 @@ def test_pooling_routes_and_conv_pieces(server, digits):
             np.testing.assert_allclose(arr(q["product"]), padded[:, i:i + 5, j:j + 5] * dz[o, i, j], rtol=1e-6)
 
 
+def test_average_pooling_spreads_evenly():
+    """An average-pooling LeNet-5: the routing is ∂ Σ avgpool(a) / ∂a = 1/r on every cell (torch's autograd)."""
+    R.manual_seed(2)
+    engine = Engine(models.lenet5(pool="avg"), "avg")
+    srv = start(engine)
+    try:
+        digit = load_mnist(train=False)[0][0]
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            b = client.post("/api/backward", json={"pixels": digit.tolist()}).json()
+            outs = [arr(layer["output"]) for layer in
+                    client.post("/api/forward", json={"pixels": digit.tolist()}).json()["layers"]]
+        for k in (2, 5):
+            a = torch.tensor(outs[k - 1][None], requires_grad=True)
+            TF.avg_pool2d(a, 2).sum().backward()
+            np.testing.assert_array_equal(arr(b["layers"][k]["routing"]), a.grad.numpy()[0])
+            assert b["layers"][k]["routing_equation"] == "window ij gets ∂Z_ij / r in each of its cells"
+        _, _, t_dx, _ = torch_passes(engine.model, normalize(digit[None]), b["class"])
+        np.testing.assert_allclose(arr(b["input_grad"]), t_dx, rtol=1e-4, atol=1e-6 * np.abs(t_dx).max())
+    finally:
+        srv.close()
+
+
 def test_png_format_has_the_shapes_and_pictures(server, digits):
     from PIL import Image
 

@@ -189,4 +189,13 @@ def test_touch_drawing_and_a_dropped_image(browser, server):
     assert page.get_attribute("#bars", "data-predicted") == str(y[1])
     digit = page.eval_on_selector("#digit", "c => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data)")
     assert np.asarray(digit).reshape(28, 28, 4)[..., 0].max() > 200  # what the model sees, drawn
+
+    # dragged and dropped onto the pad: a 0
+    png = base64.b64decode(png_data_url(x[3], 120).partition(",")[2])
+    analyses = int(page.get_attribute("body", "data-analyses"))
+    drop = page.evaluate_handle("""bytes => { const t = new DataTransfer();
+        t.items.add(new File([new Uint8Array(bytes)], 'zero.png', {type: 'image/png'})); return t; }""", list(png))
+    page.dispatch_event("#pad", "drop", {"dataTransfer": drop})
+    page.wait_for_function(f"document.body.dataset.analyses > {analyses}", timeout=60_000)
+    assert y[3] == 0 and page.get_attribute("#bars", "data-predicted") == "0"
     context.close()

@@ -1,7 +1,9 @@
-"""`convprop explain TOPIC`: every equation of the seed, worked on small numbers and checked.
+"""`convprop explain TOPIC`: every equation of docs/math.md, worked on small numbers and checked.
 
 Each topic builds an `Explanation`: steps (an equation and the arrays it produces) and checks (the
-hand-written gradient against central differences, or against a second route to the same value).
+hand-written gradient against central differences, against the library's fast kernels, or against a
+second route to the same value).  Convolution and pooling compute their steps with
+functional/reference.py — the sums as plain loops — so the numbers shown are the equations' own.
 The renderers turn it into 80-column text or markdown; tests assert on the arrays, not the text.
 """
 
@@ -13,10 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import functional as F
+from .functional import reference as R
 from .gradcheck import numeric_gradient
 
 TOPICS = ("conv", "transposed-conv", "maxpool", "avgpool", "linear", "network")
 WIDTH = 80
+MAX_SIZE = 16  # --size, --kernel, --stride, --padding: every example prints in full and checks in a second
+RTOL = 1e-6  # a check agrees within RTOL × max(1, the largest value compared)
 
 
 @dataclass
@@ -42,8 +47,30 @@ class Check:
         return float(np.abs(np.asarray(self.analytic, float) - np.asarray(self.reference, float)).max())
 
     @property
+    def scale(self) -> float:
+        """The largest magnitude compared: float round-off grows with it."""
+        return float(max(np.abs(np.asarray(a, float)).max() for a in (self.analytic, self.reference)))
+
+    @property
+    def tolerance(self) -> float:
+        return RTOL * max(1.0, self.scale)
+
+    @property
+    def only_zeros(self) -> bool:
+        """Both sides (near) zero: agreement would prove nothing (a saturated or dead network)."""
+        return self.agree and self.scale < RTOL
+
+    @property
     def ok(self) -> bool:
-        return (self.max_error < 1e-6) == self.agree
+        return not self.only_zeros and (self.max_error < self.tolerance) == self.agree
+
+    @property
+    def verdict(self) -> str:
+        if self.only_zeros:
+            return "MISMATCH: compares only zeros, proves nothing"
+        if not self.ok:
+            return "MISMATCH"
+        return "agrees" if self.agree else "differs, as it must"
 
 
 @dataclass
@@ -89,6 +116,11 @@ EQUATIONS = {
 }
 
 
+def _fast_checks(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Check]:
+    """The library's fast kernels (tiles, layouts, threads) against the plain sums shown."""
+    return [Check(f"{name} (convprop.functional)", fast, ref, "the plain sums") for name, (fast, ref) in pairs.items()]
+
+
 # --------------------------------------------------------------------------- conv
 FLIP_NOTE = ("Convention: ∂A is the transposed convolution of ∂Z with the kernel K itself (every ∂Z_ij·K "
              "scattered back onto its window), which is the same as a full cross-correlation of the "
@@ -103,9 +135,14 @@ def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int =
             break
     A = _ints(rng, 0, 4, (1, 1, size, size))
     B = np.array([1.0])
-    Z, cache = F.conv2d(A, K, B, stride=stride, padding=padding)
+    s2, p2 = (stride, stride), (padding, padding)
+    Z = R.conv2d(A, K, B, s2, p2)  # the plain sums
     dZ = _ints(rng, -1, 2, Z.shape, nonzero=True)
-    dA, dK, dB = F.conv2d_backward(dZ, cache)
+    while dZ.size > 1 and dZ.sum() == 0:  # ∂B = Σ ∂Z: a zero would check nothing
+        dZ = _ints(rng, -1, 2, Z.shape, nonzero=True)
+    dA, dK, dB = R.conv2d_backward(dZ, A, K, s2, p2)
+    fast_Z, cache = F.conv2d(A, K, B, stride=stride, padding=padding)  # the library's kernels
+    fast_dA, fast_dK, fast_dB = F.conv2d_backward(dZ, cache)
     oh, s, p, k = Z.shape[2], stride, padding, kernel
     e = Explanation("conv", "Backprop through a convolutional layer",
                     f"One channel in and out: A^(l-1) is {size}×{size}, the kernel K is {k}×{k}, stride {s}, "
@@ -147,6 +184,7 @@ def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int =
                         {"(K^F) ⋆ᵀ ∂Z": wrong, "true ∂A": dA}, "This differs from ∂A: the double flip is wrong."))
     nA, nK, nB = numeric_gradient(lambda a, w, b: F.conv2d(a, w, b, stride=s, padding=p)[0], [A, K, B], dZ)
     e.checks += [Check("∂A", dA, nA), Check("∂W", dK, nK), Check("∂B", dB, nB),
+                 *_fast_checks(dict(Z=(fast_Z, Z), **{"∂A": (fast_dA, dA), "∂W": (fast_dK, dK), "∂B": (fast_dB, dB)})),
                  Check("∂A: correlation with K^F = K ⋆ᵀ ∂Z", dA_corr, dA, "the other route"),
                  Check("∂A vs flip + transpose (must differ)", wrong, dA, "the double flip", agree=False)]
     return e
@@ -157,9 +195,13 @@ def explain_transposed_conv(size: int = 3, kernel: int = 2, stride: int = 2, pad
                             seed: int = 0) -> Explanation:
     rng = np.random.default_rng(seed)
     X, K = _ints(rng, 0, 4, (1, 1, size, size)), _ints(rng, -1, 3, (1, 1, kernel, kernel), nonzero=True)
-    Y, cache = F.conv_transpose2d(X, K, stride=stride, padding=padding)
+    fast_Y, cache = F.conv_transpose2d(X, K, stride=stride, padding=padding)
+    s2, p2 = (stride, stride), (padding, padding)
+    Y = R.conv2d_backward(X, np.zeros(fast_Y.shape), K, s2, p2)[0]  # Y = K ⋆ᵀ X: a convolution's ∂A, of X
     dY = _ints(rng, -1, 2, Y.shape, nonzero=True)
-    dX, dK, _ = F.conv_transpose2d_backward(dY, cache)
+    dX = R.conv2d(dY, K, None, s2, p2)[:, :, :size, :size]  # ∂X = K * ∂Y
+    dK = R.conv2d_backward(X, dY, K, s2, p2)[1]  # ∂K = Σ ∂Y_patch ⊙ X
+    fast_dX, fast_dK, _ = F.conv_transpose2d_backward(dY, cache)
     s, k, p = stride, kernel, padding
     e = Explanation("transposed-conv", "Backprop through a transposed convolution",
                     f"X is {size}×{size}, K is {k}×{k}, stride {s}, padding {p}. The forward pass *is* a "
@@ -182,7 +224,8 @@ def explain_transposed_conv(size: int = 3, kernel: int = 2, stride: int = 2, pad
     e.steps.append(Step("∂K: every patch of ∂Y times the X_ij that made it", "∂K = Σ_ij ∂Y_patch_ij ⊙ X_ij",
                         {**parts, "Σ = ∂K": dK}))
     nX, nK = numeric_gradient(lambda x, w: F.conv_transpose2d(x, w, stride=s, padding=p)[0], [X, K], dY)
-    e.checks += [Check("∂X", dX, nX), Check("∂K", dK, nK)]
+    e.checks += [Check("∂X", dX, nX), Check("∂K", dK, nK),
+                 *_fast_checks({"Y": (fast_Y, Y), "∂X": (fast_dX, dX), "∂K": (fast_dK, dK)})]
     return e
 
 
@@ -192,9 +235,11 @@ def explain_maxpool(size: int = 4, kernel: int = 2, stride: int = 2, padding: in
     values = np.array([v for v in range(-size * size, size * size + 1) if v != 0], dtype=np.float64)
     Zp = rng.permutation(values)[: size * size].reshape(1, 1, size, size)  # distinct, no kinks at 0
     A, relu_cache = F.relu(Zp)
-    P, cache = F.max_pool2d(A, kernel, stride=stride, padding=padding)
+    k2, s2, p2 = (kernel, kernel), (stride, stride), (padding, padding)
+    P, argmax = R.max_pool2d(A, k2, s2, p2)
+    fast_P, cache = F.max_pool2d(A, kernel, stride=stride, padding=padding)
     dZ = _ints(rng, 1, 4, P.shape)
-    unpooled = F.max_pool2d_backward(dZ, cache)
+    unpooled = R.max_pool2d_backward(dZ, A.shape, argmax)
     act = (Zp > 0).astype(np.float64)
     dZp = F.relu_backward(unpooled, relu_cache)
     e = Explanation("maxpool", "Backprop through max pooling",
@@ -204,23 +249,28 @@ def explain_maxpool(size: int = 4, kernel: int = 2, stride: int = 2, padding: in
     e.steps.append(Step("Forward", "A^(l-1) = ReLU(Z^(l-1)),  Z^l_ij = max of window ij of A^(l-1)",
                         {"Z^(l-1)": Zp, "A^(l-1)": A, "Z^l": P}))
     e.steps.append(Step("Cached argmax indices", "flat index y·W + x of each window's maximum (torch's convention)",
-                        {"indices": cache.indices}))
+                        {"indices": argmax[..., 0] * size + argmax[..., 1]}))
     e.steps.append(Step("Max-unpool ∂Z^l into a zero mask", EQUATIONS["maxpool.unpool"],
                         {"∂Z^l": dZ, "zero mask": np.zeros_like(A), "max-unpooled": unpooled},
                         "Where windows overlap, two gradients landing on one cell add up."))
     e.steps.append(Step("Times the activation's derivative", EQUATIONS["maxpool.act"],
                         {"act'(Z^(l-1))": act, "∂Z^(l-1)": dZp}))
     n = numeric_gradient(lambda z: F.max_pool2d(F.relu(z)[0], kernel, stride=stride, padding=padding)[0], [Zp], dZ)
-    e.checks.append(Check("∂Z^(l-1)", dZp, n[0]))
+    e.checks += [Check("∂Z^(l-1)", dZp, n[0]),
+                 *_fast_checks({"Z^l": (fast_P, P), "max-unpooled": (F.max_pool2d_backward(dZ, cache), unpooled)}),
+                 Check("indices (convprop.functional)", cache.indices, argmax[..., 0] * size + argmax[..., 1],
+                       "the plain sums")]
     return e
 
 
 def explain_avgpool(size: int = 4, kernel: int = 2, stride: int = 1, padding: int = 0, seed: int = 0) -> Explanation:
     rng = np.random.default_rng(seed)
     A = _ints(rng, 0, 5, (1, 1, size, size))
-    Z, cache = F.avg_pool2d(A, kernel, stride=stride, padding=padding)
+    k2, s2, p2 = (kernel, kernel), (stride, stride), (padding, padding)
+    Z = R.avg_pool2d(A, k2, s2, p2)
+    fast_Z, cache = F.avg_pool2d(A, kernel, stride=stride, padding=padding)
     dZ = _ints(rng, 1, 5, Z.shape) * kernel * kernel / 2  # so that ∂Z / r_size stays readable
-    dA = F.avg_pool2d_backward(dZ, cache)
+    dA = R.avg_pool2d_backward(dZ, A, k2, s2, p2)
     share = dZ / cache.divisor
     oh = Z.shape[2]
     full = size + 2 * padding
@@ -242,24 +292,26 @@ def explain_avgpool(size: int = 4, kernel: int = 2, stride: int = 1, padding: in
     e.steps.append(Step("Summed where windows overlap", EQUATIONS["avgpool.sum"],
                         {"windows per cell": counts[padding: padding + size, padding: padding + size], "∂A": dA}))
     n = numeric_gradient(lambda a: F.avg_pool2d(a, kernel, stride=stride, padding=padding)[0], [A], dZ)
-    e.checks.append(Check("∂A", dA, n[0]))
+    e.checks += [Check("∂A", dA, n[0]), *_fast_checks({"Z": (fast_Z, Z), "∂A": (F.avg_pool2d_backward(dZ, cache), dA)})]
     return e
 
 
 # --------------------------------------------------------------------------- linear
-def explain_linear(size: int = 4, seed: int = 0, **_) -> Explanation:
+def explain_linear(size: int = 4, seed: int = 0) -> Explanation:
     rng = np.random.default_rng(seed)
     hidden, out = 3, 2
-    A0 = _ints(rng, -2, 3, (1, size))
-    W1, b1 = _ints(rng, -1, 2, (hidden, size), nonzero=True), _ints(rng, -1, 2, (hidden,))
-    W2 = _ints(rng, -1, 2, (out, hidden), nonzero=True)
-    Z1, c1 = F.linear(A0, W1, b1)
-    Z1[Z1 == 0] = 1.0  # keep away from ReLU's kink
-    A1, r1 = F.relu(Z1)
-    Z2, c2 = F.linear(A1, W2)
-    dZ2 = _ints(rng, -2, 3, Z2.shape, nonzero=True)
-    dA1, dW2, _ = F.linear_backward(dZ2, c2)
-    dZ1 = F.relu_backward(dA1, r1)
+    for _ in range(100):  # some unit of layer l active (else every gradient is 0), none at ReLU's kink
+        A0 = _ints(rng, -2, 3, (1, size))
+        W1, b1 = _ints(rng, -1, 2, (hidden, size), nonzero=True), _ints(rng, -1, 2, (hidden,))
+        W2 = _ints(rng, -1, 2, (out, hidden), nonzero=True)
+        Z1, c1 = F.linear(A0, W1, b1)
+        A1, r1 = F.relu(Z1)
+        Z2, c2 = F.linear(A1, W2)
+        dZ2 = _ints(rng, -2, 3, Z2.shape, nonzero=True)
+        dA1, dW2, _ = F.linear_backward(dZ2, c2)
+        dZ1 = F.relu_backward(dA1, r1)
+        if dZ1.any() and Z1.all():
+            break
     _, dW1, db1 = F.linear_backward(dZ1, c1)
     e = Explanation("linear", "Backprop through fully connected layers",
                     f"Layer l: Z^l = W^l A^(l-1) + b^l, A^l = ReLU(Z^l); layer l+1: Z^(l+1) = W^(l+1) A^l. "
@@ -278,15 +330,20 @@ def explain_linear(size: int = 4, seed: int = 0, **_) -> Explanation:
 
 
 # --------------------------------------------------------------------------- network
-def explain_network(size: int = 6, seed: int = 0, **_) -> Explanation:
+def explain_network(size: int = 6, seed: int = 0) -> Explanation:
     from . import nn
 
     rng = np.random.default_rng(seed)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                         nn.Linear(2 * ((size - 2) // 2) ** 2, 3)).to(np.float64)
-    for p in net.parameters():
-        p.data[...] = np.round(rng.standard_normal(p.data.shape), 2)
-    x = np.round(rng.standard_normal((1, 1, size, size)), 2)
+    for _ in range(100):
+        for p in net.parameters():  # weights ~ N(0, 1/fan-in): logits stay O(1) at any size, softmax never saturates
+            fan_in = int(np.prod(p.data.shape[1:])) if p.data.ndim > 1 else 1
+            p.data[...] = np.round(rng.standard_normal(p.data.shape) / np.sqrt(fan_in), 2)
+        x = np.round(rng.standard_normal((1, 1, size, size)), 2)
+        z = net[0](x)
+        if (z > 0).any() and np.abs(z).min() > 0.01:  # some unit alive (else every gradient is 0), none at a kink
+            break
     target = np.array([int(rng.integers(0, 3))])
     loss_fn = nn.CrossEntropyLoss()
     e = Explanation("network", "One backward pass through a tiny network, layer by layer",
@@ -336,10 +393,31 @@ BUILDERS = {"conv": explain_conv, "transposed-conv": explain_transposed_conv, "m
             "avgpool": explain_avgpool, "linear": explain_linear, "network": explain_network}
 
 
+OPTIONS = {topic: ("size", "kernel", "stride", "padding", "seed") for topic in TOPICS}
+OPTIONS["linear"] = OPTIONS["network"] = ("size", "seed")  # fixed layers: no kernel, stride or padding
+
+
+def accepted(topic: str, options: dict) -> dict:
+    """The options (not None) that `topic` takes."""
+    return {k: v for k, v in options.items() if v is not None and k in OPTIONS[topic]}
+
+
 def explain(topic: str, **options) -> Explanation:
+    """The explanation of `topic` for the given options (None: the topic's default).  An option the
+    topic does not take, or a size beyond MAX_SIZE, is a ValueError naming the command-line flag."""
     if topic not in BUILDERS:
         raise ValueError(f"topic: expected one of {', '.join(TOPICS)}, got {topic!r}")
-    return BUILDERS[topic](**{k: v for k, v in options.items() if v is not None})
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in OPTIONS[topic]:
+            raise ValueError(f"--{name}: the {topic} topic does not use it (it takes "
+                             f"{', '.join('--' + o for o in OPTIONS[topic])})")
+        if name != "seed" and not (name == "padding" and value == 0) and not 1 <= value <= MAX_SIZE:
+            low = 0 if name == "padding" else 1
+            raise ValueError(f"--{name}: expected {low} to {MAX_SIZE} (the examples print every value and are "
+                             f"checked one by one), got {value}")
+    return BUILDERS[topic](**accepted(topic, options))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -400,8 +478,7 @@ def render_text(e: Explanation) -> str:
         lines.append("")
     lines.append("-- checks")
     for c in e.checks:
-        verdict = ("agrees" if c.agree else "differs, as it must") if c.ok else "MISMATCH"
-        lines += textwrap.wrap(f"{c.name}: vs {c.method}, max error {c.max_error:.1e} — {verdict}", WIDTH,
+        lines += textwrap.wrap(f"{c.name}: vs {c.method}, max error {c.max_error:.1e} — {c.verdict}", WIDTH,
                                initial_indent="   ", subsequent_indent="     ")
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -416,6 +493,5 @@ def render_markdown(e: Explanation) -> str:
             lines += [step.note, ""]
     lines += ["### Checks", "", "| check | against | max error | verdict |", "|---|---|---:|---|"]
     for c in e.checks:
-        verdict = ("agrees" if c.agree else "differs, as it must") if c.ok else "MISMATCH"
-        lines.append(f"| {c.name} | {c.method} | {c.max_error:.1e} | {verdict} |")
+        lines.append(f"| {c.name} | {c.method} | {c.max_error:.1e} | {c.verdict} |")
     return "\n".join(line.rstrip() for line in lines) + "\n"

@@ -52,9 +52,14 @@ class _Builder:
 
     def __init__(self, onnx, dtype: np.dtype):
         self.onnx, self.dtype, self.nodes, self.initializers, self.count = onnx, dtype, [], [], 0
+        self.used = {"input", "output"}
 
     def name(self, base: str) -> str:
+        """base itself (a weight's name is its state_dict key, as torch.onnx.export writes it), else numbered."""
         self.count += 1
+        if base and base not in self.used:
+            self.used.add(base)
+            return base
         return f"{base}_{self.count}"
 
     def const(self, base: str, array: np.ndarray) -> str:
@@ -173,6 +178,56 @@ def _identity(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     return x  # Dropout in eval mode
 
 
+def _one(v) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def _conv1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if xa.ndim != 3:
+        raise OnnxError(f"{label} (Conv1d): export needs batched (N, C, L) inputs, got shape {xa.shape}")
+    k, d = _one(m.kernel_size), _one(m.dilation)
+    top, _, bottom, _ = _pads(m.padding if isinstance(m.padding, str) else _one(m.padding), (k, 1), (d, 1))
+    inputs = [x, b.const(f"{label}.weight", m.weight.data)]
+    if m.bias is not None:
+        inputs.append(b.const(f"{label}.bias", m.bias.data))
+    return b.node("Conv", inputs, label, kernel_shape=[k], strides=[_one(m.stride)], dilations=[d],
+                  group=int(m.groups), pads=[top, bottom])
+
+
+def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    avg = not hasattr(m, "dilation")
+    if xa.ndim != 3:
+        raise OnnxError(f"{label} ({type(m).__name__}): export needs batched (N, C, L) inputs, got shape {xa.shape}")
+    if getattr(m, "return_indices", False) or getattr(m, "divisor_override", None) is not None:
+        raise OnnxError(f"{label} ({type(m).__name__}): return_indices / divisor_override cannot be exported")
+    k, p = _one(m.kernel_size), _one(m.padding)
+    attrs = dict(kernel_shape=[k], strides=[k if m.stride is None else _one(m.stride)], pads=[p, p])
+    if m.ceil_mode:
+        attrs["ceil_mode"] = 1
+    if avg:
+        return b.node("AveragePool", [x], label, count_include_pad=int(bool(m.count_include_pad)), **attrs)
+    return b.node("MaxPool", [x], label, dilations=[_one(m.dilation)], **attrs)
+
+
+def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if getattr(m, "return_indices", False):
+        raise OnnxError(f"{label} (AdaptiveMaxPool2d): return_indices=True cannot be exported")
+    (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)
+    if (oh, ow) == (1, 1):
+        return b.node("GlobalMaxPool", [x], label)
+    if h % oh or w % ow:
+        raise OnnxError(f"{label} (AdaptiveMaxPool2d): output size {oh}×{ow} does not divide the input "
+                        f"{h}×{w}; only evenly dividing adaptive pooling is exported")
+    k = [h // oh, w // ow]
+    return b.node("MaxPool", [x], label, kernel_shape=k, strides=k)
+
+
+def _softmax(op: str) -> Callable:
+    def emit(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+        return b.node(op, [x], label, axis=int(m.dim))
+    return emit
+
+
 EXPORTERS: dict[type, Callable] = {
     nn.Conv2d: _conv, nn.ConvTranspose2d: _conv, nn.MaxPool2d: _maxpool, nn.AvgPool2d: _avgpool,
     nn.AdaptiveAvgPool2d: _adaptive_avgpool, nn.Linear: _linear, nn.Flatten: _flatten,
@@ -180,21 +235,78 @@ EXPORTERS: dict[type, Callable] = {
     nn.ReLU: _activation("Relu"), nn.Sigmoid: _activation("Sigmoid"), nn.Tanh: _activation("Tanh"),
     nn.LeakyReLU: _activation("LeakyRelu", alpha=lambda m: float(m.negative_slope)),
 }
+for _name, _fn in (("Conv1d", _conv1d), ("MaxPool1d", _pool1d), ("AvgPool1d", _pool1d),
+                  ("AdaptiveMaxPool2d", _adaptive_maxpool), ("Softmax", _softmax("Softmax")),
+                  ("LogSoftmax", _softmax("LogSoftmax"))):
+    if hasattr(nn, _name):  # layers of newer convprop versions
+        EXPORTERS[getattr(nn, _name)] = _fn
 
 
-def _emit(b: _Builder, m: nn.Module, x: str, xa: np.ndarray, label: str) -> tuple[str, np.ndarray]:
-    """Write module m applied to the tensor named x (whose value on the example input is xa)."""
-    if isinstance(m, nn.Sequential):
-        for name, child in m._modules.items():
-            x, xa = _emit(b, child, x, xa, f"{label}.{name}" if label else name)
-        return x, xa
-    if isinstance(m, Graph):
-        return m._export(b, x, xa, label)
-    for cls in type(m).__mro__:
-        if cls in EXPORTERS:
-            return EXPORTERS[cls](b, m, x, xa, label or type(m).__name__), m(xa)
-    raise OnnxError(f"{label or 'model'} ({type(m).__name__}): no ONNX export for this layer "
-                    f"(exported: {', '.join(sorted(c.__name__ for c in EXPORTERS))}, Sequential)")
+class _Traced(np.ndarray):
+    """The example input's value at some point of the forward pass, with the name of the ONNX tensor
+    that holds it.  Only a layer's output or a sum of two traced values is traced: anything else
+    computed from one (a reshape, a product, …) has no name, and a layer given it is refused."""
+
+    onnx_name: str | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.onnx_name = None  # views and results of other operations are not the named tensor
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [i.view(np.ndarray) if isinstance(i, _Traced) else i for i in inputs]
+        out = getattr(ufunc, method)(*plain, **kwargs)
+        names = [getattr(i, "onnx_name", None) for i in inputs]
+        if ufunc is np.add and method == "__call__" and len(inputs) == 2 and all(names) and not kwargs \
+                and inputs[0].shape == inputs[1].shape and _tracer.builder is not None:
+            return _trace(out, _tracer.builder.node("Add", names, f"{_tracer.label}.add"))  # a join
+        return out
+
+
+def _trace(value: np.ndarray, name: str) -> _Traced:
+    t = np.asarray(value).view(_Traced)
+    t.onnx_name = name
+    return t
+
+
+class _Tracer:
+    """While export runs the forward pass: every Module call writes its layer's nodes."""
+
+    builder: _Builder | None = None
+    label = ""
+    names: dict[int, str] = {}
+
+
+_tracer = _Tracer()
+_original_call = nn.Module.__call__
+
+
+def _exporter(m: nn.Module) -> Callable | None:
+    return next((EXPORTERS[c] for c in type(m).__mro__ if c in EXPORTERS), None)
+
+
+def _traced_call(self: nn.Module, *args, **kwargs):
+    b, label = _tracer.builder, _tracer.names.get(id(self), "") or type(self).__name__
+    if b is None:
+        return _original_call(self, *args, **kwargs)
+    emit = _exporter(self)
+    if emit is None:  # a container: its forward calls its submodules (and adds branches)
+        if not self._modules or isinstance(self, nn.Module) and type(self).forward is nn.Module.forward:
+            raise OnnxError(f"{label} ({type(self).__name__}): no ONNX export for this layer (exported: "
+                            f"{', '.join(sorted(c.__name__ for c in EXPORTERS))}, and modules whose forward "
+                            "calls those and adds their outputs)")
+        outer, _tracer.label = _tracer.label, label
+        try:
+            return _original_call(self, *args, **kwargs)
+        finally:
+            _tracer.label = outer
+    inputs = [a for a in args if isinstance(a, np.ndarray)]
+    if kwargs or len(inputs) != len(args) or not inputs or any(getattr(a, "onnx_name", None) is None for a in inputs):
+        raise OnnxError(f"{label} ({type(self).__name__}): its input is computed by code other than layers and "
+                        "sums of their outputs, which cannot be exported")
+    names = [a.onnx_name for a in inputs]
+    plain = [a.view(np.ndarray) for a in inputs]
+    name = emit(b, self, names if isinstance(self, Add) else names[0], plain[0], label)
+    return _trace(_original_call(self, *plain), name)
 
 
 def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> str:
@@ -215,13 +327,21 @@ def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int
     elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     was_training = [m.training for m in model.modules()]
     model.eval()
+    b = _Builder(onnx, dtype)
+    _tracer.builder, _tracer.names, _tracer.label = b, {id(m): n for n, m in model.named_modules()}, ""
+    nn.Module.__call__ = _traced_call
     try:
-        b = _Builder(onnx, dtype)
-        xa = np.zeros((1, *shape[1:]), dtype)
-        out, ya = _emit(b, model, "input", xa, "")
+        y = model(_trace(np.zeros((1, *shape[1:]), dtype), "input"))
     finally:
+        nn.Module.__call__ = _original_call
+        _tracer.builder, _tracer.names = None, {}
         for m, mode in zip(model.modules(), was_training):
             object.__setattr__(m, "training", mode)
+    out = getattr(y, "onnx_name", None)
+    if out is None:
+        raise OnnxError(f"model ({type(model).__name__}): its output is computed by code other than layers and sums "
+                        "of their outputs, which cannot be exported")
+    ya = y.view(np.ndarray)
     if out == "input":
         out = b.node("Identity", ["input"], "identity")
     for node in b.nodes:  # the last tensor is the graph's "output"
@@ -288,16 +408,8 @@ class Graph(nn.Module):
                 grads[name] = gi if name not in grads else grads[name] + gi  # a fork adds its branches
         return grads.get(self.input) if input_grad else None
 
-    def _export(self, b: _Builder, x: str, xa: np.ndarray, label: str) -> tuple[str, np.ndarray]:
-        names, values = {self.input: x}, {self.input: xa}
-        for k, (out, ins, m) in enumerate(zip(self.outputs, self.inputs, self.children())):
-            sub = f"{label}.{k}" if label else str(k)
-            if isinstance(m, Add):
-                names[out] = b.node("Add", [names[i] for i in ins], sub)
-                values[out] = m(*[values[i] for i in ins])
-            else:
-                names[out], values[out] = _emit(b, m, names[ins[0]], values[ins[0]], sub)
-        return names[self.output], values[self.output]
+
+EXPORTERS[Add] = lambda b, m, names, xa, label: b.node("Add", names, label)
 
 
 # =========================================================================== import
@@ -379,6 +491,7 @@ class _Reader:
         self.onnx, self.path, self.limit = onnx, path, limit
         self.graph = proto.graph
         self.raw_consts = {t.name: t for t in self.graph.initializer}
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, list] = {}
         try:
@@ -475,6 +588,8 @@ def _import_conv(r: _Reader, node) -> nn.Module:
         allowed.update(output_padding=None, output_shape=None)
     at = r.attrs(node, allowed)
     w = _float(r, node, r.const(node, 1, "weight"), "the weight")
+    if w.ndim == 3 and not transposed and hasattr(nn, "Conv1d"):
+        return _import_conv1d(r, node, at, w)
     if w.ndim != 4:
         raise OnnxError(f"{r.where(node)}: weight of shape {w.shape}; only 2-D convolutions (4-D weights) "
                         "are imported")
@@ -506,6 +621,30 @@ def _import_conv(r: _Reader, node) -> nn.Module:
     return _load_weights(m, weight=w, bias=b)
 
 
+def _ints1(r: _Reader, node, at: dict, key: str, default: list[int]) -> int:
+    v = list(at[key] if at[key] is not None else default)
+    if len(v) != (2 if key == "pads" else 1) or min(v) < (0 if key == "pads" else 1) or \
+            (key == "pads" and v[0] != v[1]):
+        raise r.refuse(node, key, v, "expected a 1-D operator's value (pads symmetric)")
+    return int(v[0])
+
+
+def _import_conv1d(r: _Reader, node, at: dict, w: np.ndarray) -> nn.Module:
+    """A Conv over (N, C, L): convprop's Conv1d."""
+    if at.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise r.refuse(node, "auto_pad", at["auto_pad"])
+    if at["kernel_shape"] is not None and tuple(at["kernel_shape"]) != w.shape[2:]:
+        raise r.refuse(node, "kernel_shape", at["kernel_shape"], f"the weight's kernel is {w.shape[2:]}")
+    b = r.optional_const(node, 2, "bias")
+    pad = 0 if at.get("auto_pad") == "VALID" else _ints1(r, node, at, "pads", [0, 0])
+    try:
+        m = nn.Conv1d(w.shape[1] * int(at["group"]), w.shape[0], w.shape[2], _ints1(r, node, at, "strides", [1]), pad,
+                      _ints1(r, node, at, "dilations", [1]), int(at["group"]), b is not None, dtype=w.dtype)
+    except (TypeError, ValueError) as e:
+        raise OnnxError(f"{r.where(node)}: {_one_line(e)}") from None
+    return _load_weights(m, weight=w, bias=b)
+
+
 def _import_pool(r: _Reader, node) -> nn.Module:
     avg = node.op_type == "AveragePool"
     allowed = dict(auto_pad="NOTSET", ceil_mode=0, kernel_shape=None, pads=None, strides=None, dilations=None)
@@ -515,6 +654,19 @@ def _import_pool(r: _Reader, node) -> nn.Module:
         raise OnnxError(f"{r.where(node)}: output 'Indices' is not supported")
     if at["kernel_shape"] is None:
         raise OnnxError(f"{r.where(node)}: attribute 'kernel_shape' is missing")
+    if len(at["kernel_shape"]) == 1 and hasattr(nn, "MaxPool1d"):  # (N, C, L)
+        if at["auto_pad"] not in ("NOTSET", "VALID") or (not avg and at["storage_order"]):
+            raise r.refuse(node, "auto_pad", at["auto_pad"])
+        k = _ints1(r, node, at, "kernel_shape", [1])
+        pad = 0 if at["auto_pad"] == "VALID" else _ints1(r, node, at, "pads", [0, 0])
+        stride, ceil = _ints1(r, node, at, "strides", [1]), bool(at["ceil_mode"])
+        if pad > k // 2:
+            raise r.refuse(node, "pads", at["pads"], "torch and convprop pool with at most half the kernel")
+        if avg:
+            if _ints1(r, node, at, "dilations", [1]) != 1:
+                raise r.refuse(node, "dilations", at["dilations"], "AvgPool1d has no dilation")
+            return nn.AvgPool1d(k, stride, pad, ceil_mode=ceil, count_include_pad=bool(at["count_include_pad"]))
+        return nn.MaxPool1d(k, stride, pad, _ints1(r, node, at, "dilations", [1]), ceil_mode=ceil)
     kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
     stride, dilation = _spatial(r, node, at, "strides", [1, 1]), _spatial(r, node, at, "dilations", [1, 1])
     if avg and dilation != (1, 1):
@@ -633,6 +785,20 @@ def _import_global_pool(r: _Reader, node) -> nn.Module:
     return nn.AdaptiveAvgPool2d(1)
 
 
+def _import_global_max_pool(r: _Reader, node) -> nn.Module:
+    r.attrs(node, {})
+    return nn.AdaptiveMaxPool2d(1)
+
+
+def _import_softmax(r: _Reader, node) -> nn.Module:
+    """Softmax / LogSoftmax along one axis (opset ≥ 13; before, along all axes from `axis` on)."""
+    at = r.attrs(node, dict(axis=-1))
+    rank = len(r.shapes.get(node.input[0]) or [])
+    if r.opset < 13 and not (rank and int(at["axis"]) % rank == rank - 1):
+        raise r.refuse(node, "axis", at["axis"], "before opset 13 it flattens the axes from axis on")
+    return (nn.LogSoftmax if node.op_type == "LogSoftmax" else nn.Softmax)(dim=int(at["axis"]))
+
+
 def _import_reduce_mean(r: _Reader, node) -> nn.Module:
     """The mean over H and W, keeping them (torch.onnx.export's AdaptiveAvgPool2d(1)): global pooling."""
     at = r.attrs(node, dict(axes=None, keepdims=1, noop_with_empty_axes=0))
@@ -653,6 +819,10 @@ IMPORTERS: dict[str, Callable] = {
     "Relu": _simple(nn.ReLU), "Sigmoid": _simple(nn.Sigmoid), "Tanh": _simple(nn.Tanh),
     "LeakyRelu": _simple(nn.LeakyReLU, alpha=0.01),
 }
+for _op, _fn, _needs in (("GlobalMaxPool", _import_global_max_pool, "AdaptiveMaxPool2d"),
+                         ("Softmax", _import_softmax, "Softmax"), ("LogSoftmax", _import_softmax, "LogSoftmax")):
+    if hasattr(nn, _needs):  # layers of newer convprop versions
+        IMPORTERS[_op] = _fn
 # handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul
 
 

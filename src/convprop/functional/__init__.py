@@ -1,7 +1,15 @@
-"""convprop.functional — stateless forward/backward pairs, the seed's equations one by one.
+"""convprop.functional — stateless forward/backward pairs, the equations of docs/math.md one by one.
 
 Every `op(...)` returns `(out, cache)`; every `op_backward(dout, cache)` returns the
-vector-Jacobian product for `dout`, gradients in the order of the forward's inputs.
+vector-Jacobian product for `dout`, gradients in the order of the forward's inputs.  (The losses
+return `(loss, ∂L/∂input)` at once: they end the chain.)
+
+Non-finite values, one policy (docs/math.md, "NaN and infinity"): these kernels compute IEEE
+arithmetic exactly as torch.nn.functional does — NaN and ±inf propagate, max pooling lets a NaN
+win — and never scan their inputs (a pass per op would cost every step).  Checks happen where
+values enter or leave a model: a model's input (`nn.Sequential`, so every convprop command) must be
+finite; a non-finite loss stops training; `nn.detect_anomaly()` names the first layer whose
+output or gradient is not finite.
 """
 
 from .activations import (

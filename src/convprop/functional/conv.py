@@ -266,7 +266,7 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
                                      None when input_grad=False (a first layer needs none)
     ∂K = Σ_patches A_patch ⊙ ∂Z_ij  (Cout, Cin/groups, kh, kw)
     ∂B = Σ_{n,i,j} ∂Z_nij  (Cout,), or None without bias
-    Summed over the batch, not averaged: the loss's mean carries the seed's 1/β.
+    Summed over the batch, not averaged: the loss's mean carries the 1/β (docs/math.md, "Batch averaging").
     """
     chk.cache_of(cache, Conv2dCache, "conv2d")
     c = cache

@@ -1,6 +1,6 @@
 """Fully connected layer.
 
-Seed symbols: A^{l-1} = x (N, in), W^l = w (out, in) as torch lays it out, Z^l = out (N, out).
+Symbols (docs/math.md): A^{l-1} = x (N, in), W^l = w (out, in) as torch lays it out, Z^l = out (N, out).
 Any leading dimensions of x are treated as batch: (*, in) -> (*, out).
 """
 
@@ -45,7 +45,7 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple[n
 def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = True,
                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """dout = ∂Z (*, out) ->
-    ∂A = ∂Z • W         (*, in)  — the seed's (W)ᵀ ∂Z, in row-vector layout
+    ∂A = ∂Z • W         (*, in)  — docs/math.md's (W)ᵀ ∂Z, in row-vector layout
     ∂W = ∂Zᵀ • A        (out, in) — summed over the batch
     ∂B = Σ_batch ∂Z     (out,)
     """

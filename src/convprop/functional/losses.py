@@ -20,7 +20,7 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, *, label_smoo
     """L = −(1/β) Σ_n Σ_k q_nk log softmax(Z_n)_k with q = (1 − ε)·onehot(y) + ε/K.
 
     logits (β, K), targets (β,) integer classes -> (loss, ∂L/∂Z (β, K)), where
-    ∂L/∂Z = (softmax(Z) − q) / β.  The 1/β is the seed's batch averaging, done once, here.
+    ∂L/∂Z = (softmax(Z) − q) / β.  The 1/β is the batch averaging (docs/math.md), done once, here.
     """
     chk.float_array(logits, "logits", 2, "batch, classes")
     if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "iu":

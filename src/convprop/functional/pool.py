@@ -1,13 +1,13 @@
 """Max and average pooling: one window view in, one col2im scatter-add out.
 
-Seed symbols: Z^{l-1} = x (N, C, H, W) the pooling input, Z^l = out (N, C, OH, OW), ∂Z^l = dout.
+Symbols (docs/math.md): Z^{l-1} = x (N, C, H, W) the pooling input, Z^l = out (N, C, OH, OW), ∂Z^l = dout.
 
     max:  Z^l_ij = max over window ij of Z^{l-1};  the argmax offset is cached.
           ∂Z^{l-1} = max-unpool(∂Z^l at the cached argmax, into a zero mask)   (overlaps sum)
     avg:  Z^l_ij = Σ window ij / r_size;
           ∂Z^{l-1} = every ∂Z^l_ij / r_size spread over its window          (overlaps sum)
 
-The activation factor ⊙ act'(Z^{l-1}) of the seed belongs to the activation's own backward.
+The activation factor ⊙ act'(Z^{l-1}) of docs/math.md belongs to the activation's own backward.
 """
 
 from __future__ import annotations

@@ -190,7 +190,7 @@ class Module:
 
 
 class Sequential(Module):
-    """Layers applied in order; backward walks them in reverse — the seed's chain rule, layer by layer."""
+    """Layers applied in order; backward walks them in reverse — the chain rule of docs/math.md, layer by layer."""
 
     def __init__(self, *layers: Module):
         super().__init__()

@@ -1,0 +1,132 @@
+"""The sums of docs/math.md as plain loops: one output value, or one window's gradient, at a time.
+
+No tiles, layouts or threads: slow, and meant to be read.  `convprop explain` computes with these,
+and the tests hold every fast route of conv.py and pool.py to them (a second oracle beside torch).
+All arrays are NCHW; results are float64.  Symbols: A input, K kernel (Cout, C/G, kh, kw), Z output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._windows import out_size
+
+
+def _pad(a, p, extra=(0, 0), fill=0.0):
+    n, c, h, w = a.shape
+    out = np.full((n, c, h + 2 * p[0] + extra[0], w + 2 * p[1] + extra[1]), fill)
+    out[:, :, p[0]: p[0] + h, p[1]: p[1] + w] = a
+    return out
+
+
+def _window(y, x, k, s, d):
+    """The (rows, cols) slices of window (y, x) in the padded input."""
+    return (slice(y * s[0], y * s[0] + d[0] * (k[0] - 1) + 1, d[0]),
+            slice(x * s[1], x * s[1] + d[1] * (k[1] - 1) + 1, d[1]))
+
+
+def conv2d(a, k, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """Z[n, o, y, x] = Σ K[o] ⊙ A_patch(n, y, x) + B[o], the patch from o's group of channels."""
+    ap = _pad(np.asarray(a, float), padding)
+    n, c, _, _ = a.shape
+    cout, cg, kh, kw = k.shape
+    oh, ow = (out_size(a.shape[2 + i], k.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
+    z = np.zeros((n, cout, oh, ow))
+    for ni in range(n):
+        for o in range(cout):
+            g = o // (cout // groups)
+            for y in range(oh):
+                for x in range(ow):
+                    rows, cols = _window(y, x, (kh, kw), stride, dilation)
+                    patch = ap[ni, g * cg: (g + 1) * cg, rows, cols]
+                    z[ni, o, y, x] = np.sum(k[o] * patch) + (0.0 if b is None else b[o])
+    return z
+
+
+def conv2d_backward(dz, a, k, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """-> (∂A, ∂K, ∂B): ∂K[o] = Σ_(n,y,x) A_patch(n, y, x) ∂Z[n, o, y, x]; ∂A = K ⋆ᵀ ∂Z, every
+    ∂Z[n, o, y, x] times K[o] (unflipped) added back onto the window it came from; ∂B = Σ ∂Z."""
+    ap = _pad(np.asarray(a, float), padding)
+    dap, dk = np.zeros_like(ap), np.zeros(k.shape)
+    n, cout, oh, ow = dz.shape
+    cg = k.shape[1]
+    for ni in range(n):
+        for o in range(cout):
+            g = o // (cout // groups)
+            for y in range(oh):
+                for x in range(ow):
+                    rows, cols = _window(y, x, k.shape[2:], stride, dilation)
+                    dk[o] += ap[ni, g * cg: (g + 1) * cg, rows, cols] * dz[ni, o, y, x]
+                    dap[ni, g * cg: (g + 1) * cg, rows, cols] += k[o] * dz[ni, o, y, x]
+    h, w = a.shape[2:]
+    return dap[:, :, padding[0]: padding[0] + h, padding[1]: padding[1] + w], dk, dz.sum(axis=(0, 2, 3))
+
+
+def _pool_geometry(a, kernel, stride, padding, dilation, ceil_mode):
+    out = [out_size(a.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil_mode) for i in range(2)]
+    extra = [max(0, (out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - a.shape[2 + i] - 2 * padding[i])
+             for i in range(2)]
+    return out, extra
+
+
+def max_pool2d(a, kernel, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
+    """-> (Z, argmax): Z[n, c, y, x] = max of window (y, x), padding counting as −inf; argmax the
+    (row, col) in A of the window's first maximum (row-major; without NaNs)."""
+    (oh, ow), extra = _pool_geometry(a, kernel, stride, padding, dilation, ceil_mode)
+    ap = _pad(np.asarray(a, float), padding, extra, -np.inf)
+    n, c = a.shape[:2]
+    z, arg = np.zeros((n, c, oh, ow)), np.zeros((n, c, oh, ow, 2), int)
+    for ni in range(n):
+        for ci in range(c):
+            for y in range(oh):
+                for x in range(ow):
+                    rows, cols = _window(y, x, kernel, stride, dilation)
+                    window = ap[ni, ci, rows, cols]
+                    i, j = np.unravel_index(np.argmax(window), window.shape)
+                    z[ni, ci, y, x] = window[i, j]
+                    arg[ni, ci, y, x] = (rows.start + i * dilation[0] - padding[0],
+                                         cols.start + j * dilation[1] - padding[1])
+    return z, arg
+
+
+def max_pool2d_backward(dz, a_shape, argmax):
+    """max-unpool: ∂A[argmax of window (y, x)] += ∂Z[y, x]; zero where no window's max was."""
+    da = np.zeros(a_shape)
+    n, c, oh, ow = dz.shape
+    for ni in range(n):
+        for ci in range(c):
+            for y in range(oh):
+                for x in range(ow):
+                    i, j = argmax[ni, ci, y, x]
+                    da[ni, ci, i, j] += dz[ni, ci, y, x]
+    return da
+
+
+def _cells(start, k, size, p, include_pad):
+    """The input cells [lo, hi) a window starting at `start` (−p at the left edge) sums, and r_size along one axis."""
+    end = min(start + k, size + p)
+    lo, hi = max(start, 0), min(end, size)
+    return lo, hi, (end - start) if include_pad else (hi - lo)
+
+
+def avg_pool2d(a, kernel, stride, padding=(0, 0), ceil_mode=False, count_include_pad=True):
+    """Z[n, c, y, x] = Σ window (y, x) / r_size, r_size counting the zero padding if asked."""
+    (oh, ow), _ = _pool_geometry(a, kernel, stride, padding, (1, 1), ceil_mode)
+    z = np.zeros(a.shape[:2] + (oh, ow))
+    for y in range(oh):
+        for x in range(ow):
+            r0, r1, rh = _cells(y * stride[0] - padding[0], kernel[0], a.shape[2], padding[0], count_include_pad)
+            c0, c1, rw = _cells(x * stride[1] - padding[1], kernel[1], a.shape[3], padding[1], count_include_pad)
+            z[:, :, y, x] = np.asarray(a, float)[:, :, r0:r1, c0:c1].sum(axis=(2, 3)) / (rh * rw)
+    return z
+
+
+def avg_pool2d_backward(dz, a, kernel, stride, padding=(0, 0), count_include_pad=True):
+    """∂A += ∂Z[y, x] / r_size on every cell of window (y, x): the even spread, overlaps summed."""
+    da = np.zeros(a.shape)
+    for y in range(dz.shape[2]):
+        for x in range(dz.shape[3]):
+            r0, r1, rh = _cells(y * stride[0] - padding[0], kernel[0], a.shape[2], padding[0], count_include_pad)
+            c0, c1, rw = _cells(x * stride[1] - padding[1], kernel[1], a.shape[3], padding[1], count_include_pad)
+            da[:, :, r0:r1, c0:c1] += dz[:, :, y, x][:, :, None, None] / (rh * rw)
+    return da
