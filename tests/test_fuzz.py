@@ -538,41 +538,51 @@ def explain_case(rng: np.random.Generator) -> list[str]:
     return argv
 
 
-def _generate(root, tiny) -> dict[str, list[list[str]]]:
-    """Every class's inputs under root, and the command lines that read them, per class."""
+CHUNK = 500  # inputs on disk at a time (a dedicated run's 5,000 checkpoints a class would take 4 GB)
+
+
+def _chunks(root, tiny):
+    """(directory, command lines) of every chunk of every class, made as they are asked for; each
+    chunk's files lie under its directory."""
     rng = np.random.default_rng(20261201)
     ckpt, data, digit = str(tiny / "run" / "checkpoint.npz"), tiny / "data", str(tiny / "digit.png")
     raw = {n: gzip.open(data / f"{n}.gz").read() for n in IDX_NAMES}
-    classes: dict[str, list[list[str]]] = {"idx": [], "npz": [], "header": [], "metrics": [], "explain": []}
-    for i in range(CASES):
-        d = root / f"idx{i}"
+    metrics = (tiny / "run" / "metrics.json").read_bytes()
+
+    def idx(d):
         shutil.copytree(data, d)
         name, content, compress = idx_case(rng, raw)
         os.unlink(d / f"{name}.gz")
         gz = compress or content[:2] == b"\x1f\x8b"
         with open(d / (name + (".gz" if gz else "")), "wb") as f:
             f.write(gzip.compress(content) if compress else content)
-        classes["idx"].append(["train", "--data", str(d), "--epochs", "1", "--workers", "1", "--no-progress",
-                               "--out", str(root / f"out{i}")])
-        if name.startswith("t10k"):
-            classes["idx"].append(["evaluate", ckpt, "--data", str(d)])
-    for kind in ("npz", "header"):
-        for i in range(CASES):
-            d = root / f"{kind}{i}"
+        argv = [["train", "--data", str(d), "--epochs", "1", "--workers", "1", "--no-progress", "--out", f"{d}-out"]]
+        return argv + ([["evaluate", ckpt, "--data", str(d)]] if name.startswith("t10k") else [])
+
+    def checkpoints(make):
+        def one(d):
             d.mkdir()
             path = str(d / "checkpoint.npz")
-            (npz_case if kind == "npz" else header_case)(rng, ckpt, path)
-            classes[kind] += [["evaluate", path, "--data", str(data)], ["predict", path, digit],
-                              ["train", "--resume", path, "--no-progress", "--workers", "1"]]
-    base = (tiny / "run" / "metrics.json").read_bytes()
-    for i in range(CASES):
-        d = root / f"metrics{i}"
+            make(rng, ckpt, path)
+            return [["evaluate", path, "--data", str(data)], ["predict", path, digit],
+                    ["train", "--resume", path, "--no-progress", "--workers", "1"]]
+        return one
+
+    def plot(d):
         d.mkdir()
         os.link(ckpt, d / "checkpoint.npz")
-        (d / "metrics.json").write_bytes(metrics_case(rng, base))
-        classes["metrics"].append(["plot", str(d), "--data", str(data)])
-    classes["explain"] = [explain_case(rng) for _ in range(60)]
-    return classes
+        (d / "metrics.json").write_bytes(metrics_case(rng, metrics))
+        return [["plot", str(d), "--data", str(data)]]
+
+    for kind, make in (("idx", idx), ("npz", checkpoints(npz_case)), ("header", checkpoints(header_case)),
+                       ("metrics", plot)):
+        for start in range(0, CASES, CHUNK):
+            chunk = root / f"{kind}-{start}"
+            chunk.mkdir()
+            yield chunk, [argv for i in range(start, min(CASES, start + CHUNK)) for argv in make(chunk / str(i))]
+    chunk = root / "explain"
+    chunk.mkdir()
+    yield chunk, [explain_case(rng) for _ in range(60)]
 
 
 def command_of(argv: list[str]) -> str:
@@ -581,29 +591,37 @@ def command_of(argv: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def fuzz_results(tmp_path_factory):
-    """{command: [(argv, result)]} for every generated input, each class run in its own capped process."""
+    """{command: [(argv, result)]} for every generated input: each chunk run by its own capped probe
+    process, two at a time (CI has 2 cores), and removed once read."""
     root = tmp_path_factory.mktemp("fuzz")
     tiny = root / "tiny"
     tiny.mkdir()
     hostile.make_tiny(tiny)
-    classes = _generate(root, tiny)
     probe = os.path.join(os.path.dirname(__file__), "fuzz_probe.py")
-    procs = {}
-    for name, cases in classes.items():
-        with open(root / f"{name}.cases.json", "w") as f:
-            json.dump(cases, f)
-        procs[name] = subprocess.Popen([sys.executable, probe, str(root / f"{name}.cases.json"),
-                                        str(root / f"{name}.results.json")], preexec_fn=hostile.limit_address_space,
-                                       env=hostile.capped_env(), stderr=subprocess.PIPE, text=True, cwd=root)
-        while sum(p.poll() is None for p in procs.values()) >= 2:  # two classes at a time (CI has 2 cores)
-            time.sleep(0.05)
     by_command: dict[str, list] = {}
-    for name, p in procs.items():
-        _, err = p.communicate(timeout=1800)
-        assert p.returncode == 0, f"the probe of {name} died: {err[-3000:]}"
-        with open(root / f"{name}.results.json") as f:
-            for argv, result in zip(classes[name], json.load(f)):
+    running: list = []
+
+    def collect(chunk, cases, p):
+        _, err = p.communicate(timeout=3600)
+        assert p.returncode == 0, f"the probe of {chunk.name} died: {err[-3000:]}"
+        with open(chunk / "results.json") as f:
+            for argv, result in zip(cases, json.load(f)):
                 by_command.setdefault(command_of(argv), []).append((argv, result))
+        shutil.rmtree(chunk)
+
+    for chunk, cases in _chunks(root, tiny):
+        with open(chunk / "cases.json", "w") as f:
+            json.dump(cases, f)
+        running.append((chunk, cases, subprocess.Popen(
+            [sys.executable, probe, str(chunk / "cases.json"), str(chunk / "results.json")], cwd=chunk,
+            preexec_fn=hostile.limit_address_space, env=hostile.capped_env(), stderr=subprocess.PIPE, text=True)))
+        while len(running) >= 2 and all(p.poll() is None for *_, p in running):
+            time.sleep(0.05)
+        for job in [j for j in running if j[2].poll() is not None]:
+            running.remove(job)
+            collect(*job)
+    for job in running:
+        collect(*job)
     return by_command
 
 
@@ -637,4 +655,5 @@ def test_the_fuzz_suite_runs_enough_cases_and_exercises_both_outcomes(fuzz_resul
     assert (inputs >= 1000 or "CONVPROP_FUZZ_EXAMPLES" in os.environ) and total >= inputs
     for command in ("train", "evaluate", "train --resume", "plot"):  # some inputs pass, most are refused
         rcs = [r["rc"] for _, r in fuzz_results[command]]
-        assert rcs.count(2) > len(rcs) // 4 and rcs.count(0) >= 1, (command, rcs.count(0), rcs.count(2))
+        assert rcs.count(2) > len(rcs) // 4 and (rcs.count(0) >= 1 or CASES < 100), (command, rcs.count(0),
+                                                                                       rcs.count(2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,8 @@ class Divergence(RuntimeError):
 def _progress(iterable, total: int, desc: str, enabled: bool):
     """A tqdm bar on a terminal (or in a notebook); nothing where stderr is a file or a pipe, which would
     collect every carriage-return frame (the per-epoch lines say it all there)."""
-    if not enabled or not (sys.stderr.isatty() or "ipykernel" in sys.modules):
+    terminal = sys.stderr.isatty() or os.environ.get("CONVPROP_STDERR_TTY") == "1"  # (set under mpiexec)
+    if not enabled or not (terminal or "ipykernel" in sys.modules):
         return iterable
     try:
         from tqdm.auto import tqdm
