@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,8 @@ def flatten(x: np.ndarray, start_dim: int = 0, end_dim: int = -1) -> tuple[np.nd
     if start > end:
         raise ValueError(f"start_dim: expected start_dim <= end_dim, got {start_dim} > {end_dim} for shape {x.shape}")
     shape = x.shape if x.ndim else (1,)
-    return x.reshape(shape[:start] + (-1,) + shape[end + 1:]), FlattenCache(x.shape)
+    # the merged size spelled out, not -1: an empty batch (0, C, H, W) has a size to flatten too
+    return x.reshape(shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]), FlattenCache(x.shape)
 
 
 def flatten_backward(dout: np.ndarray, cache: FlattenCache) -> np.ndarray:
