@@ -29,24 +29,31 @@ def assert_close(ours, ref, dtype, what=""):
     assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:g}"
 
 
-def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):
+def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, torch_fn=None, grads_of=None, **kw):
     """F.<name>(*arrays, *args, **kw) and F.<name>_backward against torch.nn.functional.<name>:
     the output, and the gradient of every array input (None inputs must get None gradients);
     NumPy arrays among args (indices) go to torch as tensors, without gradients.
+    grads_of: the indices of the arrays the backward returns gradients for (default: all);
+    torch_fn(*leaves, *args, cache=cache, **kw): the reference where torch's own would differ (dropout's
+    random mask: the same mask applied in torch).
     Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
     arrays = [None if a is None else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
     out, cache = getattr(F, name)(*arrays, *args, **kw)
-    leaves = [None if a is None else torch.tensor(a, requires_grad=True) for a in arrays]
+    grads_of = range(len(arrays)) if grads_of is None else grads_of
+    leaves = [None if a is None else torch.tensor(a, requires_grad=i in grads_of) for i, a in enumerate(arrays)]
     targs = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args]  # e.g. max_unpool2d's indices
-    ref = getattr(TF, torch_name or name)(*leaves, *targs, **kw)
+    if torch_fn is None:
+        ref = getattr(TF, torch_name or name)(*leaves, *targs, **kw)
+    else:
+        ref = torch_fn(*leaves, *targs, cache=cache, **kw)
     assert_close(out, ref, dtype, f"{name} forward")
     dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))
     grads = getattr(F, name + "_backward")(dout, cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
-    assert len(grads) == len(arrays)
-    for k, (g, leaf) in enumerate(zip(grads, leaves)):
+    assert len(grads) == len(grads_of)
+    for k, g, leaf in zip(grads_of, grads, [leaves[i] for i in grads_of]):
         if leaf is None:
             assert g is None, f"{name}: gradient {k} should be None"
         else:
