@@ -188,11 +188,11 @@ def build_cases(np, torch, F, smoke):
 
 
 def lenet_step_cases(np, torch, smoke):
-    """The LeNet-5 training steps.  convprop's runs as `convprop train` runs it: on more than one
-    thread, data-parallel over that many processes (convprop.parallel)."""
+    """The LeNet-5 training steps, in this process on convprop's threads.  (`convprop train` on more
+    than one core runs data-parallel over MPI ranks: the whole runs below, and benchmarks.distributed.)"""
     import convprop.random as R
-    from convprop import get_num_threads, models, nn, optim
-    from convprop.parallel import DataParallel
+    from convprop import models, nn, optim
+    from convprop.train import train_step
 
     cases = []
     for batch in ((8,) if smoke else (64, 256)):
@@ -204,10 +204,8 @@ def lenet_step_cases(np, torch, smoke):
         x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, batch)
 
-        step = DataParallel(model, loss_fn, opt, get_num_threads())
-
-        def ours(step=step, x=x, y=y):
-            step(x, y)  # zero_grad, forward, loss, backward, SGD step
+        def ours(model=model, loss_fn=loss_fn, opt=opt, x=x, y=y):
+            train_step(model, loss_fn, opt, x, y)  # zero_grad, forward, loss, backward, SGD step
 
         theirs = None
         if torch:
@@ -247,20 +245,26 @@ framework, epochs, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 from convprop.data import DataLoader, load_mnist
 x, y = load_mnist()
 x, y = x[:limit], y[:limit]
-loader = DataLoader(x, y, 64, shuffle=True, seed=0, max_shift=2)
+rank, world = 0, 1
+if framework == "convprop":  # as `convprop train` on that many cores: that many MPI ranks (see whole_runs)
+    from convprop import distributed, set_num_threads
+    rank, world = distributed.init()
+    if world > 1:
+        set_num_threads(1)
+loader = DataLoader(x, y, 64, shuffle=True, seed=0, max_shift=2, num_replicas=world, rank=rank)
 steps = epochs * len(loader)
 if framework == "convprop":
     from convprop.allocator import keep_freed_memory
     keep_freed_memory()  # as `convprop train` does
     import convprop.random as R
     from convprop import models, nn, optim
+    from convprop.train import train_step
     R.manual_seed(0)
-    from convprop.parallel import DataParallel
     model = models.lenet5(); opt = optim.Adam(model.parameters(), lr=5e-3)
     sched = optim.OneCycleLR(opt, max_lr=5e-3, total_steps=steps); loss_fn = nn.CrossEntropyLoss()
-    train = DataParallel(model, loss_fn, opt, int(sys.argv[4]))  # as `convprop train` on that many threads
+    one = distributed.step if world > 1 else train_step
     def step(xb, yb):
-        train(xb, yb); sched.step()
+        one(model, loss_fn, opt, xb, yb); sched.step()
 else:
     import torch
     torch.set_num_threads(int(sys.argv[4])); torch.manual_seed(0)
@@ -276,12 +280,13 @@ for _ in range(epochs):
     for xb, yb in loader:
         step(xb, yb)
 elapsed = time.perf_counter() - t
-# VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent's memory; with worker
-# processes, theirs too (an overcount: the pages they share with this process count twice)
-import os
-pids = [os.getpid()] + [int(p) for p in open(f"/proc/self/task/{os.getpid()}/children").read().split()]
-hwm = sum(next(int(l.split()[1]) for l in open(f"/proc/{p}/status") if l.startswith("VmHWM")) for p in pids)
-print(elapsed, hwm)
+# VmHWM, not ru_maxrss: ru_maxrss survives exec and would count the parent's memory; with MPI
+# ranks, every rank's (an overcount: the pages they share count twice)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+if world > 1:
+    hwm = int(distributed.allreduce(np.array([hwm]))[0])
+if rank == 0:
+    print(elapsed, hwm)
 """
 
 
@@ -338,7 +343,9 @@ def whole_runs(torch_ok: bool, threads: int, smoke: bool, rounds: int) -> list[d
     res = {f: [] for f in frameworks}
     for _ in range(1 if smoke else max(3, rounds // 2)):
         for f in frameworks:
-            out = subprocess.run([sys.executable, "-c", EPOCH_SCRIPT, f, "1", str(limit), str(threads), root],
+            ranks = ([os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(threads)]
+                     if f == "convprop" and threads > 1 else [])
+            out = subprocess.run([*ranks, sys.executable, "-c", EPOCH_SCRIPT, f, "1", str(limit), str(threads), root],
                                  capture_output=True, text=True, cwd=root, check=True)
             seconds, rss_kb = out.stdout.split()
             res[f].append((float(seconds), int(rss_kb)))

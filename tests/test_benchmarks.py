@@ -43,6 +43,21 @@ def test_thread_probe_runs_at_smoke_size():
     assert "np.maximum over" in lines[3] and "sgemms" in lines[4]
 
 
+def test_distributed_benchmark_runs_at_smoke_size(tmp_path):
+    out = tmp_path / "distributed.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.distributed", "--smoke", "--ranks", "1,2", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    result = json.loads(out.read_text())
+    assert {(row["model"], row["ranks"]) for row in result["rows"]} == {
+        (m, k) for m in ("lenet5", "vgg_small") for k in (1, 2)}
+    assert all(row["step_ms"] > 0 for row in result["rows"])
+    assert all(row["allreduce_ms"] > 0 for row in result["rows"] if row["ranks"] == 2)
+    assert {row["nodes"] for row in result["cost_model"]} == {1, 2, 4, 8, 16, 32, 64}
+    assert "check, 2 local ranks: predicted" in r.stdout
+
+
 def test_deploy_benchmark_runs_at_smoke_size():
     pytest.importorskip("onnxruntime")
     r = subprocess.run([sys.executable, "-m", "benchmarks.deploy", "--smoke"], cwd=ROOT, capture_output=True,

@@ -93,7 +93,7 @@ def test_resume_with_settings_flags_says_they_would_be_ignored(tmp_path):
 
 # --------------------------------------------------------------------------- what is saved, what is said
 def _run(tmp_path, epochs=2, **kw):
-    return Run(Settings(epochs=epochs, **TINY, **kw), str(tmp_path / "run"), workers=1, progress=False, log=quiet)
+    return Run(Settings(epochs=epochs, **TINY, **kw), str(tmp_path / "run"), progress=False, log=quiet)
 
 
 def test_divergence_after_a_good_epoch_keeps_that_checkpoint_and_says_so(tmp_path):

@@ -13,19 +13,19 @@ import sys
 
 import numpy as np
 
-from . import __version__, checkpoint, cli_export, cli_predict, models, nn
+from . import __version__, checkpoint, cli_export, cli_predict, distributed, models, nn
 from .data import IDXError, load_mnist, normalize
-from .functional._threads import set_num_threads
+from .functional._threads import get_num_threads, set_num_threads
 from .run import (
     CHECKPOINT_NAME,
     DEFAULT_LR,
+    Run,
     RunDiverged,
     RunError,
     RunInterrupted,
     Settings,
     _subset,
     pictures,
-    run_training,
 )
 from .train import Divergence, confusion_matrix, predict
 
@@ -68,7 +68,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (`convprop: error: …`, exit code 2), like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"convprop: error: {message} (see {self.prog} --help)\n")
+        # under mpiexec every rank parses the same command line: rank 0 alone says what is wrong
+        self.exit(2, f"convprop: error: {message} (see {self.prog} --help)\n" if distributed.launched_rank() == 0
+                  else None)
 
 
 def _global_options(p: argparse.ArgumentParser, default) -> None:
@@ -124,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run saved in CKPT with its own settings, up to its epochs (the settings "
                         "flags are refused with it; --data may point at the same data moved)")
     t.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help="processes each batch is split over (default: the thread count, for models without "
-                        "buffers such as BatchNorm's; else 1)")
+                   help="train on N MPI ranks on this machine, each batch split over them (re-runs itself under "
+                        "mpiexec; default: the thread count if mpi4py is installed, else 1); see docs/distributed.md")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check every layer's output and gradients; name the first that is not finite")
@@ -179,12 +181,24 @@ def cmd_train(args) -> int:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # each step's temporaries reuse the last step's pages (see allocator.py)
+    rank, world = distributed.init()  # (0, 1) unless started by mpiexec: then every rank runs this
+    threads = get_num_threads()
+    if world > 1:  # the machine's cores shared among this machine's ranks; rank 0 alone prints
+        set_num_threads(max(1, threads // int(os.environ.get("MPI_LOCALNRANKS", world))))
+        if rank != 0:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
     given = {k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None}
-    options = dict(workers=args.workers, progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
-    if args.resume:
-        run_training(resume=args.resume, out=args.out, given=given, data=args.data, **options)
-    else:
-        run_training(Settings(data=args.data, **given), args.out, **options)
+    options = dict(progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
+    with distributed.together("setting up the run"):  # (an error on any rank: said once, every rank stops)
+        if args.resume:
+            run = Run.resume(args.resume, args.out, given=given, data=args.data, **options)
+        else:
+            run = Run(Settings(data=args.data, **given), args.out, **options)
+    with run:
+        run.train()
+        if rank == 0:
+            set_num_threads(threads)  # the other ranks are done: the pictures get every core
+            run.finish()
     return 0
 
 
@@ -269,9 +283,29 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cli_predict
             "explain": cmd_explain, "serve": cmd_serve, "export": cli_export.run}
 
 
+def _launch_workers(args, argv: list[str], command: bool) -> int | None:
+    """`convprop train --workers N` (N > 1, not yet under mpiexec): run the same command as N MPI
+    ranks on this machine and return their exit code; None to train in this process.  Without
+    --workers: the thread count when run as a command and MPI is installed, else 1 (main(argv)
+    called from Python trains in its caller's process)."""
+    world = distributed.launched_size()
+    if world > 1:
+        if args.workers not in (None, world):
+            raise UsageError(f"--workers: this run was started by mpiexec with {world} ranks, got --workers "
+                             f"{args.workers} (give one or the other)")
+        return None
+    workers = args.workers or (get_num_threads() if command and distributed.available() else 1)
+    if workers == 1:
+        return None
+    if not distributed.available():
+        raise UsageError(f"--workers {workers}: training on several processes needs MPI: "
+                         "pip install 'convprop[mpi]'")
+    return distributed.launch(workers, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    command, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
     if not argv:  # bare `convprop`: what it can do, not an error
         parser.print_help()
         return 0
@@ -279,14 +313,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         set_num_threads(args.threads)
     try:
-        return COMMANDS[args.command](args)
-    except (Divergence, nn.AnomalyError, RunDiverged) as e:
+        try:
+            if args.command == "train" and (code := _launch_workers(args, argv, command)) is not None:
+                return code
+            return COMMANDS[args.command](args)
+        except BaseException as e:
+            # under mpiexec: an error of every rank (before MPI starts, an error of the command line's) is
+            # rank 0's to say; one of this rank's alone stops every rank, naming this one
+            if (not distributed.is_initialized() or isinstance(e, (KeyboardInterrupt, SystemExit))
+                    or getattr(e, "every_rank", False)):
+                if distributed.launched_rank() != 0:
+                    return 130 if isinstance(e, KeyboardInterrupt) else 1 if isinstance(e, _DIVERGED) else 2
+                raise
+            if args.debug:  # this rank's alone: say it, naming the rank, and stop every rank
+                import traceback
+
+                traceback.print_exc()
+            distributed.abort(str(e) if isinstance(e, _EXPECTED) else f"{type(e).__name__}: {e}",
+                              1 if isinstance(e, _DIVERGED) else 2 if isinstance(e, _EXPECTED) else 1)
+    except _DIVERGED as e:
         if args.debug:
             raise
         print(f"convprop: {e}", file=sys.stderr)
         return 1
-    except (UsageError, RunError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
-            IsADirectoryError, ValueError, TypeError, ImportError) as e:
+    except _EXPECTED as e:
         if args.debug:
             raise
         print(f"convprop: error: {e}", file=sys.stderr)
@@ -300,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convprop: interrupted", file=sys.stderr)
         return 130
+
+
+_DIVERGED = (Divergence, nn.AnomalyError, RunDiverged)
+_EXPECTED = (UsageError, RunError, checkpoint.CheckpointError, IDXError, FileNotFoundError, PermissionError,
+             IsADirectoryError, ValueError, TypeError, ImportError, distributed.MPIError)
 
 
 def _silence_stdout() -> None:

@@ -52,9 +52,14 @@ class _Builder:
 
     def __init__(self, onnx, dtype: np.dtype):
         self.onnx, self.dtype, self.nodes, self.initializers, self.count = onnx, dtype, [], [], 0
+        self.used = {"input", "output"}
 
     def name(self, base: str) -> str:
+        """base itself (a weight's name is its state_dict key, as torch.onnx.export writes it), else numbered."""
         self.count += 1
+        if base and base not in self.used:
+            self.used.add(base)
+            return base
         return f"{base}_{self.count}"
 
     def const(self, base: str, array: np.ndarray) -> str:
@@ -173,6 +178,56 @@ def _identity(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     return x  # Dropout in eval mode
 
 
+def _one(v) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def _conv1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if xa.ndim != 3:
+        raise OnnxError(f"{label} (Conv1d): export needs batched (N, C, L) inputs, got shape {xa.shape}")
+    k, d = _one(m.kernel_size), _one(m.dilation)
+    top, _, bottom, _ = _pads(m.padding if isinstance(m.padding, str) else _one(m.padding), (k, 1), (d, 1))
+    inputs = [x, b.const(f"{label}.weight", m.weight.data)]
+    if m.bias is not None:
+        inputs.append(b.const(f"{label}.bias", m.bias.data))
+    return b.node("Conv", inputs, label, kernel_shape=[k], strides=[_one(m.stride)], dilations=[d],
+                  group=int(m.groups), pads=[top, bottom])
+
+
+def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    avg = not hasattr(m, "dilation")
+    if xa.ndim != 3:
+        raise OnnxError(f"{label} ({type(m).__name__}): export needs batched (N, C, L) inputs, got shape {xa.shape}")
+    if getattr(m, "return_indices", False) or getattr(m, "divisor_override", None) is not None:
+        raise OnnxError(f"{label} ({type(m).__name__}): return_indices / divisor_override cannot be exported")
+    k, p = _one(m.kernel_size), _one(m.padding)
+    attrs = dict(kernel_shape=[k], strides=[k if m.stride is None else _one(m.stride)], pads=[p, p])
+    if m.ceil_mode:
+        attrs["ceil_mode"] = 1
+    if avg:
+        return b.node("AveragePool", [x], label, count_include_pad=int(bool(m.count_include_pad)), **attrs)
+    return b.node("MaxPool", [x], label, dilations=[_one(m.dilation)], **attrs)
+
+
+def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    if getattr(m, "return_indices", False):
+        raise OnnxError(f"{label} (AdaptiveMaxPool2d): return_indices=True cannot be exported")
+    (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)
+    if (oh, ow) == (1, 1):
+        return b.node("GlobalMaxPool", [x], label)
+    if h % oh or w % ow:
+        raise OnnxError(f"{label} (AdaptiveMaxPool2d): output size {oh}×{ow} does not divide the input "
+                        f"{h}×{w}; only evenly dividing adaptive pooling is exported")
+    k = [h // oh, w // ow]
+    return b.node("MaxPool", [x], label, kernel_shape=k, strides=k)
+
+
+def _softmax(op: str) -> Callable:
+    def emit(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+        return b.node(op, [x], label, axis=int(m.dim))
+    return emit
+
+
 EXPORTERS: dict[type, Callable] = {
     nn.Conv2d: _conv, nn.ConvTranspose2d: _conv, nn.MaxPool2d: _maxpool, nn.AvgPool2d: _avgpool,
     nn.AdaptiveAvgPool2d: _adaptive_avgpool, nn.Linear: _linear, nn.Flatten: _flatten,
@@ -180,6 +235,11 @@ EXPORTERS: dict[type, Callable] = {
     nn.ReLU: _activation("Relu"), nn.Sigmoid: _activation("Sigmoid"), nn.Tanh: _activation("Tanh"),
     nn.LeakyReLU: _activation("LeakyRelu", alpha=lambda m: float(m.negative_slope)),
 }
+for _name, _fn in (("Conv1d", _conv1d), ("MaxPool1d", _pool1d), ("AvgPool1d", _pool1d),
+                  ("AdaptiveMaxPool2d", _adaptive_maxpool), ("Softmax", _softmax("Softmax")),
+                  ("LogSoftmax", _softmax("LogSoftmax"))):
+    if hasattr(nn, _name):  # layers of newer convprop versions
+        EXPORTERS[getattr(nn, _name)] = _fn
 
 
 class _Traced(np.ndarray):
@@ -431,6 +491,7 @@ class _Reader:
         self.onnx, self.path, self.limit = onnx, path, limit
         self.graph = proto.graph
         self.raw_consts = {t.name: t for t in self.graph.initializer}
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, list] = {}
         try:
@@ -527,6 +588,8 @@ def _import_conv(r: _Reader, node) -> nn.Module:
         allowed.update(output_padding=None, output_shape=None)
     at = r.attrs(node, allowed)
     w = _float(r, node, r.const(node, 1, "weight"), "the weight")
+    if w.ndim == 3 and not transposed and hasattr(nn, "Conv1d"):
+        return _import_conv1d(r, node, at, w)
     if w.ndim != 4:
         raise OnnxError(f"{r.where(node)}: weight of shape {w.shape}; only 2-D convolutions (4-D weights) "
                         "are imported")
@@ -558,6 +621,30 @@ def _import_conv(r: _Reader, node) -> nn.Module:
     return _load_weights(m, weight=w, bias=b)
 
 
+def _ints1(r: _Reader, node, at: dict, key: str, default: list[int]) -> int:
+    v = list(at[key] if at[key] is not None else default)
+    if len(v) != (2 if key == "pads" else 1) or min(v) < (0 if key == "pads" else 1) or \
+            (key == "pads" and v[0] != v[1]):
+        raise r.refuse(node, key, v, "expected a 1-D operator's value (pads symmetric)")
+    return int(v[0])
+
+
+def _import_conv1d(r: _Reader, node, at: dict, w: np.ndarray) -> nn.Module:
+    """A Conv over (N, C, L): convprop's Conv1d."""
+    if at.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise r.refuse(node, "auto_pad", at["auto_pad"])
+    if at["kernel_shape"] is not None and tuple(at["kernel_shape"]) != w.shape[2:]:
+        raise r.refuse(node, "kernel_shape", at["kernel_shape"], f"the weight's kernel is {w.shape[2:]}")
+    b = r.optional_const(node, 2, "bias")
+    pad = 0 if at.get("auto_pad") == "VALID" else _ints1(r, node, at, "pads", [0, 0])
+    try:
+        m = nn.Conv1d(w.shape[1] * int(at["group"]), w.shape[0], w.shape[2], _ints1(r, node, at, "strides", [1]), pad,
+                      _ints1(r, node, at, "dilations", [1]), int(at["group"]), b is not None, dtype=w.dtype)
+    except (TypeError, ValueError) as e:
+        raise OnnxError(f"{r.where(node)}: {_one_line(e)}") from None
+    return _load_weights(m, weight=w, bias=b)
+
+
 def _import_pool(r: _Reader, node) -> nn.Module:
     avg = node.op_type == "AveragePool"
     allowed = dict(auto_pad="NOTSET", ceil_mode=0, kernel_shape=None, pads=None, strides=None, dilations=None)
@@ -567,6 +654,19 @@ def _import_pool(r: _Reader, node) -> nn.Module:
         raise OnnxError(f"{r.where(node)}: output 'Indices' is not supported")
     if at["kernel_shape"] is None:
         raise OnnxError(f"{r.where(node)}: attribute 'kernel_shape' is missing")
+    if len(at["kernel_shape"]) == 1 and hasattr(nn, "MaxPool1d"):  # (N, C, L)
+        if at["auto_pad"] not in ("NOTSET", "VALID") or (not avg and at["storage_order"]):
+            raise r.refuse(node, "auto_pad", at["auto_pad"])
+        k = _ints1(r, node, at, "kernel_shape", [1])
+        pad = 0 if at["auto_pad"] == "VALID" else _ints1(r, node, at, "pads", [0, 0])
+        stride, ceil = _ints1(r, node, at, "strides", [1]), bool(at["ceil_mode"])
+        if pad > k // 2:
+            raise r.refuse(node, "pads", at["pads"], "torch and convprop pool with at most half the kernel")
+        if avg:
+            if _ints1(r, node, at, "dilations", [1]) != 1:
+                raise r.refuse(node, "dilations", at["dilations"], "AvgPool1d has no dilation")
+            return nn.AvgPool1d(k, stride, pad, ceil_mode=ceil, count_include_pad=bool(at["count_include_pad"]))
+        return nn.MaxPool1d(k, stride, pad, _ints1(r, node, at, "dilations", [1]), ceil_mode=ceil)
     kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
     stride, dilation = _spatial(r, node, at, "strides", [1, 1]), _spatial(r, node, at, "dilations", [1, 1])
     if avg and dilation != (1, 1):
@@ -685,6 +785,20 @@ def _import_global_pool(r: _Reader, node) -> nn.Module:
     return nn.AdaptiveAvgPool2d(1)
 
 
+def _import_global_max_pool(r: _Reader, node) -> nn.Module:
+    r.attrs(node, {})
+    return nn.AdaptiveMaxPool2d(1)
+
+
+def _import_softmax(r: _Reader, node) -> nn.Module:
+    """Softmax / LogSoftmax along one axis (opset ≥ 13; before, along all axes from `axis` on)."""
+    at = r.attrs(node, dict(axis=-1))
+    rank = len(r.shapes.get(node.input[0]) or [])
+    if r.opset < 13 and not (rank and int(at["axis"]) % rank == rank - 1):
+        raise r.refuse(node, "axis", at["axis"], "before opset 13 it flattens the axes from axis on")
+    return (nn.LogSoftmax if node.op_type == "LogSoftmax" else nn.Softmax)(dim=int(at["axis"]))
+
+
 def _import_reduce_mean(r: _Reader, node) -> nn.Module:
     """The mean over H and W, keeping them (torch.onnx.export's AdaptiveAvgPool2d(1)): global pooling."""
     at = r.attrs(node, dict(axes=None, keepdims=1, noop_with_empty_axes=0))
@@ -705,6 +819,10 @@ IMPORTERS: dict[str, Callable] = {
     "Relu": _simple(nn.ReLU), "Sigmoid": _simple(nn.Sigmoid), "Tanh": _simple(nn.Tanh),
     "LeakyRelu": _simple(nn.LeakyReLU, alpha=0.01),
 }
+for _op, _fn, _needs in (("GlobalMaxPool", _import_global_max_pool, "AdaptiveMaxPool2d"),
+                         ("Softmax", _import_softmax, "Softmax"), ("LogSoftmax", _import_softmax, "LogSoftmax")):
+    if hasattr(nn, _needs):  # layers of newer convprop versions
+        IMPORTERS[_op] = _fn
 # handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul
 
 

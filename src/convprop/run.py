@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, models, nn, optim
+from . import checkpoint, distributed, models, nn, optim
 from . import random as _random
 from .data import DataLoader, load_mnist, normalize
 from .train import Divergence, fit
@@ -236,10 +236,13 @@ class Run:
             run.finish()
     """
 
-    def __init__(self, settings: Settings, out: str | None = None, *, workers: int | None = None,
-                 progress: bool = True, detect_anomaly: bool = False, log: Callable[[str], None] = print,
+    def __init__(self, settings: Settings, out: str | None = None, *, progress: bool = True,
+                 detect_anomaly: bool = False, log: Callable[[str], None] = print,
                  _resume: tuple[str, dict] | None = None) -> None:
-        self.settings, self.workers, self.progress, self.anomaly = settings, workers, progress, detect_anomaly
+        self.settings, self.progress, self.anomaly = settings, progress, detect_anomaly
+        # one rank of an MPI job (convprop.distributed) when started by mpiexec: every rank trains, rank 0
+        # alone claims the directory and writes (its checkpoints, metrics and pictures)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         self.log = log
         self.ckpt, self.resume_path = (_resume[1], _resume[0]) if _resume else (None, None)
         self.history: list[dict] = []
@@ -276,6 +279,8 @@ class Run:
 
     # ----------------------------------------------------------------- setting up
     def _claim(self, out: str | None) -> str:
+        if self.rank != 0:  # (rank 0 claims it and writes there)
+            return out or default_out(self.settings)
         if out is not None:
             make_directory(out)
             self._lock = DirectoryLock(out).acquire()
@@ -324,9 +329,10 @@ class Run:
             self.config = dict(self.ckpt["meta"]["model"].get("config", {}))
         dtype = self.model.dtype
         self._check_images_fit(dtype)
+        # with K ranks, every rank draws the same order and shifts and takes its shard of each batch
         self.train_loader = DataLoader(self.images, self.labels, s.batch_size, shuffle=True, seed=s.seed,
-                                       max_shift=s.shift, dtype=dtype)
-        self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, dtype=dtype)
+                                       max_shift=s.shift, dtype=dtype, num_replicas=self.world, rank=self.rank)
+        self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, dtype=dtype)  # (evaluation shards it)
         self.optimizer = make_optimizer(s.optimizer, self.model.parameters(), s.lr)
         self.scheduler = optim.OneCycleLR(self.optimizer, max_lr=s.lr, epochs=s.epochs,
                                           steps_per_epoch=len(self.train_loader))
@@ -365,19 +371,12 @@ class Run:
             raise RunError(f"--data: labels go up to {top}, but the model has {k} classes")
 
     # ----------------------------------------------------------------- training
-    @property
-    def workers_used(self) -> int:
-        from . import parallel
-        from .functional._threads import get_num_threads
-
-        return self.workers or (get_num_threads() if parallel.supports(self.model) is None else 1)
-
     def describe(self) -> str:
-        s, w = self.settings, self.workers_used
+        s, w = self.settings, self.world
         n_params = sum(p.data.size for p in self.model.parameters())
         return (f"training {s.model} ({n_params:,} parameters) on {len(self.labels):,} images, testing on "
                 f"{len(self.test_labels):,}; {s.epochs} epochs, batch {s.batch_size}, {s.optimizer} one-cycle lr "
-                f"{s.lr:g}, ±{s.shift} px shifts" + (f"; {w} processes" if w > 1 else ""))
+                f"{s.lr:g}, ±{s.shift} px shifts" + (f"; {w} MPI ranks" if w > 1 else ""))
 
     def train(self) -> list[dict]:
         """Epochs start_epoch+1 … settings.epochs; a checkpoint and metrics.json after each."""
@@ -396,10 +395,12 @@ class Run:
                 self.history = fit(self.model, self.loss_fn, self.optimizer, self.train_loader, s.epochs,
                                    self.test_loader, self.scheduler, start_epoch=self.start_epoch,
                                    history=self.history, progress=self.progress, on_epoch_end=self._end_of_epoch,
-                                   workers=self.workers_used, log=self.log)
+                                   log=self.log)
         except (Divergence, nn.AnomalyError) as e:
             self.status = "diverged"
-            raise RunDiverged(f"{e}; {self.what_exists()}") from e
+            diverged = RunDiverged(f"{e}; {self.what_exists()}")
+            diverged.every_rank = getattr(e, "every_rank", False)  # (said once by rank 0, or by the rank that saw it)
+            raise diverged from e
         except KeyboardInterrupt as e:
             self.status = "interrupted"
             self.seconds = time.perf_counter() - start
@@ -410,12 +411,15 @@ class Run:
             nn.detect_anomaly(False)
         self.seconds = time.perf_counter() - start
         self.status = "finished"
-        self.write_metrics()
+        if self.rank == 0:
+            self.write_metrics()
         return self.history
 
     def _settle_after_interrupt(self) -> None:
         """Ctrl-C may land anywhere, even between a save and its bookkeeping: ask the disk which epoch the
         checkpoint holds, and leave metrics.json with exactly the epochs up to it (plottable, resumable)."""
+        if self.rank != 0:
+            return
         try:
             self.saved_epoch = checkpoint.load(self.ckpt_path)["meta"]["epoch"] if os.path.exists(self.ckpt_path) \
                 else 0
@@ -436,12 +440,17 @@ class Run:
     def _end_of_epoch(self, epoch: int, history: list[dict]) -> None:
         self.history, row = history, history[-1]
         bad = [k for k in ("train_loss", "test_loss") if k in row and not math.isfinite(row[k])]
+        # (every rank holds the same history and weights: under MPI, every rank raises these together)
         if bad:
-            raise Divergence(f"epoch {epoch} ended with a {bad[0].replace('_', ' ')} of {row[bad[0]]}: training "
-                             "diverged (try a smaller --lr)")
+            raise distributed.mark_every_rank(Divergence(
+                f"epoch {epoch} ended with a {bad[0].replace('_', ' ')} of {row[bad[0]]}: training diverged "
+                "(try a smaller --lr)"))
         if not all(np.isfinite(p.data).all() for p in self.model.parameters()):
-            raise Divergence(f"epoch {epoch} ended with weights that are not finite: training diverged "
-                             "(try a smaller --lr)")
+            raise distributed.mark_every_rank(Divergence(
+                f"epoch {epoch} ended with weights that are not finite: training diverged (try a smaller --lr)"))
+        if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
+            self.saved_epoch = epoch
+            return
         try:
             checkpoint.save(self.ckpt_path, self.model, self.settings.model, self.config, self.optimizer,
                             self.scheduler, epoch, history=history, args=self.settings.dict())

@@ -49,52 +49,68 @@ def gradients(model: Module, loss_fn, x: np.ndarray, y: np.ndarray) -> tuple[flo
 def fit(model: Module, loss_fn, optimizer: Optimizer, train_loader: Iterable, epochs: int,
         val_loader: Iterable | None = None, scheduler: LRScheduler | None = None, start_epoch: int = 0,
         history: list[dict] | None = None, progress: bool = True,
-        on_epoch_end: Callable[[int, list[dict]], None] | None = None, log: Callable[[str], None] | None = print,
-        workers: int = 1) -> list[dict]:
+        on_epoch_end: Callable[[int, list[dict]], None] | None = None,
+        log: Callable[[str], None] | None = print) -> list[dict]:
     """Train for epochs start_epoch+1 … epochs; return the history, one dict per epoch:
     epoch, train_loss, train_acc, [test_loss, test_acc], lr, seconds, images_per_s.
 
     A OneCycleLR scheduler steps every batch, any other every epoch.  on_epoch_end(epoch, history)
-    runs after each epoch (checkpointing, say).  workers > 1 splits every batch over that many
-    processes (parallel.DataParallel: the same steps, up to rounding).
+    runs after each epoch (checkpointing, say).
+
+    Under mpiexec, after convprop.distributed.init() (K > 1 ranks): every step is
+    distributed.train_step (the global batch's step; train_loader must be a DataLoader with
+    num_replicas=K, rank=r), BatchNorm layers are synchronised, rank 0's parameters are broadcast
+    first, the validation is sharded (distributed.evaluate), and the history's losses and accuracies
+    are the global batches', the same on every rank.  Only rank 0 shows progress and logs;
+    on_epoch_end runs on every rank.
     """
-    from .parallel import DataParallel  # (it builds on train_step)
+    from . import distributed
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
     history = list(history or [])
     per_batch = isinstance(scheduler, OneCycleLR)
-    with DataParallel(model, loss_fn, optimizer, workers) as step:
-        for epoch in range(start_epoch + 1, epochs + 1):
-            model.train()
-            start, seen, total_loss, correct = time.perf_counter(), 0, 0.0, 0
-            bar = _progress(train_loader, len(train_loader), f"epoch {epoch}/{epochs}", progress)
-            for k, (x, y) in enumerate(bar):
-                loss, right = step(x, y)
-                if per_batch:
-                    scheduler.step()
-                seen += len(y)
-                total_loss += loss * len(y)
-                correct += right
-                last = k == len(train_loader) - 1
-                if progress and hasattr(bar, "set_postfix") and (k % 10 == 0 or last):
-                    # drawn by tqdm's own refresh (so the count is current), and once more at the epoch's end
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                    img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=last)
-            if scheduler is not None and not per_batch:
+    step, evaluate_ = (lambda x, y: (*train_step(model, loss_fn, optimizer, x, y), len(y))), evaluate
+    if distributed.is_initialized():
+        world, rank = distributed.world_size(), distributed.rank()
+        replicas = getattr(train_loader, "num_replicas", world)
+        if replicas != world or getattr(train_loader, "rank", rank) != rank:
+            raise ValueError(f"train_loader: expected a loader sharded for rank {rank} of {world} (DataLoader("
+                             f"..., num_replicas={world}, rank={rank})), got num_replicas={replicas}")
+        distributed.sync_batch_norm(model)
+        distributed.broadcast_parameters(model)
+        step, evaluate_ = (lambda x, y: distributed.step(model, loss_fn, optimizer, x, y)), distributed.evaluate
+        progress, log = progress and rank == 0, log if rank == 0 else None
+    for epoch in range(start_epoch + 1, epochs + 1):
+        model.train()
+        start, seen, total_loss, correct = time.perf_counter(), 0, 0.0, 0
+        bar = _progress(train_loader, len(train_loader), f"epoch {epoch}/{epochs}", progress)
+        for k, (x, y) in enumerate(bar):
+            loss, right, n = step(x, y)
+            if per_batch:
                 scheduler.step()
-            seconds = time.perf_counter() - start
-            row = {"epoch": epoch, "train_loss": total_loss / seen, "train_acc": correct / seen,
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds}
-            if val_loader is not None:
-                row["test_loss"], row["test_acc"] = evaluate(model, val_loader, loss_fn)
-            history.append(row)
-            if log:
-                test = f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}" if val_loader is not None else ""
-                log(f"epoch {epoch:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{test}"
-                    f"  {seconds:.1f}s ({row['images_per_s']:.0f} img/s)")
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, history)
+            seen += n
+            total_loss += loss * n
+            correct += right
+            last = k == len(train_loader) - 1
+            if progress and hasattr(bar, "set_postfix") and (k % 10 == 0 or last):
+                # drawn by tqdm's own refresh (so the count is current), and once more at the epoch's end
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=last)
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+        seconds = time.perf_counter() - start
+        row = {"epoch": epoch, "train_loss": total_loss / seen, "train_acc": correct / seen,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen / seconds}
+        if val_loader is not None:
+            row["test_loss"], row["test_acc"] = evaluate_(model, val_loader, loss_fn)
+        history.append(row)
+        if log:
+            test = f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}" if val_loader is not None else ""
+            log(f"epoch {epoch:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{test}"
+                f"  {seconds:.1f}s ({row['images_per_s']:.0f} img/s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
     return history
 
 

@@ -320,6 +320,7 @@ class Dropout(_Layer):
 
 class _BatchNorm(_Layer):
     ndims: tuple[int, ...] = ()
+    allreduce = None  # SyncBatchNorm when set: see F.batch_norm and convprop.distributed.sync_batch_norm
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype=None) -> None:
@@ -350,7 +351,7 @@ class _BatchNorm(_Layer):
         out, self._cache = F.batch_norm(
             x, self.running_mean, self.running_var,
             self._data("weight"), self._data("bias"),
-            batch_stats, momentum, self.eps)
+            batch_stats, momentum, self.eps, self.allreduce)
         return out
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

@@ -338,7 +338,7 @@ class Trainer:
             while not self.stop_event.is_set():
                 epoch = len(self.epochs)
                 rows = fit(model, loss_fn, optimizer, _Locked(loader, engine, self.stop_event), epoch + 1,
-                           start_epoch=epoch, progress=False, log=None, workers=1)
+                           start_epoch=epoch, progress=False, log=None)
                 row = rows[-1]
                 engine._acquire()
                 try:
