@@ -28,6 +28,12 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "convprop", *args], capture_output=True, text=True, timeout=300)
 
 
+def _cap_1gb():  # `ulimit -v 1048576` in the child: address space of 1 GiB
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
 def torch_lenet5():
     t = torch.nn
     return t.Sequential(t.Conv2d(1, 6, 5, padding=2), t.ReLU(), t.MaxPool2d(2), t.Conv2d(6, 16, 5), t.ReLU(),
@@ -216,12 +222,14 @@ def test_huge_image_refused_before_decoding(ckpt, tmp_path):
     (tmp_path / "bomb.png").write_bytes(_png_header_only(20000, 20000))
     with pytest.raises(ImageError, match=r"20000×20000 = 400,000,000 pixels, over the limit .* resize it"):
         read_digit(str(tmp_path / "bomb.png"))
-    r = run_cli("predict", ckpt, str(tmp_path / "bomb.png"))
+    r = subprocess.run([sys.executable, "-m", "convprop", "predict", ckpt, str(tmp_path / "bomb.png")],
+                       capture_output=True, text=True, timeout=300, preexec_fn=_cap_1gb)
     assert r.returncode == 2 and "over the limit" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_big_png_is_read_in_bounded_memory(ckpt, tmp_path):
-    """A 9500×9500 PNG (a digit drawn big): classified with a peak RSS far below the 2.25 GB it once took."""
+    """A 9500×9500 PNG (a digit drawn big): classified under `ulimit -v` 1 GiB with a peak RSS under 500 MB
+    (it once took 2.25 GB)."""
     side, path = 9500, tmp_path / "big.png"
     images, _ = load_mnist(train=False)
     digit = np.asarray(Image.fromarray(images[0]).resize((side // 2, side // 2)))
@@ -241,7 +249,8 @@ def test_big_png_is_read_in_bounded_memory(ckpt, tmp_path):
     code = ("import sys\nfrom convprop.cli import main\nrc = main(['predict', sys.argv[1], sys.argv[2], '--json'])\n"
             "peak = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0].split()[1]\n"
             "print(int(peak) // 1024, file=sys.stderr)\nsys.exit(rc)")  # VmHWM: this program's own peak RSS
-    r = subprocess.run([sys.executable, "-c", code, ckpt, str(path)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code, ckpt, str(path)], capture_output=True, text=True, timeout=300,
+                       preexec_fn=_cap_1gb)
     assert r.returncode == 0, r.stderr
     peak_mb = int(r.stderr.strip().splitlines()[-1])
     assert peak_mb < 500, f"peak RSS {peak_mb} MB"
@@ -265,3 +274,11 @@ def test_train_init_starts_from_torch_made_weights(tmp_path):
                 "--out", str(tmp_path / "run2"))
     assert r.returncode == 2 and "--init" in r.stderr and "missing" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_predict_refuses_a_model_of_other_channels(tmp_path):
+    path = str(tmp_path / "rgb.npz")
+    checkpoint.save(path, models.lenet5(in_channels=3), "lenet5", {"num_classes": 10, "in_channels": 3}, epoch=1)
+    d, _ = _digits(tmp_path, 1)
+    r = run_cli("predict", path, str(d))
+    assert r.returncode == 2 and "takes 3-channel images" in r.stderr and "Traceback" not in r.stderr, r.stderr

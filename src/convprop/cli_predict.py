@@ -49,6 +49,10 @@ def run(args) -> int:
         raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
+    first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
+    if first is not None and first.in_channels != 1:
+        raise ValueError(f"{args.checkpoint}: the model takes {first.in_channels}-channel images; predict prepares "
+                         "images as MNIST digits (1 channel, 28×28)")
     paths = image_paths(args.images)
     names = None
     for start in range(0, len(paths), CHUNK):
