@@ -16,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -26,10 +27,15 @@ def parse(argv):
     p.add_argument("--threads", type=int, choices=[1, 2], default=2, help="BLAS and torch threads (default 2)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case; the median is reported")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and 3 rounds: checks that it runs (CI)")
-    p.add_argument("--out", default="benchmarks/results", help="directory for the JSON and markdown results")
+    p.add_argument("--out", default=None, help="directory for the JSON and markdown results (default: "
+                   "benchmarks/results; with --smoke, a directory under the system's temporary one, so that a "
+                   "check leaves no files in the repository)")
     p.add_argument("--only", default="", help="comma-separated substrings: run only matching cases")
     p.add_argument("--no-train", action="store_true", help="skip the epoch and peak-RSS measurements")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(tempfile.gettempdir(), "convprop-bench-smoke") if args.smoke else "benchmarks/results"
+    return args
 
 
 def main(argv=None) -> int:
@@ -76,13 +82,14 @@ def sgemm_peak(np) -> float:
 
 # --------------------------------------------------------------------------- cases
 def conv_cases(smoke):
-    n = 4 if smoke else None
-    return [  # name, N, Cin, Cout, H, k, stride, padding, input_grad
-        ("conv2d LeNet conv1 N64 1→6 28² k5 p2", n or 64, 1, 6, 28, 5, 1, 2, False),
-        ("conv2d LeNet conv2 N64 6→16 14² k5", n or 64, 6, 16, 14, 5, 1, 0, True),
-        ("conv2d N32 64→64 32² k3 p1", n or 32, 64, 64, 32, 3, 1, 1, True),
-        ("conv2d N32 3→32 32² k3 p1", n or 32, 3, 32, 32, 3, 1, 1, True),
-        ("conv2d stride 2 N32 32→64 32² k3 s2 p1", n or 32, 32, 64, 32, 3, 2, 1, True),
+    """name, N, Cin, Cout, H, k, stride, padding, input_grad — the name says the N it runs (4 at smoke size)."""
+    a, b = (4, 4) if smoke else (64, 32)
+    return [
+        (f"conv2d LeNet conv1 N{a} 1→6 28² k5 p2", a, 1, 6, 28, 5, 1, 2, False),
+        (f"conv2d LeNet conv2 N{a} 6→16 14² k5", a, 6, 16, 14, 5, 1, 0, True),
+        (f"conv2d N{b} 64→64 32² k3 p1", b, 64, 64, 32, 3, 1, 1, True),
+        (f"conv2d N{b} 3→32 32² k3 p1", b, 3, 32, 32, 3, 1, 1, True),
+        (f"conv2d stride 2 N{b} 32→64 32² k3 s2 p1", b, 32, 64, 32, 3, 2, 1, True),
     ]
 
 
@@ -351,7 +358,7 @@ def whole_runs(torch_ok: bool, threads: int, smoke: bool, rounds: int) -> list[d
             res[f].append((float(seconds), int(rss_kb)))
     rows = []
     for f in frameworks:
-        rows.append({"framework": f, "epoch_s": statistics.median(s for s, _ in res[f]),
+        rows.append({"framework": f, "images": limit, "epoch_s": statistics.median(s for s, _ in res[f]),
                      "peak_rss_mb": max(r for _, r in res[f]) / 1024})
     return rows
 
@@ -400,7 +407,8 @@ def run(args) -> int:
         print(_line({**r, "phase": "alone"}), flush=True)
     runs = [] if args.no_train else whole_runs(torch is not None, args.threads, args.smoke, rounds)
     for r in runs:
-        print(f"{'one epoch of the default recipe':<48} {r['framework']:>9}: {r['epoch_s']:.2f} s, "
+        what = "one epoch of the default recipe" if r["images"] == 5000 else f"one epoch of {r['images']} images"
+        print(f"{what:<48} {r['framework']:>9}: {r['epoch_s']:.2f} s, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB")
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench-{args.threads}t{'-smoke' if args.smoke else ''}")
@@ -437,7 +445,8 @@ def markdown(machine, results, alone, runs) -> str:
         lines += [f"| {r['case']} | {r['convprop_ms']:.3f} | {num(r['torch_ms'], '.3f')} | "
                   f"{num(r['ratio'], '.2f', '×')} |" for r in alone]
     if runs:
-        lines += ["", "| whole run (fresh process) | one epoch, s | peak RSS, MB |", "|---|---:|---:|"]
+        lines += ["", f"| whole run (fresh process, {runs[0]['images']:,} images) | one epoch, s | peak RSS, MB |",
+                  "|---|---:|---:|"]
         lines += [f"| {r['framework']} | {r['epoch_s']:.2f} | {r['peak_rss_mb']:.0f} |" for r in runs]
     return "\n".join(lines) + "\n"
 

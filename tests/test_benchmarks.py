@@ -14,14 +14,22 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("threads", [1, 2])  # on 2, convprop's LeNet-5 steps run in two processes
 def test_benchmark_suite_runs_at_smoke_size(tmp_path, threads):
-    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--threads", str(threads), "--out",
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    import os
+
+    before = sorted(os.listdir(ROOT / "benchmarks" / "results"))
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # a smoke run writes under the temporary directory
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--threads", str(threads)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
     print(r.stdout)
+    assert sorted(os.listdir(ROOT / "benchmarks" / "results")) == before  # nothing left in the repository
+    tmp_path = tmp_path / "convprop-bench-smoke"
     result = json.loads((tmp_path / f"bench-{threads}t-smoke.json").read_text())
     assert result["machine"]["sgemm_peak_gflops"] > 0
     names = {row["case"] for row in result["ops"]}
     assert any("LeNet-5 training step" in n for n in names) and any("max_pool2d" in n for n in names)
+    assert all(" N4 " in n for n in names if "LeNet-5" not in n), names  # labels say the size that ran
+    assert "one epoch of 256 images" in r.stdout and "default recipe" not in r.stdout
     for row in result["ops"]:
         assert row["convprop_ms"] > 0 and (row["torch_ms"] is None or row["torch_ms"] > 0)
     assert {r["framework"] for r in result["runs"]} == {"convprop", "torch"}

@@ -175,14 +175,85 @@ def test_every_flag_of_every_command_has_help_text():
             assert action.help, f"convprop {name} {action.option_strings or action.dest} has no help text"
 
 
-def test_progress_bar_shows_loss_accuracy_and_images_per_second(capsys):
-    from convprop import models, nn, optim
-    from convprop.data import DataLoader
-    from convprop.train import fit
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """On a terminal: a bar with loss, accuracy and images per second.  Into a file or pipe: no bar
+    (no carriage-return frames), the per-epoch lines only."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
 
-    images, labels = load_mnist()
-    loader = DataLoader(images[::50], labels[::50], 20)
-    model = models.lenet5()
-    fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.01), loader, 1, log=None)
-    err = capsys.readouterr().err
-    assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err
+    args = ["train", "--epochs", "1", "--train-size", "500", "--test-size", "100", "--batch-size", "20"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "convprop", *args, "--out", str(tmp_path / "tty")],
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    tty = b"".join(chunks).decode(errors="replace")
+    assert "epoch 1/1" in tty and "loss=" in tty and "acc=" in tty and "img_s=" in tty and "\r" in tty
+    r = run_cli(*args, "--out", str(tmp_path / "pipe"))
+    assert r.returncode == 0 and "\r" not in r.stderr and "loss=" not in r.stderr, r.stderr
+    assert "epoch   1/1  train loss" in r.stdout
+
+
+def test_version_help_and_global_flags_after_the_command():
+    from convprop import __version__
+
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"convprop {__version__}"
+    r = run_cli()
+    assert r.returncode == 0 and r.stdout.startswith("usage: convprop") and r.stderr == ""
+    parser = cli.build_parser()
+    for argv, threads, debug in ((["--threads", "2", "explain", "conv"], 2, False),
+                                 (["explain", "conv", "--threads", "3", "--debug"], 3, True),
+                                 (["explain", "conv"], None, False)):
+        args = parser.parse_args(argv)
+        assert (args.threads, args.debug) == (threads, debug), argv
+
+
+@pytest.mark.parametrize("argv", [["train", "--seed", "-1"], ["explain", "conv", "--seed", "-1"]])
+def test_a_negative_seed_names_seed(argv):
+    r = run_cli(*argv)
+    assert r.returncode == 2 and "argument --seed: expected a non-negative integer" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def closed_pipe_run(*argv):
+    """convprop writing into a pipe whose reader has gone (as `| head` after its lines)."""
+    import os
+
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([sys.executable, "-m", "convprop", *argv], stdout=w, stderr=subprocess.PIPE, text=True,
+                              timeout=300)
+    finally:
+        os.close(w)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(one_epoch_run):
+    """`convprop explain all | head -2`, `convprop evaluate … | head`: no BrokenPipeError traceback."""
+    out, _ = one_epoch_run
+    for argv in (["explain", "all"], ["evaluate", str(out / "checkpoint.npz")]):
+        r = closed_pipe_run(*argv)
+        assert r.returncode == 141 and r.stderr == "", (argv, r.stderr)
+
+
+def test_sgd_and_adam_each_get_their_own_default_learning_rate():
+    from convprop.run import DEFAULT_LR, Settings
+
+    assert Settings(optimizer="sgd").lr == DEFAULT_LR["sgd"] == 0.05
+    assert Settings().lr == Settings(optimizer="adam").lr == DEFAULT_LR["adam"] == 5e-3
+    assert Settings(optimizer="sgd", lr=0.1).lr == 0.1

@@ -61,6 +61,8 @@ def test_reads_wider_idx_types(tmp_path):
     (lambda b: b"\x08\x00" + b[2:], "wrong magic"),
     (lambda b: b[:100], "expected 784"),
     (lambda b: b[:4] + struct.pack(">I", 2**31) + b[8:], "more than any IDX file"),
+    (lambda b: b[:3] + bytes([70]) + bytes(280), "expected 1 to 32 dimensions, got 70"),  # NumPy takes 64 at most
+    (lambda b: b[:3] + bytes([5, 0, 0, 0, 0]) + b"\x20\x00\x00\x00" * 4, "not one NumPy can make"),  # 0 bytes
 ])
 def test_corrupt_idx_files_fail_clearly(tmp_path, damage, words):
     p = tmp_path / "x-idx3-ubyte"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import convprop.functional as F
+from convprop.data import DataLoader
 
 x = np.zeros((2, 4, 8, 8), np.float32)
 w = np.zeros((6, 4, 3, 3), np.float32)
@@ -57,7 +58,23 @@ CASES = [  # (call, exception, words the message must contain)
     (lambda: F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, ["targets", "integer"]),
     (lambda: F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 3])), ValueError, ["targets", "[0, 3)"]),
     (lambda: F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0])), ValueError, ["targets", "(2,)", "(1,)"]),
+    (lambda: F.conv2d(x, w[:0]), ValueError, ["w", "at least 1 output channel", "(0, 4, 3, 3)"]),
+    (lambda: F.conv2d(x[:, :0], w[:, :0]), ValueError, ["x", "at least 1 channel"]),
+    (lambda: F.conv2d(x, w, padding=10**9), ValueError, ["padding", "more than this machine's memory"]),
+    (lambda: F.conv2d(x, w, stride=10**18), ValueError, ["stride", "<= 2**31 - 1", str(10**18)]),
+    (lambda: F.max_pool2d(x, 2, stride=10**18), ValueError, ["stride", "<= 2**31 - 1"]),
+    (lambda: F.avg_pool2d(x, 3, padding=1, stride=(1, 10**18)), ValueError, ["stride", "<= 2**31 - 1"]),
+    (lambda: DataLoader(np.zeros((2, 28, 28), np.uint8), np.zeros(2), seed=-1), ValueError,
+     ["seed", "non-negative", "-1"]),
+    (lambda: DataLoader(np.zeros((2, 28, 28), np.uint8), np.array([0.0, np.nan])), ValueError,
+     ["labels", "whole numbers", "nan"]),
 ]
+
+
+def test_an_empty_batch_goes_through_lenet5_as_through_torch():
+    from convprop import models
+
+    assert models.lenet5()(np.zeros((0, 1, 28, 28), np.float32)).shape == (0, 10)
 
 
 @pytest.mark.parametrize("call, exc, words", CASES)

@@ -119,7 +119,7 @@ def test_torch_state_dict_loads_as_is_and_ours_loads_into_torch():
     theirs = torch_twin(ours)
     sd = {k: v.numpy() for k, v in theirs.state_dict().items()}
     assert list(sd) == list(ours.state_dict())
-    ours.load_state_dict(sd)  # torch -> convprop, exactly as the issue writes it
+    ours.load_state_dict(sd)  # torch -> convprop: its state_dict as it comes, arrays under the same keys
     for k, v in ours.state_dict().items():
         np.testing.assert_array_equal(v, sd[k])
         assert v.dtype == sd[k].dtype

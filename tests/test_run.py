@@ -230,3 +230,38 @@ def test_a_save_removes_only_the_temporaries_of_dead_processes(tmp_path):
 def test_crafted_run_settings_in_a_checkpoint_are_refused(saved, words):
     with pytest.raises(RunError, match=words):
         Settings.from_saved(saved, "c.npz")
+
+
+SAVES = r"""
+import sys
+from convprop import checkpoint, models
+model = models.lenet5()
+for k in range(int(sys.argv[2])):
+    checkpoint.save(sys.argv[1], model, "lenet5", {}, epoch=k)
+"""
+
+
+def test_concurrent_saves_into_one_directory_never_delete_each_others_temporaries(tmp_path):
+    """Before, each save removed every `.ckpt-*.tmp` it found — the half-written files of the others too."""
+    procs = [subprocess.Popen([sys.executable, "-c", SAVES, str(tmp_path / f"c{i}.npz"), "40"],
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["c0.npz", "c1.npz", "c2.npz"]
+
+
+def test_concurrent_runs_on_one_out_one_trains_the_others_get_one_line(tmp_path):
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "convprop", "train", "--epochs", "2", "--out", str(out),
+                               "--workers", "1", *FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [(p, *p.communicate(timeout=300)) for p in procs]
+    winners = [r for r in results if r[0].returncode == 0]
+    assert len(winners) == 1, [(p.returncode, err) for p, _, err in results]
+    for p, _, err in results:
+        if p.returncode != 0:
+            assert p.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+            assert "another convprop run (pid" in err or "holds an earlier run" in err, err
+    assert checkpoint.load(str(out / "checkpoint.npz"))["meta"]["epoch"] == 2
+    assert sorted(os.listdir(out))[:3] == ["checkpoint.npz", "confusion-matrix.png", "feature-maps.png"]

@@ -9,14 +9,16 @@ can carry data only, never code.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
-from . import models, optim
+from . import models, optim, safe_json
 from . import random as _random
 from .nn import Module
 
@@ -124,9 +126,18 @@ def _remove_stale_temporaries(directory: str) -> None:
             pass
 
 
+MAX_HEADER_BYTES, MAX_MEMBERS, MAX_EPOCH = 16 << 20, 4096, 10**6
+_OPTIM_KEY = re.compile(r"optim/(0|[1-9][0-9]{0,3})/([A-Za-z_][A-Za-z0-9_]{0,63})")
+
+
 def load(path: str) -> dict[str, Any]:
     """The checkpoint's parts: {'meta': dict, 'model': state_dict, 'optim': {index: {name: array}}}.
-    Raises FileNotFoundError or CheckpointError with a one-line reason; never unpickles."""
+    Raises FileNotFoundError or CheckpointError with a one-line reason; never unpickles.
+
+    Memory stays bounded whatever the file holds: only the members the format names are read (an
+    unknown one is refused); the header first, bounded in size and JSON nesting, its values checked;
+    then each array member only after its .npy header has declared exactly the shape and dtype the
+    header's model gives it, and its size in the archive agrees."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
@@ -136,41 +147,133 @@ def load(path: str) -> dict[str, Any]:
     if not zipfile.is_zipfile(path):  # np.load would otherwise take it for a pickle and suggest unpickling it
         raise CheckpointError(f"{path}: not a checkpoint (expected an .npz archive)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise CheckpointError(f"{path}: not a convprop checkpoint (no 'meta' entry)")
-            data = {k: z[k] for k in z.files}
-    except CheckpointError:
+        with zipfile.ZipFile(path) as z:
+            return _load(z, path)
+    except (CheckpointError, MemoryError):
         raise
-    except ValueError as e:  # includes object arrays, which allow_pickle=False refuses
-        raise CheckpointError(f"{path}: not a valid checkpoint ({e})") from None
-    except Exception as e:  # a damaged archive can fail anywhere in zipfile or the .npy header parser
+    except Exception as e:  # a damaged archive can fail anywhere in zipfile, zlib or the .npy header parser
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({type(e).__name__}: {e})") from None
-    for k, v in data.items():
-        if not isinstance(v, np.ndarray):  # NpzFile hands back a member without the .npy header as bytes
-            raise CheckpointError(f"{path}: entry {k!r} is not a NumPy array")
-    meta = data.pop("meta")
-    if meta.dtype != np.uint8 or meta.ndim != 1:
-        raise CheckpointError(f"{path}: corrupt checkpoint header (dtype {meta.dtype}, shape {meta.shape})")
+
+
+def _load(z: zipfile.ZipFile, path: str) -> dict[str, Any]:
+    infos = z.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise CheckpointError(f"{path}: {len(infos)} entries, more than a checkpoint has ({MAX_MEMBERS})")
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        key = info.filename[:-4] if info.filename.endswith(".npy") else None
+        if key is None or not (key == "meta" or key.startswith("model/") or _OPTIM_KEY.fullmatch(key)):
+            raise CheckpointError(f"{path}: unknown entry {info.filename!r} (a checkpoint holds meta.npy, "
+                                  "model/<key>.npy and optim/<index>/<name>.npy only)")
+        if key in members:
+            raise CheckpointError(f"{path}: entry {info.filename!r} appears twice")
+        members[key] = info
+    if "meta" not in members:
+        raise CheckpointError(f"{path}: not a convprop checkpoint (no 'meta' entry)")
+    size = members["meta"].file_size
+    if size > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: a header of {size:,} bytes, more than a checkpoint's ({MAX_HEADER_BYTES:,})")
+    raw = _read_npy(z, members.pop("meta"), path, "meta", None, np.dtype(np.uint8))
     try:
-        meta = json.loads(meta.tobytes().decode())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt checkpoint header ({e})") from None
+        meta = safe_json.loads(raw.tobytes(), "header")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint {e}") from None
+    _check_meta(meta, path)
+    m = meta["model"]
+    try:
+        skeleton = models.build(m["name"], **m.get("config", {})).to(m.get("dtype", "float32"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build model {m['name']!r}: {e}") from None
+    expected = skeleton.state_dict()
+    params = list(skeleton.parameters())
+    model_sd: dict[str, np.ndarray] = {}
+    optim_state: dict[int, dict] = {}
+    for key, info in members.items():
+        if key.startswith("model/"):
+            name = key[len("model/"):]
+            if name not in expected:
+                raise CheckpointError(f"{path}: weights do not fit {m['name']}: unexpected key {name!r}")
+            want = np.asarray(expected[name])
+            model_sd[name] = _read_npy(z, info, path, key, want.shape, want.dtype, m["name"])
+        else:
+            i, name = _OPTIM_KEY.fullmatch(key).groups()
+            if int(i) >= len(params):
+                raise CheckpointError(f"{path}: optimizer state {key!r} for parameter {i}, but {m['name']} has "
+                                      f"{len(params)}")
+            p = params[int(i)].data
+            optim_state.setdefault(int(i), {})[name] = _read_npy(z, info, path, key, p.shape, p.dtype, m["name"])
+    missing = [k for k in expected if k not in model_sd]
+    if missing:
+        raise CheckpointError(f"{path}: weights do not fit {m['name']}: missing {', '.join(missing[:3])}")
+    return {"meta": meta, "model": model_sd, "optim": optim_state}
+
+
+def _read_npy(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, key: str, shape: tuple | None,
+              dtype: np.dtype, model: str = "") -> np.ndarray:
+    """One .npy member, read only once its header declares `shape` (None: any 1-D) and `dtype` and the
+    archive's size for it agrees; never an object array."""
+    fmt = np.lib.format
+    with z.open(info) as f:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise CheckpointError(f"{path}: entry {key!r}: unknown .npy version {version}")
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        got_shape, fortran, got_dtype = header(f, max_header_size=10_000)
+        if got_dtype.hasobject:
+            raise CheckpointError(f"{path}: entry {key!r} holds Python objects, which a checkpoint never does")
+        fits = got_shape == shape if shape is not None else len(got_shape) == 1
+        if not fits or got_dtype != dtype:
+            what = f"weights do not fit {model}: " if key.startswith("model/") else ""
+            want = f"shape {shape}" if shape is not None else "1 dimension"
+            raise CheckpointError(f"{path}: {what}entry {key!r} has shape {got_shape} and dtype {got_dtype}, "
+                                  f"expected {want} and dtype {dtype}")
+        nbytes = int(np.prod(got_shape, dtype=object)) * got_dtype.itemsize
+        if info.file_size != f.tell() + nbytes:
+            raise CheckpointError(f"{path}: entry {key!r} is {info.file_size:,} bytes, but its header declares "
+                                  f"{f.tell() + nbytes:,}")
+        out = np.empty(got_shape[::-1] if fortran else got_shape, got_dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = 0
+        while done < nbytes:
+            n = f.readinto(view[done:done + (1 << 20)])
+            if not n:
+                raise CheckpointError(f"{path}: entry {key!r} is truncated")
+            done += n
+    return out.T if fortran else out
+
+
+def _whole(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _check_meta(meta: Any, path: str) -> None:
+    """The header's values, each of the type and within the bounds the format gives it."""
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt != FORMAT:
         raise CheckpointError(f"{path}: not a convprop checkpoint (format {fmt!r}, expected {FORMAT!r})")
-    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+    if not _whole(meta.get("version"), 1, 10**6):
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r} is not one this "
+                              f"convprop reads ({VERSION})")
+    if meta["version"] > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('version')!r} is newer than this "
                               f"convprop reads ({VERSION}); upgrade convprop")
-    if not isinstance(meta.get("model"), dict) or "name" not in meta["model"]:
+    m = meta.get("model")
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str):
         raise CheckpointError(f"{path}: checkpoint header names no model")
-    model_sd = {k[len("model/"):]: v for k, v in data.items() if k.startswith("model/")}
-    optim_state: dict[int, dict] = {}
-    for k, v in data.items():
-        if k.startswith("optim/"):
-            _, i, name = k.split("/", 2)
-            optim_state.setdefault(int(i), {})[name] = v
-    return {"meta": meta, "model": model_sd, "optim": optim_state}
+    if m.get("dtype", "float32") not in ("float32", "float64"):
+        raise CheckpointError(f"{path}: model dtype: expected 'float32' or 'float64', got {m.get('dtype')!r}")
+    try:
+        models.check_config(m["name"], m.get("config", {}))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: cannot build model {m['name']!r}: {e}") from None
+    if not _whole(meta.get("epoch", 0), 0, MAX_EPOCH):
+        raise CheckpointError(f"{path}: epoch: expected an integer from 0 to {MAX_EPOCH:,}, got {meta.get('epoch')!r}")
+    for key, kind in (("history", list), ("args", dict), ("optimizer", dict), ("scheduler", dict), ("rng", dict)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise CheckpointError(f"{path}: {key}: expected a JSON {'array' if kind is list else 'object'}, got "
+                                  f"{type(meta[key]).__name__}")
+    if not all(isinstance(h, dict) for h in meta.get("history", [])):
+        raise CheckpointError(f"{path}: history: expected one object per epoch")
 
 
 def restore_model(ckpt: dict, path: str = "checkpoint") -> Module:
@@ -187,19 +290,56 @@ def restore_model(ckpt: dict, path: str = "checkpoint") -> Module:
     return model
 
 
+def _same_kind(ours: Any, saved: Any) -> bool:
+    """saved has the structure of ours: the same keys, lengths and types, numbers finite."""
+    if isinstance(ours, bool) or ours is None or isinstance(ours, str):
+        return type(saved) is type(ours)
+    if isinstance(ours, (int, float, np.number)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved) and \
+            (isinstance(saved, int) or not isinstance(ours, (int, np.integer)))
+    if isinstance(ours, (list, tuple)):
+        return isinstance(saved, list) and len(saved) == len(ours) and all(map(_same_kind, ours, saved))
+    if isinstance(ours, dict):
+        return isinstance(saved, dict) and saved.keys() == {str(k) for k in ours} and \
+            all(_same_kind(v, saved[str(k)]) for k, v in ours.items())
+    return False
+
+
 def restore_training(ckpt: dict, model: Module, optimizer: optim.Optimizer | None,
                      scheduler: optim.LRScheduler | None, path: str = "checkpoint") -> None:
-    """Load optimizer, scheduler and RNG state into freshly built objects of the same kind."""
+    """Load optimizer, scheduler and RNG state into freshly built objects of the same kind; every saved
+    value must have the kind of the one it replaces (else CheckpointError naming it)."""
     meta = ckpt["meta"]
     if optimizer is not None and "optimizer" in meta:
         o = meta["optimizer"]
-        if o["class"] != type(optimizer).__name__:
-            raise CheckpointError(f"{path}: optimizer {o['class']} does not match {type(optimizer).__name__}")
+        if o.get("class") != type(optimizer).__name__:
+            raise CheckpointError(f"{path}: optimizer {o.get('class')!r} does not match {type(optimizer).__name__}")
+        groups = optimizer.state_dict()["param_groups"]
+        if not _same_kind(groups, o.get("param_groups")):
+            raise CheckpointError(f"{path}: optimizer param_groups: expected the hyper-parameters of "
+                                  f"{type(optimizer).__name__} ({len(groups)} groups), got something else")
+        scalars = o.get("scalars", {})
+        n = sum(len(g["params"]) for g in groups)
+        if not isinstance(scalars, dict) or not all(
+                isinstance(i, str) and i.isdigit() and int(i) < n and isinstance(s, dict) and
+                all(isinstance(k, str) and _same_kind(0.0, v) for k, v in s.items()) for i, s in scalars.items()):
+            raise CheckpointError(f"{path}: optimizer scalars: expected {{parameter index: {{name: number}}}}")
         state = {int(i): dict(s) for i, s in ckpt["optim"].items()}
-        for i, scalars in o.get("scalars", {}).items():
-            state.setdefault(int(i), {}).update(scalars)
-        optimizer.load_state_dict({"state": state, "param_groups": o["param_groups"]})
+        for i, sc in scalars.items():
+            state.setdefault(int(i), {}).update(sc)
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": o["param_groups"]})
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise CheckpointError(f"{path}: optimizer state does not fit: {e}") from None
     if scheduler is not None and "scheduler" in meta:
-        scheduler.load_state_dict(meta["scheduler"]["state"])
+        sched = meta["scheduler"]
+        ours = scheduler.state_dict()
+        if sched.get("class") != type(scheduler).__name__ or not _same_kind(ours, sched.get("state")):
+            raise CheckpointError(f"{path}: scheduler state: expected the state of {type(scheduler).__name__} "
+                                  f"({', '.join(ours)}), got something else")
+        scheduler.load_state_dict(sched["state"])
     if "rng" in meta:
-        _random.set_state(meta["rng"])
+        try:
+            _random.set_state(meta["rng"])
+        except Exception as e:  # NumPy's bit generator checks the state itself, in its own words
+            raise CheckpointError(f"{path}: rng: not a random generator state ({type(e).__name__}: {e})") from None

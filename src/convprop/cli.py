@@ -7,7 +7,6 @@ a diverging run exits with code 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ from .run import (
     Settings,
     _subset,
     pictures,
+    read_metrics,
 )
 from .train import Divergence, confusion_matrix, predict
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kernel", type=_positive_int, default=None, metavar="K", help="kernel size")
     x.add_argument("--stride", type=_positive_int, default=None, metavar="S", help="stride")
     x.add_argument("--padding", type=int, default=None, metavar="P", help="padding")
-    x.add_argument("--seed", type=int, default=0, help="random seed of the example numbers (default: 0)")
+    x.add_argument("--seed", type=_seed, default=0, help="random seed of the example numbers (default: 0)")
     x.add_argument("--format", choices=["text", "markdown"], default="text", help="output format (default: text)")
 
     cli_predict.add_parser(sub)
@@ -207,6 +207,8 @@ def cmd_evaluate(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     images, labels = load_mnist(args.data, train=False)
+    if len(labels) == 0:
+        raise UsageError(f"--data {args.data}: the test set has no images")
     probs = predict(model, normalize(images, dtype=model.dtype))
     pred = probs.argmax(axis=1)
     k = max(probs.shape[1], int(labels.max(initial=-1)) + 1)  # a model of fewer classes than the data: still k×k
@@ -254,19 +256,13 @@ def cmd_plot(args) -> int:
     metrics_path, ckpt_path = os.path.join(run, "metrics.json"), os.path.join(run, CHECKPOINT_NAME)
     if not os.path.isdir(run):
         raise FileNotFoundError(f"{run}: no such run directory")
-    if not os.path.isfile(metrics_path):
-        raise FileNotFoundError(f"{metrics_path}: no metrics.json (is {run} a convprop train --out directory?)")
-    try:
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-        history = metrics["epochs"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{metrics_path}: not a convprop metrics file ({e})") from None
+    history, saved = read_metrics(metrics_path)
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.restore_model(ckpt, ckpt_path)
-    saved = metrics.get("args") or {}
-    images, labels = load_mnist(args.data or saved.get("data"), train=False)
-    images, labels = _subset(images, labels, saved.get("test_size"), saved.get("seed", 0))
+    images, labels = load_mnist(args.data or saved.data, train=False)
+    images, labels = _subset(images, labels, saved.test_size, saved.seed)
+    if len(labels) == 0:
+        raise UsageError(f"--data {args.data or saved.data}: the test set has no images")
     pictures(run, model, history, images, labels)
     return 0
 

@@ -333,6 +333,8 @@ def launch(n: int, args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="convprop-ranks-") as tmp:
         ranks_file = os.path.join(tmp, "ranks.json")
         env = {**os.environ, "CONVPROP_RANKS_FILE": ranks_file, "PYTHONUNBUFFERED": "1"}
+        if sys.stderr.isatty():  # mpiexec forwards the ranks' stderr through a pipe: tell them it ends on a terminal
+            env.update(CONVPROP_STDERR_TTY="1", COLUMNS=str(shutil.get_terminal_size().columns))
         proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, "-m", "convprop", *args],
                                 stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
         banner, pid, host, how, held = False, None, None, None, b""

@@ -45,10 +45,34 @@ def vgg_small(num_classes: int = 10, in_channels: int = 1, width: int = 16, dtyp
 
 
 MODELS = {"lenet5": lenet5, "vgg_small": vgg_small}
+# What a config may hold (a checkpoint's header is a stranger's JSON): each integer within bounds that
+# keep any model small (LeNet-5 with 10,000 classes: 0.9 M parameters), each choice among the known.
+CONFIG_INTS = {"num_classes": (1, 10_000), "in_channels": (1, 64), "width": (1, 256)}
+CONFIG_CHOICES = {"pool": POOLS, "activation": ACTS}
+
+
+def check_config(name: str, config: dict) -> None:
+    """ValueError naming the first key of `config` that model `name` does not take, or whose value
+    is out of bounds — before anything is allocated."""
+    import inspect
+
+    if name not in MODELS:
+        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
+    if not isinstance(config, dict):
+        raise ValueError(f"config: expected a dict of {name}'s arguments, got {type(config).__name__}")
+    takes = [k for k in inspect.signature(MODELS[name]).parameters if k != "dtype"]
+    for key, value in config.items():
+        if key not in takes:
+            raise ValueError(f"config: {name} takes {', '.join(takes)}; got {key!r}")
+        if key in CONFIG_INTS:
+            lo, hi = CONFIG_INTS[key]
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"{key}: expected an integer from {lo} to {hi:,}, got {value!r}")
+        elif key in CONFIG_CHOICES and (not isinstance(value, str) or value not in CONFIG_CHOICES[key]):
+            raise ValueError(f"{key}: expected one of {sorted(CONFIG_CHOICES[key])}, got {value!r}")
 
 
 def build(name: str, **config) -> nn.Sequential:
-    """A model by name, from the config a checkpoint stores."""
-    if name not in MODELS:
-        raise ValueError(f"model: expected one of {sorted(MODELS)}, got {name!r}")
+    """A model by name, from the config a checkpoint stores (checked first: check_config)."""
+    check_config(name, config)
     return MODELS[name](**config)

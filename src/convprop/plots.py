@@ -146,7 +146,13 @@ def plot_run(run_dir: str, model: nn.Sequential, history: list[dict], test_x: np
     training_curves(history, paths[0])
     filters(model, paths[1])
     feature_maps(model, test_x[:1], paths[2])
-    saliency(model, test_x[:6], test_y[:6], paths[3])
-    predicted = predict(model, test_x).argmax(axis=1)
+    probs = predict(model, test_x)
+    predicted = probs.argmax(axis=1)
+    # saliency of the true class where the model has it (a model of fewer classes than the data may not)
+    fits = np.flatnonzero(test_y < probs.shape[1])[:6]
+    if len(fits):
+        saliency(model, test_x[fits], test_y[fits], paths[3])
+    else:
+        saliency(model, test_x[:6], predicted[:6], paths[3])
     confusion(confusion_matrix(test_y, predicted, int(max(test_y.max(), predicted.max())) + 1), paths[4])
     return paths

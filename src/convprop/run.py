@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, distributed, models, nn, optim
+from . import checkpoint, distributed, models, nn, optim, safe_json
 from . import random as _random
 from .data import DataLoader, load_mnist, normalize
 from .train import Divergence, fit
@@ -340,7 +340,7 @@ class Run:
         if self.ckpt is not None:
             checkpoint.restore_training(self.ckpt, self.model, self.optimizer, self.scheduler, self.resume_path)
             meta = self.ckpt["meta"]
-            self.start_epoch = self.saved_epoch = meta["epoch"]
+            self.start_epoch = self.saved_epoch = meta.get("epoch", 0)
             self.history = list(meta.get("history", []))
             self.train_loader.epoch = self.start_epoch
 
@@ -421,8 +421,8 @@ class Run:
         if self.rank != 0:
             return
         try:
-            self.saved_epoch = checkpoint.load(self.ckpt_path)["meta"]["epoch"] if os.path.exists(self.ckpt_path) \
-                else 0
+            exists = os.path.exists(self.ckpt_path)
+            self.saved_epoch = checkpoint.load(self.ckpt_path)["meta"].get("epoch", 0) if exists else 0
         except (OSError, ValueError):
             pass
         if self.saved_epoch:
@@ -495,6 +495,39 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+MAX_METRICS_BYTES = 64 << 20
+
+
+def read_metrics(path: str) -> tuple[list[dict], Settings]:
+    """A run's metrics.json, checked as a stranger's file: (its epochs' rows, its settings).
+    ValueError naming the file and what is wrong with it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no metrics.json (is {os.path.dirname(path) or '.'} a convprop train "
+                                "--out directory?)")
+    size = os.path.getsize(path)
+    if size > MAX_METRICS_BYTES:
+        raise RunError(f"{path}: {size:,} bytes, more than a metrics file holds ({MAX_METRICS_BYTES:,})")
+    with open(path, "rb") as f:
+        metrics = safe_json.loads(f.read(), path)
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
+        raise RunError(f"{path}: not a convprop metrics file (expected an object with a list of 'epochs')")
+    rows = metrics["epochs"]
+    if not rows:
+        raise RunError(f"{path}: no epoch has finished yet: nothing to draw")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    with_test = "test_loss" in rows[0]
+    for k, row in enumerate(rows):
+        keys = ("epoch", "train_loss", "train_acc") + (("test_loss", "test_acc") if with_test else ())
+        if not isinstance(row, dict) or not all(number(row.get(key)) for key in keys):
+            raise RunError(f"{path}: epochs[{k}]: expected numbers {', '.join(keys)}, got {str(row)[:80]}")
+    args = metrics.get("args")
+    settings = Settings.from_saved(args, path) if args is not None else Settings()
+    return rows, settings
 
 
 def pictures(out: str, model, history, test_images, test_labels, log: Callable[[str], None] = print) -> list[str]:

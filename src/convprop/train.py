@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -17,7 +19,10 @@ class Divergence(RuntimeError):
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
+    """A tqdm bar on a terminal (or in a notebook); nothing where stderr is a file or a pipe, which would
+    collect every carriage-return frame (the per-epoch lines say it all there)."""
+    terminal = sys.stderr.isatty() or os.environ.get("CONVPROP_STDERR_TTY") == "1"  # (set under mpiexec)
+    if not enabled or not (terminal or "ipykernel" in sys.modules):
         return iterable
     try:
         from tqdm.auto import tqdm
@@ -119,7 +124,8 @@ def predict(model: Module, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     from .functional import log_softmax
 
     model.eval()
-    out = [np.exp(log_softmax(model(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    # max(len, 1): no images still make one (empty) batch, so the result has the model's (0, classes)
+    out = [np.exp(log_softmax(model(x[i:i + batch_size]))) for i in range(0, max(len(x), 1), batch_size)]
     return np.concatenate(out)
 
 
@@ -133,6 +139,8 @@ def evaluate(model: Module, loader: Iterable, loss_fn=None) -> tuple[float, floa
             total_loss += loss_fn(logits, y)[0] * len(y)
         correct += int((logits.argmax(axis=1) == y).sum())
         seen += len(y)
+    if seen == 0:
+        raise ValueError("evaluate: the loader holds no images")
     return (total_loss / seen if loss_fn is not None else float("nan")), correct / seen
 
 

@@ -19,6 +19,21 @@ def normalize(images: np.ndarray, mean: float = MNIST_MEAN, std: float = MNIST_S
     return x[:, None] if x.ndim == 3 else x
 
 
+def class_labels(labels, name: str = "labels") -> np.ndarray:
+    """labels as int64 class indices; floats only if every one is a whole number (NaN, 2.5: ValueError)."""
+    y = np.asarray(labels)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise ValueError(f"{name}: expected whole numbers (class indices), got {y[bad][0]} at index "
+                             f"{int(np.flatnonzero(bad)[0])}")
+    elif y.dtype.kind not in "iub":
+        raise TypeError(f"{name}: expected integer class indices, got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name}: expected class indices >= 0, got {y.min()}")
+    return y.astype(np.int64)
+
+
 def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator,
                  shard: tuple[int, int] | None = None) -> np.ndarray:
     """Shift every image of (N, C, H, W) by its own random (dy, dx) in [−max_shift, max_shift],
@@ -69,8 +84,10 @@ class DataLoader:
                              f"got {rank!r}")
         if len(images) != len(labels):
             raise ValueError(f"labels: expected {len(images)} labels (one per image), got {len(labels)}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         self.x = normalize(images, mean, std, dtype)
-        self.y = np.asarray(labels, dtype=np.int64)
+        self.y = class_labels(labels)
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
         self.drop_last, self.max_shift, self.epoch = drop_last, max_shift, 0
         self.num_replicas, self.rank = int(num_replicas), int(rank)

@@ -6,13 +6,17 @@ meets a bare NumPy traceback for a mistake of theirs.
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
 
+MAX_INT = 2**31 - 1  # the largest stride, padding, kernel or dilation taken (torch's C int)
+
 
 def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each >= minimum, as torch's `_pair`."""
+    """An int or a pair of ints, each in [minimum, MAX_INT], as torch's `_pair`."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     elif (
@@ -25,7 +29,24 @@ def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
         raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{name}: expected every value >= {minimum}, got {value}")
+    if max(value) > MAX_INT:
+        raise ValueError(f"{name}: expected every value <= 2**31 - 1, got {value}")
     return value
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**48
+
+
+def fits_in_memory(shape: tuple[int, ...], dtype, name: str, detail: str) -> None:
+    """ValueError naming the argument that asks for an array larger than this machine's memory."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > physical_memory():
+        raise ValueError(f"{name}: {detail}, {nbytes:.3g} bytes: more than this machine's memory "
+                         f"({physical_memory() / 2**30:.0f} GiB)")
 
 
 def positive_int(value: Any, name: str) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _checks as chk
 from . import _threads
 
 Pair = tuple[int, int]
@@ -72,7 +73,9 @@ def pad(x: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) 
     if ph == pw == eh == ew == 0:
         return x
     n, c, h, w = x.shape
-    xp = np.full_like(x, value, shape=(n, c, h + 2 * ph + eh, w + 2 * pw + ew))
+    shape = (n, c, h + 2 * ph + eh, w + 2 * pw + ew)
+    chk.fits_in_memory(shape, x.dtype, "padding", f"{padding} pads x {x.shape} to {shape}")
+    xp = np.full_like(x, value, shape=shape)
     xp[:, :, ph : ph + h, pw : pw + w] = x
     return xp
 

@@ -193,6 +193,10 @@ def _conv_args(x, w, stride, padding, dilation, groups, transposed: bool):
     dilation = chk.pair(dilation, "dilation", 1)
     groups = chk.positive_int(groups, "groups")
     cin = x.shape[1]
+    if cin < 1:
+        raise ValueError(f"x: expected at least 1 channel, got shape {x.shape}")
+    if w.shape[1 if transposed else 0] < 1:
+        raise ValueError(f"w: expected at least 1 output channel, got shape {w.shape}")
     if w.shape[2] < 1 or w.shape[3] < 1:
         raise ValueError(f"w: expected a kernel of at least 1×1, got {w.shape[2]}×{w.shape[3]}")
     if cin % groups:

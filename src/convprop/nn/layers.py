@@ -249,7 +249,8 @@ class Flatten(_Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._cache = x.shape
         start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
-        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        # the flattened size spelled out, not -1: an empty batch (0, C, H, W) has a size to flatten too
+        return x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         shape = self._take_cache()

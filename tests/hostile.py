@@ -1,0 +1,152 @@
+"""Hostile files, made small and fast: gzip streams and .npz members that expand to gigabytes of zeros,
+sparse files, and a way to run `convprop` with its address space capped (as `ulimit -v` does).
+
+A MiB of zeros deflated once, then flushed (Z_FULL_FLUSH resets the compressor), compresses to the
+same ~1 KB every time, so a stream of n GiB is that block repeated n·1024 times.  The CRCs of such
+streams are left wrong on purpose: a reader that gets far enough to check one has already failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+
+import numpy as np
+
+MIB = 1 << 20
+GIB = 1 << 30
+CAP = GIB  # the address-space limit hostile inputs run under
+_ZERO = bytes(MIB)
+
+
+def _deflate_zeros(prefix: bytes, total: int) -> bytes:
+    """Raw deflate of `prefix` followed by zeros up to `total` bytes."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH)
+    block_c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = block_c.compress(_ZERO) + block_c.flush(zlib.Z_FULL_FLUSH)
+    n, rem = divmod(total - len(prefix), MIB)
+    return head + block * n + c.compress(bytes(rem)) + c.flush()
+
+
+def gzip_of_zeros(prefix: bytes, total: int) -> bytes:
+    """A gzip file whose data is `prefix` then zeros, `total` bytes in all (CRC deliberately wrong)."""
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    return header + _deflate_zeros(prefix, total) + struct.pack("<II", 0, total & 0xFFFFFFFF)
+
+
+@contextlib.contextmanager
+def _repeating_compressor():
+    """zipfile, writing zeros MiB by MiB, reuses the one compressed block (and skips the CRC)."""
+    block_c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = block_c.compress(_ZERO) + block_c.flush(zlib.Z_FULL_FLUSH)
+
+    class Compressor:
+        def __init__(self):
+            self.c = zlib.compressobj(9, zlib.DEFLATED, -15)
+
+        def compress(self, data):
+            return block if data is _ZERO else self.c.compress(data) + self.c.flush(zlib.Z_FULL_FLUSH)
+
+        def flush(self):
+            return self.c.flush()
+
+    saved = zipfile._get_compressor, zipfile.crc32
+    zipfile._get_compressor = lambda *a, **k: Compressor()
+    zipfile.crc32 = lambda data, crc=0: 0
+    try:
+        yield
+    finally:
+        zipfile._get_compressor, zipfile.crc32 = saved
+
+
+def npy_header(shape: tuple, dtype="<f4") -> bytes:
+    """The .npy (version 1.0) header of an array of this shape and dtype."""
+    d = f"{{'descr': '{np.dtype(dtype).str}', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+    d += " " * (64 - (10 + len(d) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d)) + d.encode()
+
+
+def rewrite_npz(src: str, dst: str, replace: dict[str, tuple[bytes, int]] | None = None,
+                members: dict[str, bytes] | None = None) -> str:
+    """Copy the archive src to dst; `replace` (and add) members named name.npy by a header followed by
+    zeros up to a total size, deflated; `members` replaces members by plain bytes."""
+    replace, members = replace or {}, members or {}
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:  # stored, as np.savez writes them
+        for info in z.infolist():
+            if info.filename not in replace:
+                out.writestr(info.filename, members.get(info.filename, z.read(info)))
+        for name in members.keys() - {i.filename for i in z.infolist()}:
+            out.writestr(name, members[name])
+        with _repeating_compressor():
+            for name, (head, total) in replace.items():
+                info = zipfile.ZipInfo(name)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with out.open(info, "w", force_zip64=True) as w:
+                    w.write(head)
+                    for _ in range((total - len(head)) // MIB):
+                        w.write(_ZERO)
+    return dst
+
+
+def sparse_file(path: str, head: bytes, size: int) -> str:
+    """A file of `size` bytes that takes no disk: `head`, then a hole."""
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+def idx_header(code: int, shape: tuple) -> bytes:
+    return bytes([0, 0, code, len(shape)]) + b"".join(int(s).to_bytes(4, "big") for s in shape)
+
+
+def capped_env() -> dict:
+    # one OpenBLAS / convprop thread: each thread's stack and buffers are address space too
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def limit_address_space():
+    """For preexec_fn: this process and its children get at most CAP bytes of address space."""
+    resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
+
+
+def run_capped(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    """`convprop *args` with at most CAP bytes of address space."""
+    return subprocess.run([sys.executable, "-m", "convprop", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, preexec_fn=limit_address_space, env=capped_env())
+
+
+def run_script_capped(script: str, *args, timeout=600) -> subprocess.CompletedProcess:
+    """A Python script with at most CAP bytes of address space."""
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_address_space, env=capped_env())
+
+
+def make_tiny(root) -> None:
+    """root/data: 40 training and 30 test images as gzipped IDX; root/run: a 1-epoch run trained on them;
+    root/digit.png: one test digit."""
+    import gzip
+
+    from PIL import Image
+
+    from convprop.data import load_mnist
+    from convprop.run import Run, Settings
+
+    data = root / "data"
+    data.mkdir()
+    x, y = load_mnist(train=False)
+    for split, sl in (("train", slice(0, 40)), ("t10k", slice(40, 70))):
+        for kind, a in (("images", x[sl]), ("labels", y[sl].astype(np.uint8))):
+            with gzip.open(data / f"{split}-{kind}-idx{a.ndim}-ubyte.gz", "wb") as f:
+                f.write(idx_header(8, a.shape) + a.tobytes())
+    with Run(Settings(data=str(data), epochs=1, batch_size=20), str(root / "run"), progress=False,
+             log=lambda *_: None) as run:
+        run.train()
+    Image.fromarray(x[0]).save(root / "digit.png")
