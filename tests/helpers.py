@@ -29,29 +29,37 @@ def assert_close(ours, ref, dtype, what=""):
     assert err <= RTOL[dtype], f"{what}: relative error {err:.3g} > {RTOL[dtype]:g}"
 
 
-def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, **kw):
+def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, torch_fn=None, grads_of=None, **kw):
     """F.<name>(*arrays, *args, **kw) and F.<name>_backward against torch.nn.functional.<name>:
     the output, and the gradient of every array input (None inputs must get None gradients);
     NumPy arrays among args (indices) go to torch as tensors, without gradients.
+    grads_of: the indices of the arrays the backward returns gradients for (default: all);
+    torch_fn(*leaves, *args, cache=cache, **kw): the reference where torch's own would differ (dropout's
+    random mask: the same mask applied in torch).
     Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
     arrays = [None if a is None else np.asarray(a) if np.asarray(a).dtype.kind in "iub"
               else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
     kw = {k: np.asarray(v, dtype=dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
     out, cache = getattr(F, name)(*arrays, *args, **kw)
+    grads_of = range(len(arrays)) if grads_of is None else grads_of
     # integer arrays (class indices) are inputs without a gradient, as are NumPy keyword arguments (weights)
-    leaves = [None if a is None else torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+    leaves = [None if a is None else torch.tensor(a, requires_grad=i in grads_of and a.dtype.kind == "f")
+              for i, a in enumerate(arrays)]
     targs = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in args]  # e.g. max_unpool2d's indices
-    tkw = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-    fn = getattr(TF, torch_name or name, None) or getattr(torch, torch_name or name)  # e.g. torch.flatten
-    ref = fn(*leaves, *targs, **tkw)
+    if torch_fn is None:
+        tkw = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+        fn = getattr(TF, torch_name or name, None) or getattr(torch, torch_name or name)  # e.g. torch.flatten
+        ref = fn(*leaves, *targs, **tkw)
+    else:
+        ref = torch_fn(*leaves, *targs, cache=cache, **kw)
     assert_close(out, ref, dtype, f"{name} forward")
     dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))
     grads = getattr(F, name + "_backward")(dout, cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
-    assert len(grads) == len(arrays)
-    for k, (g, leaf) in enumerate(zip(grads, leaves)):
+    assert len(grads) == len(grads_of)
+    for k, g, leaf in zip(grads_of, grads, [leaves[i] for i in grads_of]):
         if leaf is None or not leaf.requires_grad:
             assert g is None, f"{name}: gradient {k} should be None"
         else:

@@ -344,3 +344,29 @@ def test_max_pool2d_nan_wins_as_in_torch(seed):
         xt = torch.tensor(x, requires_grad=True)
         TF.max_pool2d(xt, k, **kw).backward(torch.tensor(dout))
         np.testing.assert_allclose(F.max_pool2d_backward(dout, cache), xt.grad.numpy(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- normalisation, through check_op
+@pytest.mark.parametrize("seed", range(8))
+def test_batch_norm_random(seed):
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(1, 5))
+    shape = (int(rng.integers(2, 5)), c) + ((int(rng.integers(1, 5)), int(rng.integers(1, 5))) if seed % 2 else ())
+    gamma, beta = rng.standard_normal(c) if seed % 4 < 2 else None, rng.standard_normal(c)
+    check_op("batch_norm", [rng.standard_normal(shape) * 3 + 1, None, None, gamma, beta], dtype=random_dtype(rng),
+             seed=seed, grads_of=(0, 3, 4), training=True)  # (x, running_mean, running_var, weight, bias)
+    mean, var = rng.standard_normal(c), rng.random(c) + 0.5
+    check_op("batch_norm", [rng.standard_normal(shape), mean, var, gamma, beta], seed=seed, grads_of=(0, 3, 4),
+             training=False)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dropout_random(seed):
+    """torch draws its own mask: the reference applies ours, checking the 1/(1 − p) scale and the backward."""
+    rng = np.random.default_rng(seed)
+    p = float(rng.choice([0.0, 0.2, 0.5, 0.9]))
+    x = rng.standard_normal(tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 5)))))
+    _, cache = check_op("dropout", [x], p, dtype=random_dtype(rng), seed=seed,
+                        torch_fn=lambda x, p, cache: x if cache.mask is None else x * torch.tensor(cache.mask))
+    assert cache.mask is None or np.isin(cache.mask, [0, cache.mask.dtype.type(1 / (1 - p))]).all()
+    check_op("dropout", [x], p, False, seed=seed)  # eval: the identity, as torch

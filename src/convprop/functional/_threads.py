@@ -1,8 +1,7 @@
 """Threads: the batch of a heavy kernel is split over a few threads of convprop's own.
 
 NumPy's element-wise passes (im2col, col2im, pooling, activations) use one core, and OpenBLAS's
-threads do not pay on convprop's cache-sized GEMM tiles (a LeNet-5 step, convprop on one thread:
-6.9 ms with OpenBLAS on one thread, 8.1 ms on two at batch 64; 23 vs 34 ms at batch 256).  So,
+threads do not pay on convprop's cache-sized GEMM tiles (docs/performance.md, "Threads").  So,
 like torch, convprop parallelises over the batch itself: `parts(n, nbytes, flops)` splits a batch
 into one contiguous block per thread when the work is large enough to share, and `run(fn, blocks)`
 runs fn(block) for every block at once, the first on the calling thread.  The split depends only on
@@ -12,8 +11,8 @@ The thread count: `set_num_threads(n)`; by default OMP_NUM_THREADS or OPENBLAS_N
 set, else the CPUs this process may use: n threads use n cores, as torch's do.  convprop takes
 the threading over from OpenBLAS (NumPy's BLAS): at its first kernel it sets OpenBLAS to one thread,
 process-wide, whatever n — with convprop's threads, OpenBLAS's idle ones spin on the cores those
-need (a LeNet-5 step at batch 256 took 29 ms with them, 20 ms without); on one thread, they made it
-slower while using two cores (above); and a GEMM's rounding must not depend on which thread count
+need; on one thread, they made it slower while using two cores (both measured in
+docs/performance.md, "Threads"); and a GEMM's rounding must not depend on which thread count
 it happened to get, so results depend on n alone.  Code of yours that wants OpenBLAS threads back
 after that can set them (threadpoolctl, say).  With a BLAS other than OpenBLAS, convprop stays on
 one thread rather than oversubscribe the cores.
@@ -33,9 +32,9 @@ import numpy as np  # (also loads NumPy's OpenBLAS before _blas_threads looks fo
 
 T = TypeVar("T")
 
-# Below this much work per thread, handing work to another thread costs more than it saves (~0.1 ms
-# a hand-off here); work = bytes read and written + flops / FLOPS_PER_BYTE.  Calibrated on LeNet-5's
-# ops: the split pays at batch 256 (conv, ReLU, the first pooling), not at batch 64.
+# Below this much work per thread, handing work to another thread costs more than it saves;
+# work = bytes read and written + flops / FLOPS_PER_BYTE.  Calibrated on LeNet-5's ops
+# (docs/performance.md, "Threads": why the split pays only for big blocks).
 MIN_WORK_PER_THREAD = 5 << 19
 FLOPS_PER_BYTE = 8
 
