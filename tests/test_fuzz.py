@@ -565,7 +565,8 @@ def _chunks(root, tiny):
             path = str(d / "checkpoint.npz")
             make(rng, ckpt, path)
             return [["evaluate", path, "--data", str(data)], ["predict", path, digit],
-                    ["train", "--resume", path, "--no-progress", "--workers", "1"]]
+                    ["train", "--resume", path, "--no-progress", "--workers", "1"],
+                    ["export", path, str(d / "weights.safetensors")]]
         return one
 
     def plot(d):
@@ -640,7 +641,7 @@ def _failure(argv, r) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("command", ["train", "train --resume", "evaluate", "predict", "plot", "explain"])
+@pytest.mark.parametrize("command", ["train", "train --resume", "evaluate", "predict", "export", "plot", "explain"])
 def test_no_generated_input_makes_a_command_end_in_a_traceback(fuzz_results, command):
     results = fuzz_results[command]
     assert len(results) >= min(40, CASES)
