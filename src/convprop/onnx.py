@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import nn
+from ._files import checked_size
 
 __all__ = ["export", "load", "OnnxError", "Graph", "DEFAULT_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS"]
 
@@ -831,13 +832,7 @@ def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = 
     Graph where it forks and joins.  Raises OnnxError (one line: node, operator, attribute) for
     what convprop cannot represent or for a damaged or hostile file; never reads another file."""
     onnx = _onnx()
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such ONNX file")
-    if not os.path.isfile(path):
-        raise OnnxError(f"{path}: expected an ONNX file, got a directory or device")
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise OnnxError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} for an ONNX file")
+    checked_size(path, "an ONNX file", OnnxError, max_bytes)
     with open(path, "rb") as f:
         data = f.read()  # its size is checked above (read(n) would allocate n bytes first)
     try:

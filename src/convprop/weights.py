@@ -11,10 +11,10 @@ dtype, shape and size from the header before reading that tensor.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
+from ._files import checked_size
 from .nn import Module
 
 __all__ = ["save_weights", "load_weights", "WeightsError", "MAX_FILE_BYTES"]
@@ -51,13 +51,7 @@ def load_weights(path: str, max_bytes: int = MAX_FILE_BYTES) -> dict[str, np.nda
     """A safetensors file as a {name: array} state_dict (torch's keys and layouts) for
     Module.load_state_dict.  Raises WeightsError in one line for a damaged or hostile file."""
     st = _safetensors()
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such weights file")
-    if not os.path.isfile(path):
-        raise WeightsError(f"{path}: expected a safetensors file, got a directory or device")
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise WeightsError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} for a weights file")
+    size = checked_size(path, "a safetensors file", WeightsError, max_bytes)
     try:
         with st.safe_open(path, framework="numpy") as f:  # validates the header against the file size
             out: dict[str, np.ndarray] = {}
