@@ -125,15 +125,21 @@ def _avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
                   **_pool_attrs(m, None))
 
 
-def _adaptive_avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
-    (h, w), (oh, ow) = xa.shape[2:], _pair(m.output_size)
+def _adaptive_pool(b: _Builder, m, x: str, xa: np.ndarray, label: str, pool: str) -> str:
+    """AdaptiveAvgPool2d / AdaptiveMaxPool2d as Global{pool}Pool, or as {pool}Pool with kernel = stride = the
+    input over the output size (only where that divides evenly)."""
+    (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)
     if (oh, ow) == (1, 1):
-        return b.node("GlobalAveragePool", [x], label)
+        return b.node(f"Global{pool}Pool", [x], label)
     if h % oh or w % ow:
-        raise OnnxError(f"{label} (AdaptiveAvgPool2d): output size {oh}×{ow} does not divide the input "
+        raise OnnxError(f"{label} ({type(m).__name__}): output size {oh}×{ow} does not divide the input "
                         f"{h}×{w}; only evenly dividing adaptive pooling is exported")
     k = [h // oh, w // ow]
-    return b.node("AveragePool", [x], label, kernel_shape=k, strides=k)
+    return b.node(f"{pool}Pool", [x], label, kernel_shape=k, strides=k)
+
+
+def _adaptive_avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    return _adaptive_pool(b, m, x, xa, label, "Average")
 
 
 def _linear(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
@@ -213,14 +219,7 @@ def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
 def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     if getattr(m, "return_indices", False):
         raise OnnxError(f"{label} (AdaptiveMaxPool2d): return_indices=True cannot be exported")
-    (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)
-    if (oh, ow) == (1, 1):
-        return b.node("GlobalMaxPool", [x], label)
-    if h % oh or w % ow:
-        raise OnnxError(f"{label} (AdaptiveMaxPool2d): output size {oh}×{ow} does not divide the input "
-                        f"{h}×{w}; only evenly dividing adaptive pooling is exported")
-    k = [h // oh, w // ow]
-    return b.node("MaxPool", [x], label, kernel_shape=k, strides=k)
+    return _adaptive_pool(b, m, x, xa, label, "Max")
 
 
 def _softmax(op: str) -> Callable:
