@@ -210,6 +210,15 @@ def _allocations_bounded(fn) -> None:
     assert peak < FUZZ_ALLOC_LIMIT, f"peak allocation {peak:,} bytes"
 
 
+def _on_disk_allocations_bounded(data: bytes, suffix: str, attempt) -> None:
+    """attempt(path) on `data` written to a file, its allocations bounded; the file removed after."""
+    path = _write(data, suffix)
+    try:
+        _allocations_bounded(lambda: attempt(path))
+    finally:
+        os.unlink(path)
+
+
 _VALID_ONNX: list[bytes] = []
 
 
@@ -263,13 +272,9 @@ ONNX_FILES = st.one_of(
 @SETTINGS
 @given(data=ONNX_FILES)
 def test_onnx_loader_loads_or_raises_onnx_error(data):
-    pytest = __import__("pytest")
-    pytest.importorskip("onnx")
     from convprop.onnx import OnnxError, load
 
-    path = _write(data, ".onnx")
-
-    def attempt():
+    def attempt(path):
         try:
             model = load(path)
         except OnnxError as e:
@@ -280,10 +285,7 @@ def test_onnx_loader_loads_or_raises_onnx_error(data):
         except (ValueError, TypeError) as e:
             _one_line(e)
 
-    try:
-        _allocations_bounded(attempt)
-    finally:
-        os.unlink(path)
+    _on_disk_allocations_bounded(data, ".onnx", attempt)
 
 
 _VALID_WEIGHTS: list[bytes] = []
@@ -323,23 +325,16 @@ WEIGHT_FILES = st.one_of(
 @SETTINGS
 @given(data=WEIGHT_FILES)
 def test_weights_loader_loads_or_raises_weights_error(data):
-    pytest = __import__("pytest")
-    pytest.importorskip("safetensors")
     from convprop.weights import WeightsError, load_weights
 
-    path = _write(data, ".safetensors")
-
-    def attempt():
+    def attempt(path):
         try:
             state = load_weights(path)
             assert all(isinstance(v, np.ndarray) for v in state.values())
         except WeightsError as e:
             _one_line(e)
 
-    try:
-        _allocations_bounded(attempt)
-    finally:
-        os.unlink(path)
+    _on_disk_allocations_bounded(data, ".safetensors", attempt)
 
 
 # --------------------------------------------------------------------------- end to end, under a memory cap
