@@ -36,12 +36,15 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, tor
     grads_of: the indices of the arrays the backward returns gradients for (default: all);
     torch_fn(*leaves, *args, cache=cache, **kw): the reference where torch's own would differ (dropout's
     random mask: the same mask applied in torch).
+    return_indices=True: the forward's (out, indices) against torch's pair, the indices exactly;
+    the gradient is out's.
     Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
     arrays = [None if a is None else np.asarray(a) if np.asarray(a).dtype.kind in "iub"
               else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]
     kw = {k: np.asarray(v, dtype=dtype) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-    out, cache = getattr(F, name)(*arrays, *args, **kw)
+    result, cache = getattr(F, name)(*arrays, *args, **kw)
+    out = result
     grads_of = range(len(arrays)) if grads_of is None else grads_of
     # integer arrays (class indices) are inputs without a gradient, as are NumPy keyword arguments (weights)
     leaves = [None if a is None else torch.tensor(a, requires_grad=i in grads_of and a.dtype.kind == "f")
@@ -53,6 +56,11 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, tor
         ref = fn(*leaves, *targs, **tkw)
     else:
         ref = torch_fn(*leaves, *targs, cache=cache, **kw)
+    if isinstance(ref, tuple):  # return_indices: torch's (out, indices)
+        assert isinstance(result, tuple) and len(result) == 2, f"{name}: expected (out, indices), got {type(result)}"
+        (out, indices), (ref, ref_indices) = result, ref
+        assert indices.dtype == np.int64, f"{name} indices: dtype {indices.dtype} != int64"
+        np.testing.assert_array_equal(indices, ref_indices.numpy(), err_msg=f"{name} indices")
     assert_close(out, ref, dtype, f"{name} forward")
     dout = layout(np.random.default_rng(seed).standard_normal(ref.shape).astype(dtype), bl)
     ref.backward(torch.tensor(dout))
@@ -64,4 +72,4 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, tor
             assert g is None, f"{name}: gradient {k} should be None"
         else:
             assert_close(g, leaf.grad, dtype, f"{name} gradient {k}")
-    return out, cache
+    return result, cache

@@ -49,6 +49,8 @@ CASES = [  # (call, exception, words the message must contain)
      ["cache", "avg_pool2d"]),
     (lambda: F.max_unpool2d(x, np.zeros(x.shape, np.float32), 2), TypeError, ["indices", "integer"]),
     (lambda: F.max_unpool2d(x, np.full(x.shape, 999), 2), ValueError, ["indices", "[0, 256)"]),
+    (lambda: F.max_unpool2d(x[0], np.zeros((4, 8, 7), np.int64), 2), ValueError, ["indices", "(4, 8, 8)", "(4, 8, 7)"]),
+    (lambda: F.max_pool2d(x, 2, return_indices="yes"), TypeError, ["return_indices", "True or False", "'yes'"]),
     (lambda: F.linear(np.zeros((2, 5), np.float32), np.zeros((3, 4), np.float32)), ValueError,
      ["w", "in_features == 5", "(3, 4)"]),
     (lambda: F.linear_backward(np.zeros((2, 4), np.float32), lin_cache), ValueError, ["dout", "(2, 3)"]),

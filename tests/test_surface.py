@@ -29,6 +29,12 @@ def probs(*shape, seed=2):
 W5 = np.array([0.5, 2.0, 1.0, 0.1, 3.0])
 
 
+def pool_indices(shape, k, **kw):
+    """The indices torch's max_pool2d hands to max_unpool2d, for distinct values of this shape."""
+    x = np.random.default_rng(14).permutation(np.prod(shape)).reshape(shape).astype(np.float64)
+    return torch.nn.functional.max_pool2d(torch.tensor(x), k, return_indices=True, **kw)[1].numpy()
+
+
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("shape, dim", [((4, 5), 1), ((4, 5), -1), ((3, 4, 5), 0), ((2, 3, 4, 5), 1), ((6,), 0),
                                         ((2, 3, 4, 5), -2)])
@@ -157,11 +163,10 @@ def test_adaptive_pooling_any_sizes(op, shape, size):
     from test_functional import tie_free
 
     x = tie_free(np.random.default_rng(3), shape)
-    _, cache = check_op(op, [x], size)
+    check_op(op, [x], size)
     check_op(op, [x], size, dtype=np.float32, seed=1)
-    if op == "adaptive_max_pool2d":  # the indices torch returns
-        _, ref = torch.nn.functional.adaptive_max_pool2d(torch.tensor(x), size, return_indices=True)
-        np.testing.assert_array_equal(cache.indices, ref.numpy())
+    if op == "adaptive_max_pool2d":  # (out, indices) as torch's
+        check_op(op, [x], size, True)
 
 
 @pytest.mark.parametrize("kw", [{}, {"stride": 2}, {"padding": 2, "dilation": 2}, {"groups": 2, "stride": 3},
@@ -184,10 +189,9 @@ def test_pool1d(op, k, kw, batched):
     from test_functional import tie_free
 
     x = tie_free(np.random.default_rng(5), (2, 3, 10))
-    _, cache = check_op(op, [x if batched else x[0]], k, **kw)
-    if op == "max_pool1d":
-        _, ref = torch.nn.functional.max_pool1d(torch.tensor(x if batched else x[0]), k, return_indices=True, **kw)
-        np.testing.assert_array_equal(cache.indices, ref.numpy())
+    check_op(op, [x if batched else x[0]], k, **kw)
+    if op == "max_pool1d":  # (out, indices) as torch's
+        check_op(op, [x if batched else x[0]], k, return_indices=True, **kw)
 
 
 def test_sequence_and_adaptive_modules_match_torch():
@@ -240,6 +244,10 @@ def test_conv2d_same_and_valid_padding_as_torch(k, d, groups, padding):
     ("conv2d", [(4, 7, 8), (4, 2, 2, 3), None], (), {"padding": "same", "groups": 2}),
     ("conv_transpose2d", [(3, 5, 4), (3, 2, 4, 4), (2,)], (), {"stride": 2, "padding": 1}),
     ("max_pool2d", [(3, 7, 8)], (3,), {"stride": 2, "padding": 1, "ceil_mode": True}),
+    ("max_pool2d", [(3, 7, 8)], (3,), {"stride": 2, "padding": 1, "return_indices": True}),
+    ("max_unpool2d", [(3, 4, 4)], (pool_indices((3, 8, 8), 2), 2), {}),
+    ("max_unpool2d", [(2, 4, 5)], (pool_indices((2, 7, 9), 3, stride=2, padding=1), 3),
+     {"stride": 2, "padding": 1, "output_size": (8, 10)}),
     ("avg_pool2d", [(3, 7, 8)], (2,), {"count_include_pad": False, "padding": 1}),
     ("avg_pool2d", [(3, 7, 8)], (3,), {"divisor_override": 5, "stride": 2}),
 ])
@@ -251,8 +259,29 @@ def test_unbatched_conv_and_pooling(op, arrays, args, kw):
     _, cache = check_op(op, arrays, *args, **kw)
     check_op(op, arrays, *args, dtype=np.float32, seed=1, **kw)
     if op == "max_pool2d":
-        _, ref = torch.nn.functional.max_pool2d(torch.tensor(arrays[0]), *args, return_indices=True, **kw)
+        _, ref = torch.nn.functional.max_pool2d(torch.tensor(arrays[0]), *args, **{**kw, "return_indices": True})
         np.testing.assert_array_equal(cache.indices, ref.numpy())
+
+
+@pytest.mark.parametrize("shape, k, kw", [((2, 3, 6, 7), 2, {}), ((3, 7, 8), 3, {"stride": 2, "padding": 1}),
+                                          ((2, 2, 9, 9), (3, 2), {"stride": (2, 1), "padding": (1, 0)}),
+                                          ((2, 5, 5), 2, {"stride": 1})])
+def test_max_pool2d_return_indices_round_trip_through_max_unpool2d(shape, k, kw):
+    """(out, indices) as torch's; max_unpool2d(max_pool2d(x)) and ∂x back through both against torch autograd."""
+    from helpers import assert_close
+    from test_functional import tie_free
+
+    x = tie_free(np.random.default_rng(15), shape)
+    (pooled, indices), pool_cache = check_op("max_pool2d", [x], k, return_indices=True, **kw)
+    up, unpool_cache = check_op("max_unpool2d", [pooled], indices, k, output_size=shape[-2:], **kw)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.max_unpool2d(*torch.nn.functional.max_pool2d(xt, k, return_indices=True, **kw), k,
+                                           output_size=shape[-2:], **kw)
+    assert_close(up, ref, np.float64, "max_unpool2d(max_pool2d(x))")
+    dup = np.random.default_rng(16).standard_normal(up.shape)
+    ref.backward(torch.tensor(dup))
+    dx = F.max_pool2d_backward(F.max_unpool2d_backward(dup, unpool_cache), pool_cache)
+    assert_close(dx, xt.grad, np.float64, "∂x through both")
 
 
 @pytest.mark.parametrize("k, kw", [(2, {"divisor_override": 3}),
@@ -269,6 +298,8 @@ def test_positional_arguments_in_torch_order():
     w_t = rng.standard_normal((4, 3, 3, 3))
     check_op("conv_transpose2d", [x, w_t, None], 2, 1, 1, 2, 1)  # stride, padding, output_padding, groups, dilation
     check_op("max_pool2d", [x], 3, 2, 1, 1, True)  # kernel, stride, padding, dilation, ceil_mode
+    check_op("max_pool2d", [x], 3, 2, 1, 1, True, True)  # …, ceil_mode, return_indices
+    check_op("max_pool1d", [x[:, :, 0]], 3, 2, 1, 1, True, True)
     check_op("avg_pool2d", [x], 3, 2, 1, True, False, None)  # …, ceil_mode, count_include_pad, divisor_override
     check_op("conv1d", [x[:, :, 0], w[:, :, 0], b], 1, "same", 2, 2)
 

@@ -55,6 +55,12 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def float_array(x: Any, name: str, ndim: int | tuple[int, ...], layout: str = "") -> np.ndarray:
     """x must be a floating NumPy array with `ndim` dimensions (`layout` names them in errors)."""
     if not isinstance(x, np.ndarray):

@@ -1,13 +1,15 @@
 """Unbatched inputs, as torch takes them: an image (C, H, W) is a batch of one (1, C, H, W).
 
 `@unbatched` on a forward `op(x, ...) -> (out, cache)` and `@unbatched_backward` on its backward
-add and remove that batch axis around the batched code, which never sees the difference.
+add and remove that batch axis around the batched code, which never sees the difference.  A forward
+whose out is a pair (max_pool2d's (out, indices)) loses the axis on both; `@unbatched(also="indices")`
+adds it to a second input of x's shape too (max_unpool2d's indices).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 import numpy as np
@@ -22,17 +24,28 @@ class Unbatched:
 
     @property
     def indices(self) -> np.ndarray:
-        """max_pool2d's indices, without the batch axis."""
+        """The batched cache's indices (max_pool2d's, max_unpool2d's), without the batch axis."""
         return self.inner.indices[0]
 
 
-def unbatched(forward):
+def unbatched(forward=None, *, also: str | None = None):
+    if forward is None:
+        return partial(unbatched, also=also)
+
     @wraps(forward)
     def op(x, *args, **kwargs):
-        if isinstance(x, np.ndarray) and x.ndim == 3:
-            out, cache = forward(x[None], *args, **kwargs)
-            return out[0], Unbatched(cache, out.shape[1:])
-        return forward(x, *args, **kwargs)
+        if not (isinstance(x, np.ndarray) and x.ndim == 3):
+            return forward(x, *args, **kwargs)
+        if also is not None:  # the second batched input: the first positional argument after x, or by name
+            second = args[0] if args else kwargs.get(also)
+            if isinstance(second, np.ndarray):  # anything else: the batched code's own type error
+                if second.shape != x.shape:
+                    raise ValueError(f"{also}: expected the shape of x {x.shape}, got {second.shape}")
+                args, kwargs = ((second[None],) + args[1:], kwargs) if args else (args, {**kwargs, also: second[None]})
+        out, cache = forward(x[None], *args, **kwargs)
+        if isinstance(out, tuple):  # (out, indices)
+            return tuple(o[0] for o in out), Unbatched(cache, out[0].shape[1:])
+        return out[0], Unbatched(cache, out.shape[1:])
     return op
 
 

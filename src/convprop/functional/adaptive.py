@@ -75,9 +75,12 @@ class AdaptiveMaxPool2dCache:
     dtype: np.dtype
 
 
-def adaptive_max_pool2d(x: np.ndarray, output_size) -> tuple[np.ndarray, AdaptiveMaxPool2dCache]:
+def adaptive_max_pool2d(x: np.ndarray, output_size, return_indices: bool = False,
+                        ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], AdaptiveMaxPool2dCache]:
     """Y_ij = max over window (i, j); indices of the first maximum in row-major order (torch's).
-    x (N, C, H, W) or (C, H, W) -> (…, OH, OW); the cache's `indices` are torch's return_indices."""
+    x (N, C, H, W) or (C, H, W) -> (…, OH, OW); with return_indices ((out, indices), cache), indices
+    int64 flat h·W + w as torch's (also cache.indices)."""
+    return_indices = chk.boolean(return_indices, "return_indices")
     chk.float_array(x, "x", (3, 4), "N, C, H, W or C, H, W")
     oh, ow = _output_size(x, output_size)
     h, w = x.shape[-2:]
@@ -92,7 +95,7 @@ def adaptive_max_pool2d(x: np.ndarray, output_size) -> tuple[np.ndarray, Adaptiv
             k = window.argmax(axis=-1)  # the first maximum (NaN counts as the maximum)
             out[..., i, j] = np.take_along_axis(window, k[..., None], -1)[..., 0]
             indices[..., i, j] = (h0 + k // (w1 - w0)) * w + w0 + k % (w1 - w0)  # flat h·W + w
-    return out, AdaptiveMaxPool2dCache(indices, x.shape, x.dtype)
+    return ((out, indices) if return_indices else out), AdaptiveMaxPool2dCache(indices, x.shape, x.dtype)
 
 
 def adaptive_max_pool2d_backward(dout: np.ndarray, cache: AdaptiveMaxPool2dCache) -> np.ndarray:

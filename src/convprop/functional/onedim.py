@@ -82,14 +82,17 @@ def conv1d_backward(dout: np.ndarray, cache: OneDimCache, *, input_grad: bool = 
 
 
 def max_pool1d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-               ) -> tuple[np.ndarray, OneDimCache]:
-    """Max over windows along L.   (N, C, L) or (C, L); the cache's `indices` are torch's (positions along L)."""
+               return_indices: bool = False) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], OneDimCache]:
+    """Max over windows along L.   (N, C, L) or (C, L); with return_indices ((out, indices), cache), the
+    indices torch's (int64 positions along L, also cache.indices)."""
+    return_indices = chk.boolean(return_indices, "return_indices")
     xr, unbatched = _rows(x)
-    out, cache = max_pool2d(xr, (1, _one(kernel_size, "kernel_size", 1)),
+    out, inner = max_pool2d(xr, (1, _one(kernel_size, "kernel_size", 1)),
                             stride=None if stride is None else (1, _one(stride, "stride", 1)),
                             padding=(0, _one(padding, "padding", 0)), dilation=(1, _one(dilation, "dilation", 1)),
                             ceil_mode=ceil_mode)
-    return _back(out, unbatched), OneDimCache("max_pool1d", cache, unbatched)
+    out, cache = _back(out, unbatched), OneDimCache("max_pool1d", inner, unbatched)
+    return ((out, cache.indices) if return_indices else out), cache
 
 
 def max_pool1d_backward(dout: np.ndarray, cache: OneDimCache) -> np.ndarray:

@@ -99,12 +99,16 @@ class MaxPool2dCache:
 @unbatched  # (C, H, W): a batch of one
 def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None = None,
                padding: int | Pair = 0, dilation: int | Pair = 1, ceil_mode: bool = False,
-               ) -> tuple[np.ndarray, MaxPool2dCache]:
+               return_indices: bool = False,
+               ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], MaxPool2dCache]:
     """Z^l_ij = max of window ij (padding counts as −inf), as torch.nn.functional.max_pool2d.
 
-    x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW); cache.indices (N, C, OH, OW) int64 as torch's.
+    x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW), or with return_indices ((out, indices), cache):
+    indices (N, C, OH, OW) int64, torch's flat y·W + x per input plane, as max_unpool2d takes them
+    (also cache.indices).  The backward takes dout for out alone.
     Ties go to the first offset in row-major window order; a NaN wins, as in torch.
     """
+    return_indices = chk.boolean(return_indices, "return_indices")
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     win = g.view(x, -np.inf)
     kh, kw = g.kernel
@@ -128,7 +132,8 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
                 arg += (nan & np.isnan(cand)) * (k - arg).astype(arg.dtype)
 
     _threads.run(window_max, _threads.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
-    return out, MaxPool2dCache(argmax, g, x.dtype)
+    cache = MaxPool2dCache(argmax, g, x.dtype)
+    return ((out, cache.indices) if return_indices else out), cache
 
 
 @unbatched_backward
@@ -160,15 +165,17 @@ class MaxUnpool2dCache:
     dtype: np.dtype
 
 
+@unbatched(also="indices")  # (C, OH, OW) and its indices: a batch of one
 def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
                  stride: int | Pair | None = None, padding: int | Pair = 0,
                  output_size: tuple[int, ...] | None = None) -> tuple[np.ndarray, MaxUnpool2dCache]:
     """Put every x[n, c, i, j] at flat position indices[n, c, i, j] of a zero (H, W) plane.
 
-    x, indices (N, C, OH, OW) -> out (N, C, H, W), H = (OH − 1)s − 2p + kh unless output_size is
-    given (its last two entries), as torch.nn.functional.max_unpool2d; and the cache for backward.
+    x, indices (N, C, OH, OW) or (C, OH, OW) -> out (N, C, H, W) or (C, H, W),
+    H = (OH − 1)s − 2p + kh unless output_size is given (its last two entries),
+    as torch.nn.functional.max_unpool2d; and the cache for backward.
     """
-    chk.float_array(x, "x", 4, "N, C, OH, OW")
+    chk.float_array(x, "x", 4, "N, C, OH, OW; or C, OH, OW unbatched")
     if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu":
         raise TypeError(f"indices: expected an integer NumPy array, got "
                         f"{getattr(indices, 'dtype', type(indices).__name__)}")
@@ -193,10 +200,11 @@ def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
     return out.reshape(n, c, h, w), MaxUnpool2dCache(indices, (n, c, h, w), x.dtype)
 
 
+@unbatched_backward
 def max_unpool2d_backward(dout: np.ndarray, cache: MaxUnpool2dCache) -> np.ndarray:
     """∂x[n, c, i, j] = ∂out[n, c] at flat position indices[n, c, i, j]: unpooling's adjoint, a gather.
 
-    dout (N, C, H, W) -> (N, C, OH, OW).
+    dout (N, C, H, W) -> (N, C, OH, OW); unbatched (C, H, W) -> (C, OH, OW).
     """
     chk.cache_of(cache, MaxUnpool2dCache, "max_unpool2d")
     dout = chk.grad_output(dout, cache.out_shape, cache.dtype)

@@ -189,13 +189,12 @@ class MaxPool2d(_Layer):
                  ceil_mode: bool = False) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+        self.return_indices, self.ceil_mode = chk.boolean(return_indices, "return_indices"), ceil_mode
 
     def forward(self, x: np.ndarray):
-        out, cache = F.max_pool2d(x, self.kernel_size, stride=self.stride, padding=self.padding,
-                                  dilation=self.dilation, ceil_mode=self.ceil_mode)
-        self._cache = cache
-        return (out, cache.indices) if self.return_indices else out
+        out, self._cache = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                        self.return_indices)
+        return out  # (out, indices) with return_indices
 
 
     def extra_repr(self) -> str:
@@ -261,12 +260,11 @@ class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
 
     def __init__(self, output_size, return_indices: bool = False) -> None:
         super().__init__(output_size)
-        self.return_indices = return_indices
+        self.return_indices = chk.boolean(return_indices, "return_indices")
 
     def forward(self, x: np.ndarray):
-        out, cache = F.adaptive_max_pool2d(x, self.output_size)
-        self._cache = cache
-        return (out, cache.indices) if self.return_indices else out
+        out, self._cache = F.adaptive_max_pool2d(x, self.output_size, self.return_indices)
+        return out  # (out, indices) with return_indices
 
 
 class Conv1d(_Affine):
@@ -306,9 +304,9 @@ class MaxPool1d(MaxPool2d):
     _backward_fn = staticmethod(F.max_pool1d_backward)
 
     def forward(self, x: np.ndarray):
-        out, cache = F.max_pool1d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        self._cache = cache
-        return (out, cache.indices) if self.return_indices else out
+        out, self._cache = F.max_pool1d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                        self.return_indices)
+        return out  # (out, indices) with return_indices
 
 
 class AvgPool1d(AvgPool2d):
