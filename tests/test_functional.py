@@ -111,7 +111,9 @@ def test_activations_random(seed, monkeypatch):
     shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 5))))
     x = rng.standard_normal(shape) * float(rng.choice([1, 10]))
     x[np.abs(x) < 1e-3] = 0.5  # relu's kink: no finite difference straddles it
-    kw = {"negative_slope": float(rng.uniform(0, 0.5))} if name == "leaky_relu" else {}
+    # slopes in [0, 1), above 1 and negative: leaky_relu takes the larger or the smaller of Z and slope·Z
+    kw = {"negative_slope": float(rng.choice([rng.uniform(0, 1), rng.uniform(1, 3), -rng.uniform(0, 1)]))
+          } if name == "leaky_relu" else {}
     check_op(name, [x], dtype=random_dtype(rng), seed=seed, **kw)
 
 

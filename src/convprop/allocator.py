@@ -2,8 +2,8 @@
 
 glibc returns big freed blocks to the kernel (munmap, or trimming the top of its heap), so the
 next step's arrays of the same sizes fault in fresh zeroed pages. Raising the mmap and trim
-thresholds makes it keep those pages and hand them out again. Measured here: `convprop train
---model vgg_small` 786 → 1,260 images/s, a third of its time having gone to page faults.
+thresholds makes it keep those pages and hand them out again (what that bought: docs/performance.md,
+"What each optimisation bought").
 
 This is a process-wide setting, so the library never makes it on import; the `convprop train`
 command does, and a program of yours may call `keep_freed_memory()` itself. Off glibc it does nothing.

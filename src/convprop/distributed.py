@@ -1,7 +1,8 @@
 """Data parallelism on MPI: K processes (ranks) train one model, on one machine or on many.
 
-The seed's last step averages every gradient over the batch (the 1/β).  Spread a batch of N samples
-over K ranks, rank k holding n_k of them, and that average is a sum over ranks:
+Backprop's last step averages every gradient over the batch (the 1/β; docs/math.md, "Batch
+averaging").  Spread a batch of N samples over K ranks, rank k holding n_k of them, and that
+average is a sum over ranks:
 
     ∂L/∂W = (1/N) Σ_i ∂ℓ_i/∂W = Σ_k (n_k/N) · ∂L_k/∂W       (L_k: the mean loss of rank k's shard)
 

@@ -32,7 +32,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 def train_step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    """One step of the seed's algorithm: forward, loss and ∂Z_last, backward layer by layer, update.
+    """One step of backprop (docs/math.md): forward, loss and ∂Z_last, backward layer by layer, update.
     Returns (loss, number of correct predictions)."""
     optimizer.zero_grad()
     result = gradients(model, loss_fn, x, y)

@@ -2,8 +2,8 @@
 
 One pattern for all: an activation is two element-wise formulas, `_<name>(z, out)` for A and
 `_<name>_grad(da, saved, out)` for ∂Z = ∂A ⊙ act'(·), with act' written in what the forward saved
-(Z, or A where that is simpler).  `_forward` and `_backward` do the rest: the checks, the cache,
-and the batch split over convprop's threads.  Masks are multiplied, never selected: dtype preserved.
+(Z, or A where that is simpler), each into `out` with no other temporary.  `_forward` and `_backward`
+do the rest: the checks, the cache, and the batch split over convprop's threads.
 """
 
 from __future__ import annotations
@@ -58,13 +58,15 @@ def _relu_grad(da, a, out):
 
 
 def _leaky_relu(z, out, slope):
-    pos = z > 0
-    return np.multiply(z, pos + (~pos) * z.dtype.type(slope), out=out)  # A = Z if Z > 0 else slope·Z
+    np.multiply(z, z.dtype.type(slope), out=out)
+    # A = Z if Z > 0 else slope·Z, i.e. the larger of Z and slope·Z for slope ≤ 1 (the smaller for slope > 1)
+    return (np.maximum if slope <= 1 else np.minimum)(z, out, out=out)
 
 
 def _leaky_relu_grad(da, z, out, slope):
-    pos = z > 0
-    return np.multiply(da, pos + (~pos) * z.dtype.type(slope), out=out)  # ∂Z = ∂A ⊙ (1 if Z > 0 else slope)
+    np.multiply(z > 0, z.dtype.type(1 - slope), out=out)
+    out += z.dtype.type(slope)            # 1 if Z > 0 else slope
+    return np.multiply(da, out, out=out)  # ∂Z = ∂A ⊙ (1 if Z > 0 else slope)
 
 
 def _sigmoid(z, out):
@@ -73,7 +75,9 @@ def _sigmoid(z, out):
 
 
 def _sigmoid_grad(da, a, out):
-    return np.multiply(da, a * (1 - a), out=out)  # ∂Z = ∂A ⊙ A(1 − A)
+    np.subtract(1, a, out=out)
+    out *= a                          # A(1 − A)
+    return np.multiply(da, out, out=out)  # ∂Z = ∂A ⊙ A(1 − A)
 
 
 def _tanh(z, out):
@@ -81,7 +85,9 @@ def _tanh(z, out):
 
 
 def _tanh_grad(da, a, out):
-    return np.multiply(da, 1 - a * a, out=out)  # ∂Z = ∂A ⊙ (1 − A²)
+    np.multiply(a, a, out=out)
+    np.subtract(1, out, out=out)          # 1 − A²
+    return np.multiply(da, out, out=out)  # ∂Z = ∂A ⊙ (1 − A²)
 
 
 def relu(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:

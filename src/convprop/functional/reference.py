@@ -25,21 +25,21 @@ def _window(y, x, k, s, d):
             slice(x * s[1], x * s[1] + d[1] * (k[1] - 1) + 1, d[1]))
 
 
+def _patches(z_shape, k_hw, stride, dilation, groups, cg):
+    """Every output value (n, o, y, x) of Z (N, Cout, OH, OW), with the index of its patch in the padded
+    input: the channels of o's group, the rows and the columns of window (y, x)."""
+    for ni, o, y, x in np.ndindex(z_shape):
+        g = o // (z_shape[1] // groups)
+        yield (ni, o, y, x), (ni, slice(g * cg, (g + 1) * cg)) + _window(y, x, k_hw, stride, dilation)
+
+
 def conv2d(a, k, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """Z[n, o, y, x] = Σ K[o] ⊙ A_patch(n, y, x) + B[o], the patch from o's group of channels."""
     ap = _pad(np.asarray(a, float), padding)
-    n, c, _, _ = a.shape
-    cout, cg, kh, kw = k.shape
     oh, ow = (out_size(a.shape[2 + i], k.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
-    z = np.zeros((n, cout, oh, ow))
-    for ni in range(n):
-        for o in range(cout):
-            g = o // (cout // groups)
-            for y in range(oh):
-                for x in range(ow):
-                    rows, cols = _window(y, x, (kh, kw), stride, dilation)
-                    patch = ap[ni, g * cg: (g + 1) * cg, rows, cols]
-                    z[ni, o, y, x] = np.sum(k[o] * patch) + (0.0 if b is None else b[o])
+    z = np.zeros((a.shape[0], k.shape[0], oh, ow))
+    for (ni, o, y, x), patch in _patches(z.shape, k.shape[2:], stride, dilation, groups, k.shape[1]):
+        z[ni, o, y, x] = np.sum(k[o] * ap[patch]) + (0.0 if b is None else b[o])
     return z
 
 
@@ -48,16 +48,9 @@ def conv2d_backward(dz, a, k, stride=(1, 1), padding=(0, 0), dilation=(1, 1), gr
     ∂Z[n, o, y, x] times K[o] (unflipped) added back onto the window it came from; ∂B = Σ ∂Z."""
     ap = _pad(np.asarray(a, float), padding)
     dap, dk = np.zeros_like(ap), np.zeros(k.shape)
-    n, cout, oh, ow = dz.shape
-    cg = k.shape[1]
-    for ni in range(n):
-        for o in range(cout):
-            g = o // (cout // groups)
-            for y in range(oh):
-                for x in range(ow):
-                    rows, cols = _window(y, x, k.shape[2:], stride, dilation)
-                    dk[o] += ap[ni, g * cg: (g + 1) * cg, rows, cols] * dz[ni, o, y, x]
-                    dap[ni, g * cg: (g + 1) * cg, rows, cols] += k[o] * dz[ni, o, y, x]
+    for (ni, o, y, x), patch in _patches(dz.shape, k.shape[2:], stride, dilation, groups, k.shape[1]):
+        dk[o] += ap[patch] * dz[ni, o, y, x]
+        dap[patch] += k[o] * dz[ni, o, y, x]
     h, w = a.shape[2:]
     return dap[:, :, padding[0]: padding[0] + h, padding[1]: padding[1] + w], dk, dz.sum(axis=(0, 2, 3))
 
@@ -74,31 +67,23 @@ def max_pool2d(a, kernel, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=Fal
     (row, col) in A of the window's first maximum (row-major; without NaNs)."""
     (oh, ow), extra = _pool_geometry(a, kernel, stride, padding, dilation, ceil_mode)
     ap = _pad(np.asarray(a, float), padding, extra, -np.inf)
-    n, c = a.shape[:2]
-    z, arg = np.zeros((n, c, oh, ow)), np.zeros((n, c, oh, ow, 2), int)
-    for ni in range(n):
-        for ci in range(c):
-            for y in range(oh):
-                for x in range(ow):
-                    rows, cols = _window(y, x, kernel, stride, dilation)
-                    window = ap[ni, ci, rows, cols]
-                    i, j = np.unravel_index(np.argmax(window), window.shape)
-                    z[ni, ci, y, x] = window[i, j]
-                    arg[ni, ci, y, x] = (rows.start + i * dilation[0] - padding[0],
-                                         cols.start + j * dilation[1] - padding[1])
+    z = np.zeros(a.shape[:2] + (oh, ow))
+    arg = np.zeros(z.shape + (2,), int)
+    for ni, ci, y, x in np.ndindex(z.shape):
+        rows, cols = _window(y, x, kernel, stride, dilation)
+        window = ap[ni, ci, rows, cols]
+        i, j = np.unravel_index(np.argmax(window), window.shape)
+        z[ni, ci, y, x] = window[i, j]
+        arg[ni, ci, y, x] = (rows.start + i * dilation[0] - padding[0], cols.start + j * dilation[1] - padding[1])
     return z, arg
 
 
 def max_pool2d_backward(dz, a_shape, argmax):
     """max-unpool: ∂A[argmax of window (y, x)] += ∂Z[y, x]; zero where no window's max was."""
     da = np.zeros(a_shape)
-    n, c, oh, ow = dz.shape
-    for ni in range(n):
-        for ci in range(c):
-            for y in range(oh):
-                for x in range(ow):
-                    i, j = argmax[ni, ci, y, x]
-                    da[ni, ci, i, j] += dz[ni, ci, y, x]
+    for ni, ci, y, x in np.ndindex(dz.shape):
+        i, j = argmax[ni, ci, y, x]
+        da[ni, ci, i, j] += dz[ni, ci, y, x]
     return da
 
 

@@ -225,7 +225,7 @@ class Engine:
 
 
 def _conv_pieces(layer: nn.Conv2d, a: np.ndarray, dz: np.ndarray, top: int = 4) -> dict | None:
-    """The seed's two sums for a conv layer, on this input: ∂A = Σ_o ∂Z_o ⋆ᵀ K_o (the largest of the
+    """A conv layer's two sums of docs/math.md, on this input: ∂A = Σ_o ∂Z_o ⋆ᵀ K_o (the largest of the
     per-channel transposed convolutions, by convprop's conv_transpose2d) and, for the output channel o
     with the largest Σ|∂Z_o|, the patches A_patch_ij ⊙ ∂Z_ij of the `top` largest |∂Z_ij|, whose sum over all
     ij is ∂W_o.  None for grouped or dilated convolutions (the pictures assume neither)."""
