@@ -31,8 +31,10 @@ WORKER = r"""
 import json, sys, time
 import numpy as np
 from convprop import distributed, models, nn, optim, set_num_threads
+from convprop.allocator import keep_freed_memory
 from convprop.random import manual_seed
 set_num_threads(1)
+keep_freed_memory()  # as `convprop train` does
 rank, world = distributed.init()
 name, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 manual_seed(0)
@@ -68,9 +70,11 @@ SHARDS = r"""
 import json, sys, time
 import numpy as np
 from convprop import models, nn, optim, set_num_threads
+from convprop.allocator import keep_freed_memory
 from convprop.random import manual_seed
 from convprop.train import train_step
 set_num_threads(1)
+keep_freed_memory()  # as `convprop train` does
 name, sizes, steps, least = sys.argv[1], [int(b) for b in sys.argv[2].split(",")], int(sys.argv[3]), int(sys.argv[4])
 manual_seed(0)
 model = models.build(name, num_classes=10)
@@ -143,16 +147,18 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported (default 5)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per job (default 20)")
     p.add_argument("--smoke", action="store_true", help="batch 16, 2 rounds, 3 steps: checks that it runs (CI)")
+    p.add_argument("--models", default="lenet5,vgg_small", help="comma-separated (default lenet5,vgg_small)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
+    names = args.models.split(",")
     ranks = [int(k) for k in args.ranks.split(",")]
     batch, rounds, steps = (16, 2, 3) if args.smoke else (256, args.rounds, args.steps)
-    configs = [(m, batch, k) for m in ("lenet5", "vgg_small") for k in ranks]
+    configs = [(m, batch, k) for m in names for k in ranks]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f} "
           f"(other processes share this machine: read ratios, not absolute times)")
     samples: dict = {c: [] for c in configs}
     sizes = sorted({max(1, batch // k) for k in NODES}, reverse=True)
-    shard_samples: dict = {m: [] for m in ("lenet5", "vgg_small")}
+    shard_samples: dict = {m: [] for m in names}
     for _ in range(rounds):
         for c in configs:
             samples[c].append(run_one(*c, steps))
@@ -165,13 +171,18 @@ def main(argv=None) -> int:
                      "allreduce_ms": statistics.median(s["allreduce_s"] for s in got) * 1e3,
                      "buffer_bytes": got[0]["buffer_bytes"], "steps_ms": [s["step_s"] * 1e3 for s in got]})
     base = {r["model"]: r["images_per_s"] for r in rows if r["ranks"] == 1}
-    print(f"{'model':<10} {'batch':>5} {'ranks':>5} {'step ms':>8} {'img/s':>8} {'speed-up':>8} "
+    print(f"{'model':<10} {'batch':>5} {'ranks':>5} {'step ms':>8} {'img/s':>8} {'speed-up':>8} {'paired':>7} "
           f"{'Allreduce ms':>12} {'buffer':>10}")
     for r in rows:
         r["speedup"] = r["images_per_s"] / base[r["model"]] if r["model"] in base else None
+        # the machine's speed drifts from minute to minute: also the median of each round's own ratio
+        ones, these = samples.get((r["model"], r["batch"], 1)), samples[(r["model"], r["batch"], r["ranks"])]
+        r["paired_speedup"] = (statistics.median(a["step_s"] / k["step_s"] for a, k in zip(ones, these))
+                               if ones else None)
         speedup = f"{r['speedup']:.2f}×" if r["speedup"] else "-"
+        paired = f"{r['paired_speedup']:.2f}×" if r["paired_speedup"] else "-"
         print(f"{r['model']:<10} {r['batch']:>5} {r['ranks']:>5} {r['step_ms']:>8.1f} {r['images_per_s']:>8.0f} "
-              f"{speedup:>8} {r['allreduce_ms']:>12.3f} {r['buffer_bytes'] / 1e3:>8.1f} kB")
+              f"{speedup:>8} {paired:>7} {r['allreduce_ms']:>12.3f} {r['buffer_bytes'] / 1e3:>8.1f} kB")
     # the cost model: measured shard compute + modelled collectives
     shard = {m: {b: statistics.median(s[b] for s in got) for b in sizes} for m, got in shard_samples.items()}
     model_rows = []
