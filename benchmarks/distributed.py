@@ -50,6 +50,9 @@ step = (lambda: distributed.step(model, loss_fn, opt, x, y)) if world > 1 else (
     lambda: __import__("convprop.train", fromlist=["x"]).train_step(model, loss_fn, opt, x, y))
 for _ in range(3):
     step()
+import os
+while time.time() < float(os.environ.get("START_AT", 0)):  # independent jobs started together time together
+    time.sleep(0.001)
 times = []
 for _ in range(steps):
     t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
@@ -111,6 +114,19 @@ def syncs(model: str) -> int:
     return 1 + 2 * sum(isinstance(m, nn.BatchNorm2d) for m in net)
 
 
+def run_independent(model: str, batch: int, k: int, steps: int) -> dict:
+    """k independent one-process jobs at once, each training on its batch/k shard and never
+    communicating, timed over the same seconds: what k cores give k shards here — the ceiling of any
+    data-parallel engine on this machine.  The step is the slowest job's (a synchronous step waits for it)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "START_AT": str(time.time() + 3)}
+    jobs = [subprocess.Popen([sys.executable, "-c", WORKER, model, str(batch // k), str(steps)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(k)]
+    outs = [job.communicate(timeout=600) for job in jobs]
+    if any(job.returncode for job in jobs):
+        raise RuntimeError(f"independent {model} jobs: {outs[0][1].strip()[-2000:]}")
+    return {"step_s": max(json.loads(out.strip().splitlines()[-1])["step_s"] for out, _ in outs)}
+
+
 def run_shards(model: str, sizes: list[int], steps: int, least: int) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", SHARDS, model, ",".join(map(str, sizes)), str(steps), str(least)],
@@ -157,11 +173,15 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f} "
           f"(other processes share this machine: read ratios, not absolute times)")
     samples: dict = {c: [] for c in configs}
+    ceiling_configs = [(m, batch, k) for m, b, k in configs if 1 < k <= (os.cpu_count() or 1) and 1 in ranks]
+    ceiling: dict = {c: [] for c in ceiling_configs}
     sizes = sorted({max(1, batch // k) for k in NODES}, reverse=True)
     shard_samples: dict = {m: [] for m in names}
     for _ in range(rounds):
         for c in configs:
             samples[c].append(run_one(*c, steps))
+        for c in ceiling_configs:
+            ceiling[c].append(run_independent(*c, steps))
         for m in shard_samples:
             shard_samples[m].append(run_shards(m, sizes, steps, 0 if args.smoke else 2000))
     rows = []
@@ -183,6 +203,18 @@ def main(argv=None) -> int:
         paired = f"{r['paired_speedup']:.2f}×" if r["paired_speedup"] else "-"
         print(f"{r['model']:<10} {r['batch']:>5} {r['ranks']:>5} {r['step_ms']:>8.1f} {r['images_per_s']:>8.0f} "
               f"{speedup:>8} {paired:>7} {r['allreduce_ms']:>12.3f} {r['buffer_bytes'] / 1e3:>8.1f} kB")
+    if ceiling:
+        print(f"\nthe machine's ceiling: K independent processes at once, each stepping on its {batch}/K shard with no "
+              "communication at all (the slowest one's step; paired with the round's 1-rank step)")
+    independent = []
+    for (model, b, k), got in ceiling.items():
+        step_s = statistics.median(s["step_s"] for s in got)
+        paired = statistics.median(a["step_s"] / c["step_s"] for a, c in zip(samples[(model, b, 1)], got))
+        independent.append({"model": model, "batch": b, "processes": k, "step_ms": step_s * 1e3,
+                     "images_per_s": b / step_s, "speedup": b / step_s / base[model], "paired_speedup": paired,
+                     "steps_ms": [s["step_s"] * 1e3 for s in got]})
+        print(f"{model:<10} {b:>5} {k:>5} {step_s * 1e3:>8.1f} {b / step_s:>8.0f} {b / step_s / base[model]:>7.2f}× "
+              f"{paired:>6.2f}×")
     # the cost model: measured shard compute + modelled collectives
     shard = {m: {b: statistics.median(s[b] for s in got) for b in sizes} for m, got in shard_samples.items()}
     model_rows = []
@@ -224,7 +256,7 @@ def main(argv=None) -> int:
             json.dump({"cpu": cpu_model(), "cpus": os.cpu_count(), "rounds": rounds, "rows": rows,
                        "shard_ms": {m: {b: v * 1e3 for b, v in d.items()} for m, d in shard.items()},
                        "shard_fit_ms": {m: [t0 * 1e3, t1 * 1e3] for m, (t0, t1) in fits.items()},
-                       "cost_model": model_rows,
+                       "cost_model": model_rows, "independent": independent,
                        "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, f, indent=1)
     return 0
 

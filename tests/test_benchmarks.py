@@ -68,6 +68,9 @@ def test_distributed_benchmark_runs_at_smoke_size(tmp_path):
     assert all(row["allreduce_ms"] > 0 for row in result["rows"] if row["ranks"] == 2)
     assert {row["nodes"] for row in result["cost_model"]} == {1, 2, 4, 8, 16, 32, 64}
     assert "check, 2 local ranks: predicted" in r.stdout
+    # the machine's ceiling: 2 independent processes on the 8-image shards, no communication
+    assert [(row["model"], row["processes"]) for row in result["independent"]] == [("lenet5", 2), ("vgg_small", 2)]
+    assert all(row["step_ms"] > 0 and row["paired_speedup"] > 0 for row in result["independent"])
 
 
 def test_deploy_benchmark_runs_at_smoke_size():

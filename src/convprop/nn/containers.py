@@ -67,8 +67,8 @@ class BasicBlock(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.relu1(self.bn1(self.conv1(x)))  # the residual branch f(x) …
         out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)  # … and the shortcut g(x)
-        return self.relu2(out + identity)  # join: s = f(x) + g(x), then y = relu(s)
+        out += x if self.downsample is None else self.downsample(x)  # join: s = f(x) + g(x), the shortcut g(x)
+        return self.relu2(out)  # y = relu(s)
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         ds = self.relu2.backward(dout)  # ∂s = ∂y ⊙ relu'(s)
@@ -78,7 +78,8 @@ class BasicBlock(Module):
         dx_short = ds if self.downsample is None else self.downsample.backward(ds, input_grad=input_grad)
         if not input_grad:
             return None
-        return dx + dx_short  # fork: x fed both branches, so their ∂x add
+        dx += dx_short  # fork: x fed both branches, so their ∂x add
+        return dx
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"
