@@ -67,8 +67,8 @@ class BasicBlock(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.relu1(self.bn1(self.conv1(x)))  # the residual branch f(x) …
         out = self.bn2(self.conv2(out))
-        out += x if self.downsample is None else self.downsample(x)  # join: s = f(x) + g(x), the shortcut g(x)
-        return self.relu2(out)  # y = relu(s)
+        identity = x if self.downsample is None else self.downsample(x)  # … and the shortcut g(x)
+        return self.relu2(out + identity)  # join: s = f(x) + g(x), then y = relu(s)
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         ds = self.relu2.backward(dout)  # ∂s = ∂y ⊙ relu'(s)
