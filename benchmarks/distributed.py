@@ -65,7 +65,7 @@ for _ in range(50 if world > 1 else 0):
 if rank == 0:
     n = sum(p.data.size for p in params)
     print(json.dumps({"step_s": float(np.median(times)), "allreduce_s": float(np.median(ar)) if ar else 0.0,
-                      "buffer_bytes": (n + 3) * 4}))
+                      "buffer_bytes": (n + 4) * 4}))
 """
 
 
@@ -106,12 +106,13 @@ def ring_allreduce_s(nbytes: float, k: int, bandwidth: float, alpha: float) -> f
 
 
 def syncs(model: str) -> int:
-    """Small (latency-bound) collectives per step besides the gradients': the batch size's, and two per
-    BatchNorm layer."""
+    """Small (latency-bound) collectives per step besides the gradients': with BatchNorm (synchronised),
+    the batch size's and two per BatchNorm layer; without, none (the batch size rides in the gradients')."""
     from convprop import models, nn
 
     net = models.build(model, num_classes=10)
-    return 1 + 2 * sum(isinstance(m, nn.BatchNorm2d) for m in net)
+    bn = sum(isinstance(m, nn.BatchNorm2d) for m in net)
+    return 1 + 2 * bn if bn else 0
 
 
 def run_independent(model: str, batch: int, k: int, steps: int) -> dict:

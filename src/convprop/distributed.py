@@ -383,35 +383,45 @@ def step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndar
     """One step on the global batch whose shard this rank holds: train.train_step's step, with the
     batch spread over the ranks.  Returns (the global batch's mean loss, its number of correct, its size N).
 
-    The global batch size N comes first (a small Allreduce, overlapped with the forward); this rank's
-    ∂L_k/∂Z is scaled by n_k/N before backward, so backward yields this shard's part of ∂L/∂W (also
-    through SyncBatchNorm's sums), and one fused Allreduce adds the parts — with n_k·L_k and the
-    count of correct predictions riding along.  A non-finite loss on any rank raises Divergence on
-    every rank, after the same collectives, before any step."""
+    ∂L/∂W = Σ_k (n_k/N) ∂L_k/∂W.  Without synchronised BatchNorm, each rank's backward yields its
+    shard's ∂L_k/∂W and one fused Allreduce sums n_k·∂L_k/∂W together with n_k, n_k·L_k and the count
+    of correct predictions; dividing by N = Σ n_k finishes the average: one collective a step, so a
+    rank waits for the others once.  With SyncBatchNorm the shards' ∂ must share one scale inside
+    the backward (its sums run over every rank), so N comes first (a small Allreduce, overlapped
+    with the forward) and ∂L_k/∂Z is scaled by n_k/N before backward.  A non-finite loss on any rank
+    raises Divergence on every rank, after the same collectives, before any step."""
     from mpi4py import MPI
 
     from .train import Divergence
 
     n_k = len(y) if hasattr(y, "__len__") else 0
-    count = np.array([float(n_k)])
-    request = _comm.Iallreduce(MPI.IN_PLACE, count, op=MPI.SUM)
+    synced = any(getattr(m, "allreduce", None) is not None for m in _modules(model))
+    if synced:
+        count = np.array([float(n_k)])
+        request = _comm.Iallreduce(MPI.IN_PLACE, count, op=MPI.SUM)
     optimizer.zero_grad()
     try:
         logits = model(x)  # forward on this shard (SyncBatchNorm: the global batch's statistics)
         loss, dlogits = loss_fn(logits, y)  # L_k, ∂L_k/∂Z
     finally:
-        _wait(request, "the batch-size Allreduce")
-    N = count[0]
+        if synced:
+            _wait(request, "the batch-size Allreduce")
     finite = bool(np.isfinite(loss))
     with np.errstate(all="ignore") if not finite else nullcontext():  # (diverged: nan in, nan out, no warnings)
         # this shard's part of ∂L/∂W; a diverged rank runs it too, for SyncBatchNorm's collectives
-        model.backward(dlogits * dlogits.dtype.type(n_k / N), input_grad=False)
+        model.backward(dlogits * dlogits.dtype.type(n_k / count[0]) if synced else dlogits, input_grad=False)
     correct = int((logits.argmax(axis=1) == y).sum())
-    extra = allreduce_gradients(model.parameters(), [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0])
+    params = list(model.parameters())
+    extra = allreduce_gradients(params, [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0, n_k],
+                                weight=1.0 if synced else n_k)
+    N = extra[3]
     if extra[2]:
         optimizer.zero_grad()
         raise mark_every_rank(Divergence("the loss became nan or inf on "
                          f"{int(extra[2])} of {_size} ranks: training diverged (try a smaller --lr)"))
+    if not synced:
+        for p in params:
+            p.grad /= p.grad.dtype.type(N)  # Σ_k n_k ∂L_k/∂W / N
     optimizer.step()  # the same update on every rank: W ← W − lr·∂W (or the optimizer's rule)
     return float(extra[0] / N), int(round(extra[1])), int(N)
 
