@@ -28,7 +28,7 @@ import sys
 import time
 
 WORKER = r"""
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 from convprop import distributed, models, nn, optim, set_num_threads
 from convprop.allocator import keep_freed_memory
@@ -50,7 +50,6 @@ step = (lambda: distributed.step(model, loss_fn, opt, x, y)) if world > 1 else (
     lambda: __import__("convprop.train", fromlist=["x"]).train_step(model, loss_fn, opt, x, y))
 for _ in range(3):
     step()
-import os
 while time.time() < float(os.environ.get("START_AT", 0)):  # independent jobs started together time together
     time.sleep(0.001)
 times = []
@@ -174,7 +173,7 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_model()}, {os.cpu_count()} CPUs; load average at start {os.getloadavg()[0]:.2f} "
           f"(other processes share this machine: read ratios, not absolute times)")
     samples: dict = {c: [] for c in configs}
-    ceiling_configs = [(m, batch, k) for m, b, k in configs if 1 < k <= (os.cpu_count() or 1) and 1 in ranks]
+    ceiling_configs = [c for c in configs if 1 < c[2] <= (os.cpu_count() or 1) and 1 in ranks]
     ceiling: dict = {c: [] for c in ceiling_configs}
     sizes = sorted({max(1, batch // k) for k in NODES}, reverse=True)
     shard_samples: dict = {m: [] for m in names}

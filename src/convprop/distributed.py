@@ -242,6 +242,16 @@ def broadcast_parameters(model: Module, root: int = 0) -> None:
         value[...] = box.reshape(value.shape)
 
 
+def _average_gradients(params: list[Parameter], n: float, extra=()) -> np.ndarray:
+    """Replace every parameter's .grad by the n-weighted mean over the ranks, Σ_k n_k·grad_k / Σ_k n_k:
+    one fused Allreduce (allreduce_gradients) that also sums `extra` and n.  Returns the summed
+    extra followed by N = Σ_k n_k (float64)."""
+    summed = allreduce_gradients(params, [*extra, n], weight=n)
+    for p in params:
+        p.grad /= p.grad.dtype.type(summed[-1])
+    return summed
+
+
 def sync_batch_norm(model: Module) -> Module:
     """Make every BatchNorm layer of model normalise with the statistics of the whole batch over
     every rank (torch's SyncBatchNorm): its forward sums (m, Σx, Σx²) per channel over the ranks and
@@ -411,17 +421,14 @@ def step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndar
         # this shard's part of ∂L/∂W; a diverged rank runs it too, for SyncBatchNorm's collectives
         model.backward(dlogits * dlogits.dtype.type(n_k / count[0]) if synced else dlogits, input_grad=False)
     correct = int((logits.argmax(axis=1) == y).sum())
-    params = list(model.parameters())
-    extra = allreduce_gradients(params, [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0, n_k],
-                                weight=1.0 if synced else n_k)
+    params, sums = list(model.parameters()), [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0]
+    # SyncBatchNorm: the parts already carry n_k/N, so they are only summed; else Σ_k n_k ∂L_k/∂W / N
+    extra = allreduce_gradients(params, [*sums, n_k]) if synced else _average_gradients(params, n_k, sums)
     N = extra[3]
     if extra[2]:
         optimizer.zero_grad()
         raise mark_every_rank(Divergence("the loss became nan or inf on "
                          f"{int(extra[2])} of {_size} ranks: training diverged (try a smaller --lr)"))
-    if not synced:
-        for p in params:
-            p.grad /= p.grad.dtype.type(N)  # Σ_k n_k ∂L_k/∂W / N
     optimizer.step()  # the same update on every rank: W ← W − lr·∂W (or the optimizer's rule)
     return float(extra[0] / N), int(round(extra[1])), int(N)
 
@@ -465,9 +472,6 @@ class DistributedOptimizer:
         return getattr(self.optimizer, name)
 
     def step(self, n: int | None = None) -> None:
-        w = 1.0 if n is None else float(n)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        total = allreduce_gradients(params, [w], weight=w)[0]
-        for p in params:
-            p.grad /= p.grad.dtype.type(total)
+        _average_gradients(params, 1.0 if n is None else float(n))
         self.optimizer.step()
