@@ -87,6 +87,15 @@ def max_pool2d_backward(dz, a_shape, argmax):
     return da
 
 
+def _avg_windows(out_hw, a_shape, kernel, stride, padding, include_pad):
+    """Every window (y, x) of average pooling: the (rows, cols) of the input cells it sums, and its
+    r_size (counting the zero padding if include_pad)."""
+    for y, x in np.ndindex(*out_hw):
+        (r0, r1, rh), (c0, c1, rw) = (_cells(v * stride[i] - padding[i], kernel[i], a_shape[2 + i], padding[i],
+                                             include_pad) for i, v in enumerate((y, x)))
+        yield y, x, (slice(r0, r1), slice(c0, c1)), rh * rw
+
+
 def _cells(start, k, size, p, include_pad):
     """The input cells [lo, hi) a window starting at `start` (−p at the left edge) sums, and r_size along one axis."""
     end = min(start + k, size + p)
@@ -98,20 +107,14 @@ def avg_pool2d(a, kernel, stride, padding=(0, 0), ceil_mode=False, count_include
     """Z[n, c, y, x] = Σ window (y, x) / r_size, r_size counting the zero padding if asked."""
     (oh, ow), _ = _pool_geometry(a, kernel, stride, padding, (1, 1), ceil_mode)
     z = np.zeros(a.shape[:2] + (oh, ow))
-    for y in range(oh):
-        for x in range(ow):
-            r0, r1, rh = _cells(y * stride[0] - padding[0], kernel[0], a.shape[2], padding[0], count_include_pad)
-            c0, c1, rw = _cells(x * stride[1] - padding[1], kernel[1], a.shape[3], padding[1], count_include_pad)
-            z[:, :, y, x] = np.asarray(a, float)[:, :, r0:r1, c0:c1].sum(axis=(2, 3)) / (rh * rw)
+    for y, x, (rows, cols), r_size in _avg_windows((oh, ow), a.shape, kernel, stride, padding, count_include_pad):
+        z[:, :, y, x] = np.asarray(a, float)[:, :, rows, cols].sum(axis=(2, 3)) / r_size
     return z
 
 
 def avg_pool2d_backward(dz, a, kernel, stride, padding=(0, 0), count_include_pad=True):
     """∂A += ∂Z[y, x] / r_size on every cell of window (y, x): the even spread, overlaps summed."""
     da = np.zeros(a.shape)
-    for y in range(dz.shape[2]):
-        for x in range(dz.shape[3]):
-            r0, r1, rh = _cells(y * stride[0] - padding[0], kernel[0], a.shape[2], padding[0], count_include_pad)
-            c0, c1, rw = _cells(x * stride[1] - padding[1], kernel[1], a.shape[3], padding[1], count_include_pad)
-            da[:, :, r0:r1, c0:c1] += dz[:, :, y, x][:, :, None, None] / (rh * rw)
+    for y, x, (rows, cols), r_size in _avg_windows(dz.shape[2:], a.shape, kernel, stride, padding, count_include_pad):
+        da[:, :, rows, cols] += dz[:, :, y, x][:, :, None, None] / r_size
     return da
