@@ -153,7 +153,7 @@ def test_export_float64_and_refusals(tmp_path):
 
     with pytest.raises(OnnxError, match=r"^1 \(Custom\): no ONNX export for this layer"):
         conv_onnx.export(nn.Sequential(nn.ReLU(), Custom()), str(tmp_path / "c.onnx"), (1, 3))
-    with pytest.raises(OnnxError, match=r"return_indices=True"):
+    with pytest.raises(OnnxError, match=r"^model \(Sequential\): it returns the indices of a MaxPool2d; ONNX's"):
         conv_onnx.export(nn.Sequential(nn.MaxPool2d(2, return_indices=True)), str(tmp_path / "c.onnx"), (1, 1, 4, 4))
     with pytest.raises(ValueError, match=r"^opset: expected an int from 13"):
         conv_onnx.export(model, str(tmp_path / "c.onnx"), (1, 4), opset=7)
@@ -291,6 +291,13 @@ HELPER_CASES = {  # one model per supported operator and attribute: (nodes, init
        if hasattr(nn, "Conv1d") else {}),
     "Constant": ([N("Constant", [], ["s"], value=onnx.numpy_helper.from_array(np.array([0, -1], np.int64))),
                   N("Reshape", ["x", "s"], ["y"])], {}, (2, 3, 4)),
+    "MaxPool-Indices-MaxUnpool": ([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+                                   N("Tanh", ["p"], ["t"]),
+                                   N("MaxUnpool", ["t", "i"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                                  {}, (2, 3, 6, 8)),
+    "MaxUnpool-output_shape": ([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[3, 2], strides=[3, 2], pads=[1, 0, 1, 0]),
+                                N("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[3, 2], strides=[3, 2],
+                                  pads=[1, 0, 1, 0])], {"s": np.array([2, 3, 7, 5], np.int64)}, (2, 3, 7, 5)),
 }
 
 
@@ -463,3 +470,136 @@ def test_export_modules_whose_forward_forks_and_joins(tmp_path):
     with pytest.raises(OnnxError, match=r"^fc \(Linear\): its input is computed by code other than layers"):
         conv_onnx.export(Scaled(), str(tmp_path / "s.onnx"), (1, 3))
     assert nn.Module.__call__ is conv_onnx._original_call  # the tracing is undone after an error too
+
+
+# --------------------------------------------------------------------------- MaxPool's indices and MaxUnpool
+class EncoderDecoder(nn.Module):
+    """conv → pool, keeping the indices → conv → unpool at those indices → conv (SegNet's pattern)."""
+
+    def __init__(self, pool, unpool, output_size: bool):
+        super().__init__()
+        self.conv1, self.act1, self.pool = nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), pool
+        self.conv2, self.act2, self.unpool = nn.Conv2d(3, 3, 3, padding=1), nn.Tanh(), unpool
+        self.conv3, self.output_size = nn.Conv2d(3, 2, 3, padding=1), output_size
+
+    def forward(self, x):
+        h = self.act1(self.conv1(x))
+        p, indices = self.pool(h)
+        y = self.act2(self.conv2(p))
+        return self.conv3(self.unpool(y, indices, output_size=h.shape if self.output_size else None))
+
+
+UNPOOL_CASES = {  # name: (pool, unpool, output_size given, input shape)
+    "maxpool2d": (lambda: nn.MaxPool2d(2, return_indices=True), lambda: nn.MaxUnpool2d(2), False, (2, 2, 6, 8)),
+    "maxpool2d-odd-output-size": (lambda: nn.MaxPool2d(2, return_indices=True), lambda: nn.MaxUnpool2d(2), True,
+                                  (2, 2, 7, 5)),
+    "maxpool2d-stride-pad": (lambda: nn.MaxPool2d(3, padding=1, return_indices=True),
+                             lambda: nn.MaxUnpool2d(3, padding=1), True, (2, 2, 9, 8)),
+    "adaptive-maxpool2d": (lambda: nn.AdaptiveMaxPool2d((2, 3), return_indices=True), lambda: nn.MaxUnpool2d(3),
+                           False, (2, 2, 6, 9)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNPOOL_CASES))
+def test_export_maxpool_indices_into_maxunpool_matches_onnxruntime(name, tmp_path):
+    pool, unpool, output_size, shape = UNPOOL_CASES[name]
+    convprop.random.manual_seed(0)
+    model = EncoderDecoder(pool(), unpool(), output_size).eval()
+    path = conv_onnx.export(model, str(tmp_path / "ed.onnx"), shape)
+    assert [n.op_type for n in onnx.load(path).graph.node].count("MaxUnpool") == 1
+    for batch in (shape[0], 3):  # whole-tensor indices and output_shape follow the dynamic batch
+        x = _input((batch, *shape[1:]))
+        assert_close(run_ort(path, x), model(x), name)
+    back = conv_onnx.load(path)  # a Graph whose MaxPool returns (out, indices)
+    assert isinstance(back, Graph)
+    x = _input(shape, seed=2)
+    assert_close(back.eval()(x), model(x), f"{name} round trip", 1e-6)
+    again = conv_onnx.export(back, str(tmp_path / "again.onnx"), shape)  # and out again
+    assert_close(run_ort(again, x), model(x), f"{name} re-exported")
+
+
+def test_export_maxpool_indices_used_otherwise_is_refused(tmp_path):
+    class Misuse(nn.Module):
+        def __init__(self, use):
+            super().__init__()
+            self.pool, self.unpool, self.relu, self.use = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2), \
+                nn.ReLU(), use
+
+        def forward(self, x):
+            p, i = self.pool(x)
+            return self.relu(i) if self.use == "layer" else self.unpool(p, i if self.use == "size" else i + 0)
+
+    for use, message in (("layer", r"^relu \(ReLU\): its input is the indices of a MaxPool2d; ONNX's MaxPool counts"),
+                         ("arithmetic", r"^unpool \(MaxUnpool2d\): indices must be those a MaxPool2d"),
+                         ("size", r"^unpool \(MaxUnpool2d\): output 4×4 differs from its pooled input 5×5")):
+        with pytest.raises(OnnxError, match=message):
+            conv_onnx.export(Misuse(use), str(tmp_path / "m.onnx"), (1, 1, 5, 5))
+
+
+def test_load_torch_encoder_decoder_forward_and_gradients_match_autograd(tmp_path):
+    """torch.onnx.export writes MaxPool's Indices converted to torch's per-plane form (a Sub of each
+    plane's offset, from a second MaxPool of kernel 1); it has no MaxUnpool, so the test registers the
+    symbolic a user would: Add the offsets back, MaxUnpool to the pooled input's Shape."""
+    torch = pytest.importorskip("torch")
+    t = torch.nn
+
+    class TorchEncoderDecoder(t.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.pool = t.Conv2d(2, 3, 3, padding=1), t.MaxPool2d(2, return_indices=True)
+            self.conv2, self.unpool = t.Conv2d(3, 3, 3, padding=1), t.MaxUnpool2d(2)
+            self.conv3 = t.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = torch.tanh(self.conv1(x))
+            p, indices = self.pool(h)
+            return self.conv3(self.unpool(torch.tanh(self.conv2(p)), indices, output_size=(7, 5)))
+
+    def max_unpool2d(g, x, indices, output_size):
+        offsets = indices.node().inputsAt(1)  # indices = Sub(MaxPool's Indices, offsets)
+        pool = indices.node().inputsAt(0).node()
+        pooled_input = offsets.node().inputsAt(0).node().inputsAt(0)  # Slice(MaxPool(kernel 1)(pooled input))
+        return g.op("MaxUnpool", x, g.op("Add", indices, offsets), g.op("Shape", pooled_input),
+                    **{f"{a}_i": getattr(pool, "is")(a) for a in ("kernel_shape", "strides", "pads")})
+
+    torch.manual_seed(0)
+    net, x = TorchEncoderDecoder().eval(), torch.tensor(_input((3, 2, 7, 5)))
+    path = str(tmp_path / "ed.onnx")
+    torch.onnx.register_custom_op_symbolic("aten::max_unpool2d", max_unpool2d, 13)
+    try:
+        torch.onnx.export(net, (x,), path, dynamo=False, dynamic_axes={"input": {0: "batch"}}, input_names=["input"])
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::max_unpool2d", 13)
+    assert {"Sub", "Slice", "MaxUnpool"} <= {n.op_type for n in onnx.load(path).graph.node}
+    model = conv_onnx.load(path)
+    with torch.no_grad():
+        assert_close(model(x.numpy()), net(x).numpy(), "encoder-decoder from torch.onnx.export")
+    assert_close(model(x.numpy()), run_ort(path, x.numpy()), "encoder-decoder in onnxruntime")
+    model.to(np.float64)  # gradients in float64: ∂x and every parameter's, against autograd
+    net.double()
+    x64 = torch.tensor(_input((3, 2, 7, 5), seed=5).astype(np.float64), requires_grad=True)
+    ref = net(x64)
+    dout = np.random.default_rng(6).standard_normal(ref.shape)
+    ref.backward(torch.tensor(dout))
+    out = model(x64.detach().numpy())
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.backward(dout), x64.grad.numpy(), rtol=1e-10, atol=1e-12)
+    grads = [p.grad for p in model.parameters()]
+    assert len(grads) == 6
+    for ours, (name, p) in zip(grads, net.named_parameters()):
+        np.testing.assert_allclose(ours, p.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_load_maxpool_indices_used_otherwise_is_refused(tmp_path):
+    as_output = make_model([N("MaxPool", ["x"], ["p", "y"], name="mp", kernel_shape=[2, 2])], {}, (1, 1, 4, 4))
+    with pytest.raises(OnnxError, match=r"the graph output 'y' is MaxPool's Indices"):
+        conv_onnx.load(_saved(tmp_path, as_output))
+    into_relu = make_model([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2]), N("Relu", ["i"], ["y"], name="r")],
+                           {}, (1, 1, 4, 4))
+    with pytest.raises(OnnxError, match=r"node 'r' \(Relu\): MaxPool's Indices are imported only as the indices"):
+        conv_onnx.load(_saved(tmp_path, into_relu))
+    smaller = make_model([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+                          N("MaxUnpool", ["p", "i"], ["y"], name="u", kernel_shape=[2, 2], strides=[2, 2])], {},
+                         (1, 1, 5, 5))
+    with pytest.raises(OnnxError, match=r"node 'u' \(MaxUnpool\): output \(H, W\) \(4, 4\) must be .* \(5, 5\)"):
+        conv_onnx.load(_saved(tmp_path, smaller))

@@ -5,9 +5,11 @@
 
 Export writes each layer as the ONNX operator torch.onnx.export writes for it (Conv, ConvTranspose,
 MaxPool, AveragePool, GlobalAveragePool, Gemm, Flatten, Relu, LeakyRelu, Sigmoid, Tanh,
-BatchNormalization, Add for a residual join), in eval mode: Dropout is the identity, BatchNorm uses
-its running statistics.  Import reads graphs of those operators (also MatMul + Add, Reshape to
-(N, −1), Identity, Dropout and Constant) into an nn.Sequential, or into a `Graph` where
+BatchNormalization, Add for a residual join; MaxPool's Indices into MaxUnpool for MaxPool2d /
+AdaptiveMaxPool2d(return_indices=True) and MaxUnpool2d), in eval mode: Dropout is the identity,
+BatchNorm uses its running statistics.  Import reads graphs of those operators (also MatMul + Add, Reshape to
+(N, −1), Identity, Dropout and Constant; the Slice, Sub, Add and Shape that torch.onnx.export writes
+around MaxPool's Indices) into an nn.Sequential, or into a `Graph` where
 the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and export again.
 
 Files are untrusted: import parses the protobuf only (no external data files, no custom operator
@@ -69,9 +71,13 @@ class _Builder:
         return name
 
     def node(self, op: str, inputs: list[str], label: str, **attrs) -> str:
-        out = self.name(label)
-        self.nodes.append(self.onnx.helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+        return self.nodes_n(op, inputs, [label], **attrs)[0]
+
+    def nodes_n(self, op: str, inputs: list[str], labels: list[str], **attrs) -> list[str]:
+        """A node with one output per label (MaxPool's Y and Indices)."""
+        outs = [self.name(label) for label in labels]
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, outs, name=outs[0], **attrs))
+        return outs
 
 
 def _pads(padding, kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> list[int]:
@@ -112,10 +118,14 @@ def _pool_attrs(m, dilation) -> dict:
     return attrs
 
 
-def _maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+def _maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str, **attrs) -> str | tuple[str, str]:
+    """MaxPool; with return_indices its second output Indices, which count over the whole (N, C, H, W)
+    tensor where torch's and convprop's count within each (H, W) plane: they may only feed a
+    MaxUnpool (see _unpool), which reads them the same way."""
+    attrs = attrs or _pool_attrs(m, m.dilation)
     if getattr(m, "return_indices", False):
-        raise OnnxError(f"{label} (MaxPool2d): return_indices=True cannot be exported (it feeds a MaxUnpool2d)")
-    return b.node("MaxPool", [x], label, **_pool_attrs(m, m.dilation))
+        return tuple(b.nodes_n("MaxPool", [x], [label, f"{label}.indices"], **attrs))
+    return b.node("MaxPool", [x], label, **attrs)
 
 
 def _avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
@@ -216,10 +226,14 @@ def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     return b.node("MaxPool", [x], label, dilations=[_one(m.dilation)], **attrs)
 
 
-def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
-    if getattr(m, "return_indices", False):
-        raise OnnxError(f"{label} (AdaptiveMaxPool2d): return_indices=True cannot be exported")
-    return _adaptive_pool(b, m, x, xa, label, "Max")
+def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str | tuple[str, str]:
+    if not getattr(m, "return_indices", False):
+        return _adaptive_pool(b, m, x, xa, label, "Max")
+    (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)  # GlobalMaxPool has no Indices: a MaxPool
+    if h % oh or w % ow:
+        raise OnnxError(f"{label} (AdaptiveMaxPool2d): output size {oh}×{ow} does not divide the input "
+                        f"{h}×{w}; only evenly dividing adaptive pooling is exported")
+    return _maxpool(b, m, x, xa, label, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
 
 
 def _softmax(op: str) -> Callable:
@@ -248,24 +262,50 @@ class _Traced(np.ndarray):
     computed from one (a reshape, a product, …) has no name, and a layer given it is refused."""
 
     onnx_name: str | None = None
+    pooled: tuple[str, tuple[int, ...]] | None = None  # MaxPool's Indices: the pool's input (name, shape)
 
     def __array_finalize__(self, obj) -> None:
-        self.onnx_name = None  # views and results of other operations are not the named tensor
+        self.onnx_name = self.pooled = None  # views and results of other operations are not the named tensor
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         plain = [i.view(np.ndarray) if isinstance(i, _Traced) else i for i in inputs]
         out = getattr(ufunc, method)(*plain, **kwargs)
         names = [getattr(i, "onnx_name", None) for i in inputs]
         if ufunc is np.add and method == "__call__" and len(inputs) == 2 and all(names) and not kwargs \
-                and inputs[0].shape == inputs[1].shape and _tracer.builder is not None:
+                and inputs[0].shape == inputs[1].shape and _tracer.builder is not None \
+                and inputs[0].dtype.kind == inputs[1].dtype.kind == "f":
             return _trace(out, _tracer.builder.node("Add", names, f"{_tracer.label}.add"))  # a join
         return out
 
 
-def _trace(value: np.ndarray, name: str) -> _Traced:
+def _trace(value: np.ndarray, name: str, pooled: tuple[str, tuple[int, ...]] | None = None) -> _Traced:
     t = np.asarray(value).view(_Traced)
-    t.onnx_name = name
+    t.onnx_name, t.pooled = name, pooled
     return t
+
+
+_INDICES_ONLY_UNPOOL = ("ONNX's MaxPool counts them over the whole (N, C, H, W) tensor, torch and convprop "
+                        "within each (H, W) plane, so they are exported only as the indices of a MaxUnpool2d")
+
+
+def _unpool(b: _Builder, m, label: str, x, indices, out: np.ndarray) -> str:
+    """MaxUnpool2d as ONNX MaxUnpool, its indices MaxPool's own Indices (whole-tensor flat), its
+    output_shape the shape of the pool's input — the one shape at which whole-tensor and per-plane
+    indices name the same cells, so the unpooled output must have the pooled input's H × W."""
+    if getattr(x, "onnx_name", None) is None or getattr(x, "pooled", None) is not None:
+        raise OnnxError(f"{label} (MaxUnpool2d): its input x is computed by code other than layers and sums of "
+                        "their outputs, which cannot be exported")
+    if getattr(indices, "pooled", None) is None:
+        raise OnnxError(f"{label} (MaxUnpool2d): indices must be those a MaxPool2d(return_indices=True) of this "
+                        "model returned, unchanged")
+    source, shape = indices.pooled
+    if out.shape[-2:] != shape[-2:]:
+        raise OnnxError(f"{label} (MaxUnpool2d): output {out.shape[-2]}×{out.shape[-1]} differs from its pooled "
+                        f"input {shape[-2]}×{shape[-1]}; ONNX's whole-tensor indices match torch's per-plane ones "
+                        "only at the pooled input's size (pass output_size=x.shape)")
+    k, p = _pair(m.kernel_size), _pair(m.padding)
+    return b.node("MaxUnpool", [x.onnx_name, indices.onnx_name, b.node("Shape", [source], f"{label}.shape")], label,
+                  kernel_shape=k, strides=k if m.stride is None else _pair(m.stride), pads=[p[0], p[1], p[0], p[1]])
 
 
 class _Tracer:
@@ -288,24 +328,34 @@ def _traced_call(self: nn.Module, *args, **kwargs):
     b, label = _tracer.builder, _tracer.names.get(id(self), "") or type(self).__name__
     if b is None:
         return _original_call(self, *args, **kwargs)
+    if isinstance(self, nn.MaxUnpool2d):  # (x, indices, output_size=None)
+        out = _original_call(self, *[a.view(np.ndarray) if isinstance(a, _Traced) else a for a in args],
+                             **kwargs)
+        return _trace(out, _unpool(b, self, label, *args[:2], out))
     emit = _exporter(self)
     if emit is None:  # a container: its forward calls its submodules (and adds branches)
         if not self._modules or isinstance(self, nn.Module) and type(self).forward is nn.Module.forward:
             raise OnnxError(f"{label} ({type(self).__name__}): no ONNX export for this layer (exported: "
-                            f"{', '.join(sorted(c.__name__ for c in EXPORTERS))}, and modules whose forward "
-                            "calls those and adds their outputs)")
+                            f"{', '.join(sorted([*(c.__name__ for c in EXPORTERS), 'MaxUnpool2d']))}, and modules "
+                            "whose forward calls those and adds their outputs)")
         outer, _tracer.label = _tracer.label, label
         try:
             return _original_call(self, *args, **kwargs)
         finally:
             _tracer.label = outer
     inputs = [a for a in args if isinstance(a, np.ndarray)]
+    if any(getattr(a, "pooled", None) is not None for a in inputs):
+        raise OnnxError(f"{label} ({type(self).__name__}): its input is the indices of a MaxPool2d; "
+                        + _INDICES_ONLY_UNPOOL)
     if kwargs or len(inputs) != len(args) or not inputs or any(getattr(a, "onnx_name", None) is None for a in inputs):
         raise OnnxError(f"{label} ({type(self).__name__}): its input is computed by code other than layers and "
                         "sums of their outputs, which cannot be exported")
     names = [a.onnx_name for a in inputs]
     plain = [a.view(np.ndarray) for a in inputs]
     name = emit(b, self, names if isinstance(self, Add) else names[0], plain[0], label)
+    if isinstance(name, tuple):  # MaxPool's (Y, Indices)
+        out, idx = _original_call(self, *plain)
+        return _trace(out, name[0]), _trace(idx, name[1], pooled=(names[0], plain[0].shape))
     return _trace(_original_call(self, *plain), name)
 
 
@@ -338,6 +388,9 @@ def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int
         for m, mode in zip(model.modules(), was_training):
             object.__setattr__(m, "training", mode)
     out = getattr(y, "onnx_name", None)
+    if any(getattr(v, "pooled", None) is not None for v in (y if isinstance(y, tuple) else (y,))):
+        raise OnnxError(f"model ({type(model).__name__}): it returns the indices of a MaxPool2d; "
+                        + _INDICES_ONLY_UNPOOL)
     if out is None:
         raise OnnxError(f"model ({type(model).__name__}): its output is computed by code other than layers and sums "
                         "of their outputs, which cannot be exported")
@@ -377,13 +430,14 @@ class Add(nn.Module):
 
 class Graph(nn.Module):
     """Layers wired as a directed acyclic graph, as an ONNX file stores them: step k computes the
-    tensor named `outputs[k]` by applying child module k to the tensors named `inputs[k]`.
+    tensor named `outputs[k]` by applying child module k to the tensors named `inputs[k]` (a tuple
+    of names where the module returns several, as MaxPool2d(return_indices=True) returns (out, indices)).
 
     backward walks the steps in reverse.  Where a tensor fed several steps (a fork), the gradients
     that come back from each are added; an Add (a join) hands its gradient to both of its inputs.
     """
 
-    def __init__(self, steps: list[tuple[str, nn.Module, list[str]]], input: str, output: str):
+    def __init__(self, steps: list[tuple[str | tuple[str, ...], nn.Module, list[str]]], input: str, output: str):
         super().__init__()
         self.input, self.output = input, output
         self.outputs, self.inputs = [s[0] for s in steps], [list(s[2]) for s in steps]
@@ -394,22 +448,34 @@ class Graph(nn.Module):
         nn.module.check_input(x)
         values = {self.input: x}
         for out, ins, m in zip(self.outputs, self.inputs, self.children()):
-            values[out] = m(*[values[i] for i in ins])
+            y = m(*[values[i] for i in ins])
+            values.update(zip(out, y) if isinstance(out, tuple) else ((out, y),))
         return values[self.output]
 
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         grads = {self.output: dout}
         for out, ins, m in reversed(list(zip(self.outputs, self.inputs, self.children()))):
-            g = grads.pop(out, None)
+            g = grads.pop(out[0] if isinstance(out, tuple) else out, None)  # indices have no gradient
             if g is None:  # a tensor the output does not depend on
                 continue
-            back = m.backward(g)
+            back = m.backward(g)  # a MaxUnpool's: for x alone, none for its indices
             for name, gi in zip(ins, back if isinstance(m, Add) else (back,)):
                 grads[name] = gi if name not in grads else grads[name] + gi  # a fork adds its branches
         return grads.get(self.input) if input_grad else None
 
 
 EXPORTERS[Add] = lambda b, m, names, xa, label: b.node("Add", names, label)
+
+
+class _MaxUnpoolTo(nn.MaxUnpool2d):
+    """MaxUnpool2d to a fixed output (H, W) — ONNX MaxUnpool's output_shape — or, with None, the default."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, output_size: tuple[int, int] | None = None) -> None:
+        super().__init__(kernel_size, stride, padding)
+        self.output_size = output_size
+
+    def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
+        return super().forward(x, indices, self.output_size if output_size is None else output_size)
 
 
 # =========================================================================== import
@@ -494,6 +560,7 @@ class _Reader:
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, list] = {}
+        self.consumers: dict[str, int] = {}  # how many nodes (and the graph output) read each tensor
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False).graph
             infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
@@ -650,11 +717,12 @@ def _import_pool(r: _Reader, node) -> nn.Module:
     allowed = dict(auto_pad="NOTSET", ceil_mode=0, kernel_shape=None, pads=None, strides=None, dilations=None)
     allowed.update(count_include_pad=0) if avg else allowed.update(storage_order=0)
     at = r.attrs(node, allowed)
-    if len(node.output) > 1 and node.output[1]:
-        raise OnnxError(f"{r.where(node)}: output 'Indices' is not supported")
+    indices = len(node.output) > 1 and bool(r.consumers.get(node.output[1]))
     if at["kernel_shape"] is None:
         raise OnnxError(f"{r.where(node)}: attribute 'kernel_shape' is missing")
     if len(at["kernel_shape"]) == 1 and hasattr(nn, "MaxPool1d"):  # (N, C, L)
+        if indices:
+            raise OnnxError(f"{r.where(node)}: output 'Indices' of a 1-D MaxPool is not supported")
         if at["auto_pad"] not in ("NOTSET", "VALID") or (not avg and at["storage_order"]):
             raise r.refuse(node, "auto_pad", at["auto_pad"])
         k = _ints1(r, node, at, "kernel_shape", [1])
@@ -687,7 +755,7 @@ def _import_pool(r: _Reader, node) -> nn.Module:
         if avg:
             return nn.AvgPool2d(kernel, stride, (pads[0], pads[1]), ceil_mode=ceil,
                                 count_include_pad=bool(at["count_include_pad"]))
-        return nn.MaxPool2d(kernel, stride, (pads[0], pads[1]), dilation, ceil_mode=ceil)
+        return nn.MaxPool2d(kernel, stride, (pads[0], pads[1]), dilation, return_indices=indices, ceil_mode=ceil)
     except (TypeError, ValueError) as e:
         raise OnnxError(f"{r.where(node)}: {_one_line(e)}") from None
 
@@ -866,6 +934,8 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
     for node in g.node:
         for i in node.input:
             consumers[i] = consumers.get(i, 0) + 1
+    r.consumers = consumers
+    kinds: dict[str, tuple[str, str]] = {}  # index tensors and shapes: name -> (kind, the pool's input)
     alias = {data_inputs[0]: data_inputs[0]}  # tensor name -> the step output that holds it
     steps: list[tuple[str, nn.Module, list[str]]] = []
     fused: set[int] = set()
@@ -877,10 +947,11 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
         if node.domain not in ("", "ai.onnx"):
             raise OnnxError(f"{r.where(node)}: operator domain {node.domain!r} is not supported")
         if op == "Constant":
-            at = r.attrs(node, dict(value=None))
-            if at["value"] is None:
-                raise OnnxError(f"{r.where(node)}: only the 'value' attribute is supported")
-            r.consts[node.output[0]] = _tensor(at["value"], r.where(node), limit)
+            at = r.attrs(node, dict(value=None, value_ints=None))
+            if at["value"] is None and at["value_ints"] is None:
+                raise OnnxError(f"{r.where(node)}: only the 'value' and 'value_ints' attributes are supported")
+            r.consts[node.output[0]] = (_tensor(at["value"], r.where(node), limit) if at["value"] is not None
+                                        else np.array(at["value_ints"], np.int64))
             continue
         data = [i for i in node.input if i and not r.is_const(i)]
         if op == "Identity" and not data:  # a constant under another name (torch's shared weights)
@@ -895,6 +966,15 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
         if op == "Identity":
             r.attrs(node, {})
             alias[node.output[0]] = ins[0]
+            kinds.update({node.output[0]: kinds[data[0]]} if data[0] in kinds else {})
+            continue
+        if op == "MaxUnpool" or any(i in kinds for i in data) or op == "Shape":
+            step = _import_indices(r, node, data, ins, kinds)
+            if isinstance(step, tuple):
+                steps.append(step)
+                alias[node.output[0]] = node.output[0]
+            else:
+                alias[node.output[0]] = step  # the same convprop tensor under another ONNX name
             continue
         if op == "Add" and len(data) == 2:
             r.attrs(node, {})
@@ -908,14 +988,23 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
             if len(data) != 1:
                 raise OnnxError(f"{r.where(node)}: expected one data input, got {len(data)}")
             m = IMPORTERS[op](r, node)
+            if getattr(m, "return_indices", False):  # MaxPool's (Y, Indices): see _import_indices
+                kinds[node.output[1]] = ("iota" if _is_iota(node) else "whole", ins[0])
+                alias[node.output[1]] = node.output[1]
+                if _is_iota(node) and not r.consumers.get(node.output[0]):
+                    continue  # only its indices are used (for the plane offsets): no step
+                outs = (node.output[0], node.output[1])
         else:
             raise OnnxError(f"{r.where(node)}: operator {op!r} is not supported (supported: "
                             f"{', '.join(sorted([*IMPORTERS, 'Add', 'MatMul', 'Identity', 'Constant']))})")
-        steps.append((node.output[0], m, ins))
+        steps.append((outs if getattr(m, "return_indices", False) else node.output[0], m, ins))
         alias[node.output[0]] = node.output[0]
     out = g.output[0].name
     if out not in alias:
         raise OnnxError(f"{path}: the graph output {out!r} is not computed by any node")
+    if out in kinds:
+        raise OnnxError(f"{path}: the graph output {out!r} is MaxPool's Indices (or a shape); convprop imports "
+                        "Indices only as the indices of a MaxUnpool")
     dtypes = {m.dtype for _, m, _ in steps if any(True for _ in m.parameters())}
     if len(dtypes) > 1:
         raise OnnxError(f"{path}: the weights mix dtypes {sorted(d.name for d in dtypes)}")
@@ -950,18 +1039,22 @@ def _assemble(steps, input: str, output: str) -> nn.Module:
     """A Sequential where each step takes the previous one's output, else a Graph."""
     chain, prev = True, input
     for out, m, ins in steps:
-        if isinstance(m, Add) or ins != [prev]:
+        if isinstance(m, Add) or ins != [prev] or not isinstance(out, str):
             chain = False
             break
         prev = out
     if chain and prev == output:
         return nn.Sequential(*[m for _, m, _ in steps])
     used = _needed(steps, output)
-    return Graph([s for s in steps if s[0] in used], input, output)
+    return Graph([s for s in steps if any(o in used for o in _names(s[0]))], input, output)
+
+
+def _names(out: str | tuple[str, ...]) -> tuple[str, ...]:
+    return out if isinstance(out, tuple) else (out,)
 
 
 def _needed(steps, output: str) -> set[str]:
-    need, producers = {output}, {out: ins for out, _, ins in steps}
+    need, producers = {output}, {o: ins for out, _, ins in steps for o in _names(out)}
     stack = [output]
     while stack:
         for i in producers.get(stack.pop(), []):
@@ -969,3 +1062,75 @@ def _needed(steps, output: str) -> set[str]:
                 need.add(i)
                 stack.append(i)
     return need
+
+
+# --------------------------------------------------------------------------- MaxPool's Indices
+def _is_iota(node) -> bool:
+    """A MaxPool of kernel 1, stride 1, no padding: its Indices number every element of its input
+    (torch's exporter takes the first of each plane as the plane's offset)."""
+    at = {a.name: list(a.ints) for a in node.attribute}
+    k = at.get("kernel_shape", [])
+    return bool(k) and set(k) == {1} and set(at.get("strides", [1])) == {1} and not any(at.get("pads", [0]))
+
+
+def _import_indices(r: _Reader, node, data: list[str], ins: list[str], kinds: dict) -> tuple | str:
+    """The nodes around MaxPool's Indices: a step (MaxUnpool), or the convprop tensor the node's output
+    names under another ONNX name (kinds records what the ONNX tensor holds).
+
+    ONNX's Indices count over the whole (N, C, H, W) input, torch's and convprop's within each (H, W)
+    plane; convprop holds only the latter and tracks which form each ONNX tensor would hold:
+      whole  = MaxPool's Indices;   iota = the Indices of a MaxPool of kernel 1 (every element's own);
+      offsets = Slice(iota)[…, :1, :1], each plane's first index;   plane = Sub(whole, offsets);
+      Add(plane, offsets) = whole again (torch's exporter writes the Sub, a MaxUnpool needs the whole);
+      shape = Shape(t), for MaxUnpool's output_shape.
+    A MaxUnpool takes whole indices and gives the pooled input's H × W — where the two forms agree."""
+    op, where, out = node.op_type, r.where(node), node.output[0]
+    kind = [kinds.get(i, ("data", a))[0] for i, a in zip(data, ins)]
+    src = [kinds.get(i, ("data", a))[1] for i, a in zip(data, ins)]
+    if op == "Shape" and len(data) == 1 and kind == ["data"]:
+        r.attrs(node, {})
+        kinds[out] = ("shape", data[0])  # its ONNX name: the static shape is looked up by it
+        return ins[0]
+    if op == "Slice" and kind[:1] == ["iota"] and len(data) == 1:
+        r.attrs(node, {})
+        starts, ends = (r.const(node, i, what).reshape(-1).tolist() for i, what in ((1, "starts"), (2, "ends")))
+        axes = r.optional_const(node, 3, "axes")
+        steps = r.optional_const(node, 4, "steps")
+        axes = [a % 4 for a in (range(len(starts)) if axes is None else axes.reshape(-1).tolist())]
+        if sorted(zip(axes, starts, ends)) == [(2, 0, 1), (3, 0, 1)] and (steps is None or set(steps.flat) == {1}):
+            kinds[out] = ("offsets", src[0])
+            return ins[0]
+    if op in ("Sub", "Add") and len(data) == 2 and src[0] == src[1]:
+        r.attrs(node, {})
+        if op == "Sub" and kind == ["whole", "offsets"]:
+            kinds[out] = ("plane", src[0])  # convprop's own indices
+            return ins[0]
+        if op == "Add" and sorted(kind) == ["offsets", "plane"]:
+            kinds[out] = ("whole", src[0])
+            return ins[kind.index("plane")]
+    if op == "MaxUnpool" and len(data) in (2, 3) and kind[:2] == ["data", "whole"] and kind[2:] in ([], ["shape"]):
+        at = r.attrs(node, dict(kernel_shape=None, pads=None, strides=None))
+        if at["kernel_shape"] is None:
+            raise OnnxError(f"{where}: attribute 'kernel_shape' is missing")
+        kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
+        stride = _spatial(r, node, at, "strides", [1, 1])  # ONNX's default, unlike torch's (the kernel)
+        pads = list(at["pads"] or [0, 0, 0, 0])
+        if len(pads) != 4 or pads[:2] != pads[2:] or min(pads) < 0:
+            raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+        pooled = r.shapes.get(src[1]) or []
+        if len(node.input) > 2 and node.input[2]:
+            given = r.shapes.get(src[2]) if kind[2:] == ["shape"] else r.const(node, 2, "output_shape").tolist()
+            size = tuple(given[-2:]) if given and len(given) == 4 and None not in given[-2:] else None
+            out_hw = size
+        else:  # ONNX's default: (in − 1)·stride − pads + kernel, as torch's
+            x, size = r.shapes.get(data[0]) or [], None
+            out_hw = tuple((x[i] - 1) * stride[i - 2] - 2 * pads[i - 2] + kernel[i - 2] if x[i] else None
+                           for i in (2, 3)) if len(x) == 4 else None
+        if len(pooled) != 4 or None in pooled[2:] or out_hw != tuple(pooled[2:]):
+            raise OnnxError(f"{where}: output (H, W) {out_hw} must be its indices' MaxPool input's "
+                            f"{tuple(pooled[2:]) or 'unknown'} (only there do ONNX's whole-tensor indices equal "
+                            "convprop's per-plane ones)")
+        m = _MaxUnpoolTo(kernel, stride, (pads[0], pads[1]), size)
+        return out, m, ins[:2]
+    raise OnnxError(f"{where}: MaxPool's Indices are imported only as the indices of a MaxUnpool (and in torch's "
+                    f"Sub/Add of each plane's offset); got inputs {list(zip(data, kind))}")
