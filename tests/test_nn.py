@@ -194,18 +194,19 @@ def test_module_bookkeeping():
         nn.Linear(2, 2).backward(np.zeros((1, 2), np.float32))
 
 
-def test_max_unpool2d_module_and_mse_loss_match_torch():
+@pytest.mark.parametrize("d, shape", [("2d", (2, 3, 6, 6)), ("1d", (2, 3, 8))])
+def test_max_unpool_module_and_mse_loss_match_torch(d, shape):
     rng = np.random.default_rng(4)
-    x = rng.permutation(2 * 3 * 6 * 6).reshape(2, 3, 6, 6).astype(np.float64)
-    pool, unpool = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float64)
+    pool, unpool = getattr(nn, f"MaxPool{d}")(2, return_indices=True), getattr(nn, f"MaxUnpool{d}")(2)
     out, idx = pool(x)
     up = unpool(out, idx)
     target = rng.standard_normal(up.shape)
     loss, dup = nn.MSELoss()(up, target)
     dx = pool.backward(unpool.backward(dup))
     xt = torch.tensor(x, requires_grad=True)
-    o, i = tnn.functional.max_pool2d(xt, 2, return_indices=True)
-    ref = tnn.functional.mse_loss(tnn.functional.max_unpool2d(o, i, 2), torch.tensor(target))
+    o, i = getattr(tnn.functional, f"max_pool{d}")(xt, 2, return_indices=True)
+    ref = tnn.functional.mse_loss(getattr(tnn.functional, f"max_unpool{d}")(o, i, 2), torch.tensor(target))
     ref.backward()
     assert abs(loss - ref.item()) < 1e-12
     assert_close(dx, xt.grad, np.float64, "dx through unpool")

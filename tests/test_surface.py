@@ -263,24 +263,29 @@ def test_unbatched_conv_and_pooling(op, arrays, args, kw):
         np.testing.assert_array_equal(cache.indices, ref.numpy())
 
 
-@pytest.mark.parametrize("shape, k, kw", [((2, 3, 6, 7), 2, {}), ((3, 7, 8), 3, {"stride": 2, "padding": 1}),
-                                          ((2, 2, 9, 9), (3, 2), {"stride": (2, 1), "padding": (1, 0)}),
-                                          ((2, 5, 5), 2, {"stride": 1})])
-def test_max_pool2d_return_indices_round_trip_through_max_unpool2d(shape, k, kw):
-    """(out, indices) as torch's; max_unpool2d(max_pool2d(x)) and ∂x back through both against torch autograd."""
+@pytest.mark.parametrize("d, shape, k, kw", [
+    ("2d", (2, 3, 6, 7), 2, {}), ("2d", (3, 7, 8), 3, {"stride": 2, "padding": 1}),
+    ("2d", (2, 2, 9, 9), (3, 2), {"stride": (2, 1), "padding": (1, 0)}), ("2d", (2, 5, 5), 2, {"stride": 1}),
+    ("1d", (2, 3, 9), 2, {}), ("1d", (3, 10), 3, {"stride": 2, "padding": 1}), ("1d", (2, 2, 7), 2, {"stride": 1}),
+])
+def test_max_pool_return_indices_round_trip_through_max_unpool(d, shape, k, kw):
+    """(out, indices) as torch's; max_unpool(max_pool(x)) and ∂x back through both against torch autograd,
+    in 2-D ((N, C, H, W) or (C, H, W)) and 1-D ((N, C, L) or (C, L))."""
     from helpers import assert_close
     from test_functional import tie_free
 
+    size = shape[-2:] if d == "2d" else shape[-1:]
     x = tie_free(np.random.default_rng(15), shape)
-    (pooled, indices), pool_cache = check_op("max_pool2d", [x], k, return_indices=True, **kw)
-    up, unpool_cache = check_op("max_unpool2d", [pooled], indices, k, output_size=shape[-2:], **kw)
+    (pooled, indices), pool_cache = check_op(f"max_pool{d}", [x], k, return_indices=1, **kw)  # truthy, as torch
+    up, unpool_cache = check_op(f"max_unpool{d}", [pooled], indices, k, output_size=size, **kw)
     xt = torch.tensor(x, requires_grad=True)
-    ref = torch.nn.functional.max_unpool2d(*torch.nn.functional.max_pool2d(xt, k, return_indices=True, **kw), k,
-                                           output_size=shape[-2:], **kw)
-    assert_close(up, ref, np.float64, "max_unpool2d(max_pool2d(x))")
+    tf = torch.nn.functional
+    ref = getattr(tf, f"max_unpool{d}")(*getattr(tf, f"max_pool{d}")(xt, k, return_indices=True, **kw), k,
+                                         output_size=size, **kw)
+    assert_close(up, ref, np.float64, f"max_unpool{d}(max_pool{d}(x))")
     dup = np.random.default_rng(16).standard_normal(up.shape)
     ref.backward(torch.tensor(dup))
-    dx = F.max_pool2d_backward(F.max_unpool2d_backward(dup, unpool_cache), pool_cache)
+    dx = getattr(F, f"max_pool{d}_backward")(getattr(F, f"max_unpool{d}_backward")(dup, unpool_cache), pool_cache)
     assert_close(dx, xt.grad, np.float64, "∂x through both")
 
 

@@ -48,6 +48,8 @@ from .onedim import (
     conv1d_backward,
     max_pool1d,
     max_pool1d_backward,
+    max_unpool1d,
+    max_unpool1d_backward,
 )
 from .pool import (
     avg_pool2d,
@@ -63,7 +65,8 @@ __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward", "avg_pool2d", "avg_pool2d_backward",
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
-    "conv1d", "conv1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward",
+    "conv1d", "conv1d_backward", "max_pool1d", "max_pool1d_backward", "max_unpool1d",
+    "max_unpool1d_backward", "avg_pool1d", "avg_pool1d_backward",
     "linear", "linear_backward",
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward",

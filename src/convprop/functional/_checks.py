@@ -61,6 +61,13 @@ def boolean(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def flag(value: Any, name: str) -> bool:
+    """A flag torch tests by its truth value (return_indices): a bool, an int (0 is False) or None."""
+    if value is not None and not isinstance(value, (bool, np.bool_, int, np.integer)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
 def float_array(x: Any, name: str, ndim: int | tuple[int, ...], layout: str = "") -> np.ndarray:
     """x must be a floating NumPy array with `ndim` dimensions (`layout` names them in errors)."""
     if not isinstance(x, np.ndarray):

@@ -80,7 +80,7 @@ def adaptive_max_pool2d(x: np.ndarray, output_size, return_indices: bool = False
     """Y_ij = max over window (i, j); indices of the first maximum in row-major order (torch's).
     x (N, C, H, W) or (C, H, W) -> (…, OH, OW); with return_indices ((out, indices), cache), indices
     int64 flat h·W + w as torch's (also cache.indices)."""
-    return_indices = chk.boolean(return_indices, "return_indices")
+    return_indices = chk.flag(return_indices, "return_indices")
     chk.float_array(x, "x", (3, 4), "N, C, H, W or C, H, W")
     oh, ow = _output_size(x, output_size)
     h, w = x.shape[-2:]

@@ -14,9 +14,18 @@ import numpy as np
 
 from . import _checks as chk
 from .conv import conv2d, conv2d_backward
-from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from .pool import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_unpool2d,
+    max_unpool2d_backward,
+    unpool_extent,
+)
 
-__all__ = ["conv1d", "conv1d_backward", "max_pool1d", "max_pool1d_backward", "avg_pool1d", "avg_pool1d_backward"]
+__all__ = ["conv1d", "conv1d_backward", "max_pool1d", "max_pool1d_backward", "max_unpool1d", "max_unpool1d_backward",
+           "avg_pool1d", "avg_pool1d_backward"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +94,7 @@ def max_pool1d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
                return_indices: bool = False) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], OneDimCache]:
     """Max over windows along L.   (N, C, L) or (C, L); with return_indices ((out, indices), cache), the
     indices torch's (int64 positions along L, also cache.indices)."""
-    return_indices = chk.boolean(return_indices, "return_indices")
+    return_indices = chk.flag(return_indices, "return_indices")
     xr, unbatched = _rows(x)
     out, inner = max_pool2d(xr, (1, _one(kernel_size, "kernel_size", 1)),
                             stride=None if stride is None else (1, _one(stride, "stride", 1)),
@@ -97,6 +106,28 @@ def max_pool1d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
 
 def max_pool1d_backward(dout: np.ndarray, cache: OneDimCache) -> np.ndarray:
     return _back(max_pool2d_backward(_dout(dout, cache, "max_pool1d"), cache.inner), cache.unbatched)
+
+
+def max_unpool1d(x: np.ndarray, indices: np.ndarray, kernel_size, stride=None, padding=0,
+                 output_size=None) -> tuple[np.ndarray, OneDimCache]:
+    """Put every x[n, c, i] at position indices[n, c, i] of a zero row of length L = (L' − 1)s − 2p + k,
+    or output_size's last entry ((L,) or (N, C, L)).   x, indices (N, C, L') or (C, L') -> (N, C, L) or (C, L)."""
+    xr, unbatched = _rows(x)
+    if isinstance(indices, np.ndarray):  # (a non-array: max_unpool2d says what it expects)
+        if indices.shape != x.shape:
+            raise ValueError(f"indices: expected the shape of x {x.shape}, got {indices.shape}")
+        indices = (indices[None] if unbatched else indices)[:, :, None, :]
+    if output_size is not None and (not isinstance(output_size, (tuple, list)) or len(output_size) not in (1, 3)):
+        raise ValueError(f"output_size: expected (L,) or (N, C, L), got {output_size!r}")
+    k = _one(kernel_size, "kernel_size", 1)
+    s, p = k if stride is None else _one(stride, "stride", 1), _one(padding, "padding", 0)
+    length = unpool_extent(x.shape[-1], k, s, p, None if output_size is None else output_size[-1], "L")
+    out, inner = max_unpool2d(xr, indices, (1, k), stride=(1, s), padding=(0, p), output_size=(1, length))
+    return _back(out, unbatched), OneDimCache("max_unpool1d", inner, unbatched)
+
+
+def max_unpool1d_backward(dout: np.ndarray, cache: OneDimCache) -> np.ndarray:
+    return _back(max_unpool2d_backward(_dout(dout, cache, "max_unpool1d"), cache.inner), cache.unbatched)
 
 
 def avg_pool1d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bool = False,

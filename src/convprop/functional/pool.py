@@ -108,7 +108,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
     (also cache.indices).  The backward takes dout for out alone.
     Ties go to the first offset in row-major window order; a NaN wins, as in torch.
     """
-    return_indices = chk.boolean(return_indices, "return_indices")
+    return_indices = chk.flag(return_indices, "return_indices")
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     win = g.view(x, -np.inf)
     kh, kw = g.kernel
@@ -165,6 +165,27 @@ class MaxUnpool2dCache:
     dtype: np.dtype
 
 
+def _unpool_size(in_hw: Pair, kernel: Pair, stride: Pair, padding: Pair, output_size) -> Pair:
+    """max_unpool2d's (H, W): (OH − 1)s − 2p + k along each axis, or output_size's last two entries."""
+    if output_size is not None and (not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 4)):
+        raise ValueError(f"output_size: expected (H, W) or (N, C, H, W), got {output_size!r}")
+    wanted = (None, None) if output_size is None else output_size[-2:]
+    return tuple(unpool_extent(*a) for a in zip(in_hw, kernel, stride, padding, wanted, ("H", "W")))
+
+
+def unpool_extent(size: int, k: int, s: int, p: int, wanted: int | None, axis: str) -> int:
+    """Unpooling's output length along one axis: (size − 1)s − 2p + k, or `wanted`, which torch allows
+    only strictly within a stride of that length (the other lengths pooling could have come from)."""
+    default = (size - 1) * s - 2 * p + k
+    if wanted is None:
+        return chk.output_size(default, "output_size")
+    v = chk.positive_int(wanted, "output_size")
+    if not default - s < v < default + s:
+        raise ValueError(f"output_size: expected {axis} strictly between {default - s} and {default + s} "
+                         f"(the input's size {default} ± the stride {s}), got {v}")
+    return v
+
+
 @unbatched(also="indices")  # (C, OH, OW) and its indices: a batch of one
 def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
                  stride: int | Pair | None = None, padding: int | Pair = 0,
@@ -185,13 +206,7 @@ def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
     stride = kernel if stride is None else chk.pair(stride, "stride", 1)
     padding = chk.pair(padding, "padding", 0)
     n, c, oh, ow = x.shape
-    if output_size is None:
-        h, w = ((oh - 1) * stride[0] - 2 * padding[0] + kernel[0], (ow - 1) * stride[1] - 2 * padding[1] + kernel[1])
-    else:
-        if len(output_size) not in (2, 4):
-            raise ValueError(f"output_size: expected (H, W) or (N, C, H, W), got {output_size}")
-        h, w = (int(v) for v in output_size[-2:])
-    chk.output_size(min(h, w), "output_size")
+    h, w = _unpool_size((oh, ow), kernel, stride, padding, output_size)
     if indices.size and (indices.min() < 0 or indices.max() >= h * w):
         raise ValueError(f"indices: expected values in [0, {h * w}) for a {h}×{w} output, got "
                          f"[{indices.min()}, {indices.max()}]")

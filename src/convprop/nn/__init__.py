@@ -18,6 +18,7 @@ from .layers import (
     LogSoftmax,
     MaxPool1d,
     MaxPool2d,
+    MaxUnpool1d,
     MaxUnpool2d,
     ReLU,
     Sigmoid,
@@ -41,6 +42,6 @@ __all__ = [
     "is_grad_enabled",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
     "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
-    "Softmax", "LogSoftmax", "BasicBlock", "Conv1d", "MaxPool1d", "AvgPool1d",
+    "Softmax", "LogSoftmax", "BasicBlock", "Conv1d", "MaxPool1d", "MaxUnpool1d", "AvgPool1d",
     "AdaptiveMaxPool2d", "CrossEntropyLoss", "MSELoss",
 ]

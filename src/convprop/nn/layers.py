@@ -189,7 +189,7 @@ class MaxPool2d(_Layer):
                  ceil_mode: bool = False) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.return_indices, self.ceil_mode = chk.boolean(return_indices, "return_indices"), ceil_mode
+        self.return_indices, self.ceil_mode = chk.flag(return_indices, "return_indices"), ceil_mode
 
     def forward(self, x: np.ndarray):
         out, self._cache = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
@@ -260,7 +260,7 @@ class AdaptiveMaxPool2d(AdaptiveAvgPool2d):
 
     def __init__(self, output_size, return_indices: bool = False) -> None:
         super().__init__(output_size)
-        self.return_indices = chk.boolean(return_indices, "return_indices")
+        self.return_indices = chk.flag(return_indices, "return_indices")
 
     def forward(self, x: np.ndarray):
         out, self._cache = F.adaptive_max_pool2d(x, self.output_size, self.return_indices)
@@ -307,6 +307,17 @@ class MaxPool1d(MaxPool2d):
         out, self._cache = F.max_pool1d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
                                         self.return_indices)
         return out  # (out, indices) with return_indices
+
+
+class MaxUnpool1d(MaxUnpool2d):
+    """forward(x, indices, output_size=None): the partial inverse of MaxPool1d, (N, C, L') or (C, L')."""
+
+    _backward_fn = staticmethod(F.max_unpool1d_backward)
+
+    def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
+        out, self._cache = F.max_unpool1d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
+                                          output_size=output_size)
+        return out
 
 
 class AvgPool1d(AvgPool2d):
