@@ -298,6 +298,9 @@ HELPER_CASES = {  # one model per supported operator and attribute: (nodes, init
     "MaxUnpool-output_shape": ([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[3, 2], strides=[3, 2], pads=[1, 0, 1, 0]),
                                 N("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[3, 2], strides=[3, 2],
                                   pads=[1, 0, 1, 0])], {"s": np.array([2, 3, 7, 5], np.int64)}, (2, 3, 7, 5)),
+    "MaxPool-1d-Indices-MaxUnpool": ([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[3], strides=[3], pads=[1, 1]),
+                                      N("MaxUnpool", ["p", "i", "s"], ["y"], kernel_shape=[3], strides=[3],
+                                        pads=[1, 1])], {"s": np.array([2, 3, 8], np.int64)}, (2, 3, 8)),
 }
 
 
@@ -476,11 +479,11 @@ def test_export_modules_whose_forward_forks_and_joins(tmp_path):
 class EncoderDecoder(nn.Module):
     """conv → pool, keeping the indices → conv → unpool at those indices → conv (SegNet's pattern)."""
 
-    def __init__(self, pool, unpool, output_size: bool):
+    def __init__(self, pool, unpool, output_size: bool, conv=nn.Conv2d):
         super().__init__()
-        self.conv1, self.act1, self.pool = nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), pool
-        self.conv2, self.act2, self.unpool = nn.Conv2d(3, 3, 3, padding=1), nn.Tanh(), unpool
-        self.conv3, self.output_size = nn.Conv2d(3, 2, 3, padding=1), output_size
+        self.conv1, self.act1, self.pool = conv(2, 3, 3, padding=1), nn.Tanh(), pool
+        self.conv2, self.act2, self.unpool = conv(3, 3, 3, padding=1), nn.Tanh(), unpool
+        self.conv3, self.output_size = conv(3, 2, 3, padding=1), output_size
 
     def forward(self, x):
         h = self.act1(self.conv1(x))
@@ -497,6 +500,9 @@ UNPOOL_CASES = {  # name: (pool, unpool, output_size given, input shape)
                              lambda: nn.MaxUnpool2d(3, padding=1), True, (2, 2, 9, 8)),
     "adaptive-maxpool2d": (lambda: nn.AdaptiveMaxPool2d((2, 3), return_indices=True), lambda: nn.MaxUnpool2d(3),
                            False, (2, 2, 6, 9)),
+    "maxpool1d": (lambda: nn.MaxPool1d(2, return_indices=True), lambda: nn.MaxUnpool1d(2), False, (2, 2, 8)),
+    "maxpool1d-stride-pad-output-size": (lambda: nn.MaxPool1d(3, padding=1, return_indices=True),
+                                         lambda: nn.MaxUnpool1d(3, padding=1), True, (2, 2, 9)),
 }
 
 
@@ -504,7 +510,7 @@ UNPOOL_CASES = {  # name: (pool, unpool, output_size given, input shape)
 def test_export_maxpool_indices_into_maxunpool_matches_onnxruntime(name, tmp_path):
     pool, unpool, output_size, shape = UNPOOL_CASES[name]
     convprop.random.manual_seed(0)
-    model = EncoderDecoder(pool(), unpool(), output_size).eval()
+    model = EncoderDecoder(pool(), unpool(), output_size, nn.Conv1d if len(shape) == 3 else nn.Conv2d).eval()
     path = conv_onnx.export(model, str(tmp_path / "ed.onnx"), shape)
     assert [n.op_type for n in onnx.load(path).graph.node].count("MaxUnpool") == 1
     for batch in (shape[0], 3):  # whole-tensor indices and output_shape follow the dynamic batch
@@ -601,5 +607,5 @@ def test_load_maxpool_indices_used_otherwise_is_refused(tmp_path):
     smaller = make_model([N("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
                           N("MaxUnpool", ["p", "i"], ["y"], name="u", kernel_shape=[2, 2], strides=[2, 2])], {},
                          (1, 1, 5, 5))
-    with pytest.raises(OnnxError, match=r"node 'u' \(MaxUnpool\): output \(H, W\) \(4, 4\) must be .* \(5, 5\)"):
+    with pytest.raises(OnnxError, match=r"node 'u' \(MaxUnpool\): output size \(4, 4\) must be .* \(5, 5\)"):
         conv_onnx.load(_saved(tmp_path, smaller))

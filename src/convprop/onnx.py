@@ -6,11 +6,12 @@
 Export writes each layer as the ONNX operator torch.onnx.export writes for it (Conv, ConvTranspose,
 MaxPool, AveragePool, GlobalAveragePool, Gemm, Flatten, Relu, LeakyRelu, Sigmoid, Tanh,
 BatchNormalization, Add for a residual join; MaxPool's Indices into MaxUnpool for MaxPool2d /
-AdaptiveMaxPool2d(return_indices=True) and MaxUnpool2d), in eval mode: Dropout is the identity,
-BatchNorm uses its running statistics.  Import reads graphs of those operators (also MatMul + Add, Reshape to
-(N, −1), Identity, Dropout and Constant; the Slice, Sub, Add and Shape that torch.onnx.export writes
-around MaxPool's Indices) into an nn.Sequential, or into a `Graph` where
-the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and export again.
+AdaptiveMaxPool2d / MaxPool1d(return_indices=True) and MaxUnpool2d / MaxUnpool1d), in eval mode:
+Dropout is the identity, BatchNorm uses its running statistics.  Import reads graphs of those
+operators (also MatMul + Add, Reshape to (N, −1), Identity, Dropout and Constant; the Slice, Sub,
+Add and Shape torch.onnx.export writes around MaxPool's Indices) into an nn.Sequential, or into a
+`Graph` where the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and
+export again.
 
 Files are untrusted: import parses the protobuf only (no external data files, no custom operator
 domains), checks every tensor's declared shape against the bytes it carries and against a size limit
@@ -215,15 +216,15 @@ def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     avg = not hasattr(m, "dilation")
     if xa.ndim != 3:
         raise OnnxError(f"{label} ({type(m).__name__}): export needs batched (N, C, L) inputs, got shape {xa.shape}")
-    if getattr(m, "return_indices", False) or getattr(m, "divisor_override", None) is not None:
-        raise OnnxError(f"{label} ({type(m).__name__}): return_indices / divisor_override cannot be exported")
+    if getattr(m, "divisor_override", None) is not None:
+        raise OnnxError(f"{label} ({type(m).__name__}): divisor_override cannot be exported")
     k, p = _one(m.kernel_size), _one(m.padding)
     attrs = dict(kernel_shape=[k], strides=[k if m.stride is None else _one(m.stride)], pads=[p, p])
     if m.ceil_mode:
         attrs["ceil_mode"] = 1
     if avg:
         return b.node("AveragePool", [x], label, count_include_pad=int(bool(m.count_include_pad)), **attrs)
-    return b.node("MaxPool", [x], label, dilations=[_one(m.dilation)], **attrs)
+    return _maxpool(b, m, x, xa, label, dilations=[_one(m.dilation)], **attrs)  # with return_indices, (Y, Indices)
 
 
 def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str | tuple[str, str]:
@@ -299,13 +300,15 @@ def _unpool(b: _Builder, m, label: str, x, indices, out: np.ndarray) -> str:
         raise OnnxError(f"{label} (MaxUnpool2d): indices must be those a MaxPool2d(return_indices=True) of this "
                         "model returned, unchanged")
     source, shape = indices.pooled
-    if out.shape[-2:] != shape[-2:]:
-        raise OnnxError(f"{label} (MaxUnpool2d): output {out.shape[-2]}×{out.shape[-1]} differs from its pooled "
-                        f"input {shape[-2]}×{shape[-1]}; ONNX's whole-tensor indices match torch's per-plane ones "
-                        "only at the pooled input's size (pass output_size=x.shape)")
-    k, p = _pair(m.kernel_size), _pair(m.padding)
+    d = out.ndim - 2  # MaxUnpool1d: (N, C, L)
+    if out.shape[2:] != shape[2:]:
+        raise OnnxError(f"{label} ({type(m).__name__}): output {'×'.join(map(str, out.shape[2:]))} differs from its "
+                        f"pooled input {'×'.join(map(str, shape[2:]))}; ONNX's whole-tensor indices match torch's "
+                        "per-plane ones only at the pooled input's size (pass output_size=x.shape)")
+    k, p = (_pair(m.kernel_size), _pair(m.padding)) if d == 2 else ([_one(m.kernel_size)], [_one(m.padding)])
+    s = k if m.stride is None else _pair(m.stride) if d == 2 else [_one(m.stride)]
     return b.node("MaxUnpool", [x.onnx_name, indices.onnx_name, b.node("Shape", [source], f"{label}.shape")], label,
-                  kernel_shape=k, strides=k if m.stride is None else _pair(m.stride), pads=[p[0], p[1], p[0], p[1]])
+                  kernel_shape=k, strides=s, pads=p + p)
 
 
 class _Tracer:
@@ -476,6 +479,10 @@ class _MaxUnpoolTo(nn.MaxUnpool2d):
 
     def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
         return super().forward(x, indices, self.output_size if output_size is None else output_size)
+
+
+class _MaxUnpool1dTo(_MaxUnpoolTo, nn.MaxUnpool1d):
+    """MaxUnpool1d to a fixed output (L,), or with None the default."""
 
 
 # =========================================================================== import
@@ -721,8 +728,6 @@ def _import_pool(r: _Reader, node) -> nn.Module:
     if at["kernel_shape"] is None:
         raise OnnxError(f"{r.where(node)}: attribute 'kernel_shape' is missing")
     if len(at["kernel_shape"]) == 1 and hasattr(nn, "MaxPool1d"):  # (N, C, L)
-        if indices:
-            raise OnnxError(f"{r.where(node)}: output 'Indices' of a 1-D MaxPool is not supported")
         if at["auto_pad"] not in ("NOTSET", "VALID") or (not avg and at["storage_order"]):
             raise r.refuse(node, "auto_pad", at["auto_pad"])
         k = _ints1(r, node, at, "kernel_shape", [1])
@@ -734,7 +739,8 @@ def _import_pool(r: _Reader, node) -> nn.Module:
             if _ints1(r, node, at, "dilations", [1]) != 1:
                 raise r.refuse(node, "dilations", at["dilations"], "AvgPool1d has no dilation")
             return nn.AvgPool1d(k, stride, pad, ceil_mode=ceil, count_include_pad=bool(at["count_include_pad"]))
-        return nn.MaxPool1d(k, stride, pad, _ints1(r, node, at, "dilations", [1]), ceil_mode=ceil)
+        return nn.MaxPool1d(k, stride, pad, _ints1(r, node, at, "dilations", [1]), return_indices=indices,
+                            ceil_mode=ceil)
     kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
     stride, dilation = _spatial(r, node, at, "strides", [1, 1]), _spatial(r, node, at, "dilations", [1, 1])
     if avg and dilation != (1, 1):
@@ -1096,8 +1102,10 @@ def _import_indices(r: _Reader, node, data: list[str], ins: list[str], kinds: di
         starts, ends = (r.const(node, i, what).reshape(-1).tolist() for i, what in ((1, "starts"), (2, "ends")))
         axes = r.optional_const(node, 3, "axes")
         steps = r.optional_const(node, 4, "steps")
-        axes = [a % 4 for a in (range(len(starts)) if axes is None else axes.reshape(-1).tolist())]
-        if sorted(zip(axes, starts, ends)) == [(2, 0, 1), (3, 0, 1)] and (steps is None or set(steps.flat) == {1}):
+        rank = len(r.shapes.get(src[0]) or [None] * 4)
+        axes = [a % rank for a in (range(len(starts)) if axes is None else axes.reshape(-1).tolist())]
+        if sorted(zip(axes, starts, ends)) == [(a, 0, 1) for a in range(2, rank)] and \
+                (steps is None or set(steps.flat) == {1}):
             kinds[out] = ("offsets", src[0])
             return ins[0]
     if op in ("Sub", "Add") and len(data) == 2 and src[0] == src[1]:
@@ -1110,27 +1118,33 @@ def _import_indices(r: _Reader, node, data: list[str], ins: list[str], kinds: di
             return ins[kind.index("plane")]
     if op == "MaxUnpool" and len(data) in (2, 3) and kind[:2] == ["data", "whole"] and kind[2:] in ([], ["shape"]):
         at = r.attrs(node, dict(kernel_shape=None, pads=None, strides=None))
-        if at["kernel_shape"] is None:
-            raise OnnxError(f"{where}: attribute 'kernel_shape' is missing")
-        kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
-        stride = _spatial(r, node, at, "strides", [1, 1])  # ONNX's default, unlike torch's (the kernel)
-        pads = list(at["pads"] or [0, 0, 0, 0])
-        if len(pads) != 4 or pads[:2] != pads[2:] or min(pads) < 0:
-            raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+        d = len(at["kernel_shape"] or [])
+        if d == 1:  # (N, C, L)
+            kernel, stride = (_ints1(r, node, at, "kernel_shape", [1]),), (_ints1(r, node, at, "strides", [1]),)
+            pads = (_ints1(r, node, at, "pads", [0, 0]),)
+        elif d == 2:
+            kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
+            stride = _spatial(r, node, at, "strides", [1, 1])  # ONNX's default, unlike torch's (the kernel)
+            p = list(at["pads"] or [0, 0, 0, 0])
+            if len(p) != 4 or p[:2] != p[2:] or min(p) < 0:
+                raise r.refuse(node, "pads", p, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+            pads = (p[0], p[1])
+        else:
+            raise r.refuse(node, "kernel_shape", at["kernel_shape"], "1-D and 2-D MaxUnpool are imported")
         pooled = r.shapes.get(src[1]) or []
         if len(node.input) > 2 and node.input[2]:
             given = r.shapes.get(src[2]) if kind[2:] == ["shape"] else r.const(node, 2, "output_shape").tolist()
-            size = tuple(given[-2:]) if given and len(given) == 4 and None not in given[-2:] else None
+            size = tuple(given[2:]) if given and len(given) == d + 2 and None not in given[2:] else None
             out_hw = size
         else:  # ONNX's default: (in − 1)·stride − pads + kernel, as torch's
             x, size = r.shapes.get(data[0]) or [], None
-            out_hw = tuple((x[i] - 1) * stride[i - 2] - 2 * pads[i - 2] + kernel[i - 2] if x[i] else None
-                           for i in (2, 3)) if len(x) == 4 else None
-        if len(pooled) != 4 or None in pooled[2:] or out_hw != tuple(pooled[2:]):
-            raise OnnxError(f"{where}: output (H, W) {out_hw} must be its indices' MaxPool input's "
+            out_hw = tuple((x[2 + i] - 1) * stride[i] - 2 * pads[i] + kernel[i] if x[2 + i] else None
+                           for i in range(d)) if len(x) == d + 2 else None
+        if len(pooled) != d + 2 or None in pooled[2:] or out_hw != tuple(pooled[2:]):
+            raise OnnxError(f"{where}: output size {out_hw} must be its indices' MaxPool input's "
                             f"{tuple(pooled[2:]) or 'unknown'} (only there do ONNX's whole-tensor indices equal "
                             "convprop's per-plane ones)")
-        m = _MaxUnpoolTo(kernel, stride, (pads[0], pads[1]), size)
+        m = _MaxUnpoolTo(kernel, stride, pads, size) if d == 2 else _MaxUnpool1dTo(kernel[0], stride[0], pads[0], size)
         return out, m, ins[:2]
     raise OnnxError(f"{where}: MaxPool's Indices are imported only as the indices of a MaxUnpool (and in torch's "
                     f"Sub/Add of each plane's offset); got inputs {list(zip(data, kind))}")
