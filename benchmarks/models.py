@@ -1,13 +1,15 @@
-"""Whole models against torch: the ResNet-20 training step, and the peak memory of training runs.
+"""Whole models against torch: the ResNet-20 training step (and its convolutions alone), and the peak
+memory of training runs.
 
     python -m benchmarks.models [--threads 1] [--rounds 7] [--smoke]
 
 The step: convprop's train_step (one process: BatchNorm) and torch's, on the same weights, batch 128,
-interleaved in one process, medians.  Memory: each framework trains `steps` batches and then
-evaluates 2,000 test images in a fresh process (as `convprop train` does, in eval mode without
-caches), alternating; the peak RSS (VmHWM) of the process, and what the training and evaluation
-added to it (the peak minus the peak once the framework was imported and the model built).
-benchmarks.suite runs both; this module runs them alone.
+interleaved in one process, medians; then the step's 21 convolutions alone (forward and backward of each
+Conv2d on the input it gets in the step), which bound what the whole step's ratio can be. Memory: each
+framework trains `steps` batches and then evaluates 2,000 test images in a fresh process (as `convprop
+train` does, in eval mode without caches), alternating; the peak RSS (VmHWM) of the process, and what
+the training and evaluation added to it (the peak minus the peak once the framework was imported and the
+model built). benchmarks.suite runs both; this module runs them alone.
 """
 
 from __future__ import annotations
@@ -93,35 +95,68 @@ def step_cases(np, torch, smoke: bool) -> list[tuple]:
             torch.nn.functional.cross_entropy(tm(xt), yt).backward()
             topt.step()
 
-    flops = 3 * resnet_forward_flops(model, batch, 32)
-    return [(f"ResNet-20 training step, batch {batch}, 32×32×3", None, flops, None, None, ours, theirs)]
+    layers = traced_layers(model, batch, 32)
+    flops = 3 * sum(2 * np.prod(shape) * per_output for _, _, shape, per_output in layers)
+    cases = [(f"ResNet-20 training step, batch {batch}, 32×32×3", None, flops, None, None, ours, theirs)]
+    return cases + [convolutions_alone(np, torch, layers, batch)]
 
 
-def resnet_forward_flops(model, n: int, hw: int) -> int:
-    """2 · multiply-adds of every convolution and linear layer for n images of hw × hw (one traced forward)."""
+def convolutions_alone(np, torch, layers: list, batch: int) -> tuple:
+    """The step's convolutions alone: forward and backward (∂W, and ∂x but for the first layer) of every
+    Conv2d of the model on its own input, in sequence, both frameworks — how much of the step's ratio the
+    convolutions leave to everything else."""
+    import convprop.functional as F
+    from convprop import nn
+
+    convs = [(m, x) for m, x, _, _ in layers if isinstance(m, nn.Conv2d)]
+    args = [(m.weight.data, m.stride, m.padding) for m, _ in convs]
+    douts = [np.ones(shape, np.float32) for m, _, shape, _ in layers if isinstance(m, nn.Conv2d)]
+
+    def ours():
+        for i, ((_, x), (w, s, p), dz) in enumerate(zip(convs, args, douts)):
+            F.conv2d_backward(dz, F.conv2d(x, w, None, s, p)[1], input_grad=i > 0)
+
+    theirs = None
+    if torch:
+        tx = [torch.tensor(x, requires_grad=i > 0) for i, (_, x) in enumerate(convs)]
+        tw = [torch.tensor(w, requires_grad=True) for w, _, _ in args]
+        tdz = [torch.tensor(dz) for dz in douts]
+
+        def theirs():
+            for x, w, (_, s, p), dz in zip(tx, tw, args, tdz):
+                torch.nn.functional.conv2d(x, w, None, s, p).backward(dz)
+
+    flops = 3 * sum(2 * np.prod(shape) * per_output for m, _, shape, per_output in layers if isinstance(m, nn.Conv2d))
+    return (f"ResNet-20's {len(convs)} convolutions alone (forward+backward), batch {batch}", None, flops, None, None,
+            ours, theirs)
+
+
+def traced_layers(model, n: int, hw: int) -> list[tuple]:
+    """(module, its input, its output's shape, multiply-adds per output value) of every convolution and
+    linear layer, from one forward of n zero images of hw × hw."""
     import numpy as np
 
     from convprop import nn
 
-    total = 0
+    seen = []
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for m in layers:
         def traced(x, m=m, forward=m.forward):
-            nonlocal total
             out = forward(x)
             per_output = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
                           if isinstance(m, nn.Conv2d) else m.in_features)
-            total += 2 * out.size * per_output
+            seen.append((m, x.copy(), out.shape, per_output))
             return out
         m.forward = traced
     try:
         with nn.no_grad():
-            model.eval()(np.zeros((n, model.conv1.in_channels, hw, hw), model.dtype))
+            model.eval()(np.random.default_rng(1).standard_normal((n, model.conv1.in_channels, hw, hw))
+                         .astype(model.dtype))
     finally:
         for m in layers:
             del m.forward
         model.train()
-    return total
+    return seen
 
 
 RUN_SCRIPT = r"""
