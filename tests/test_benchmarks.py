@@ -39,6 +39,7 @@ def test_benchmark_suite_runs_at_smoke_size(tmp_path, threads):
         if r["phase"] == "forward+backward" and "LeNet-5" not in r["case"] and "ResNet" not in r["case"]]
     assert all(r["convprop_ms"] > 0 and r["torch_ms"] > 0 and r["ratio"] > 0 for r in alone)
     assert any(n.startswith("ResNet-20 training step, batch 8") for n in names)
+    assert any(n.startswith("ResNet-20's 21 convolutions alone") for n in names)  # what bounds the step's ratio
     memory = {r["model"]: r for r in result["memory"]}  # peak RSS of short training runs, both frameworks
     assert set(memory) == {"resnet20", "vgg_small"}
     assert all(r["convprop_peak_mb"] > 0 and r["torch_peak_mb"] > 0 and r["ratio"] > 0 for r in memory.values())
