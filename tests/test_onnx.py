@@ -151,10 +151,12 @@ def test_export_float64_and_refusals(tmp_path):
         def forward(self, x):
             return x
 
-    with pytest.raises(OnnxError, match=r"^1 \(Custom\): no ONNX export for this layer"):
+    with pytest.raises(OnnxError, match=r"^1 \(Custom\): no ONNX export for this layer \(exported: .*MaxUnpool1d"):
         conv_onnx.export(nn.Sequential(nn.ReLU(), Custom()), str(tmp_path / "c.onnx"), (1, 3))
     with pytest.raises(OnnxError, match=r"^model \(Sequential\): it returns the indices of a MaxPool2d; ONNX's"):
         conv_onnx.export(nn.Sequential(nn.MaxPool2d(2, return_indices=True)), str(tmp_path / "c.onnx"), (1, 1, 4, 4))
+    with pytest.raises(OnnxError, match=r"^0 \(Conv2d\): export needs batched \(N, C, H, W\) inputs"):
+        conv_onnx.export(nn.Sequential(nn.Conv2d(2, 3, 3)), str(tmp_path / "c.onnx"), (2, 6, 6))  # unbatched
     with pytest.raises(ValueError, match=r"^opset: expected an int from 13"):
         conv_onnx.export(model, str(tmp_path / "c.onnx"), (1, 4), opset=7)
     with pytest.raises(ValueError, match=r"^input_shape: expected"):
@@ -381,7 +383,7 @@ def _saved(tmp_path, proto, name="m.onnx") -> str:
 
 def test_unsupported_operator_and_attribute_name_node_operator_attribute(tmp_path):
     p = _saved(tmp_path, make_model([N("Transpose", ["x"], ["y"], name="swap", perm=[1, 0])], {}, (2, 3)))
-    with pytest.raises(OnnxError, match=r"node 'swap' \(Transpose\): operator 'Transpose' is not supported"):
+    with pytest.raises(OnnxError, match=r"node 'swap' \(Transpose\): operator 'Transpose' is not supported \(.*MaxUnp"):
         conv_onnx.load(p)
     p = _saved(tmp_path, make_model([N("Conv", ["x", "W"], ["y"], name="c1", pads=[0, 0, 1, 1])],
                                     {"W": _w(2, 1, 3, 3)}, (1, 1, 5, 5)))
@@ -479,20 +481,21 @@ def test_export_modules_whose_forward_forks_and_joins(tmp_path):
 class EncoderDecoder(nn.Module):
     """conv → pool, keeping the indices → conv → unpool at those indices → conv (SegNet's pattern)."""
 
-    def __init__(self, pool, unpool, output_size: bool, conv=nn.Conv2d):
+    def __init__(self, pool, unpool, output_size: bool, conv=nn.Conv2d, call=None):
         super().__init__()
         self.conv1, self.act1, self.pool = conv(2, 3, 3, padding=1), nn.Tanh(), pool
         self.conv2, self.act2, self.unpool = conv(3, 3, 3, padding=1), nn.Tanh(), unpool
         self.conv3, self.output_size = conv(3, 2, 3, padding=1), output_size
+        self.call = call or (lambda unpool, y, i, size: unpool(y, i, output_size=size))
 
     def forward(self, x):
         h = self.act1(self.conv1(x))
         p, indices = self.pool(h)
         y = self.act2(self.conv2(p))
-        return self.conv3(self.unpool(y, indices, output_size=h.shape if self.output_size else None))
+        return self.conv3(self.call(self.unpool, y, indices, h.shape if self.output_size else None))
 
 
-UNPOOL_CASES = {  # name: (pool, unpool, output_size given, input shape)
+UNPOOL_CASES = {  # name: (pool, unpool, output_size given, input shape[, how the unpool is called])
     "maxpool2d": (lambda: nn.MaxPool2d(2, return_indices=True), lambda: nn.MaxUnpool2d(2), False, (2, 2, 6, 8)),
     "maxpool2d-odd-output-size": (lambda: nn.MaxPool2d(2, return_indices=True), lambda: nn.MaxUnpool2d(2), True,
                                   (2, 2, 7, 5)),
@@ -503,14 +506,18 @@ UNPOOL_CASES = {  # name: (pool, unpool, output_size given, input shape)
     "maxpool1d": (lambda: nn.MaxPool1d(2, return_indices=True), lambda: nn.MaxUnpool1d(2), False, (2, 2, 8)),
     "maxpool1d-stride-pad-output-size": (lambda: nn.MaxPool1d(3, padding=1, return_indices=True),
                                          lambda: nn.MaxUnpool1d(3, padding=1), True, (2, 2, 9)),
+    "indices-by-keyword": (lambda: nn.MaxPool2d(2, return_indices=True), lambda: nn.MaxUnpool2d(2), False, (2, 2, 6, 8),
+                           lambda unpool, y, i, size: unpool(y, indices=i)),
+    "all-by-keyword": (lambda: nn.MaxPool1d(2, return_indices=True), lambda: nn.MaxUnpool1d(2), True, (2, 2, 7),
+                       lambda unpool, y, i, size: unpool(x=y, indices=i, output_size=size)),
 }
 
 
 @pytest.mark.parametrize("name", sorted(UNPOOL_CASES))
 def test_export_maxpool_indices_into_maxunpool_matches_onnxruntime(name, tmp_path):
-    pool, unpool, output_size, shape = UNPOOL_CASES[name]
+    pool, unpool, output_size, shape, *call = UNPOOL_CASES[name]
     convprop.random.manual_seed(0)
-    model = EncoderDecoder(pool(), unpool(), output_size, nn.Conv1d if len(shape) == 3 else nn.Conv2d).eval()
+    model = EncoderDecoder(pool(), unpool(), output_size, nn.Conv1d if len(shape) == 3 else nn.Conv2d, *call).eval()
     path = conv_onnx.export(model, str(tmp_path / "ed.onnx"), shape)
     assert [n.op_type for n in onnx.load(path).graph.node].count("MaxUnpool") == 1
     for batch in (shape[0], 3):  # whole-tensor indices and output_shape follow the dynamic batch
@@ -524,22 +531,51 @@ def test_export_maxpool_indices_into_maxunpool_matches_onnxruntime(name, tmp_pat
     assert_close(run_ort(again, x), model(x), f"{name} re-exported")
 
 
-def test_export_maxpool_indices_used_otherwise_is_refused(tmp_path):
-    class Misuse(nn.Module):
-        def __init__(self, use):
-            super().__init__()
-            self.pool, self.unpool, self.relu, self.use = nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2), \
-                nn.ReLU(), use
+class Misuse(nn.Module):
+    """A pool with return_indices and what `use(m, x, p, i)` does with its (p, i): not an exportable unpool."""
 
-        def forward(self, x):
-            p, i = self.pool(x)
-            return self.relu(i) if self.use == "layer" else self.unpool(p, i if self.use == "size" else i + 0)
+    def __init__(self, pool, unpool, use):
+        super().__init__()
+        self.pool, self.unpool, self.relu, self.use = pool, unpool, nn.ReLU(), use
 
-    for use, message in (("layer", r"^relu \(ReLU\): its input is the indices of a MaxPool2d; ONNX's MaxPool counts"),
-                         ("arithmetic", r"^unpool \(MaxUnpool2d\): indices must be those a MaxPool2d"),
-                         ("size", r"^unpool \(MaxUnpool2d\): output 4×4 differs from its pooled input 5×5")):
-        with pytest.raises(OnnxError, match=message):
-            conv_onnx.export(Misuse(use), str(tmp_path / "m.onnx"), (1, 1, 5, 5))
+    def forward(self, x):
+        p, i = self.pool(x)
+        return self.use(self, x, p, i)
+
+
+def _p(d, *args, **kw):
+    return getattr(nn, f"MaxPool{d}d")(*args, return_indices=True, **kw)
+
+
+MISUSE_CASES = [  # (pool, unpool, use, input shape, message)
+    (_p(2, 2), nn.MaxUnpool2d(2), lambda m, x, p, i: m.relu(i), (1, 1, 5, 5),
+     r"^relu \(ReLU\): its input is the indices of a MaxPool2d; ONNX's MaxPool counts"),
+    (_p(2, 2), nn.MaxUnpool2d(2), lambda m, x, p, i: m.unpool(p, i + 0), (1, 1, 5, 5),
+     r"^unpool \(MaxUnpool2d\): indices must be those a MaxPool2d"),
+    (_p(2, 2), nn.MaxUnpool2d(2), lambda m, x, p, i: m.unpool(p, i), (1, 1, 5, 5),
+     r"^unpool \(MaxUnpool2d\): output 4×4 differs from its pooled input 5×5"),
+    (_p(2, 2, ceil_mode=True), nn.MaxUnpool2d(2), lambda m, x, p, i: m.unpool(p, i, output_size=x.shape), (1, 1, 7, 7),
+     r"^unpool \(MaxUnpool2d\): its pooled input 7×7 is smaller than the default output 8×8 .* at least that size$"),
+    (_p(2, 2), nn.MaxUnpool2d(3, 2), lambda m, x, p, i: m.unpool(p, i, x.shape[2:]), (1, 1, 6, 6),
+     r"^unpool \(MaxUnpool2d\): its pooled input 6×6 is smaller than the default output 7×7"),
+    (_p(1, 2), nn.MaxUnpool1d(2), lambda m, x, p, i: m.relu(i), (1, 1, 6),
+     r"^relu \(ReLU\): its input is the indices of a MaxPool1d; .* whole \(N, C, L\) .* of a MaxUnpool1d$"),
+    (_p(1, 2), nn.MaxUnpool1d(2), lambda m, x, p, i: m.unpool(p, i + 0), (1, 1, 6),
+     r"^unpool \(MaxUnpool1d\): indices must be those a MaxPool1d\(return_indices=True\)"),
+    (_p(1, 2), nn.MaxUnpool1d(2), lambda m, x, p, i: i, (1, 1, 6),
+     r"^model \(Misuse\): it returns the indices of a MaxPool1d"),
+    (_p(1, 2), nn.MaxUnpool2d(2), lambda m, x, p, i: m.unpool(p, i), (1, 2, 6),
+     r"^unpool \(MaxUnpool2d\): its indices are a MaxPool1d's of a 1-D input"),
+    (_p(2, 2), nn.MaxUnpool2d(2), lambda m, x, p, i: m.unpool(p, i), (2, 6, 6),
+     r"^pool \(MaxPool2d\): export needs batched \(N, C, H, W\) inputs"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(MISUSE_CASES)))
+def test_export_maxpool_indices_used_otherwise_is_refused(case, tmp_path):
+    pool, unpool, use, shape, message = MISUSE_CASES[case]
+    with pytest.raises(OnnxError, match=message):
+        conv_onnx.export(Misuse(pool, unpool, use), str(tmp_path / "m.onnx"), shape)
 
 
 def test_load_torch_encoder_decoder_forward_and_gradients_match_autograd(tmp_path):
@@ -609,3 +645,27 @@ def test_load_maxpool_indices_used_otherwise_is_refused(tmp_path):
                          (1, 1, 5, 5))
     with pytest.raises(OnnxError, match=r"node 'u' \(MaxUnpool\): output size \(4, 4\) must be .* \(5, 5\)"):
         conv_onnx.load(_saved(tmp_path, smaller))
+
+
+def _unpool_to(shape, in_shape=(1, 3, 6, 6), **pool):
+    """MaxPool (kernel 2, `pool`'s attributes) → MaxUnpool of the same to the constant output_shape `shape`."""
+    nodes = [N("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], **pool),
+             N("MaxUnpool", ["p", "i", "s"], ["y"], name="u", kernel_shape=[2, 2], strides=pool.get("strides", [1, 1]))]
+    return make_model(nodes, {"s": np.array(shape, np.int64)}, in_shape)
+
+
+LOAD_REFUSED = [  # (model, message)
+    (make_model([N("Shape", ["x"], ["s"], name="sh"), N("Reshape", ["x", "s"], ["y"])], {}, (2, 3)),
+     r"node 'sh' \(Shape\): operator 'Shape' is not supported"),
+    (_unpool_to([2, 3, 6, 6], strides=[1, 1], dilations=[2, 2]),
+     r"node 'u' \(MaxUnpool\): output_shape: expected H strictly between 4 and 6 .*, got 6"),
+    (_unpool_to([2, 4, 6, 6], strides=[1, 1]),
+     r"node 'u' \(MaxUnpool\): output_shape \[2, 4, 6, 6\] must be 4 sizes, N and C those of its input"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LOAD_REFUSED)))
+def test_load_refuses_what_convprop_or_onnxruntime_cannot_run(case, tmp_path):
+    model, message = LOAD_REFUSED[case]
+    with pytest.raises(OnnxError, match=message):
+        conv_onnx.load(_saved(tmp_path, model))

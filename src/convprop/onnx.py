@@ -20,6 +20,7 @@ before converting it, and fails with one `OnnxError` line naming the node, opera
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import numpy as np
 
 from . import nn
 from ._files import checked_size
+from .functional.pool import unpool_extent
 
 __all__ = ["export", "load", "OnnxError", "Graph", "DEFAULT_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS"]
 
@@ -97,6 +99,7 @@ def _pair(v) -> list[int]:
 
 
 def _conv(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    _batched(m, xa, label, 2)
     k = list(m.kernel_size)
     inputs = [x, b.const(f"{label}.weight", m.weight.data)]
     if m.bias is not None:
@@ -106,6 +109,16 @@ def _conv(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     if isinstance(m, nn.ConvTranspose2d):
         return b.node("ConvTranspose", inputs, label, output_padding=_pair(m.output_padding), **attrs)
     return b.node("Conv", inputs, label, **attrs)
+
+
+def _batched(m, xa: np.ndarray, label: str, d: int) -> None:
+    """ONNX's operators need a batch axis: a d-D layer's input must be (N, C, *d spatial) — not unbatched."""
+    if xa.ndim != d + 2:
+        raise OnnxError(f"{label} ({type(m).__name__}): export needs batched {_LAYOUT[d]} inputs (ONNX has no "
+                        f"unbatched form), got a {xa.ndim}-D input")
+
+
+_LAYOUT = {1: "(N, C, L)", 2: "(N, C, H, W)"}
 
 
 def _pool_attrs(m, dilation) -> dict:
@@ -123,7 +136,9 @@ def _maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str, **attrs) -> str
     """MaxPool; with return_indices its second output Indices, which count over the whole (N, C, H, W)
     tensor where torch's and convprop's count within each (H, W) plane: they may only feed a
     MaxUnpool (see _unpool), which reads them the same way."""
-    attrs = attrs or _pool_attrs(m, m.dilation)
+    if not attrs:
+        _batched(m, xa, label, 2)
+        attrs = _pool_attrs(m, m.dilation)
     if getattr(m, "return_indices", False):
         return tuple(b.nodes_n("MaxPool", [x], [label, f"{label}.indices"], **attrs))
     return b.node("MaxPool", [x], label, **attrs)
@@ -132,20 +147,26 @@ def _maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str, **attrs) -> str
 def _avgpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     if getattr(m, "divisor_override", None) is not None:
         raise OnnxError(f"{label} (AvgPool2d): divisor_override has no ONNX AveragePool equivalent")
+    _batched(m, xa, label, 2)
     return b.node("AveragePool", [x], label, count_include_pad=int(bool(m.count_include_pad)),
                   **_pool_attrs(m, None))
 
 
-def _adaptive_pool(b: _Builder, m, x: str, xa: np.ndarray, label: str, pool: str) -> str:
+def _adaptive_pool(b: _Builder, m, x: str, xa: np.ndarray, label: str, pool: str) -> str | tuple[str, str]:
     """AdaptiveAvgPool2d / AdaptiveMaxPool2d as Global{pool}Pool, or as {pool}Pool with kernel = stride = the
-    input over the output size (only where that divides evenly)."""
+    input over the output size (only where that divides evenly; with return_indices always, since
+    GlobalMaxPool has no Indices)."""
+    _batched(m, xa, label, 2)
     (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)
-    if (oh, ow) == (1, 1):
+    indices = getattr(m, "return_indices", False)
+    if (oh, ow) == (1, 1) and not indices:
         return b.node(f"Global{pool}Pool", [x], label)
     if h % oh or w % ow:
         raise OnnxError(f"{label} ({type(m).__name__}): output size {oh}×{ow} does not divide the input "
                         f"{h}×{w}; only evenly dividing adaptive pooling is exported")
     k = [h // oh, w // ow]
+    if indices:
+        return _maxpool(b, m, x, xa, label, kernel_shape=k, strides=k)
     return b.node(f"{pool}Pool", [x], label, kernel_shape=k, strides=k)
 
 
@@ -201,8 +222,7 @@ def _one(v) -> int:
 
 
 def _conv1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
-    if xa.ndim != 3:
-        raise OnnxError(f"{label} (Conv1d): export needs batched (N, C, L) inputs, got shape {xa.shape}")
+    _batched(m, xa, label, 1)
     k, d = _one(m.kernel_size), _one(m.dilation)
     top, _, bottom, _ = _pads(m.padding if isinstance(m.padding, str) else _one(m.padding), (k, 1), (d, 1))
     inputs = [x, b.const(f"{label}.weight", m.weight.data)]
@@ -214,8 +234,7 @@ def _conv1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
 
 def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
     avg = not hasattr(m, "dilation")
-    if xa.ndim != 3:
-        raise OnnxError(f"{label} ({type(m).__name__}): export needs batched (N, C, L) inputs, got shape {xa.shape}")
+    _batched(m, xa, label, 1)
     if getattr(m, "divisor_override", None) is not None:
         raise OnnxError(f"{label} ({type(m).__name__}): divisor_override cannot be exported")
     k, p = _one(m.kernel_size), _one(m.padding)
@@ -228,13 +247,7 @@ def _pool1d(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str:
 
 
 def _adaptive_maxpool(b: _Builder, m, x: str, xa: np.ndarray, label: str) -> str | tuple[str, str]:
-    if not getattr(m, "return_indices", False):
-        return _adaptive_pool(b, m, x, xa, label, "Max")
-    (h, w), (oh, ow) = xa.shape[-2:], _pair(m.output_size)  # GlobalMaxPool has no Indices: a MaxPool
-    if h % oh or w % ow:
-        raise OnnxError(f"{label} (AdaptiveMaxPool2d): output size {oh}×{ow} does not divide the input "
-                        f"{h}×{w}; only evenly dividing adaptive pooling is exported")
-    return _maxpool(b, m, x, xa, label, kernel_shape=[h // oh, w // ow], strides=[h // oh, w // ow])
+    return _adaptive_pool(b, m, x, xa, label, "Max")
 
 
 def _softmax(op: str) -> Callable:
@@ -263,7 +276,7 @@ class _Traced(np.ndarray):
     computed from one (a reshape, a product, …) has no name, and a layer given it is refused."""
 
     onnx_name: str | None = None
-    pooled: tuple[str, tuple[int, ...]] | None = None  # MaxPool's Indices: the pool's input (name, shape)
+    pooled: tuple[str, tuple[int, ...], str] | None = None  # MaxPool's Indices: its input's (name, shape), its type
 
     def __array_finalize__(self, obj) -> None:
         self.onnx_name = self.pooled = None  # views and results of other operations are not the named tensor
@@ -279,34 +292,51 @@ class _Traced(np.ndarray):
         return out
 
 
-def _trace(value: np.ndarray, name: str, pooled: tuple[str, tuple[int, ...]] | None = None) -> _Traced:
+def _trace(value: np.ndarray, name: str, pooled: tuple[str, tuple[int, ...], str] | None = None) -> _Traced:
     t = np.asarray(value).view(_Traced)
     t.onnx_name, t.pooled = name, pooled
     return t
 
 
-_INDICES_ONLY_UNPOOL = ("ONNX's MaxPool counts them over the whole (N, C, H, W) tensor, torch and convprop "
-                        "within each (H, W) plane, so they are exported only as the indices of a MaxUnpool2d")
+def _indices_only_unpool(pool: str) -> str:
+    """Why a `pool`'s indices go nowhere but into a MaxUnpool of its kind."""
+    d = 1 if pool.endswith("1d") else 2
+    return (f"ONNX's MaxPool counts them over the whole {_LAYOUT[d]} tensor, torch and convprop within each "
+            f"{'(L) row' if d == 1 else '(H, W) plane'}, so they are exported only as the indices of a MaxUnpool{d}d")
+
+
+def _size(shape) -> str:
+    return "×".join(map(str, shape))
 
 
 def _unpool(b: _Builder, m, label: str, x, indices, out: np.ndarray) -> str:
-    """MaxUnpool2d as ONNX MaxUnpool, its indices MaxPool's own Indices (whole-tensor flat), its
-    output_shape the shape of the pool's input — the one shape at which whole-tensor and per-plane
+    """MaxUnpool2d / MaxUnpool1d as ONNX MaxUnpool, its indices MaxPool's own Indices (whole-tensor flat),
+    its output_shape the shape of the pool's input — the one shape at which whole-tensor and per-plane
     indices name the same cells, so the unpooled output must have the pooled input's H × W."""
+    name = type(m).__name__
+    d = 1 if isinstance(m, getattr(nn, "MaxUnpool1d", ())) else 2
+    pools = "MaxPool1d" if d == 1 else "MaxPool2d or AdaptiveMaxPool2d"
     if getattr(x, "onnx_name", None) is None or getattr(x, "pooled", None) is not None:
-        raise OnnxError(f"{label} (MaxUnpool2d): its input x is computed by code other than layers and sums of "
+        raise OnnxError(f"{label} ({name}): its input x is computed by code other than layers and sums of "
                         "their outputs, which cannot be exported")
     if getattr(indices, "pooled", None) is None:
-        raise OnnxError(f"{label} (MaxUnpool2d): indices must be those a MaxPool2d(return_indices=True) of this "
+        raise OnnxError(f"{label} ({name}): indices must be those a {pools}(return_indices=True) of this "
                         "model returned, unchanged")
-    source, shape = indices.pooled
-    d = out.ndim - 2  # MaxUnpool1d: (N, C, L)
+    source, shape, pool = indices.pooled
+    if len(shape) != d + 2 or out.ndim != d + 2:  # the pool's input is batched (see _batched)
+        raise OnnxError(f"{label} ({name}): its indices are a {pool}'s of a {len(shape) - 2}-D input {shape}, its "
+                        f"output {out.shape}; a {name} unpools the indices of a {pools} only, to its input's shape")
     if out.shape[2:] != shape[2:]:
-        raise OnnxError(f"{label} ({type(m).__name__}): output {'×'.join(map(str, out.shape[2:]))} differs from its "
-                        f"pooled input {'×'.join(map(str, shape[2:]))}; ONNX's whole-tensor indices match torch's "
+        raise OnnxError(f"{label} ({name}): output {_size(out.shape[2:])} differs from its "
+                        f"pooled input {_size(shape[2:])}; ONNX's whole-tensor indices match torch's "
                         "per-plane ones only at the pooled input's size (pass output_size=x.shape)")
     k, p = (_pair(m.kernel_size), _pair(m.padding)) if d == 2 else ([_one(m.kernel_size)], [_one(m.padding)])
     s = k if m.stride is None else _pair(m.stride) if d == 2 else [_one(m.stride)]
+    least = [(n - 1) * si - 2 * pi + ki for n, si, pi, ki in zip(x.shape[2:], s, p, k)]
+    if any(o < lo for o, lo in zip(out.shape[2:], least)):
+        raise OnnxError(f"{label} ({name}): its pooled input {_size(shape[2:])} is smaller than the default "
+                        f"output {_size(least)} ((in − 1)·stride − 2·padding + kernel), and ONNX's MaxUnpool "
+                        "needs an output_shape of at least that size")
     return b.node("MaxUnpool", [x.onnx_name, indices.onnx_name, b.node("Shape", [source], f"{label}.shape")], label,
                   kernel_shape=k, strides=s, pads=p + p)
 
@@ -323,6 +353,9 @@ _tracer = _Tracer()
 _original_call = nn.Module.__call__
 
 
+_UNPOOLS = [n for n in ("MaxUnpool2d", "MaxUnpool1d") if hasattr(nn, n)]  # exported by _traced_call itself
+
+
 def _exporter(m: nn.Module) -> Callable | None:
     return next((EXPORTERS[c] for c in type(m).__mro__ if c in EXPORTERS), None)
 
@@ -331,15 +364,17 @@ def _traced_call(self: nn.Module, *args, **kwargs):
     b, label = _tracer.builder, _tracer.names.get(id(self), "") or type(self).__name__
     if b is None:
         return _original_call(self, *args, **kwargs)
-    if isinstance(self, nn.MaxUnpool2d):  # (x, indices, output_size=None)
-        out = _original_call(self, *[a.view(np.ndarray) if isinstance(a, _Traced) else a for a in args],
-                             **kwargs)
-        return _trace(out, _unpool(b, self, label, *args[:2], out))
+    if isinstance(self, nn.MaxUnpool2d):  # (x, indices, output_size=None), positional or by keyword
+        def plain(a):
+            return a.view(np.ndarray) if isinstance(a, _Traced) else a
+        out = _original_call(self, *map(plain, args), **{k: plain(v) for k, v in kwargs.items()})
+        x, indices = list(inspect.signature(self.forward).bind(*args, **kwargs).arguments.values())[:2]
+        return _trace(out, _unpool(b, self, label, x, indices, out))
     emit = _exporter(self)
     if emit is None:  # a container: its forward calls its submodules (and adds branches)
         if not self._modules or isinstance(self, nn.Module) and type(self).forward is nn.Module.forward:
             raise OnnxError(f"{label} ({type(self).__name__}): no ONNX export for this layer (exported: "
-                            f"{', '.join(sorted([*(c.__name__ for c in EXPORTERS), 'MaxUnpool2d']))}, and modules "
+                            f"{', '.join(sorted([*(c.__name__ for c in EXPORTERS), *_UNPOOLS]))}, and modules "
                             "whose forward calls those and adds their outputs)")
         outer, _tracer.label = _tracer.label, label
         try:
@@ -347,9 +382,10 @@ def _traced_call(self: nn.Module, *args, **kwargs):
         finally:
             _tracer.label = outer
     inputs = [a for a in args if isinstance(a, np.ndarray)]
-    if any(getattr(a, "pooled", None) is not None for a in inputs):
-        raise OnnxError(f"{label} ({type(self).__name__}): its input is the indices of a MaxPool2d; "
-                        + _INDICES_ONLY_UNPOOL)
+    pooled = next((a.pooled for a in [*inputs, *kwargs.values()] if getattr(a, "pooled", None) is not None), None)
+    if pooled is not None:
+        raise OnnxError(f"{label} ({type(self).__name__}): its input is the indices of a {pooled[2]}; "
+                        + _indices_only_unpool(pooled[2]))
     if kwargs or len(inputs) != len(args) or not inputs or any(getattr(a, "onnx_name", None) is None for a in inputs):
         raise OnnxError(f"{label} ({type(self).__name__}): its input is computed by code other than layers and "
                         "sums of their outputs, which cannot be exported")
@@ -358,7 +394,7 @@ def _traced_call(self: nn.Module, *args, **kwargs):
     name = emit(b, self, names if isinstance(self, Add) else names[0], plain[0], label)
     if isinstance(name, tuple):  # MaxPool's (Y, Indices)
         out, idx = _original_call(self, *plain)
-        return _trace(out, name[0]), _trace(idx, name[1], pooled=(names[0], plain[0].shape))
+        return _trace(out, name[0]), _trace(idx, name[1], pooled=(names[0], plain[0].shape, type(self).__name__))
     return _trace(_original_call(self, *plain), name)
 
 
@@ -391,9 +427,10 @@ def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int
         for m, mode in zip(model.modules(), was_training):
             object.__setattr__(m, "training", mode)
     out = getattr(y, "onnx_name", None)
-    if any(getattr(v, "pooled", None) is not None for v in (y if isinstance(y, tuple) else (y,))):
-        raise OnnxError(f"model ({type(model).__name__}): it returns the indices of a MaxPool2d; "
-                        + _INDICES_ONLY_UNPOOL)
+    pooled = next((v.pooled for v in (y if isinstance(y, tuple) else (y,)) if getattr(v, "pooled", None)), None)
+    if pooled is not None:
+        raise OnnxError(f"model ({type(model).__name__}): it returns the indices of a {pooled[2]}; "
+                        + _indices_only_unpool(pooled[2]))
     if out is None:
         raise OnnxError(f"model ({type(model).__name__}): its output is computed by code other than layers and sums "
                         "of their outputs, which cannot be exported")
@@ -642,8 +679,15 @@ def _conv_pads(r: _Reader, node, at: dict, kernel, dilation, stride) -> tuple[in
         return total[0] // 2, total[1] // 2
     if auto != "NOTSET":
         raise r.refuse(node, "auto_pad", auto)
-    pads = list(at["pads"] or [0, 0, 0, 0])
-    if len(pads) != 4 or pads[:2] != pads[2:] or min(pads) < 0:
+    return _pads2(r, node, at["pads"])
+
+
+def _pads2(r: _Reader, node, pads) -> tuple[int, int]:
+    """ONNX's 2-D pads [top, left, bottom, right] as convprop's symmetric (top, left)."""
+    pads = list(pads or [0, 0, 0, 0])
+    if len(pads) != 4 or min(pads) < 0:
+        raise r.refuse(node, "pads", pads)
+    if pads[:2] != pads[2:]:
         raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
     return int(pads[0]), int(pads[1])
 
@@ -749,19 +793,14 @@ def _import_pool(r: _Reader, node) -> nn.Module:
         raise r.refuse(node, "storage_order", at.get("storage_order"))
     if at["auto_pad"] != "NOTSET" and at["auto_pad"] != "VALID":
         raise r.refuse(node, "auto_pad", at["auto_pad"])
-    pads = [0, 0, 0, 0] if at["auto_pad"] == "VALID" else list(at["pads"] or [0, 0, 0, 0])
-    if len(pads) != 4 or min(pads) < 0:
-        raise r.refuse(node, "pads", pads)
-    if pads[:2] != pads[2:]:
-        raise r.refuse(node, "pads", pads, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
+    pads = (0, 0) if at["auto_pad"] == "VALID" else _pads2(r, node, at["pads"])
     if pads[0] > kernel[0] // 2 or pads[1] > kernel[1] // 2:
-        raise r.refuse(node, "pads", pads, f"torch and convprop pool with at most half the kernel {list(kernel)}")
+        raise r.refuse(node, "pads", at["pads"], f"torch and convprop pool with at most half the kernel {list(kernel)}")
     ceil = bool(at["ceil_mode"])
     try:
         if avg:
-            return nn.AvgPool2d(kernel, stride, (pads[0], pads[1]), ceil_mode=ceil,
-                                count_include_pad=bool(at["count_include_pad"]))
-        return nn.MaxPool2d(kernel, stride, (pads[0], pads[1]), dilation, return_indices=indices, ceil_mode=ceil)
+            return nn.AvgPool2d(kernel, stride, pads, ceil_mode=ceil, count_include_pad=bool(at["count_include_pad"]))
+        return nn.MaxPool2d(kernel, stride, pads, dilation, return_indices=indices, ceil_mode=ceil)
     except (TypeError, ValueError) as e:
         raise OnnxError(f"{r.where(node)}: {_one_line(e)}") from None
 
@@ -897,7 +936,8 @@ for _op, _fn, _needs in (("GlobalMaxPool", _import_global_max_pool, "AdaptiveMax
                          ("Softmax", _import_softmax, "Softmax"), ("LogSoftmax", _import_softmax, "LogSoftmax")):
     if hasattr(nn, _needs):  # layers of newer convprop versions
         IMPORTERS[_op] = _fn
-# handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul
+# handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul, MaxUnpool
+_WALKED = ["Add", "MatMul", "Identity", "Constant", "MaxUnpool"]
 
 
 def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> nn.Module:
@@ -974,7 +1014,7 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
             alias[node.output[0]] = ins[0]
             kinds.update({node.output[0]: kinds[data[0]]} if data[0] in kinds else {})
             continue
-        if op == "MaxUnpool" or any(i in kinds for i in data) or op == "Shape":
+        if op == "MaxUnpool" or any(i in kinds for i in data) or (op == "Shape" and _feeds_unpool_shape(node, nodes)):
             step = _import_indices(r, node, data, ins, kinds)
             if isinstance(step, tuple):
                 steps.append(step)
@@ -1002,7 +1042,7 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
                 outs = (node.output[0], node.output[1])
         else:
             raise OnnxError(f"{r.where(node)}: operator {op!r} is not supported (supported: "
-                            f"{', '.join(sorted([*IMPORTERS, 'Add', 'MatMul', 'Identity', 'Constant']))})")
+                            f"{', '.join(sorted([*IMPORTERS, *_WALKED]))})")
         steps.append((outs if getattr(m, "return_indices", False) else node.output[0], m, ins))
         alias[node.output[0]] = node.output[0]
     out = g.output[0].name
@@ -1079,6 +1119,12 @@ def _is_iota(node) -> bool:
     return bool(k) and set(k) == {1} and set(at.get("strides", [1])) == {1} and not any(at.get("pads", [0]))
 
 
+def _feeds_unpool_shape(node, nodes) -> bool:
+    """Whether a Shape node's output is only ever a MaxUnpool's output_shape (its third input)."""
+    readers = [(n, i) for n in nodes for i, name in enumerate(n.input) if name == node.output[0]]
+    return bool(readers) and all(n.op_type == "MaxUnpool" and i == 2 for n, i in readers)
+
+
 def _import_indices(r: _Reader, node, data: list[str], ins: list[str], kinds: dict) -> tuple | str:
     """The nodes around MaxPool's Indices: a step (MaxUnpool), or the convprop tensor the node's output
     names under another ONNX name (kinds records what the ONNX tensor holds).
@@ -1125,25 +1171,29 @@ def _import_indices(r: _Reader, node, data: list[str], ins: list[str], kinds: di
         elif d == 2:
             kernel = _spatial(r, node, at, "kernel_shape", [1, 1])
             stride = _spatial(r, node, at, "strides", [1, 1])  # ONNX's default, unlike torch's (the kernel)
-            p = list(at["pads"] or [0, 0, 0, 0])
-            if len(p) != 4 or p[:2] != p[2:] or min(p) < 0:
-                raise r.refuse(node, "pads", p, "convprop pads symmetrically: [top, left] must equal [bottom, right]")
-            pads = (p[0], p[1])
+            pads = _pads2(r, node, at["pads"])
         else:
             raise r.refuse(node, "kernel_shape", at["kernel_shape"], "1-D and 2-D MaxUnpool are imported")
-        pooled = r.shapes.get(src[1]) or []
+        x, pooled, given = r.shapes.get(data[0]) or [], r.shapes.get(src[1]) or [], None
+        if len(x) != d + 2 or None in x[2:]:
+            raise OnnxError(f"{where}: its input's shape {x or 'unknown'} must be a known {_LAYOUT[d]}")
         if len(node.input) > 2 and node.input[2]:
-            given = r.shapes.get(src[2]) if kind[2:] == ["shape"] else r.const(node, 2, "output_shape").tolist()
-            size = tuple(given[2:]) if given and len(given) == d + 2 and None not in given[2:] else None
-            out_hw = size
-        else:  # ONNX's default: (in − 1)·stride − pads + kernel, as torch's
-            x, size = r.shapes.get(data[0]) or [], None
-            out_hw = tuple((x[2 + i] - 1) * stride[i] - 2 * pads[i] + kernel[i] if x[2 + i] else None
-                           for i in range(d)) if len(x) == d + 2 else None
-        if len(pooled) != d + 2 or None in pooled[2:] or out_hw != tuple(pooled[2:]):
-            raise OnnxError(f"{where}: output size {out_hw} must be its indices' MaxPool input's "
+            given = r.shapes.get(src[2]) if kind[2:] == ["shape"] else \
+                [int(v) for v in r.const(node, 2, "output_shape").reshape(-1)]
+            if not given or len(given) != d + 2 or None in given[2:] or \
+                    any(g is not None and n is not None and g != n for g, n in zip(given[:2], x[:2])):
+                raise OnnxError(f"{where}: output_shape {given} must be {d + 2} sizes, N and C those of its input "
+                                f"{x}")
+        try:  # ONNX's default (in − 1)·stride − pads + kernel, as torch's; output_shape within torch's bounds
+            size = tuple(unpool_extent(x[2 + i], kernel[i], stride[i], pads[i], None if given is None else given[2 + i],
+                                       "L" if d == 1 else "HW"[i]) for i in range(d))
+        except ValueError as e:
+            raise OnnxError(f"{where}: {_one_line(e).replace('ValueError: output_size', 'output_shape')}") from None
+        if len(pooled) != d + 2 or None in pooled[2:] or size != tuple(pooled[2:]):
+            raise OnnxError(f"{where}: output size {size} must be its indices' MaxPool input's "
                             f"{tuple(pooled[2:]) or 'unknown'} (only there do ONNX's whole-tensor indices equal "
                             "convprop's per-plane ones)")
+        size = size if given is not None else None
         m = _MaxUnpoolTo(kernel, stride, pads, size) if d == 2 else _MaxUnpool1dTo(kernel[0], stride[0], pads[0], size)
         return out, m, ins[:2]
     raise OnnxError(f"{where}: MaxPool's Indices are imported only as the indices of a MaxUnpool (and in torch's "
