@@ -5,7 +5,8 @@ memory of training runs.
 
 The step: convprop's train_step (one process: BatchNorm) and torch's, on the same weights, batch 128,
 interleaved in one process, medians; then the step's 21 convolutions alone (forward and backward of each
-Conv2d on the input it gets in the step), which bound what the whole step's ratio can be. Memory: each
+Conv2d on the input it gets in the step), which bound what the whole step's ratio can be, and its
+BatchNorm2d layers alone, each with a ReLU. Memory: each
 framework trains `steps` batches and then evaluates 2,000 test images in a fresh process (as `convprop
 train` does, in eval mode without caches), alternating; the peak RSS (VmHWM) of the process, and what
 the training and evaluation added to it (the peak minus the peak once the framework was imported and the
@@ -98,7 +99,7 @@ def step_cases(np, torch, smoke: bool) -> list[tuple]:
     layers = traced_layers(model, batch, 32)
     flops = 3 * sum(2 * np.prod(shape) * per_output for _, _, shape, per_output in layers)
     cases = [(f"ResNet-20 training step, batch {batch}, 32×32×3", None, flops, None, None, ours, theirs)]
-    return cases + [convolutions_alone(np, torch, layers, batch)]
+    return cases + [convolutions_alone(np, torch, layers, batch), batch_norms_alone(np, torch, model, batch)]
 
 
 def convolutions_alone(np, torch, layers: list, batch: int) -> tuple:
@@ -131,20 +132,50 @@ def convolutions_alone(np, torch, layers: list, batch: int) -> tuple:
             ours, theirs)
 
 
-def traced_layers(model, n: int, hw: int) -> list[tuple]:
-    """(module, its input, its output's shape, multiply-adds per output value) of every convolution and
-    linear layer, from one forward of n zero images of hw × hw."""
+def batch_norms_alone(np, torch, model, batch: int) -> tuple:
+    """The step's BatchNorm2d layers alone, each followed by a ReLU: forward (training: batch statistics)
+    and backward of both on the input the layer gets in the step, both frameworks."""
+    import convprop.functional as F
+    from convprop import nn
+
+    bns = [(m, x) for m, x, _, _ in traced_layers(model, batch, 32, nn.BatchNorm2d)]
+    douts = [np.ones(x.shape, np.float32) for _, x in bns]
+
+    def ours():
+        for (m, x), dy in zip(bns, douts):
+            y, cache = F.batch_norm(x, m.running_mean.copy(), m.running_var.copy(), m.weight.data, m.bias.data, True)
+            a, relu_cache = F.relu(y)
+            F.batch_norm_backward(F.relu_backward(dy, relu_cache), cache)
+
+    theirs = None
+    if torch:
+        tx = [torch.tensor(x, requires_grad=True) for _, x in bns]
+        tp = [(torch.tensor(m.weight.data, requires_grad=True), torch.tensor(m.bias.data, requires_grad=True),
+               torch.tensor(m.running_mean), torch.tensor(m.running_var)) for m, _ in bns]
+        tdy = [torch.tensor(dy) for dy in douts]
+
+        def theirs():
+            for x, (g, b, rm, rv), dy in zip(tx, tp, tdy):
+                torch.relu(torch.nn.functional.batch_norm(x, rm.clone(), rv.clone(), g, b, True)).backward(dy)
+
+    return (f"ResNet-20's {len(bns)} BatchNorm2d + ReLU alone (forward+backward), batch {batch}", None, None,
+            None, None, ours, theirs)
+
+
+def traced_layers(model, n: int, hw: int, kinds=None) -> list[tuple]:
+    """(module, its input, its output's shape, multiply-adds per output value) of every layer of `kinds`
+    (default: convolutions and linear layers), from one forward of n random images of hw × hw."""
     import numpy as np
 
     from convprop import nn
 
     seen = []
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, kinds or (nn.Conv2d, nn.Linear))]
     for m in layers:
         def traced(x, m=m, forward=m.forward):
             out = forward(x)
             per_output = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-                          if isinstance(m, nn.Conv2d) else m.in_features)
+                          if isinstance(m, nn.Conv2d) else getattr(m, "in_features", 0))
             seen.append((m, x.copy(), out.shape, per_output))
             return out
         m.forward = traced
@@ -279,7 +310,8 @@ def main(argv=None) -> int:
     for name, _, flops, _, _, ours, theirs in step_cases(np, torch, args.smoke):
         t = interleaved({"convprop": ours, **({"torch": theirs} if theirs else {})}, rounds)
         ratio = f"  ratio {t['convprop'] / t['torch']:.2f}" if "torch" in t else ""
-        print(f"{name}: convprop {t['convprop'] * 1e3:.1f} ms ({flops / t['convprop'] / 1e9:.1f} GFLOP/s)"
+        rate = f" ({flops / t['convprop'] / 1e9:.1f} GFLOP/s)" if flops else ""
+        print(f"{name}: convprop {t['convprop'] * 1e3:.1f} ms{rate}"
               + (f"  torch {t['torch'] * 1e3:.1f} ms" if "torch" in t else "") + ratio, flush=True)
     for r in memory_runs(torch is not None, args.threads, args.smoke, rounds):
         print(memory_line(r), flush=True)

@@ -267,6 +267,7 @@ def test_unbatched_conv_and_pooling(op, arrays, args, kw):
     ("2d", (2, 3, 6, 7), 2, {}), ("2d", (3, 7, 8), 3, {"stride": 2, "padding": 1}),
     ("2d", (2, 2, 9, 9), (3, 2), {"stride": (2, 1), "padding": (1, 0)}), ("2d", (2, 5, 5), 2, {"stride": 1}),
     ("1d", (2, 3, 9), 2, {}), ("1d", (3, 10), 3, {"stride": 2, "padding": 1}), ("1d", (2, 2, 7), 2, {"stride": 1}),
+    ("2d", (0, 3, 4, 4), 2, {}), ("1d", (0, 3, 8), 2, {}),  # an empty batch, as torch
 ])
 def test_max_pool_return_indices_round_trip_through_max_unpool(d, shape, k, kw):
     """(out, indices) as torch's; max_unpool(max_pool(x)) and ∂x back through both against torch autograd,

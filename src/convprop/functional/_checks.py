@@ -64,7 +64,7 @@ def boolean(value: Any, name: str) -> bool:
 def flag(value: Any, name: str) -> bool:
     """A flag torch tests by its truth value (return_indices): a bool, an int (0 is False) or None."""
     if value is not None and not isinstance(value, (bool, np.bool_, int, np.integer)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
+        raise TypeError(f"{name}: expected True or False (or an int: 0 is False), got {value!r}")
     return bool(value)
 
 

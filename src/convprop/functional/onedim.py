@@ -17,6 +17,7 @@ from .conv import conv2d, conv2d_backward
 from .pool import (
     avg_pool2d,
     avg_pool2d_backward,
+    check_positions,
     max_pool2d,
     max_pool2d_backward,
     max_unpool2d,
@@ -33,6 +34,7 @@ class OneDimCache:
     op: str
     inner: Any  # the 2-D op's cache
     unbatched: bool
+    out_shape: tuple[int, ...]  # the forward output's: (N, C, L') or (C, L')
 
     @property
     def indices(self) -> np.ndarray:
@@ -66,9 +68,7 @@ def _dout(dout: np.ndarray, cache: OneDimCache, op: str) -> np.ndarray:
     chk.cache_of(cache, OneDimCache, op)
     if cache.op != op:
         raise TypeError(f"cache: expected the cache returned by {op}, got one from {cache.op}")
-    if not isinstance(dout, np.ndarray) or dout.ndim != (2 if cache.unbatched else 3):
-        raise ValueError(f"dout: expected {'2' if cache.unbatched else '3'} dimensions (the forward output's), got "
-                         f"{getattr(dout, 'shape', type(dout).__name__)}")
+    dout = chk.grad_output(dout, cache.out_shape, getattr(dout, "dtype", None))
     return (dout[None] if cache.unbatched else dout)[:, :, None, :]
 
 
@@ -80,7 +80,8 @@ def conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, stride=1, 
     pad = padding if isinstance(padding, str) else (0, _one(padding, "padding", 0))
     out, cache = conv2d(xr, w[:, :, None, :], b, stride=(1, _one(stride, "stride", 1)), padding=pad,
                         dilation=(1, _one(dilation, "dilation", 1)), groups=groups)
-    return _back(out, unbatched), OneDimCache("conv1d", cache, unbatched)
+    out = _back(out, unbatched)
+    return out, OneDimCache("conv1d", cache, unbatched, out.shape)
 
 
 def conv1d_backward(dout: np.ndarray, cache: OneDimCache, *, input_grad: bool = True,
@@ -100,7 +101,8 @@ def max_pool1d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
                             stride=None if stride is None else (1, _one(stride, "stride", 1)),
                             padding=(0, _one(padding, "padding", 0)), dilation=(1, _one(dilation, "dilation", 1)),
                             ceil_mode=ceil_mode)
-    out, cache = _back(out, unbatched), OneDimCache("max_pool1d", inner, unbatched)
+    out = _back(out, unbatched)
+    cache = OneDimCache("max_pool1d", inner, unbatched, out.shape)
     return ((out, cache.indices) if return_indices else out), cache
 
 
@@ -122,8 +124,11 @@ def max_unpool1d(x: np.ndarray, indices: np.ndarray, kernel_size, stride=None, p
     k = _one(kernel_size, "kernel_size", 1)
     s, p = k if stride is None else _one(stride, "stride", 1), _one(padding, "padding", 0)
     length = unpool_extent(x.shape[-1], k, s, p, None if output_size is None else output_size[-1], "L")
+    if isinstance(indices, np.ndarray) and indices.dtype.kind in "iu":
+        check_positions(indices, length, f"an output of length {length}")
     out, inner = max_unpool2d(xr, indices, (1, k), stride=(1, s), padding=(0, p), output_size=(1, length))
-    return _back(out, unbatched), OneDimCache("max_unpool1d", inner, unbatched)
+    out = _back(out, unbatched)
+    return out, OneDimCache("max_unpool1d", inner, unbatched, out.shape)
 
 
 def max_unpool1d_backward(dout: np.ndarray, cache: OneDimCache) -> np.ndarray:
@@ -138,7 +143,8 @@ def avg_pool1d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
                             stride=None if stride is None else (1, _one(stride, "stride", 1)),
                             padding=(0, _one(padding, "padding", 0)), ceil_mode=ceil_mode,
                             count_include_pad=count_include_pad)
-    return _back(out, unbatched), OneDimCache("avg_pool1d", cache, unbatched)
+    out = _back(out, unbatched)
+    return out, OneDimCache("avg_pool1d", cache, unbatched, out.shape)
 
 
 def avg_pool1d_backward(dout: np.ndarray, cache: OneDimCache) -> np.ndarray:

@@ -186,6 +186,13 @@ def unpool_extent(size: int, k: int, s: int, p: int, wanted: int | None, axis: s
     return v
 
 
+def check_positions(indices: np.ndarray, size: int, where: str) -> None:
+    """Unpooling's indices must be flat positions in [0, size) of `where` (an output plane or row)."""
+    if indices.size and (indices.min() < 0 or indices.max() >= size):
+        raise ValueError(f"indices: expected values in [0, {size}) for {where}, got "
+                         f"[{indices.min()}, {indices.max()}]")
+
+
 @unbatched(also="indices")  # (C, OH, OW) and its indices: a batch of one
 def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
                  stride: int | Pair | None = None, padding: int | Pair = 0,
@@ -207,11 +214,9 @@ def max_unpool2d(x: np.ndarray, indices: np.ndarray, kernel_size: int | Pair,
     padding = chk.pair(padding, "padding", 0)
     n, c, oh, ow = x.shape
     h, w = _unpool_size((oh, ow), kernel, stride, padding, output_size)
-    if indices.size and (indices.min() < 0 or indices.max() >= h * w):
-        raise ValueError(f"indices: expected values in [0, {h * w}) for a {h}×{w} output, got "
-                         f"[{indices.min()}, {indices.max()}]")
+    check_positions(indices, h * w, f"a {h}×{w} output")
     out = np.zeros((n, c, h * w), dtype=x.dtype)
-    np.put_along_axis(out, indices.reshape(n, c, -1), x.reshape(n, c, -1), axis=2)  # out[indices] = x
+    np.put_along_axis(out, indices.reshape(n, c, oh * ow), x.reshape(n, c, oh * ow), axis=2)  # out[indices] = x
     return out.reshape(n, c, h, w), MaxUnpool2dCache(indices, (n, c, h, w), x.dtype)
 
 
@@ -223,9 +228,9 @@ def max_unpool2d_backward(dout: np.ndarray, cache: MaxUnpool2dCache) -> np.ndarr
     """
     chk.cache_of(cache, MaxUnpool2dCache, "max_unpool2d")
     dout = chk.grad_output(dout, cache.out_shape, cache.dtype)
-    n, c = cache.indices.shape[:2]
-    idx = cache.indices
-    return np.take_along_axis(dout.reshape(n, c, -1), idx.reshape(n, c, -1), axis=2).reshape(idx.shape)
+    (n, c, h, w), idx = cache.out_shape, cache.indices
+    return np.take_along_axis(dout.reshape(n, c, h * w), idx.reshape(n, c, idx.shape[2] * idx.shape[3]),
+                              axis=2).reshape(idx.shape)
 
 
 # --------------------------------------------------------------------------- average pooling

@@ -215,6 +215,9 @@ class MaxUnpool2d(_Layer):
                                           output_size=output_size)
         return out
 
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
 
 class AvgPool2d(_Layer):
     _backward_fn = staticmethod(F.avg_pool2d_backward)
