@@ -7,8 +7,10 @@ Each round starts, for every (model, batch, ranks), a fresh `mpiexec -n K` job t
 steps of the global batch (distributed.step: forward and backward on its shard, the fused gradient
 Allreduce, the optimizer step; each rank on one thread), then a bare Allreduce of the fused gradient
 buffer alone; and one process that times a step on every shard size 256/K (the compute a rank of K
-does).  Configurations alternate within a round; medians over rounds are reported.  Prints the CPU
-model and the load average: on a shared machine the numbers move with the other load.
+does).  Each K-rank job also reports its slower rank's compute (the step until it calls the gradients'
+Allreduce), which bounds the speed-up any collectives could leave.  Configurations alternate within a
+round; medians over rounds are reported.  Prints the CPU model and the load average: on a shared machine
+the numbers move with the other load.
 
 The model: a step on K ranks takes T_shard(B/K) + T_allreduce(K) + T_sync(K), where T_shard is the
 measured one-rank step on B/K samples; a ring Allreduce of S bytes takes 2(K−1)·α + 2(K−1)/K · S/β
@@ -52,9 +54,20 @@ for _ in range(3):
     step()
 while time.time() < float(os.environ.get("START_AT", 0)):  # independent jobs started together time together
     time.sleep(0.001)
-times = []
+times, computes, mark = [], [], {}
+if world > 1:  # a step's compute: from its start until it calls the gradients' Allreduce
+    fused = distributed.allreduce_gradients
+    def timed(*a, **kw):
+        mark["compute"] = time.perf_counter() - mark["start"]
+        return fused(*a, **kw)
+    distributed.allreduce_gradients = timed
 for _ in range(steps):
-    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+    t = mark["start"] = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+    computes.append(mark.get("compute", 0.0))
+if world > 1:
+    distributed.allreduce_gradients = fused
+    from mpi4py import MPI
+    compute = MPI.COMM_WORLD.allreduce(float(np.median(computes)), op=MPI.MAX)  # the slower rank's
 params = list(model.parameters())
 ar = []
 for _ in range(50 if world > 1 else 0):
@@ -64,7 +77,7 @@ for _ in range(50 if world > 1 else 0):
 if rank == 0:
     n = sum(p.data.size for p in params)
     print(json.dumps({"step_s": float(np.median(times)), "allreduce_s": float(np.median(ar)) if ar else 0.0,
-                      "buffer_bytes": (n + 4) * 4}))
+                      "compute_s": compute if world > 1 else float(np.median(times)), "buffer_bytes": (n + 4) * 4}))
 """
 
 
@@ -189,6 +202,7 @@ def main(argv=None) -> int:
         step_s = statistics.median(s["step_s"] for s in got)
         rows.append({"model": model, "batch": b, "ranks": k, "step_ms": step_s * 1e3, "images_per_s": b / step_s,
                      "allreduce_ms": statistics.median(s["allreduce_s"] for s in got) * 1e3,
+                     "compute_ms": statistics.median(s["compute_s"] for s in got) * 1e3,
                      "buffer_bytes": got[0]["buffer_bytes"], "steps_ms": [s["step_s"] * 1e3 for s in got]})
     base = {r["model"]: r["images_per_s"] for r in rows if r["ranks"] == 1}
     print(f"{'model':<10} {'batch':>5} {'ranks':>5} {'step ms':>8} {'img/s':>8} {'speed-up':>8} {'paired':>7} "
@@ -203,6 +217,13 @@ def main(argv=None) -> int:
         paired = f"{r['paired_speedup']:.2f}×" if r["paired_speedup"] else "-"
         print(f"{r['model']:<10} {r['batch']:>5} {r['ranks']:>5} {r['step_ms']:>8.1f} {r['images_per_s']:>8.0f} "
               f"{speedup:>8} {paired:>7} {r['allreduce_ms']:>12.3f} {r['buffer_bytes'] / 1e3:>8.1f} kB")
+    print("\neach rank's compute (its step until it calls the gradients' Allreduce; with SyncBatchNorm that includes"
+          " its collectives), the slower rank's median, and the speed-up it allows with instant collectives:")
+    for r in rows:
+        if r["ranks"] > 1 and r["model"] in base:
+            r["compute_bound"] = r["batch"] / base[r["model"]] / (r["compute_ms"] / 1e3)  # 1-rank step / compute
+            print(f"{r['model']:<10} {r['batch']:>5} {r['ranks']:>5} compute {r['compute_ms']:.1f} ms of the "
+                  f"{r['step_ms']:.1f} ms step: at most {r['compute_bound']:.2f}×")
     if ceiling:
         print(f"\nthe machine's ceiling: K independent processes at once, each stepping on its {batch}/K shard with no "
               "communication at all (the slowest one's step; paired with the round's 1-rank step)")

@@ -67,6 +67,9 @@ def test_distributed_benchmark_runs_at_smoke_size(tmp_path):
         (m, k) for m in ("lenet5", "vgg_small") for k in (1, 2)}
     assert all(row["step_ms"] > 0 for row in result["rows"])
     assert all(row["allreduce_ms"] > 0 for row in result["rows"] if row["ranks"] == 2)
+    # each 2-rank row: the slower rank's compute before the gradients' Allreduce, within its step
+    assert all(0 < row["compute_ms"] <= row["step_ms"] and row["compute_bound"] > 0
+               for row in result["rows"] if row["ranks"] == 2)
     assert {row["nodes"] for row in result["cost_model"]} == {1, 2, 4, 8, 16, 32, 64}
     assert "check, 2 local ranks: predicted" in r.stdout
     # the machine's ceiling: 2 independent processes on the 8-image shards, no communication
