@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks as chk
 from . import _threads
+from ._windows import like
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
            "tanh", "tanh_backward"]
@@ -42,7 +43,7 @@ def _backward(op: str, grad, dout, cache) -> np.ndarray:
     chk.cache_of(cache, ActivationCache, op)
     if cache.op != op:
         raise TypeError(f"cache: expected the cache returned by {op}, got one from {cache.op}")
-    da = chk.grad_output(dout, cache.saved.shape, cache.saved.dtype)
+    da = like(chk.grad_output(dout, cache.saved.shape, cache.saved.dtype), cache.saved)
     return _threads.elementwise(grad, np.empty_like(da), da, cache.saved)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
+from ._windows import like
 
 __all__ = ["batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
 
@@ -121,7 +122,7 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
     """
     chk.cache_of(cache, BatchNormCache, "batch_norm")
     c = cache
-    dy = chk.grad_output(dout, c.xc.shape, c.xc.dtype)
+    dy = like(chk.grad_output(dout, c.xc.shape, c.xc.dtype), c.xc)
     nd = dy.ndim
     axes = (0,) + tuple(range(2, nd))
     inv_std = c.inv_std.reshape(-1)
