@@ -30,7 +30,7 @@ import numpy as np
 
 from . import nn
 from ._files import checked_size
-from .functional.pool import unpool_extent
+from .functional.pool import unpool_default, unpool_extent
 
 __all__ = ["export", "load", "OnnxError", "Graph", "DEFAULT_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS"]
 
@@ -332,7 +332,7 @@ def _unpool(b: _Builder, m, label: str, x, indices, out: np.ndarray) -> str:
                         "per-plane ones only at the pooled input's size (pass output_size=x.shape)")
     k, p = (_pair(m.kernel_size), _pair(m.padding)) if d == 2 else ([_one(m.kernel_size)], [_one(m.padding)])
     s = k if m.stride is None else _pair(m.stride) if d == 2 else [_one(m.stride)]
-    least = [(n - 1) * si - 2 * pi + ki for n, si, pi, ki in zip(x.shape[2:], s, p, k)]
+    least = [unpool_default(*a) for a in zip(x.shape[2:], k, s, p)]
     if any(o < lo for o, lo in zip(out.shape[2:], least)):
         raise OnnxError(f"{label} ({name}): its pooled input {_size(shape[2:])} is smaller than the default "
                         f"output {_size(least)} ((in − 1)·stride − 2·padding + kernel), and ONNX's MaxUnpool "

@@ -55,12 +55,6 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def boolean(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
-
-
 def flag(value: Any, name: str) -> bool:
     """A flag torch tests by its truth value (return_indices): a bool, an int (0 is False) or None."""
     if value is not None and not isinstance(value, (bool, np.bool_, int, np.integer)):

@@ -48,11 +48,6 @@ def window_view(x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair, dilati
     return windows(pad(batch_last(x) if bl else x, padding), kernel, stride, dilation, out_hw)
 
 
-def is_batch_last_view(win: np.ndarray) -> bool:
-    """The layout `window_view` chose for win."""
-    return win.shape[0] > 1 and win.strides[0] == win.itemsize
-
-
 # --------------------------------------------------------------------------- scratch buffers
 _buffers = threading.local()
 

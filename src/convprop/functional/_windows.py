@@ -57,16 +57,19 @@ def batch_last(x: np.ndarray) -> np.ndarray:
     return x if is_batch_last(x) else np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
 
 
+def is_batch_last_view(x: np.ndarray) -> bool:
+    """Whether x (N, …) has its batch axis fastest in memory: a batch-last array, or a view of one (a
+    window view, an unpadded slice)."""
+    return x.shape[0] > 1 and x.strides[0] == x.itemsize
+
+
 def like(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """a (N, C, H, W) in ref's memory layout, batch-last or C-contiguous, copied only when they differ.
     An element-wise pass over operands of two layouts strides through memory (docs/performance.md,
     "One layout per element-wise pass"); one copy first is cheaper."""
-    def batch_fastest(x: np.ndarray) -> bool:  # batch-last order, contiguous or a view (unpadded) of one
-        return x.shape[0] > 1 and x.strides[0] == x.itemsize
-
-    if a.ndim != 4 or a.shape != ref.shape or batch_fastest(a) == batch_fastest(ref):
+    if a.ndim != 4 or a.shape != ref.shape or is_batch_last_view(a) == is_batch_last_view(ref):
         return a
-    return batch_last(a) if batch_fastest(ref) else np.ascontiguousarray(a)
+    return batch_last(a) if is_batch_last_view(ref) else np.ascontiguousarray(a)
 
 
 def allocate(shape: tuple[int, ...], dtype, batch_last_layout: bool, zeroed: bool = True) -> np.ndarray:

@@ -34,9 +34,9 @@ import numpy as np
 
 from . import _checks as chk
 from . import _threads
-from ._tiling import Tile, batch_last_pays, each_tile, is_batch_last_view, window_view
+from ._tiling import Tile, batch_last_pays, each_tile, window_view
 from ._unbatched import unbatched, unbatched_backward
-from ._windows import Col2im, Pair, allocate, batch_last, is_batch_last, out_size, unpad
+from ._windows import Col2im, Pair, allocate, batch_last, is_batch_last, is_batch_last_view, out_size, unpad
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
 

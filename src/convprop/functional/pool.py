@@ -173,10 +173,15 @@ def _unpool_size(in_hw: Pair, kernel: Pair, stride: Pair, padding: Pair, output_
     return tuple(unpool_extent(*a) for a in zip(in_hw, kernel, stride, padding, wanted, ("H", "W")))
 
 
+def unpool_default(size: int, k: int, s: int, p: int) -> int:
+    """Unpooling's default output length along one axis, (size − 1)s − 2p + k: pooling's size formula inverted."""
+    return (size - 1) * s - 2 * p + k
+
+
 def unpool_extent(size: int, k: int, s: int, p: int, wanted: int | None, axis: str) -> int:
-    """Unpooling's output length along one axis: (size − 1)s − 2p + k, or `wanted`, which torch allows
-    only strictly within a stride of that length (the other lengths pooling could have come from)."""
-    default = (size - 1) * s - 2 * p + k
+    """Unpooling's output length along one axis: unpool_default, or `wanted`, which torch allows only
+    strictly within a stride of that length (the other lengths pooling could have come from)."""
+    default = unpool_default(size, k, s, p)
     if wanted is None:
         return chk.output_size(default, "output_size")
     v = chk.positive_int(wanted, "output_size")

@@ -180,6 +180,11 @@ class Linear(_Affine):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def _window_repr(self) -> str:
+    """extra_repr of the pooling and unpooling layers: their window."""
+    return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
 class MaxPool2d(_Layer):
     """Max pooling; with return_indices=True forward returns (out, indices) as torch."""
 
@@ -196,9 +201,7 @@ class MaxPool2d(_Layer):
                                         self.return_indices)
         return out  # (out, indices) with return_indices
 
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+    extra_repr = _window_repr
 
 
 class MaxUnpool2d(_Layer):
@@ -215,8 +218,7 @@ class MaxUnpool2d(_Layer):
                                           output_size=output_size)
         return out
 
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+    extra_repr = _window_repr
 
 
 class AvgPool2d(_Layer):
@@ -234,9 +236,7 @@ class AvgPool2d(_Layer):
                                         divisor_override=self.divisor_override)
         return out
 
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+    extra_repr = _window_repr
 
 
 class AdaptiveAvgPool2d(_Layer):
