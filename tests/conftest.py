@@ -4,6 +4,10 @@ browser, ONNX and torch tests skip only where their packages are missing, and CI
 from __future__ import annotations
 
 import os
+import sys
+
+# Support code (torch twins, hostile-file makers, the CLI runner) lives apart from the tests, in tests/support/.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 _skipped: list[str] = []
 

@@ -14,7 +14,7 @@ and output rows; `_tiling.each_tile` runs it over every tile, the batch split ov
 route (stride 1, output as large as the input: a full correlation with the flipped kernel) and the
 sub-pixel route (the stride divides the kernel).  docs/math.md ("The flip convention") derives both.
 
-The flip convention (docs/math.md proves it on numbers, tests/test_functional.py against torch):
+The flip convention (docs/math.md proves it on numbers, tests/unit/functional/test_functional.py against torch):
 ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times the
 unflipped kernel, onto the window it came from.  That equals the *full cross-correlation* of the
 (zero-inserted, padded) ∂Z with the *flipped* kernel; "a transposed convolution with the flipped

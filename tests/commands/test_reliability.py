@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from test_data import write_idx
+from datafiles import write_idx
 
 from convprop import checkpoint, models, nn
 from convprop.checkpoint import CheckpointError

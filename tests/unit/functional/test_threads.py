@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 from helpers import check_op
-from test_nn import batch, compare_network
+from twins import batch, compare_network
 
 import convprop
 import convprop.functional as F

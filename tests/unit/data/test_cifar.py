@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_cli import run_cli
+from runner import run_cli
 
 from convprop.data import (
     CIFAR10_MEAN,

@@ -593,7 +593,7 @@ def fuzz_results(tmp_path_factory):
     tiny = root / "tiny"
     tiny.mkdir()
     hostile.make_tiny(tiny)
-    probe = os.path.join(os.path.dirname(__file__), "fuzz_probe.py")
+    probe = os.path.join(os.path.dirname(hostile.__file__), "fuzz_probe.py")
     by_command: dict[str, list] = {}
     running: list = []
 

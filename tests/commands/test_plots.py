@@ -46,7 +46,7 @@ def test_saliency_is_the_input_gradient_of_the_hand_written_backward(pictures, t
     """|∂L_n/∂x_n| per image, equal to torch's autograd on the same weights (MNIST's flat background makes
     max-pool ties, where central differences are one-sided; torch breaks ties as we do)."""
     from helpers import torch
-    from test_nn import to_torch_state, torch_twin
+    from twins import to_torch_state, torch_twin
 
     from convprop.plots import saliency
 

@@ -7,7 +7,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 from helpers import assert_close, torch
-from test_nn import batch, to_torch_state
+from runner import DOCS
+from twins import batch, to_torch_state
 
 from convprop import models, nn
 from convprop.gradcheck import GradcheckError, gradcheck
@@ -192,10 +193,9 @@ def test_explain_residual_shows_the_join_and_the_fork_on_numbers(options):
 
 
 def test_the_docs_examples_run():
-    import pathlib
     import re
 
-    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "residual.md").read_text()
+    doc = (DOCS / "residual.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
     assert len(blocks) == 2
     exec(compile("\n".join(blocks), "residual.md", "exec"), {})

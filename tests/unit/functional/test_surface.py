@@ -160,7 +160,7 @@ def test_batch_norm_against_torch(shape, training, affine, dtype):
                                          ((1, 2, 13, 11), (6, 5))])
 @pytest.mark.parametrize("op", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
 def test_adaptive_pooling_any_sizes(op, shape, size):
-    from test_functional import tie_free
+    from cases import tie_free
 
     x = tie_free(np.random.default_rng(3), shape)
     check_op(op, [x], size)
@@ -186,7 +186,7 @@ def test_conv1d(kw, batched):
                                        ("avg_pool1d", 2, {"ceil_mode": True, "stride": 3})])
 @pytest.mark.parametrize("batched", [True, False])
 def test_pool1d(op, k, kw, batched):
-    from test_functional import tie_free
+    from cases import tie_free
 
     x = tie_free(np.random.default_rng(5), (2, 3, 10))
     check_op(op, [x if batched else x[0]], k, **kw)
@@ -252,7 +252,7 @@ def test_conv2d_same_and_valid_padding_as_torch(k, d, groups, padding):
     ("avg_pool2d", [(3, 7, 8)], (3,), {"divisor_override": 5, "stride": 2}),
 ])
 def test_unbatched_conv_and_pooling(op, arrays, args, kw):
-    from test_functional import tie_free
+    from cases import tie_free
 
     rng = np.random.default_rng(10)
     arrays = [None if s is None else tie_free(rng, s) for s in arrays]
@@ -272,8 +272,8 @@ def test_unbatched_conv_and_pooling(op, arrays, args, kw):
 def test_max_pool_return_indices_round_trip_through_max_unpool(d, shape, k, kw):
     """(out, indices) as torch's; max_unpool(max_pool(x)) and ∂x back through both against torch autograd,
     in 2-D ((N, C, H, W) or (C, H, W)) and 1-D ((N, C, L) or (C, L))."""
+    from cases import tie_free
     from helpers import assert_close
-    from test_functional import tie_free
 
     size = shape[-2:] if d == "2d" else shape[-1:]
     x = tie_free(np.random.default_rng(15), shape)

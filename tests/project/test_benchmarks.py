@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from runner import ROOT
 
 
 @pytest.mark.parametrize("threads", [1, 2])  # on 2, convprop's LeNet-5 steps run in two processes

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from helpers import torch
+from runner import DOCS
 
 from convprop.explain import TOPICS, explain, render_markdown, render_text
 
@@ -91,7 +91,7 @@ def test_cli_explain_runs_every_topic_and_exits_0():
 
 
 def test_docs_explain_md_is_generated_from_the_command():
-    doc = pathlib.Path(__file__).resolve().parent.parent / "docs" / "explain.md"
+    doc = DOCS / "explain.md"
     r = subprocess.run([sys.executable, "-m", "convprop", "explain", "all", "--format", "markdown"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+from runner import README
 
 
 def test_readme_python_examples_run():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import assert_close, torch
-from test_nn import batch, to_torch_state, torch_twin
+from twins import batch, to_torch_state, torch_twin
 
 from convprop import models, nn, optim
 

@@ -11,12 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+from runner import README, ROOT  # noqa: E402
 
 from convprop import models, nn
 from convprop.data import DataLoader
 from convprop.functional import batch_norm, batch_norm_backward
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+SUPPORT = str(ROOT / "tests" / "support")
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
@@ -29,7 +30,7 @@ def mpirun(k: int, *args: str, timeout: float = 120, env: dict | None = None) ->
 @pytest.mark.parametrize("k", [2, 3])
 def test_k_ranks_equal_one_process_on_the_whole_batch(k, tmp_path):
     out = tmp_path / "eq.json"
-    r = mpirun(k, sys.executable, os.path.join(HERE, "mpi_equivalence.py"), str(out))
+    r = mpirun(k, sys.executable, os.path.join(SUPPORT, "mpi_equivalence.py"), str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["world"] == k
@@ -117,7 +118,7 @@ def test_sync_batch_norm_is_off_in_a_job_of_one():
 def test_the_readme_mpi_loop_runs_under_mpiexec(tmp_path):
     import re
 
-    readme = open(os.path.join(HERE, "..", "README.md")).read()
+    readme = open(README).read()
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "distributed.init()" in b)
     script = tmp_path / "loop.py"
     script.write_text(code.replace("range(3)", "range(1)"))

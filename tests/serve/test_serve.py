@@ -18,8 +18,9 @@ import pytest
 pytest.importorskip("starlette")
 import httpx  # noqa: E402
 from helpers import torch  # noqa: E402
+from runner import ROOT  # noqa: E402
 from serve_helpers import png_data_url, sse_events, start  # noqa: E402
-from test_nn import to_torch_state, torch_twin  # noqa: E402
+from twins import to_torch_state, torch_twin  # noqa: E402
 
 import convprop.random as R  # noqa: E402
 from convprop import checkpoint, models, nn  # noqa: E402
@@ -368,10 +369,9 @@ def test_requests_wait_for_a_training_step_not_for_training(server, digits):
 
 def test_load_benchmark_runs_at_smoke_size():
     """benchmarks.serve at smoke size: every request answered (no timing asserted: machines are noisy)."""
-    import pathlib
 
     r = subprocess.run([sys.executable, "-m", "benchmarks.serve", "--smoke"], capture_output=True, text=True,
-                       timeout=300, cwd=pathlib.Path(__file__).resolve().parent.parent)
+                       timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "40/40 ok from 4 concurrent clients" in r.stdout and "p95" in r.stdout, r.stdout
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import struct
 
 import numpy as np
 import pytest
+from datafiles import write_idx
 
 from convprop.data import DataLoader, IDXError, bundled_sample_dir, load_mnist, random_shift, read_idx
-
-
-def write_idx(path, array, code=0x08, compress=False):
-    data = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    with (gzip.open if compress else open)(path, "wb") as f:
-        f.write(data)
 
 
 def test_bundled_sample_is_the_real_one_with_its_licence():

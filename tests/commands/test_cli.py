@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from runner import run_cli
 
 from convprop import checkpoint, cli
 from convprop.data import load_mnist, normalize
@@ -15,11 +16,6 @@ from convprop.data.images import load_digit
 from convprop.train import predict
 
 SMALL = ["--train-size", "500", "--test-size", "300", "--no-progress", "--batch-size", "50"]
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "convprop", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import base64
 import os
-import pathlib
 import shutil
 
 import numpy as np
 import pytest
 
 pytest.importorskip("starlette")
+from runner import DOCS  # noqa: E402
 from serve_helpers import png_data_url, start  # noqa: E402
 
 import convprop.random as R  # noqa: E402
@@ -22,7 +22,6 @@ from convprop.data import DataLoader, load_mnist  # noqa: E402
 from convprop.serve.app import load_engine  # noqa: E402
 from convprop.train import fit  # noqa: E402
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
