@@ -270,7 +270,7 @@ def cmd_plot(args) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        from .serve.app import serve
+        from .serve.server import serve
     except ImportError:
         raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
     return serve(args.checkpoint, args.host, args.port)
