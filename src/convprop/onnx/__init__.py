@@ -9,8 +9,8 @@ BatchNormalization, Add for a residual join; MaxPool's Indices into MaxUnpool fo
 AdaptiveMaxPool2d / MaxPool1d(return_indices=True) and MaxUnpool2d / MaxUnpool1d), in eval mode:
 Dropout is the identity, BatchNorm uses its running statistics.  Import reads graphs of those
 operators (also MatMul + Add, Reshape to (N, −1), Identity, Dropout and Constant; the Slice, Sub,
-Add and Shape torch.onnx.export writes around MaxPool's Indices) into an nn.Sequential, or into a
-`Graph` where the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and
+Add and Shape torch.onnx.export writes around MaxPool's Indices) into an nn.Sequential, or into an
+`nn.Graph` where the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and
 export again.
 
 Files are untrusted: import parses the protobuf only (no external data files, no custom operator
