@@ -16,6 +16,11 @@ export again.
 Files are untrusted: import parses the protobuf only (no external data files, no custom operator
 domains), checks every tensor's declared shape against the bytes it carries and against a size limit
 before converting it, and fails with one `OnnxError` line naming the node, operator and attribute.
+
+Layout: errors (OnnxError, the onnx extra), rules (each layer's export as ONNX nodes), trace (the
+forward pass that calls the rules, through nn.call_hook), exporter (export), tensors (TensorProtos as
+arrays, external data, size limits), reader (each operator's import as a layer), indices (MaxPool's
+Indices into MaxUnpool, both ways), loader (load: the walk over the nodes, Sequential or nn.Graph).
 """
 
 from .errors import OnnxError

@@ -75,7 +75,6 @@ def _batched(m, xa: np.ndarray, label: str, d: int) -> None:
                         f"unbatched form), got a {xa.ndim}-D input")
 
 
-
 def _pool_attrs(m, dilation) -> dict:
     k = pair(m.kernel_size)
     p = pair(m.padding)

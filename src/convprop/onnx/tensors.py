@@ -23,7 +23,6 @@ def type_name(code: int) -> str:
         return str(code)
 
 
-
 def _external(t, where: str, directory: str | None, nbytes: int) -> bytes:
     """The bytes of a tensor stored beside the model (torch.onnx.export's external data): a file of
     the model's directory named without any path, its offset and length checked against its size."""
