@@ -331,6 +331,8 @@ def test_training_streams_curves_and_filters_and_stops(server):
     assert events[-1]["filters"]["shape"] == [6, 1, 5, 5] and "png" in events[-1]["filters"]
     s = client.post("/api/train/stop", json={}).json()
     assert not s["running"] and s["step"] >= 30 and s["error"] is None
+    *whole, last = s["epochs"]  # the epoch stopped in is a row too, evaluated, marked partial
+    assert last["step"] == s["step"] and 0 <= last["test_acc"] <= 1 and not any(e["partial"] for e in whole)
     assert not np.array_equal(engine.model[0].weight.data, before)
     assert client.post("/api/train/start", json={"lr": "fast"}).status_code == 400
     assert client.post("/api/train/restore", json={}).status_code == 200
