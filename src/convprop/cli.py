@@ -15,6 +15,7 @@ import numpy as np
 from . import __version__, checkpoint, cli_export, cli_predict, distributed, models, nn
 from .data import IDXError, load_images, normalize
 from .functional._threads import get_num_threads, set_num_threads
+from .plots import pictures
 from .run import (
     CHECKPOINT_NAME,
     DEFAULT_LR,
@@ -24,7 +25,6 @@ from .run import (
     RunInterrupted,
     Settings,
     _subset,
-    pictures,
     read_metrics,
 )
 from .train import Divergence, confusion_matrix, predict
