@@ -1,4 +1,4 @@
-"""A run (convprop/run.py): its directory, what it saves, and that every message about it is true."""
+"""A run (convprop/run/): its directory, what it saves, and that every message about it is true."""
 
 from __future__ import annotations
 

@@ -288,7 +288,7 @@ def test_an_exception_on_one_rank_stops_every_rank_with_one_line():
 
 
 def test_errors_every_rank_makes_are_said_once(tmp_path):
-    for args, code, text in [(["--epochs", "0"], 2, "argument --epochs: expected a positive integer, got 0"),
+    for args, code, text in [(["--epochs", "0"], 2, "argument --epochs: expected an integer from 1 to 100,000, got 0"),
                              (["--data", str(tmp_path / "nowhere")], 2, "no such directory"),
                              (["--epochs", "1", "--lr", "1e30", "--optimizer", "sgd", "--out", str(tmp_path / "d"),
                                *RUN], 1, "training diverged")]:
