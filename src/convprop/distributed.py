@@ -13,11 +13,12 @@ statistics are the whole batch's (`sync_batch_norm`: SyncBatchNorm semantics).
 
     rank, world = distributed.init()                   # under `mpiexec -n K python …`
     loader = DataLoader(images, labels, 64, shuffle=True, num_replicas=world, rank=rank)
-    fit(model, loss_fn, optimizer, loader, epochs)     # one step = one global batch of 64, as in one process
+    distributed.fit(model, loss_fn, optimizer, loader, epochs)   # one step = one global batch of 64
 
-`fit` and `evaluate` go distributed by themselves once `init()` ran with K > 1; an explicit loop uses
-`DistributedOptimizer` (Horovod's) or `train_step`.  Needs mpi4py (`pip install 'convprop[mpi]'`,
-which brings an MPICH whose `mpiexec` lands next to the Python).
+`distributed.fit` is train.fit with this module's `step` and `evaluate` (train.fit itself knows
+nothing of MPI); an explicit loop uses `DistributedOptimizer` (Horovod's) or `train_step`.
+Needs mpi4py (`pip install 'convprop[mpi]'`, which brings an MPICH whose `mpiexec` lands next to
+the Python).
 
 Faults: a collective that waits longer than `timeout` seconds (a rank stopped, hung or lost) stops
 every rank with one line (naming a rank of this machine found stopped); `init(abort_on_error=True)`
@@ -37,10 +38,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 
+from . import train
+from .errors import Divergence, MPIError, mark_every_rank
 from .nn import Module, Parameter
 from .optim import Optimizer
 
@@ -48,10 +51,6 @@ _ENV_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SI
 _ENV_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
 DEFAULT_TIMEOUT_S = 120.0  # CONVPROP_MPI_TIMEOUT overrides it
 SPIN_S = 0.02  # a waiting rank polls this long before it starts to sleep between polls
-
-class MPIError(RuntimeError):
-    """MPI is needed but not there (mpi4py or mpiexec missing)."""
-
 
 _comm = None
 _rank, _size = 0, 1
@@ -137,13 +136,6 @@ def abort(message: str, code: int = 1) -> None:
         os.dup2(devnull, 2)  # MPICH's own multi-line notice of the abort: the line above says it
         _comm.Abort(code)
     os._exit(code)  # (MPI_Abort may return before the signal that ends this process arrives)
-
-
-def mark_every_rank(e: BaseException) -> BaseException:
-    """Mark an error that every rank raises at the same point (after a collective): the job can end
-    in order, rank 0 reporting it, rather than abort."""
-    e.every_rank = True
-    return e
 
 
 # --------------------------------------------------------------------------- collectives
@@ -402,25 +394,26 @@ def step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndar
     raises Divergence on every rank, after the same collectives, before any step."""
     from mpi4py import MPI
 
-    from .train import Divergence
-
     n_k = len(y) if hasattr(y, "__len__") else 0
     synced = any(getattr(m, "allreduce", None) is not None for m in _modules(model))
     if synced:
         count = np.array([float(n_k)])
-        request = _comm.Iallreduce(MPI.IN_PLACE, count, op=MPI.SUM)
+        request = _comm.Iallreduce(MPI.IN_PLACE, count, op=MPI.SUM)  # (overlapped with the forward)
+
+        def scaled_loss(logits, y):  # L_k, and ∂L_k/∂Z on the global batch's scale: · n_k/N
+            try:
+                loss, dlogits = loss_fn(logits, y)
+            finally:
+                _wait(request, "the batch-size Allreduce")
+            return loss, dlogits * dlogits.dtype.type(n_k / count[0])
+
     optimizer.zero_grad()
-    try:
-        logits = model(x)  # forward on this shard (SyncBatchNorm: the global batch's statistics)
-        loss, dlogits = loss_fn(logits, y)  # L_k, ∂L_k/∂Z
+    try:  # this shard's part of ∂L/∂W; a diverged rank runs backward too, for SyncBatchNorm's collectives
+        loss, correct = train.gradients(model, scaled_loss if synced else loss_fn, x, y, check=False)
     finally:
         if synced:
-            _wait(request, "the batch-size Allreduce")
+            _wait(request, "the batch-size Allreduce")  # (done already unless the forward raised)
     finite = bool(np.isfinite(loss))
-    with np.errstate(all="ignore") if not finite else nullcontext():  # (diverged: nan in, nan out, no warnings)
-        # this shard's part of ∂L/∂W; a diverged rank runs it too, for SyncBatchNorm's collectives
-        model.backward(dlogits * dlogits.dtype.type(n_k / count[0]) if synced else dlogits, input_grad=False)
-    correct = int((logits.argmax(axis=1) == y).sum())
     params, sums = list(model.parameters()), [n_k * loss if finite else 0.0, correct, 0.0 if finite else 1.0]
     # SyncBatchNorm: the parts already carry n_k/N, so they are only summed; else Σ_k n_k ∂L_k/∂W / N
     extra = allreduce_gradients(params, [*sums, n_k]) if synced else _average_gradients(params, n_k, sums)
@@ -431,6 +424,28 @@ def step(model: Module, loss_fn, optimizer: Optimizer, x: np.ndarray, y: np.ndar
                          f"{int(extra[2])} of {_size} ranks: training diverged (try a smaller --lr)"))
     optimizer.step()  # the same update on every rank: W ← W − lr·∂W (or the optimizer's rule)
     return float(extra[0] / N), int(round(extra[1])), int(N)
+
+
+def fit(model: Module, loss_fn, optimizer: Optimizer, train_loader: Iterable, epochs: int,
+        val_loader: Iterable | None = None, scheduler=None, **kw) -> list[dict]:
+    """train.fit on every rank of the job init() joined, one step a global batch (this module's
+    `step` and `evaluate`): train_loader must be a DataLoader with num_replicas=K, rank=r; BatchNorm
+    layers are synchronised and rank 0's parameters broadcast first; the history's losses and
+    accuracies are the global batches', the same on every rank.  Only rank 0 shows progress and logs;
+    on_epoch_end and on_step run on every rank.  train.fit's other arguments go as keywords.  In a job
+    of one (no mpiexec) it is train.fit."""
+    if not is_initialized():
+        return train.fit(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, **kw)
+    replicas = getattr(train_loader, "num_replicas", _size)
+    if replicas != _size or getattr(train_loader, "rank", _rank) != _rank:
+        raise ValueError(f"train_loader: expected a loader sharded for rank {_rank} of {_size} (DataLoader("
+                         f"..., num_replicas={_size}, rank={_rank})), got num_replicas={replicas}")
+    sync_batch_norm(model)
+    broadcast_parameters(model)
+    if _rank != 0:
+        kw.update(progress=False, log=None)
+    return train.fit(model, loss_fn, optimizer, train_loader, epochs, val_loader, scheduler, step=step,
+                     evaluate=evaluate, **kw)
 
 
 def evaluate(model: Module, loader: Iterable, loss_fn=None) -> tuple[float, float]:

@@ -262,7 +262,6 @@ ERROR_SCRIPT = r"""
 import numpy as np
 from convprop import distributed, models, nn, optim
 from convprop.data import DataLoader
-from convprop.train import fit
 rank, world = distributed.init()
 model = models.lenet5()
 calls = []
@@ -272,8 +271,8 @@ def loss_fn(logits, y):
         raise ValueError("a fault in rank 1's third step")
     return nn.CrossEntropyLoss()(logits, y)
 x = np.zeros((40, 28, 28), np.uint8)
-fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.1), DataLoader(x, np.zeros(40), 8, num_replicas=world,
-    rank=rank), 1, progress=False, log=None)
+distributed.fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.1), DataLoader(x, np.zeros(40), 8,
+    num_replicas=world, rank=rank), 1, progress=False, log=None)
 print("not reached")
 """
 

@@ -2,7 +2,8 @@
 rundir.py claims and locks its directory, metrics.py writes and reads its metrics.json, and core.py's
 `Run` wires them to the data, the model and the training loop."""
 
-from .core import Run, RunDiverged, RunInterrupted, _subset, make_optimizer, run_training
+from ..errors import RunDiverged, RunInterrupted
+from .core import Run, _subset, make_optimizer, run_training
 from .metrics import MAX_METRICS_BYTES, read_metrics, write_metrics
 from .rundir import CHECKPOINT_NAME, LOCK_NAME, METRICS_NAME, DirectoryLock, claim, holds_run, make_directory
 from .settings import DEFAULT_LR, MAX_BATCH, MAX_EPOCHS, OPTIMIZERS, RunError, Settings, default_out, problem

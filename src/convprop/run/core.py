@@ -26,25 +26,12 @@ import numpy as np
 from .. import checkpoint, distributed, models, nn, optim
 from .. import random as _random
 from ..data import DataLoader, load_images, normalize
-from ..train import Divergence, fit
+from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_every_rank
 from .metrics import metrics, write_metrics
 from .rundir import CHECKPOINT_NAME, METRICS_NAME, claim
-from .settings import RunError, Settings, default_out
+from .settings import Settings, default_out
 
 
-class RunDiverged(RuntimeError):
-    """The loss or the weights stopped being finite; the message says what was kept."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C: the message says what was saved and how to continue."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-# --------------------------------------------------------------------------- the run
 def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if n is None or n >= len(labels):
         return images, labels
@@ -206,10 +193,10 @@ class Run:
         try:
             with warnings.catch_warnings():  # overflow on the way to NaN: said once, by the Divergence below
                 warnings.simplefilter("ignore", RuntimeWarning)
-                self.history = fit(self.model, self.loss_fn, self.optimizer, self.train_loader, s.epochs,
-                                   self.test_loader, self.scheduler, start_epoch=self.start_epoch,
-                                   history=self.history, progress=self.progress, on_epoch_end=self._end_of_epoch,
-                                   log=self.log)
+                self.history = distributed.fit(self.model, self.loss_fn, self.optimizer, self.train_loader,
+                                               s.epochs, self.test_loader, self.scheduler, start_epoch=self.start_epoch,
+                                               history=self.history, progress=self.progress,
+                                               on_epoch_end=self._end_of_epoch, log=self.log)
         except (Divergence, nn.AnomalyError) as e:
             self.status = "diverged"
             diverged = RunDiverged(f"{e}; {self.what_exists()}")
@@ -256,11 +243,11 @@ class Run:
         bad = [k for k in ("train_loss", "test_loss") if k in row and not math.isfinite(row[k])]
         # (every rank holds the same history and weights: under MPI, every rank raises these together)
         if bad:
-            raise distributed.mark_every_rank(Divergence(
+            raise mark_every_rank(Divergence(
                 f"epoch {epoch} ended with a {bad[0].replace('_', ' ')} of {row[bad[0]]}: training diverged "
                 "(try a smaller --lr)"))
         if not all(np.isfinite(p.data).all() for p in self.model.parameters()):
-            raise distributed.mark_every_rank(Divergence(
+            raise mark_every_rank(Divergence(
                 f"epoch {epoch} ended with weights that are not finite: training diverged (try a smaller --lr)"))
         if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
             self.saved_epoch = epoch

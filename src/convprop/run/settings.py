@@ -12,16 +12,13 @@ from typing import Any
 import numpy as np
 
 from .. import models
+from ..errors import RunError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # The peak learning rate of the one-cycle schedule when none is given: Adam's steps are scaled by its
 # second-moment estimate, SGD's by the gradient itself, so the two need different rates.
 DEFAULT_LR = {"adam": 5e-3, "adamw": 5e-3, "sgd": 0.05}
 MAX_EPOCHS, MAX_BATCH = 100_000, 1_000_000
-
-
-class RunError(ValueError):
-    """A run that cannot start or go on, for a reason the user can fix (the message says which)."""
 
 
 def _whole(v: Any) -> bool:
