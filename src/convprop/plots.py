@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import nn
+from ._extras import require
 from .data import normalize
 from .train import confusion_matrix, predict
 
@@ -16,10 +17,7 @@ NAMES = ("training-curves.png", "filters.png", "feature-maps.png", "saliency.png
 
 
 def _plt():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("pictures need matplotlib: pip install 'convprop[train]'") from None
+    matplotlib = require("matplotlib", "train", "pictures need matplotlib", ValueError)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
