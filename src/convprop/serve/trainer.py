@@ -6,11 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 from .. import models, nn, optim
 from ..data import DataLoader, load_mnist
-from ..train import Divergence, evaluate, fit
+from ..train import Divergence, StepInfo, evaluate, fit, train_step
 from .engine import Engine
 
 
@@ -19,8 +17,9 @@ class Busy(RuntimeError):
 
 
 class Trainer:
-    """Trains the engine's model in a background thread, with `train.fit` one epoch at a time; a stop ends
-    the epoch after the current step.  `points` and `epochs` are the curves the page draws."""
+    """Trains the engine's model in a background thread, with `train.fit` one epoch at a time: each step holds
+    the engine's lock, fit's on_step hook records the curves the page draws (`points`, `epochs`), yields the
+    model to waiting requests, and stops training after the current step once stop() is called."""
 
     BATCH, TEST_IMAGES, MAX_POINTS = 64, 1000, 20000
 
@@ -81,22 +80,27 @@ class Trainer:
 
     def _train(self, lr: float, seed: int) -> None:
         engine, model = self.engine, self.engine.model
+
+        def step(*args):  # train_step, the model the trainer's alone meanwhile
+            with engine.locked():
+                model.train()
+                return train_step(*args)
+
+        def evaluate_locked(*args):
+            with engine.locked():
+                return evaluate(*args)
+
         try:
             images, labels, test_x, test_y = self.data()
             loader = DataLoader(images, labels, self.BATCH, shuffle=True, seed=seed, max_shift=2, dtype=engine.dtype)
             loader.epoch = len(self.epochs)
             test_loader = DataLoader(test_x, test_y, 500, dtype=engine.dtype)
             optimizer = optim.Adam(model.parameters(), lr=lr)
-            loss_fn = _Recording(nn.CrossEntropyLoss(), self)
             while not self.stop_event.is_set():
                 epoch = len(self.epochs)
-                rows = fit(model, loss_fn, optimizer, _Locked(loader, engine, self.stop_event), epoch + 1,
-                           start_epoch=epoch, progress=False, log=None)
-                row = rows[-1]
-                with engine.locked():
-                    row["test_loss"], row["test_acc"] = evaluate(model, test_loader, nn.CrossEntropyLoss())
-                    model.eval()
-                row["step"], row["partial"] = self.step, self.stop_event.is_set()
+                row = fit(model, nn.CrossEntropyLoss(), optimizer, loader, epoch + 1, test_loader, start_epoch=epoch,
+                          progress=False, log=None, step=step, evaluate=evaluate_locked, on_step=self._on_step)[-1]
+                row["step"], row["partial"] = self.step, row.get("partial", False)
                 self.epochs.append(row)
         except Divergence as e:
             self.error = str(e)
@@ -105,44 +109,16 @@ class Trainer:
         finally:
             model.eval()
 
+    def _on_step(self, info: StepInfo) -> bool:
+        """After every step: its loss and batch accuracy onto the curves; True (stop) once stop() was called."""
+        self.step += 1
+        if len(self.points) < self.MAX_POINTS:
+            self.points.append([self.step, info.loss, info.correct / info.batch_size])
+        if self.engine.waiting:
+            time.sleep(0.002)  # let a waiting request have the model between two steps
+        return self.stop_event.is_set()
+
     def state(self, since: int = 0) -> dict:
         return {"running": self.running, "run": self.run, "step": self.step, "epoch": len(self.epochs),
                 "error": self.error, "points": self.points[since:], "next": len(self.points),
                 "epochs": list(self.epochs), "seconds": (time.time() - self.started) if self.started else 0.0}
-
-
-class _Recording:
-    """The loss function, recording each training step's loss and batch accuracy for the curves."""
-
-    def __init__(self, loss_fn, trainer: Trainer) -> None:
-        self.loss_fn, self.trainer = loss_fn, trainer
-
-    def __call__(self, logits: np.ndarray, y: np.ndarray):
-        loss, dlogits = self.loss_fn(logits, y)
-        t = self.trainer
-        if self.trainer.engine.model.training:
-            t.step += 1
-            if len(t.points) < t.MAX_POINTS:
-                t.points.append([t.step, float(loss), float((logits.argmax(axis=1) == y).mean())])
-        return loss, dlogits
-
-
-class _Locked:
-    """A loader whose batches are handed out with the engine's lock held until the next one is asked for
-    (fit runs the step in between); it ends early, after at least one batch, when stop is set."""
-
-    def __init__(self, loader: DataLoader, engine: Engine, stop: threading.Event) -> None:
-        self.loader, self.engine, self.stop = loader, engine, stop
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for k, batch in enumerate(self.loader):
-            if k and self.stop.is_set():
-                return
-            with self.engine.locked() as model:
-                model.train()
-                yield batch
-            if self.engine.waiting:
-                time.sleep(0.002)  # let a waiting request have the model between two steps
