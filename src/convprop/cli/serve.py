@@ -13,6 +13,10 @@ def add_parser(sub) -> None:
                    help="a checkpoint.npz (default: the last convprop train run's, else train LeNet-5 first)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
+    v.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host is NAME (repeatable; the server answers localhost, "
+                        "127.0.0.1, [::1] and the address it listens on, so that no other site's page can "
+                        "reach it through a name of its own)")
 
 
 def run(args) -> int:
@@ -20,4 +24,4 @@ def run(args) -> int:
         from ..serve.server import serve
     except ImportError:
         raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
-    return serve(args.checkpoint, args.host, args.port)
+    return serve(args.checkpoint, args.host, args.port, args.allow_host)
