@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import distributed
-from ..functional._threads import get_num_threads
+from ..functional._threads import available_cpus, get_num_threads
 from ._options import UsageError
 
 
@@ -18,7 +18,11 @@ def launch_workers(args, argv: list[str], command: bool) -> int | None:
             raise UsageError(f"--workers: this run was started by mpiexec with {world} ranks, got --workers "
                              f"{args.workers} (give one or the other)")
         return None
-    workers = args.workers or (get_num_threads() if command and distributed.available() else 1)
+    cpus = available_cpus()
+    if args.workers is not None and args.workers > cpus:  # N processes on fewer CPUs only wait for each other
+        raise UsageError(f"--workers {args.workers}: this process may use {cpus} CPU{'s' * (cpus > 1)} "
+                         f"(its affinity), so at most --workers {cpus}")
+    workers = min(args.workers or (get_num_threads() if command and distributed.available() else 1), cpus)
     if workers == 1:
         return None
     if not distributed.available():
