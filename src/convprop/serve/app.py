@@ -168,6 +168,7 @@ def create_app(engine: Engine, allow_hosts: tuple[str, ...] | list[str] = ()):
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error},
                     middleware=[Middleware(HostOriginGuard, allow_hosts=tuple(allow_hosts))])
+    app.router.redirect_slashes = False  # /api/predict/ is not an endpoint: 404, not a 307 to another URL
     app.state.closing = False
     app.state.engine, app.state.trainer = engine, trainer
     return app
