@@ -147,6 +147,8 @@ def test_bodies_are_json_objects_of_known_fields_read_within_bounds(srv):
     for body in (b'{"lr": NaN}', b'{"lr": Infinity}', b'{"lr": 1e400}', b'{"lr": -Infinity}'):
         one_line_error(post(srv, "/api/train/start", content=body, headers=JSON), 400, "lr")
     one_line_error(post(srv, "/api/predict", content=b"\xff\xfe{}", headers=JSON), 400, "body")
+    one_line_error(post(srv, "/api/predict", content=b'{"pixels": [[' + b"1" * 400 + b"]]}", headers=JSON), 400,
+                   "pixels")  # (an int too large for a float: a 500 before)
     assert get(srv, "/api/train/status").json()["running"] is False
 
 

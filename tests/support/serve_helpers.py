@@ -94,7 +94,10 @@ def raw_request(port: int, data: bytes, timeout: float = 10.0, host: str = "127.
     import socket
 
     with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(data)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before all was sent
+            pass
         got = b""
         try:
             while True:

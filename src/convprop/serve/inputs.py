@@ -143,7 +143,7 @@ def digit_from_pixels(pixels) -> np.ndarray:
     """A 28×28 nested list of numbers in [0, 255] (white ink on black, as MNIST) → uint8."""
     try:
         a = np.asarray(pixels, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # (an integer of 400 digits: OverflowError)
         raise InputError(f"pixels: expected a {SIZE}×{SIZE} array of numbers, got a ragged or non-numeric value") \
             from None
     if a.shape != (SIZE, SIZE):

@@ -11,6 +11,8 @@ import sys
 from .app import create_app, require
 from .engine import Engine
 
+MAX_HEAD = 64 * 1024  # bytes of a request line and headers
+
 
 def last_run_checkpoint(root: str = "runs") -> str | None:
     """The checkpoint.npz of the most recent `convprop train` run under root (by modification time)."""
@@ -80,7 +82,9 @@ class Server:
         import uvicorn
 
         self.app, self.sock = app, sock
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
+        # h11, whose parser holds at most MAX_HEAD bytes of a request's head (httptools holds any size)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off", http="h11",
+                                h11_max_incomplete_event_size=MAX_HEAD)
         self.server = uvicorn.Server(config)
         self.thread = None
 
