@@ -26,7 +26,7 @@ from convprop.serve.inputs import BODY_SECONDS, MAX_BODY  # noqa: E402
 
 CAP = 3 << 29  # 1.5 GiB
 PIXELS = np.zeros((28, 28), int).tolist()
-ENDPOINTS = {"/api/predict": ("image", "pixels"), "/api/forward": ("image", "pixels", "format"),
+ENDPOINTS = {"/api/predict": ("image", "pixels"), "/api/forward": ("image", "pixels", "format", "class"),
              "/api/backward": ("image", "pixels", "format", "class"), "/api/train/start": ("lr", "reset"),
              "/api/train/stop": (), "/api/train/restore": ()}
 GET_ROUTES = ["/", "/favicon.ico", "/api/model", "/api/filters", "/api/train/status", "/static/main.js"]

@@ -137,6 +137,8 @@ def test_bodies_are_json_objects_of_known_fields_read_within_bounds(srv):
     one_line_error(post(srv, "/api/predict", content=b'"' + b'\\"' * 500_000, headers=JSON), 400, "not valid JSON")
     one_line_error(post(srv, "/api/predict", {**PIXELS, "pixel": 1}, JSON), 400, "unknown field 'pixel'")
     one_line_error(post(srv, "/api/predict", {**PIXELS, "format": "png"}, JSON), 400, "unknown field 'format'")
+    for path in ("/api/forward", "/api/backward"):  # the page sends both passes one body
+        assert post(srv, path, {**PIXELS, "format": "png", "class": 3}, JSON).status_code == 200
     one_line_error(post(srv, "/api/train/stop", {"now": True}, JSON), 400, "unknown field 'now' (takes none)")
     one_line_error(post(srv, "/api/train/start", {"lr": 0.1, "epochs": 3}, JSON), 400, "unknown field 'epochs'")
     one_line_error(post(srv, "/api/predict", content=b'{"pixels": 1, "pixels": 2}', headers=JSON), 400,

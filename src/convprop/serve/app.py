@@ -93,6 +93,7 @@ def create_app(engine: Engine, allow_hosts: tuple[str, ...] | list[str] = ()):
         fmt, digit = inputs.output_format(body), inputs.digit(body)
         x = engine.input(digit)
         outs, probs = engine.forward(x)
+        inputs.target_class(body.get("class"), probs.shape[-1])  # checked as backward checks it, not used
         return {"probs": _floats(probs), "predicted": int(probs.argmax()), "digit": digit.tolist(),
                 "input": encode(x[0], fmt, "gray"),
                 "layers": [{"index": k, "type": type(layer).__name__, "label": describe_layer(k, layer),
@@ -147,7 +148,8 @@ def create_app(engine: Engine, allow_hosts: tuple[str, ...] | list[str] = ()):
               Route("/favicon.ico", lambda _: Response(status_code=204)),
               Route("/api/model", endpoint(model_info)),
               Route("/api/predict", endpoint(predict, DIGIT), methods=["POST"]),
-              Route("/api/forward", endpoint(forward, DIGIT + ("format",)), methods=["POST"]),
+              # (forward takes backward's "class" and ignores it: the page sends both passes one body)
+              Route("/api/forward", endpoint(forward, DIGIT + ("format", "class")), methods=["POST"]),
               Route("/api/backward", endpoint(backward, DIGIT + ("format", "class")), methods=["POST"]),
               Route("/api/filters", endpoint(filters)),
               Route("/api/train/start", endpoint(train_start, ("lr", "reset")), methods=["POST"]),
