@@ -12,14 +12,26 @@ import socket
 import subprocess
 import sys
 
-from mpi_faults import CONVPROP, RUN, descendants, end_of, gone, mpi_files, proxies_among, wait_for_epoch, wait_for_ranks
+from mpi_faults import (
+    CONVPROP,
+    RUN,
+    checkpoint,
+    descendants,
+    end_of,
+    gone,
+    mpi_files,
+    proxies_among,
+    wait_for_epoch,
+    wait_for_ranks,
+)
 
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
 def start(argv, out):
-    proc = subprocess.Popen([*argv, "--out", str(out), *RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    # (4,000 images: an epoch takes seconds, so ranks that went on as orphans would be seen training)
+    proc = subprocess.Popen([*argv, "--out", str(out), *RUN, "--train-size", "4000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     wait_for_epoch(proc, out)
     ranks = wait_for_ranks(lambda: descendants(proc.pid), 2)
     [proxy] = proxies_among(descendants(proc.pid))
@@ -33,7 +45,8 @@ def test_workers_end_with_one_line_when_the_proxy_is_killed(tmp_path):
     os.kill(proxy, signal.SIGKILL)
     lines, _, took = end_of(proc)
     assert took < 30 and proc.returncode != 0
-    assert not gone(ranks.values())  # the orphaned ranks stopped by themselves
+    assert not gone(ranks.values())  # the orphaned ranks stopped by themselves,
+    assert checkpoint(tmp_path / "run" / "checkpoint.npz")["meta"]["epoch"] < 3  # without training on
     assert len(lines) == 1, lines
     host = re.escape(socket.gethostname())
     assert re.fullmatch(rf"convprop: error: the MPI proxy \(hydra_pmi_proxy, pid {proxy}\) of ranks 0 and 1 on "
@@ -47,4 +60,5 @@ def test_mpiexec_by_hand_ends_when_the_proxy_is_killed(tmp_path):
     _, _, took = end_of(proc)  # (what it says is Hydra's: the ranks' stderr went to the proxy)
     assert took < 30 and proc.returncode != 0
     assert not gone(ranks.values())
+    assert checkpoint(tmp_path / "run" / "checkpoint.npz")["meta"]["epoch"] < 3
     assert not [f for f in files if os.path.exists(f)]

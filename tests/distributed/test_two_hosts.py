@@ -14,8 +14,19 @@ import subprocess
 import sys
 
 import pytest
-from mpi_faults import (CONVPROP, RUN, assert_same_training, end_of, gone, mpi_files, proxies_among, resume_on_one_host,
-                        wait_for_epoch, wait_for_ranks)
+from mpi_faults import (
+    CONVPROP,
+    RUN,
+    assert_same_training,
+    checkpoint,
+    end_of,
+    gone,
+    mpi_files,
+    proxies_among,
+    resume_on_one_host,
+    wait_for_epoch,
+    wait_for_ranks,
+)
 from twohosts import TwoHosts, unavailable
 
 REASON = unavailable()
@@ -123,6 +134,7 @@ def test_the_proxy_on_host2_is_killed(hosts, reference, tmp_path):
     assert len(lines) == 1, lines
     assert re.fullmatch(r"convprop: error: the MPI proxy \(hydra_pmi_proxy, pid \d+\) of rank 1 on host2 ended: .*",
                         lines[0]), lines
-    assert not gone(ranks.values())  # both ranks ended
+    assert not gone(ranks.values())  # both ranks ended, without training on
+    assert checkpoint(out / "checkpoint.npz")["meta"]["epoch"] < 3
     assert not [f for f in files if os.path.exists(f)]
     resume_on_one_host(out, reference)
