@@ -35,8 +35,9 @@ def start(argv, out):
     wait_for_epoch(proc, out)
     ranks = wait_for_ranks(lambda: descendants(proc.pid), 2)
     [proxy] = proxies_among(descendants(proc.pid))
+    # MPICH's shared memory and Hydra's topology file (/dev/shm/mpich_shm_*, /tmp/hydra_hwloc_xmlfile_*: their
+    # owners delete them when they end in order) and the --workers launcher's directory, if still there
     files = mpi_files([proxy, *ranks.values()])
-    assert any("hydra_hwloc" in f for f in files), files  # (Hydra's topology file, which its proxy deletes at exit)
     return proc, ranks, proxy, files
 
 
