@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -213,8 +214,8 @@ def test_a_rank_killed_mid_epoch_ends_the_run_with_one_line_and_resume_on_1_and_
     stdout, stderr = proc.communicate(timeout=30)
     assert time.time() - t < 30 and proc.returncode != 0
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines == [f"convprop: error: rank 1 of 2 (pid {ranks[1]}) ended abnormally: Killed (signal 9); "
-                     "every rank was stopped"], stderr
+    assert lines == [f"convprop: error: rank 1 of 2 (pid {ranks[1]} on {socket.gethostname()}) ended abnormally: "
+                     "Killed (signal 9); every rank was stopped"], stderr
     assert "BAD TERMINATION" not in stdout
     meta, _ = ckpt_state(out / "checkpoint.npz")  # the last good checkpoint is whole
     assert 1 <= meta["epoch"] < 3
