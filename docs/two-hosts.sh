@@ -72,6 +72,8 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 StrictModes no
+ClientAliveInterval 2
+ClientAliveCountMax 3
 EOF
   cat >"$dir/ssh" <<EOF
 #!/bin/sh
