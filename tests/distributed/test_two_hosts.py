@@ -138,3 +138,20 @@ def test_the_proxy_on_host2_is_killed(hosts, reference, tmp_path):
     assert checkpoint(out / "checkpoint.npz")["meta"]["epoch"] < 3
     assert not [f for f in files if os.path.exists(f)]
     resume_on_one_host(out, reference)
+
+
+def test_the_harness_leaves_nothing_when_a_test_fails(tmp_path):
+    import time
+
+    with pytest.raises(RuntimeError, match="a failing test"):
+        with TwoHosts(tmp_path) as h:
+            proc = h.popen(MPIEXEC, "-n", "2", sys.executable, "-c", "import time; time.sleep(120)")
+            ranks = wait_for_ranks(lambda: h.pids(1) + h.pids(2), 2)
+            assert len(h.pids(2)) >= 3  # sshd, its session, Hydra's proxy, the rank
+            made = [f"/run/netns/{h.namespace(1)}", f"/etc/netns/{h.namespace(2)}", h.dir]
+            assert all(os.path.exists(p) for p in made)
+            raise RuntimeError("a failing test")
+    assert not h.leftovers()
+    assert not any(os.path.exists(p) for p in made)
+    time.sleep(0.1)
+    assert proc.poll() is not None and not gone(ranks.values(), timeout=0)
