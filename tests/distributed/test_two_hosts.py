@@ -65,6 +65,18 @@ def test_two_hosts_one_rank_each_train_as_one_host_two_ranks(hosts, reference, t
     assert sent >= 2 * 60 * ALLREDUCE_BYTES, sent
 
 
+def test_mpich_talks_tcp_over_the_link_between_the_hosts(hosts):
+    """MPICH's own account (its UCX network module's transport choice): between host1 and host2 only
+    TCP on the veth link, no shared memory (sysv, posix, cma) and no other interface."""
+    code = "from mpi4py import MPI; import numpy as np; MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, np.ones(9))"
+    r = hosts.run(MPIEXEC, "-n", "2", sys.executable, "-c", code, env={"UCX_LOG_LEVEL": "info"})
+    assert r.returncode == 0, r.stderr
+    chosen = re.findall(r"\[(host\d):\d+:\d+\].*inter-node cfg#\d+ (.*)", r.stdout + r.stderr)
+    assert sorted(h for h, _ in chosen) == ["host1", "host2"], r.stderr
+    for _, transports in chosen:
+        assert set(re.findall(r"\(([^)]*)\)", transports)) == {f"tcp/{hosts.device}"}, transports
+
+
 def start(hosts, out, env=TIMEOUT_ENV):
     proc = hosts.popen(*CONVPROP, "train", "--workers", "2", "--out", str(out), *RUN, env=env)
     wait_for_epoch(proc, out)
