@@ -87,7 +87,8 @@ def main(argv=None) -> int:
         net = statistics.median(r[nbytes] for r in rows["allreduce two hosts"])
         result["allreduce"][nbytes] = {"shared_memory_s": shm, "two_hosts_s": net}
         size = f"{int(nbytes):,} B"
-        print(f"| {size} | {shm * 1e6:,.1f} µs | {net * 1e6:,.1f} µs | {int(nbytes) / net / 1e6:,.0f} MB/s |")
+        bandwidth = f"{int(nbytes) / net / 1e6:,.0f} MB/s" if int(nbytes) >= 65536 else "—"  # (small: latency)
+        print(f"| {size} | {shm * 1e6:,.1f} µs | {net * 1e6:,.1f} µs | {bandwidth} |")
     print("\n| LeNet-5 step, batch 256 | step | Allreduce of the gradients |")
     print("|---|---|---|")
     for name in ("step 1 rank", "step 1 host × 2 ranks", "step 2 hosts × 1 rank"):
