@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import glob
 import re
-import tomllib
 
+import tomllib
 from runner import ROOT
 
 
