@@ -98,8 +98,8 @@ class Engine:
         with self.locked() as model:
             walk, h = steps.forward(model, x)
         layers = [{**step_info(k, s), "output_shape": list(s.output.shape[1:]),
-                   "parameters": {n: list(p.shape) for n, p in s.module.named_parameters()} if s.kind == "layer" else {}}
-                  for k, s in enumerate(walk)]
+                   "parameters": {n: list(p.shape) for n, p in s.module.named_parameters()
+                                  if s.kind == "layer"}} for k, s in enumerate(walk)]
         return {"source": self.source, **self.meta, "input_shape": [1, SIZE, SIZE], "classes": int(h.shape[1]),
                 "layers": layers, "equations": {"loss": EQUATIONS["loss"]}}
 
@@ -125,9 +125,10 @@ class Engine:
     def backward(self, x: np.ndarray, target: int | None = None) -> dict:
         """The backward pass of L = cross-entropy(model(x), target) (default: the runner-up class, the
         most likely after the predicted one: at p ≈ 1 the predicted class's gradients are ~1e-6, the runner-up's
-        say what would make the digit more like it), step by step through each layer's own backward.  Returns the loss, the probabilities, ∂L/∂x and for
-        every layer k: ∂L/∂(output of k), ∂L/∂(input of k), its parameters' gradients, and the pieces of
-        its rule (pooling: where the gradient goes; conv: K ⋆ᵀ ∂Z by channel and patch ⊙ ∂Z_ij)."""
+        say what would make the digit more like it), step by step through each layer's own backward.
+        Returns the loss, the probabilities, ∂L/∂x and for every step k (convprop.steps: layers, and a
+        block's fork and join): ∂L/∂(output of k), ∂L/∂(input of k), its parameters' gradients, the pieces
+        of its rule (pooling: where the gradient goes; conv: K ⋆ᵀ ∂Z by channel and patch ⊙ ∂Z_ij)."""
         with self._evaluating() as model:
             return _backward(model, x, target)
 
