@@ -333,6 +333,8 @@ def test_training_streams_curves_and_filters_and_stops(server):
     assert not s["running"] and s["step"] >= 30 and s["error"] is None
     *whole, last = s["epochs"]  # the epoch stopped in is a row too, evaluated, marked partial
     assert last["step"] == s["step"] and 0 <= last["test_acc"] <= 1 and not any(e["partial"] for e in whole)
+    if not whole:  # stopped in the first epoch: a share of it, never "1 epochs done"
+        assert s["progress"] == f"0 epochs + {int(100 * s['step'] / 79)} % of epoch 1", s["progress"]
     assert not np.array_equal(engine.model[0].weight.data, before)
     assert client.post("/api/train/start", json={"lr": "fast"}).status_code == 400
     assert client.post("/api/train/restore", json={}).status_code == 200

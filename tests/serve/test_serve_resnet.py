@@ -100,3 +100,16 @@ def test_the_default_class_has_gradients_a_learner_can_see():
     predicted = engine.backward(x, int(probs.argmax()))
     assert default["class"] == int(np.argsort(-probs)[1]) != default["predicted"]
     assert np.abs(default["input_grad"]).max() > 100 * np.abs(predicted["input_grad"]).max()
+
+
+def test_the_training_tab_counts_whole_epochs_and_the_share_of_the_one_stopped_in():
+    from convprop.serve.trainer import epochs_done, progress_text
+
+    rows = [{"step": 79 * k, "partial": False} for k in range(1, 7)] + [{"step": 6 * 79 + 32, "partial": True}]
+    assert progress_text(epochs_done(rows, 79)) == "6 epochs + 40 % of epoch 7"
+    assert progress_text(epochs_done(rows[:6], 79)) == "6 epochs"
+    assert progress_text(epochs_done(rows[:1], 79)) == "1 epoch"
+    assert progress_text(epochs_done([], 79)) == "0 epochs"
+    # stopped twice in the first epoch, then one whole epoch: 10 + 20 steps of 79 are 37 % of one
+    rows = [{"step": 10, "partial": True}, {"step": 30, "partial": True}, {"step": 109, "partial": False}]
+    assert progress_text(epochs_done(rows, 79)) == "1 epoch + 37 % of epoch 2"
