@@ -139,7 +139,9 @@ class Trainer:
         return self.stop_event.is_set()
 
     def state(self, since: int = 0) -> dict:
-        done = epochs_done(self.epochs, self.steps_per_epoch)
+        rows = self.epochs  # and the epoch running now, as far as it got
+        rows = rows + [{"step": self.step, "partial": True}] if self.step > (rows[-1]["step"] if rows else 0) else rows
+        done = epochs_done(rows, self.steps_per_epoch)
         return {"running": self.running, "run": self.run, "step": self.step, "epoch": len(self.epochs),
                 "epochs_done": done, "progress": progress_text(done),
                 "error": self.error, "points": self.points[since:], "next": len(self.points),

@@ -4,7 +4,7 @@ import { $, el, fmt } from "./dom.js";
 
 // What a picture's colours mean, with its numbers: the scale a learner reads the picture by.
 export function scale(enc) {
-  if (enc.cmap === "signed") return `blue − / white 0 / red +, largest |value| ${fmt(enc.max)}`;
+  if (enc.cmap === "signed") return `blue −${fmt(enc.max)} … white 0 … red +${fmt(enc.max)}`;
   if (enc.cmap === "hot") return `black 0 … white ${fmt(enc.max)} (the largest)`;
   return `black ${fmt(enc.min)} … white ${fmt(enc.max)}`;
 }
