@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import safe_json
+from ._extras import require
 from ._files import checked_size
 from .nn import Module
 
@@ -64,11 +65,9 @@ class Header:
 
 
 def _safetensors():
-    try:
-        import safetensors.numpy
-    except ImportError:
-        raise ImportError("writing safetensors files needs the safetensors package: pip install "
-                          "'convprop[safetensors]'") from None
+    require("safetensors.numpy", "safetensors", "writing safetensors files needs the safetensors package")
+    import safetensors
+
     return safetensors
 
 

@@ -397,7 +397,7 @@ def reader_results(tmp_path_factory):
                 by_reader.setdefault(reader, []).append((path, result))
         shutil.rmtree(chunk)
 
-    for kind, chunk, cases in _chunks(root):
+    for _, chunk, cases in _chunks(root):
         with open(chunk / "cases.json", "w") as f:
             json.dump(cases, f)
         running.append((chunk, cases, subprocess.Popen(
