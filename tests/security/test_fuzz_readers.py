@@ -435,7 +435,7 @@ def test_the_reader_fuzzing_runs_enough_cases_and_exercises_both_outcomes(reader
     assert files == COUNTS and (sum(files.values()) >= 1000 or _ENV), files
     for reader in (r for rs in READERS.values() for r in rs):  # some files load, most are refused
         outcomes = [r["outcome"] for _, r in reader_results[reader]]
-        assert outcomes.count("error") > len(outcomes) // 4 and outcomes.count("ok") >= 1, (
+        assert outcomes.count("error") > len(outcomes) // 10 and outcomes.count("ok") >= 1, (
             reader, outcomes.count("ok"), outcomes.count("error"))
     print(f"\n{sum(files.values())} files, {sum(len(reader_results[r]) for rs in READERS.values() for r in rs)} "
           f"reads in {reader_results['seconds']:.0f} s")

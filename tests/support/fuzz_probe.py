@@ -81,7 +81,8 @@ def _errors(reader: str) -> tuple[type[BaseException], ...]:
 
 
 READERS = {"weights": lambda p: _weights(p, False), "weights-model": lambda p: _weights(p, True),
-           "cifar-train": lambda p: _cifar(p, True), "cifar-test": lambda p: _cifar(p, False), "onnx": _onnx}
+           "cifar-train": lambda p: _cifar(p, True), "cifar-test": lambda p: _cifar(p, False), "onnx": _onnx,
+           "onnx-load": lambda p: __import__("convprop.onnx").onnx.load(p)}
 
 
 def read(reader: str, path: str) -> dict:

@@ -152,17 +152,19 @@ def make_tiny(root) -> None:
     Image.fromarray(x[0]).save(root / "digit.png")
 
 
-def run_many_capped(argvs: list[list[str]], workdir) -> list[dict]:
+def run_many_capped(argvs: list[list[str]], workdir, readers: bool = False) -> list[dict]:
     """Many `convprop` command lines in one process with at most CAP bytes of address space (fuzz_probe.py):
-    one {"rc", "stderr", "escaped"} per command line."""
+    one {"rc", "stderr", "escaped"} per command line; with readers, [reader, path] pairs through
+    fuzz_probe's READERS: one {"outcome", "message", "escaped"} each."""
     import json
 
     cases, results = os.path.join(workdir, "cases.json"), os.path.join(workdir, "results.json")
     with open(cases, "w") as f:
         json.dump(argvs, f)
     probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_probe.py")
-    r = subprocess.run([sys.executable, probe, cases, results], capture_output=True, text=True, timeout=900,
-                       cwd=workdir, preexec_fn=limit_address_space, env=capped_env())
+    r = subprocess.run([sys.executable, probe, *(["--readers"] if readers else []), cases, results],
+                       capture_output=True, text=True, timeout=900, cwd=workdir, preexec_fn=limit_address_space,
+                       env=capped_env())
     assert r.returncode == 0, f"the probe died: {r.stderr[-3000:]}"
     with open(results) as f:
         return json.load(f)
