@@ -98,7 +98,8 @@ def weights_case(rng: np.random.Generator, header: dict, data: bytes) -> bytes:
                 e["shape"] = [int(rng.choice([0, 1, 2, 5, 6, 84, 2**31, 2**62, -1])) for _ in
                               range(int(rng.integers(0, 5)))] if rng.random() < 0.8 else odd(rng)
             elif field == "data_offsets":
-                b, end = e["data_offsets"]
+                b, end = (e.get("data_offsets") or [0, 0]) if isinstance(e.get("data_offsets"), list) and len(
+                    e["data_offsets"]) == 2 and all(isinstance(v, int) for v in e["data_offsets"]) else (0, 0)
                 e["data_offsets"] = [b + int(rng.integers(-8, 9)), end + int(rng.integers(-8, 9))] if \
                     rng.random() < 0.6 else ([end, b] if rng.random() < 0.5 else odd(rng))
             elif field == "extra":

@@ -21,7 +21,8 @@ ATTRIBUTE_TYPES = {
     "output_padding": INTS, "output_shape": INTS, "ceil_mode": INT, "count_include_pad": INT, "storage_order": INT,
     "alpha": FLOAT, "beta": FLOAT, "transA": INT, "transB": INT, "epsilon": FLOAT, "momentum": FLOAT,
     "training_mode": INT, "spatial": INT, "axis": INT, "allowzero": INT, "ratio": FLOAT, "seed": INT, "is_test": INT,
-    "axes": INTS, "keepdims": INT, "noop_with_empty_axes": INT, "value": TENSOR, "value_ints": INTS,
+    "axes": INTS, "keepdims": INT, "noop_with_empty_axes": INT, "value": TENSOR, "value_ints": INTS, "to": INT,
+    "saturate": INT,
 }
 MAX_INTS = 64  # an INTS attribute's length (Constant's value_ints: counted in the tensor budget instead)
 
