@@ -76,7 +76,7 @@ def save_weights(model: Module | dict, path: str, metadata: dict[str, object] | 
     strings (safetensors' header holds strings only; read them back with read_metadata).  Returns path."""
     st = _safetensors()
     state = model.state_dict() if isinstance(model, Module) else model
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    arrays = {k: np.asarray(v, order="C") for k, v in state.items()}  # (ascontiguousarray makes () (1,))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     st.numpy.save_file(arrays, path, metadata=meta or None)
     return path
@@ -229,6 +229,17 @@ def _read_tensor(path: str, f, key: str, t: TensorInfo, data_start: int) -> np.n
     return out
 
 
+def _check_fits(path: str, key: str, a: np.ndarray, target) -> None:
+    """Float values the model's (narrower) dtype can hold: 1e300 in a float64 file is no float32 weight."""
+    if target is None or a.dtype.kind != "f" or a.size == 0:
+        return
+    top = float(np.finfo(np.asarray(target).dtype).max)
+    biggest = float(np.abs(a).max())
+    if biggest > top:
+        raise WeightsError(f"{path}: tensor {_name(key)} holds {biggest:.3g}, beyond the model's "
+                           f"{np.asarray(target).dtype} (at most {top:.3g})")
+
+
 def load_weights(path: str, model: Module | None = None, max_bytes: int = MAX_FILE_BYTES,
                  max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, np.ndarray]:
     """A safetensors file as a {name: array} state_dict (torch's keys and layouts) for
@@ -239,10 +250,15 @@ def load_weights(path: str, model: Module | None = None, max_bytes: int = MAX_FI
     f, size = _open_checked(path, max_bytes)
     with f:
         header = _parse_header(path, f, size, max_header_bytes)
+        own = model.state_dict() if model is not None else {}
         if model is not None:
             _check_against(path, header.tensors, model)
         try:
-            return {key: _read_tensor(path, f, key, t, header.data_start) for key, t in header.tensors.items()}
+            out = {}
+            for key, t in header.tensors.items():
+                out[key] = a = _read_tensor(path, f, key, t, header.data_start)
+                _check_fits(path, key, a, own.get(key))
+            return out
         except OSError as e:
             raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
         except MemoryError:

@@ -106,6 +106,8 @@ CASES = {  # name: (file bytes, or (path) -> None for special files, words the m
     "Inf weight": (safetensors_of(LENET, _nan(-np.inf)), "not finite (e.g. -inf)"),
     "NaN in F16": (safetensors_of(LENET, lambda h, d: d.__setitem__(slice(0, 2), np.float16(np.nan).tobytes()),
                                   dtype="F16"), "'0.weight' holds 1 values that are not finite"),
+    "F64 beyond float32": (safetensors_of(LENET, lambda h, d: d.__setitem__(slice(8, 16), np.float64(-1e300).tobytes()),
+                                          dtype="F64"), "'0.weight' holds 1e+300, beyond the model's float32"),
     "extra key": (safetensors_of({**LENET, "evil": np.zeros(3, np.float32)}), "unexpected 1 ['evil']"),
     "missing key": (safetensors_of({k: v for k, v in LENET.items() if k != "11.bias"}), "missing 1 ['11.bias']"),
     "keys of another model": (safetensors_of(models.vgg_small(width=2).state_dict()), "do not match this"),
@@ -203,17 +205,25 @@ def test_valid_files_of_every_float_dtype_and_padded_headers_load(tmp_path, dtyp
 
 
 def test_memory_is_bounded_by_the_model_not_the_file(tmp_path):
-    """An honest 700 MB file of the model's names but other shapes is refused from its header: the cap
-    would not let 700 MB be read (tested under 1 GiB: this process holds torch and more)."""
-    big = {"0.weight": np.zeros(1, np.float32)}
-
-    def grow(h, d):
-        h["0.weight"] = {"dtype": "F32", "shape": [175_000_000], "data_offsets": [0, 700_000_000]}
-    path = str(tmp_path / "big.safetensors")
-    with open(path, "wb") as f:
-        f.write(safetensors_of(big, grow)[:-4])
-        f.truncate(f.tell() + 700_000_000)
-    with pytest.raises(WeightsError, match="'0.weight': expected shape"):
+    """An honest 700 MB file of the model's names, one of them of another shape, is refused from its
+    header: nothing of it is read (under the 1 GiB cap, this process could not hold 700 MB more)."""
+    header, at = {}, 0
+    for k, v in LENET.items():
+        shape = [175_000_000] if k == "0.weight" else list(v.shape)
+        n = 4 * int(np.prod(shape))
+        header[k] = {"dtype": "F32", "shape": shape, "data_offsets": [at, at + n]}
+        at += n
+    head = safetensors_bytes(header)
+    path = sparse_file(str(tmp_path / "big.safetensors"), head, len(head) + at)
+    with pytest.raises(WeightsError, match=r"'0.weight': expected shape \[6, 1, 5, 5\], got \[175000000\]"):
         load_weights(path, models.lenet5())
     with pytest.raises(WeightsError, match="over the limit"):
         load_weights(path, max_bytes=GIB // 2)
+
+
+def test_save_weights_keeps_0_d_tensors_0_d(tmp_path):
+    """BatchNorm's num_batches_tracked is 0-d, as torch's; np.ascontiguousarray would write it as (1,)."""
+    model = models.vgg_small(width=2)
+    path = save_weights(model, str(tmp_path / "v.safetensors"))
+    assert read_header(path).tensors["1.num_batches_tracked"].shape == ()
+    model.load_state_dict(load_weights(path, model))
