@@ -25,7 +25,7 @@ import numpy as np
 
 from . import safe_json
 from ._extras import require
-from ._files import checked_size
+from ._files import atomic_write, checked_size
 from .nn import Module
 
 __all__ = ["save_weights", "load_weights", "read_header", "read_metadata", "WeightsError", "Header", "TensorInfo",
@@ -78,7 +78,7 @@ def save_weights(model: Module | dict, path: str, metadata: dict[str, object] | 
     state = model.state_dict() if isinstance(model, Module) else model
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}  # (ascontiguousarray makes () (1,))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    st.numpy.save_file(arrays, path, metadata=meta or None)
+    atomic_write(path, st.numpy.save(arrays, metadata=meta or None))  # (the bytes, then one rename)
     return path
 
 
