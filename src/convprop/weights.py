@@ -76,10 +76,23 @@ def save_weights(model: Module | dict, path: str, metadata: dict[str, object] | 
     strings (safetensors' header holds strings only; read them back with read_metadata).  Returns path."""
     st = _safetensors()
     state = model.state_dict() if isinstance(model, Module) else model
+    if "__metadata__" in state:
+        raise WeightsError(f"{path}: '__metadata__' is the name safetensors gives its header's metadata, not a "
+                           "tensor's")
     arrays = {k: np.asarray(v, order="C") for k, v in state.items()}  # (ascontiguousarray makes () (1,))
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    atomic_write(path, st.numpy.save(arrays, metadata=meta or None))  # (the bytes, then one rename)
+    try:
+        data = st.numpy.save(arrays, metadata=meta or None)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:  # SafetensorError; a Rust panic (pyo3's PanicException) is a BaseException
+        raise WeightsError(f"{path}: cannot write these tensors as safetensors ({_one_line(e)})") from None
+    atomic_write(path, data)  # (the bytes, then one rename: never a half-written file)
     return path
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
 def _name(key: str) -> str:
