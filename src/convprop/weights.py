@@ -17,7 +17,6 @@ Writing (save_weights) uses the safetensors package (pip install 'convprop[safet
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import safe_json
 from ._extras import require
-from ._files import atomic_write, checked_size
+from ._files import atomic_write, open_regular
 from .nn import Module
 
 __all__ = ["save_weights", "load_weights", "read_header", "read_metadata", "WeightsError", "Header", "TensorInfo",
@@ -177,22 +176,9 @@ def _parse_header(path: str, f, size: int, max_header_bytes: int) -> Header:
     return Header(tensors, metadata, 8 + n)
 
 
-def _open_checked(path: str, max_bytes: int):
-    checked_size(path, "a safetensors file", WeightsError, max_bytes)
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot open ({e.strerror or e})") from None
-    size = os.fstat(f.fileno()).st_size  # the file opened, not the name looked at before
-    if size > max_bytes:
-        f.close()
-        raise WeightsError(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} for a safetensors file")
-    return f, size
-
-
 def read_header(path: str, max_bytes: int = MAX_FILE_BYTES, max_header_bytes: int = MAX_HEADER_BYTES) -> Header:
     """The checked header of a safetensors file (no tensor read).  Raises WeightsError in one line."""
-    f, size = _open_checked(path, max_bytes)
+    f, size = open_regular(path, "a safetensors file", WeightsError, max_bytes)
     with f:
         return _parse_header(path, f, size, max_header_bytes)
 
@@ -260,7 +246,7 @@ def load_weights(path: str, model: Module | None = None, max_bytes: int = MAX_FI
     are checked against the header before any tensor is read, so memory is bounded by the model's size.
     Raises WeightsError in one line for a damaged or hostile file: a bad header, byte ranges that do not
     tile the data, a tensor with a value that is not finite, a mismatch with the model."""
-    f, size = _open_checked(path, max_bytes)
+    f, size = open_regular(path, "a safetensors file", WeightsError, max_bytes)
     with f:
         header = _parse_header(path, f, size, max_header_bytes)
         own = model.state_dict() if model is not None else {}

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from hostile import GIB, one_line_failure, run_many_capped, sparse_file
+from hostile import GIB, one_line_failure, raised_within, run_many_capped, sparse_file
 
 from convprop.data import CIFARError, load_cifar10, read_cifar_bin
 from convprop.data.cifar import RECORD
@@ -116,3 +116,13 @@ def test_a_valid_split_reads_in_chunks_as_written(tmp_path):
     assert y.dtype == np.int64 and x.dtype == np.uint8
     with pytest.raises(CIFARError, match="over the limit of 1,000"):
         read_cifar_bin(str(path), max_bytes=1000)
+
+
+def test_a_name_swapped_for_a_fifo_after_the_look_is_refused_not_waited_on(tmp_path, monkeypatch):
+    import convprop.data.cifar as cifar
+
+    fifo = str(tmp_path / TEST)
+    os.mkfifo(fifo)
+    monkeypatch.setattr(cifar, "_records", lambda path: 1)  # its size looked like one record's
+    e = raised_within(lambda: read_cifar_bin(fifo))
+    assert isinstance(e, CIFARError) and "changed while being read" in str(e), e

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from hostile import run_many_capped, sparse_file
+from hostile import raised_within, run_many_capped, sparse_file
 
 onnx = pytest.importorskip("onnx")
 from convprop.onnx import OnnxError, load  # noqa: E402
@@ -328,3 +328,13 @@ def test_inline_tensors_are_not_copied_twice(tmp_path, monkeypatch):
     write(str(tmp_path), "m.onnx", model().SerializeToString())
     load(str(tmp_path / "m.onnx"))
     assert seen and all(not a.flags.owndata and isinstance(a.base, (bytes, np.ndarray)) for a in seen)
+
+
+def test_a_name_swapped_for_a_fifo_after_the_look_is_refused_not_waited_on(tmp_path, monkeypatch):
+    import convprop._files as files
+
+    fifo = str(tmp_path / "m.onnx")
+    os.mkfifo(fifo)
+    monkeypatch.setattr(files, "checked_size", lambda *a: 0)
+    e = raised_within(lambda: load(fifo))
+    assert isinstance(e, OnnxError) and "got a special file" in str(e), e

@@ -10,7 +10,15 @@ import struct
 
 import numpy as np
 import pytest
-from hostile import GIB, one_line_failure, run_many_capped, safetensors_bytes, safetensors_of, sparse_file
+from hostile import (
+    GIB,
+    one_line_failure,
+    raised_within,
+    run_many_capped,
+    safetensors_bytes,
+    safetensors_of,
+    sparse_file,
+)
 
 from convprop import models
 from convprop.weights import WeightsError, load_weights, read_header, read_metadata, save_weights
@@ -227,3 +235,13 @@ def test_save_weights_keeps_0_d_tensors_0_d(tmp_path):
     path = save_weights(model, str(tmp_path / "v.safetensors"))
     assert read_header(path).tensors["1.num_batches_tracked"].shape == ()
     model.load_state_dict(load_weights(path, model))
+
+
+def test_a_name_swapped_for_a_fifo_after_the_look_is_refused_not_waited_on(tmp_path, monkeypatch):
+    import convprop._files as files
+
+    fifo = str(tmp_path / "w.safetensors")
+    os.mkfifo(fifo)
+    monkeypatch.setattr(files, "checked_size", lambda *a: 0)  # the name looked like a regular file
+    e = raised_within(lambda: load_weights(fifo, models.lenet5()))
+    assert isinstance(e, WeightsError) and "got a special file" in str(e), e

@@ -204,3 +204,24 @@ def safetensors_of(state: dict, edit=None, dtype: str = "F32") -> bytes:
     if edit is not None:
         edit(header, data)
     return safetensors_bytes(header, bytes(data))
+
+
+def raised_within(fn, seconds: float = 20.0) -> BaseException | None:
+    """What fn() raised (None if nothing), run in a daemon thread; AssertionError if it is still running
+    after `seconds` (a reader waiting on a fifo, say: the thread is left blocked, the test goes on)."""
+    import threading
+
+    out: list = []
+
+    def call():
+        try:
+            fn()
+            out.append(None)
+        except BaseException as e:  # noqa: BLE001 — handed to the test
+            out.append(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"still running after {seconds} s (waiting on a fifo?)"
+    return out[0]

@@ -59,11 +59,14 @@ def _records(path: str) -> int:
 def _read_into(path: str, images: np.ndarray, labels: np.ndarray) -> None:
     """Fill images (n, 3, 32, 32) and labels (n,) from the n records of path, a chunk at a time."""
     buf = np.empty((min(_CHUNK, len(labels)), RECORD), np.uint8)
-    try:
-        f = open(path, "rb")
+    try:  # without waiting, and checked again on the file opened: a name swapped for a fifo is no batch
+        f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
     except OSError as e:
         raise CIFARError(f"{path}: cannot read ({e.strerror or e})") from None
     with f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.fstat(f.fileno()).st_size < len(labels) * RECORD:
+            raise CIFARError(f"{path}: changed while being read (expected a CIFAR-10 batch file of "
+                             f"{len(labels) * RECORD:,} bytes)")
         for start in range(0, len(labels), _CHUNK):
             k = min(_CHUNK, len(labels) - start)
             got = f.readinto(memoryview(buf[:k]).cast("B"))

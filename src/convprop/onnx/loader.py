@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from .._files import checked_size
+from .._files import open_regular
 from .errors import OnnxError, one_line, onnx_module
 from .indices import feeds_unpool_shape, import_indices, is_iota
 from .reader import IMPORTERS, WALKED, Reader, load_weights, to_float
@@ -13,10 +13,10 @@ from .tensors import FLOATS, MAX_FILE_BYTES, MAX_NODES, MAX_TENSOR_BYTES, MAX_TE
 
 
 def _read(path: str, max_bytes: int) -> bytes:
-    checked_size(path, "an ONNX file", OnnxError, max_bytes)
+    f, size = open_regular(path, "an ONNX file", OnnxError, max_bytes)
     try:
-        with open(path, "rb") as f:
-            return f.read(max_bytes + 1)  # its size is checked above (read(n) would allocate n bytes first)
+        with f:
+            return f.read(size)  # its size is checked (read() of a file that grew would allocate more)
     except OSError as e:
         raise OnnxError(f"{path}: cannot read ({e.strerror or e})") from None
 
