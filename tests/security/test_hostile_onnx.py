@@ -338,3 +338,23 @@ def test_a_name_swapped_for_a_fifo_after_the_look_is_refused_not_waited_on(tmp_p
     monkeypatch.setattr(files, "checked_size", lambda *a: 0)
     e = raised_within(lambda: load(fifo))
     assert isinstance(e, OnnxError) and "got a special file" in str(e), e
+
+
+def test_shape_inference_gets_no_second_copy_of_the_weights(tmp_path, monkeypatch):
+    """onnx.shape_inference copies the model it is given (into C++ and back): given the weights' names,
+    types and dims only, and small integer tensors (a Reshape's shape), it infers the same shapes."""
+    import onnx.shape_inference
+
+    given = []
+    real = onnx.shape_inference.infer_shapes
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda m, **k: given.append(m) or real(m, **k))
+    big = np.ones((64, 1, 3, 3), np.float32)
+    shape = onnx.numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    m = model([H.make_node("Conv", ["x", "W"], ["h"], name="c"), H.make_node("Reshape", ["h", "shape"], ["f"], name="s"),
+               H.make_node("Relu", ["f"], ["y"], name="r")], [onnx.numpy_helper.from_array(big, "W"), shape])
+    write(str(tmp_path), "m.onnx", m.SerializeToString())
+    loaded = load(str(tmp_path / "m.onnx"))
+    inits = {t.name: t for t in given[0].graph.initializer}
+    assert len(inits["W"].raw_data) == 0 and list(inits["W"].dims) == [64, 1, 3, 3]
+    assert inits["shape"].raw_data == shape.raw_data
+    assert loaded(np.zeros((2, 1, 5, 5), np.float32)).shape == (2, 64 * 9)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import nn
 from .errors import OnnxError, one_line
+from .tensors import INTS as INT_DTYPES
 from .tensors import Budget, tensor
 
 # Every attribute an importer reads, by name, with its ONNX type (AttributeProto.AttributeType): a value
@@ -25,6 +26,23 @@ ATTRIBUTE_TYPES = {
     "saturate": INT,
 }
 MAX_INTS = 64  # an INTS attribute's length (Constant's value_ints: counted in the tensor budget instead)
+
+
+def _skeleton(onnx, proto):
+    """The model for shape inference: its nodes and types, its initializers' names, types and dims, but the
+    values only of small integer ones (the shapes a Reshape takes) — not a second copy of the weights."""
+    m = onnx.ModelProto(ir_version=proto.ir_version)
+    m.opset_import.extend(proto.opset_import)
+    g, src = m.graph, proto.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(g, field).extend(getattr(src, field))
+    for t in src.initializer:
+        if (t.data_type in INT_DTYPES and len(t.dims) <= 8 and min(t.dims, default=0) >= 0 and math.prod(t.dims) <= 1024
+                and not t.external_data):
+            g.initializer.append(t)
+        else:
+            g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+    return m
 
 
 class Reader:
@@ -43,7 +61,7 @@ class Reader:
         self.shapes: dict[str, list] = {}
         self.consumers: dict[str, int] = {}  # how many nodes (and the graph output) read each tensor
         try:
-            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False).graph
+            inferred = onnx.shape_inference.infer_shapes(_skeleton(onnx, proto), strict_mode=False).graph
             infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
         except Exception:
             infos = list(self.graph.input) + list(self.graph.output)
