@@ -350,8 +350,9 @@ def test_shape_inference_gets_no_second_copy_of_the_weights(tmp_path, monkeypatc
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", lambda m, **k: given.append(m) or real(m, **k))
     big = np.ones((64, 1, 3, 3), np.float32)
     shape = onnx.numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
-    m = model([H.make_node("Conv", ["x", "W"], ["h"], name="c"), H.make_node("Reshape", ["h", "shape"], ["f"], name="s"),
-               H.make_node("Relu", ["f"], ["y"], name="r")], [onnx.numpy_helper.from_array(big, "W"), shape])
+    m = model([H.make_node("Conv", ["x", "W"], ["h"], name="c"),
+               H.make_node("Reshape", ["h", "shape"], ["f"], name="s"), H.make_node("Relu", ["f"], ["y"], name="r")],
+              [onnx.numpy_helper.from_array(big, "W"), shape])
     write(str(tmp_path), "m.onnx", m.SerializeToString())
     loaded = load(str(tmp_path / "m.onnx"))
     inits = {t.name: t for t in given[0].graph.initializer}
