@@ -438,5 +438,8 @@ def test_the_reader_fuzzing_runs_enough_cases_and_exercises_both_outcomes(reader
         outcomes = [r["outcome"] for _, r in reader_results[reader]]
         assert outcomes.count("error") > len(outcomes) // 10 and outcomes.count("ok") >= 1, (
             reader, outcomes.count("ok"), outcomes.count("error"))
-    print(f"\n{sum(files.values())} files, {sum(len(reader_results[r]) for rs in READERS.values() for r in rs)} "
-          f"reads in {reader_results['seconds']:.0f} s")
+    counts = {r: (sum(x["outcome"] == "ok" for _, x in reader_results[r]), len(reader_results[r]))
+              for rs in READERS.values() for r in rs}
+    print(f"\n{sum(files.values())} files, {sum(n for _, n in counts.values())} reads in "
+          f"{reader_results['seconds']:.0f} s; loaded/read: " + ", ".join(f"{r} {a}/{n}"
+                                                                           for r, (a, n) in counts.items()))
