@@ -242,6 +242,8 @@ CASES = {  # name: (the model (a proto or bytes), make(dir) for other files, wor
     "a node without outputs": (model([H.make_node("Relu", ["x"], [], name="none"),
                                       H.make_node("Relu", ["x"], ["y"], name="o")]), None, "it has no output"),
     "10^6 nodes": (many_nodes(10**6), None, "1,000,002 nodes, more than the 100,000"),
+    "200,000 graph inputs": (model().SerializeToString() + _field(7, _field(11, H.make_tensor_value_info(
+        "i", T.FLOAT, [1]).SerializeToString()) * 200_000), None, "200,001 graph inputs, more than the 100,000"),
     "subgraphs nested 10^4 deep": (nested(10_000), None, "not an ONNX model"),
     "subgraphs nested 20 deep": (nested(20), None, "expected one data input"),
     "a custom domain": ((lambda m: (m.opset_import.add(domain="evil.ops", version=1), m)[1])(model()), None,

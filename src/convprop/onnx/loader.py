@@ -42,8 +42,11 @@ def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = 
             if op.domain not in ("", "ai.onnx"):
                 raise OnnxError(f"{path}: operator set {op.domain[:100]!r} is not supported (standard ONNX operators "
                                 "only)")
-        for what, count in (("nodes", len(proto.graph.node)), ("initializers", len(proto.graph.initializer))):
+        for what in ("node", "initializer", "input", "output", "value_info"):
+            count = len(getattr(proto.graph, what))
             if count > MAX_NODES:
+                what = {"node": "nodes", "initializer": "initializers", "input": "graph inputs",
+                        "output": "graph outputs"}.get(what, "value_info entries")
                 raise OnnxError(f"{path}: {count:,} {what}, more than the {MAX_NODES:,} convprop imports")
         return _build(onnx, proto, path, Budget(max_tensor_bytes, max_tensor_elements))
     except OnnxError:
