@@ -172,9 +172,11 @@ CASES = {  # name: (the model (a proto or bytes), make(dir) for other files, wor
     "data type 999": (with_w(T(name="W", data_type=999, dims=[2, 1, 3, 3], raw_data=WB)), None, "data type 999"),
     "float_data count a lie": (with_w(T(name="W", data_type=T.FLOAT, dims=[2, 1, 3, 3], float_data=[1.0] * 5)), None,
                                "(18 values) but holds 5"),
-    "total over the limit": (model(), None, "over the limit of 50 bytes in all", dict(max_tensor_bytes=50)),
+    "total over the limit": (model(), None, "its 2 initializers declare 80 bytes in all, over the limit of 50",
+                             dict(max_tensor_bytes=50)),
     "three 200 MB external tensors, 600 MB in all": (None, _files(**{"big.bin": lambda p: sparse_file(
-        p, b"", 3 * 200 * 2**20)}), ("in all", "more memory than is free")),  # the model: made by make_case
+        p, b"", 3 * 200 * 2**20)}), "initializers declare 629,145,576 bytes in all, over the limit of 536,870,912"),
+    # (the model: made by make_case)
     "a Constant of 2^40 elements": (constant_w(H.make_attribute("value", T(name="v", data_type=T.FLOAT, dims=[2**40],
                                                                            raw_data=b"\0" * 8))), None,
                                     "over the limit"),

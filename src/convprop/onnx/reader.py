@@ -11,8 +11,8 @@ import numpy as np
 
 from .. import nn
 from .errors import OnnxError, one_line
+from .tensors import FLOATS, Budget, tensor
 from .tensors import INTS as INT_DTYPES
-from .tensors import Budget, tensor
 
 # Every attribute an importer reads, by name, with its ONNX type (AttributeProto.AttributeType): a value
 # of another type (a graph where an int belongs, ints where one int belongs, …) is refused before use.
@@ -26,6 +26,15 @@ ATTRIBUTE_TYPES = {
     "saturate": INT,
 }
 MAX_INTS = 64  # an INTS attribute's length (Constant's value_ints: counted in the tensor budget instead)
+
+
+def _declared(t) -> tuple[int, int]:
+    """(elements, bytes per element) an initializer's dims and data type declare; (0, 0) where they are
+    invalid (refused when it is read)."""
+    dtype = {**FLOATS, **INT_DTYPES}.get(t.data_type)
+    if dtype is None or len(t.dims) > 8 or min(t.dims, default=0) < 0:
+        return 0, 0
+    return math.prod(t.dims), np.dtype(dtype).itemsize
 
 
 def _skeleton(onnx, proto):
@@ -56,6 +65,16 @@ class Reader:
             if t.name in self.raw_consts:
                 raise OnnxError(f"{path}: initializer {t.name[:100]!r} appears twice")
             self.raw_consts[t.name] = t
+        declared = 0
+        for t in self.graph.initializer:
+            n, itemsize = _declared(t)
+            if n > budget.max_elements:
+                raise OnnxError(f"{path}: tensor {t.name[:100]!r} declares shape {list(t.dims)} ({n:,} elements), "
+                                f"over the limit of {budget.max_elements:,}")
+            declared += n * itemsize
+        if declared > budget.total:  # before any is read (each is also counted as it is converted)
+            raise OnnxError(f"{path}: its {len(self.raw_consts):,} initializers declare {declared:,} bytes in all, "
+                            f"over the limit of {budget.total:,}")
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, list] = {}
