@@ -89,6 +89,7 @@ class CrossEntropyCache:
     reduction: str
     shape: tuple[int, ...]  # the logits' shape as given (unbatched (C,) too)
     target_grad: np.ndarray | None  # ∂L_n/∂t_nc for probability targets, else None
+    kept: np.ndarray | None  # class-index targets: the rows not ignored (N, 1, *); their ∂ alone can be nan
 
 
 def _targets(logits: np.ndarray, target, weight, ignore_index: int, label_smoothing: float):
@@ -106,10 +107,13 @@ def _targets(logits: np.ndarray, target, weight, ignore_index: int, label_smooth
     if target.dtype.kind == "f":  # probabilities, one row per sample (and position)
         if target.shape != logits.shape:
             raise ValueError(f"target: expected probabilities of the logits' shape {logits.shape}, got {target.shape}")
+        if ignore_index != -100:
+            raise ValueError(f"ignore_index: applies to class-index targets only (as torch), got ignore_index="
+                             f"{ignore_index} with probability targets")
         q = target.astype(logits.dtype, copy=False) * logits.dtype.type(1 - label_smoothing) \
             + logits.dtype.type(label_smoothing / k)  # (1 − ε) t + ε/C
         r = q if w is None else q * w
-        return r, float(logits.size // k), True
+        return r, float(logits.size // k), None
     if target.dtype.kind not in "iu":
         raise TypeError(f"target: expected integer class indices or floating probabilities, got {target.dtype}")
     want = logits.shape[:1] + logits.shape[2:]
@@ -127,7 +131,7 @@ def _targets(logits: np.ndarray, target, weight, ignore_index: int, label_smooth
     if label_smoothing:
         smooth = np.expand_dims(keep, 1) * logits.dtype.type(label_smoothing / k)  # + w_c ε / C
         r = r + (smooth if w is None else smooth * w)
-    return r, float(wy.sum()), False
+    return r, float(wy.sum()), np.expand_dims(keep, 1)
 
 
 def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None, *,
@@ -154,7 +158,7 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | N
         if weight.shape != (z.shape[1],):
             raise ValueError(f"weight: expected shape ({z.shape[1]},) (one per class), got {weight.shape}")
         weight = weight.astype(z.dtype, copy=False)
-    r, denominator, probabilities = _targets(z, target, weight, ignore_index, float(label_smoothing))
+    r, denominator, kept = _targets(z, target, weight, ignore_index, float(label_smoothing))
     logp = _log_softmax(z, 1)
     losses = -(r * logp).sum(axis=1)  # L_n = −Σ_c r_nc log S_nc   (N, d1, …)
     if reduction == "none":
@@ -164,10 +168,10 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | N
         with np.errstate(divide="ignore", invalid="ignore"):  # as torch: 0/0 = nan when every row is ignored
             out = np.asarray(losses.sum() / z.dtype.type(denominator), dtype=z.dtype)
     target_grad = None
-    if probabilities:  # ∂L_n/∂t_nc = −(1 − ε) w_c log S_nc
+    if kept is None:  # probabilities: ∂L_n/∂t_nc = −(1 − ε) w_c log S_nc
         target_grad = -logp * z.dtype.type(1 - label_smoothing)
         target_grad = target_grad if weight is None else target_grad * weight.reshape((1, -1) + (1,) * (z.ndim - 2))
-    return out, CrossEntropyCache(logp, r, denominator, reduction, shape, target_grad)
+    return out, CrossEntropyCache(logp, r, denominator, reduction, shape, target_grad, kept)
 
 
 def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache,
@@ -189,6 +193,8 @@ def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache,
             d = chk.grad_output(np.asarray(dout, dtype), (), dtype) / dtype.type(c.denominator)
     with np.errstate(invalid="ignore"):
         dz = (np.exp(c.logp) * c.r.sum(axis=1, keepdims=True) - c.r) * d  # (S Σ_c r − r) ⊙ dout
+    if c.kept is not None and not np.isfinite(d).all():  # 'mean' over no weight: ignored rows still get 0, as torch
+        dz = np.where(c.kept, dz, dtype.type(0))
     dt = None if c.target_grad is None else c.target_grad * d
     if len(c.shape) == 1:
         return dz[0], (None if dt is None else dt[0])
@@ -215,11 +221,22 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, *, label_smoo
     return float(loss), cross_entropy_backward(1.0, cache)[0]
 
 
-def mse_loss(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-    """L = mean((ŷ − y)²) over every element;  ∂L/∂ŷ = 2(ŷ − y) / numel."""
+def mse_loss(pred: np.ndarray, target: np.ndarray, *, reduction: str = "mean",
+             ) -> tuple[float | np.ndarray, np.ndarray]:
+    """L = (ŷ − y)² per element, reduced: 'mean' -> Σ L / numel (a float; nan for no elements, as torch),
+    'sum' -> Σ L (a float), 'none' -> L (pred's shape).   ∂(Σ L)/∂ŷ = 2(ŷ − y), over numel for 'mean'."""
     chk.float_array(pred, "pred", tuple(range(0, 33)))
     chk.float_array(target, "target", tuple(range(0, 33)))
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
     if pred.shape != target.shape:
         raise ValueError(f"target: expected the shape of pred {pred.shape}, got {target.shape}")
     diff = pred - target.astype(pred.dtype, copy=False)
-    return float((diff * diff).mean()), diff * pred.dtype.type(2.0 / max(diff.size, 1))
+    grad = diff * pred.dtype.type(2.0)
+    if reduction == "none":
+        return diff * diff, grad
+    if reduction == "sum":
+        return float((diff * diff).sum()), grad
+    if not diff.size:
+        return float("nan"), grad
+    return float((diff * diff).mean()), grad / pred.dtype.type(diff.size)
