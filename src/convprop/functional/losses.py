@@ -24,6 +24,7 @@ class SoftmaxCache:
     op: str  # "softmax" or "log_softmax"
     out: np.ndarray  # what the forward returned: softmax(Z) or log softmax(Z)
     dim: int
+    input_dtype: np.dtype  # ∂Z's (the forward's `dtype` casts Z first, as torch)
 
 
 def _dim(x: np.ndarray, dim) -> int:
@@ -34,17 +35,34 @@ def _dim(x: np.ndarray, dim) -> int:
 
 
 def _log_softmax(z: np.ndarray, dim: int) -> np.ndarray:
-    """log softmax(Z) = Z − max Z − log Σ e^{Z − max Z}, stable for any finite logits."""
+    """log softmax(Z) = Z − max Z − log Σ e^{Z − max Z}, stable for any finite logits (empty stays empty)."""
+    if not z.size:
+        return np.empty_like(z)
     shifted = z - z.max(axis=dim, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
 
-def softmax(x: np.ndarray, dim: int) -> tuple[np.ndarray, SoftmaxCache]:
-    """S = e^{Z} / Σ_dim e^{Z}  (computed as exp(log softmax)).   any shape -> same shape."""
+def _cast(x: np.ndarray, dtype) -> np.ndarray:
+    """torch's `dtype=`: the input cast to it before the op (a floating dtype), or as it is for None."""
+    if dtype is None:
+        return x
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"dtype: expected a floating dtype (float32 or float64) or None, got {dtype!r}")
+    return x.astype(dt, copy=False)
+
+
+def softmax(x: np.ndarray, dim: int, dtype=None) -> tuple[np.ndarray, SoftmaxCache]:
+    """S = e^{Z} / Σ_dim e^{Z}  (computed as exp(log softmax)).   any shape -> same shape;
+    dtype: cast Z to it first (as torch), ∂Z comes back in Z's own dtype."""
     chk.float_array(x, "x", tuple(range(0, 33)))
     d = _dim(x, dim)
-    out = np.exp(_log_softmax(x, d)) if x.ndim else np.ones_like(x)
-    return out, SoftmaxCache("softmax", out, d)
+    z = _cast(x, dtype)
+    out = np.exp(_log_softmax(z, d)) if z.ndim else np.ones_like(z)
+    return out, SoftmaxCache("softmax", out, d, x.dtype)
 
 
 def softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
@@ -52,16 +70,17 @@ def softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     c = _softmax_cache(cache, "softmax")
     ds = chk.grad_output(dout, c.out.shape, c.out.dtype)
     if not ds.ndim:
-        return np.zeros_like(ds)
-    return c.out * (ds - (ds * c.out).sum(axis=c.dim, keepdims=True))
+        return np.zeros_like(ds, dtype=c.input_dtype)
+    return (c.out * (ds - (ds * c.out).sum(axis=c.dim, keepdims=True))).astype(c.input_dtype, copy=False)
 
 
-def log_softmax(x: np.ndarray, dim: int) -> tuple[np.ndarray, SoftmaxCache]:
-    """log S = Z − log Σ_dim e^{Z}.   any shape -> same shape."""
+def log_softmax(x: np.ndarray, dim: int, dtype=None) -> tuple[np.ndarray, SoftmaxCache]:
+    """log S = Z − log Σ_dim e^{Z}.   any shape -> same shape; dtype as softmax's."""
     chk.float_array(x, "x", tuple(range(0, 33)))
     d = _dim(x, dim)
-    out = _log_softmax(x, d) if x.ndim else np.zeros_like(x)
-    return out, SoftmaxCache("log_softmax", out, d)
+    z = _cast(x, dtype)
+    out = _log_softmax(z, d) if z.ndim else np.zeros_like(z)
+    return out, SoftmaxCache("log_softmax", out, d, x.dtype)
 
 
 def log_softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
@@ -69,8 +88,8 @@ def log_softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     c = _softmax_cache(cache, "log_softmax")
     dl = chk.grad_output(dout, c.out.shape, c.out.dtype)
     if not dl.ndim:
-        return np.zeros_like(dl)
-    return dl - np.exp(c.out) * dl.sum(axis=c.dim, keepdims=True)
+        return np.zeros_like(dl, dtype=c.input_dtype)
+    return (dl - np.exp(c.out) * dl.sum(axis=c.dim, keepdims=True)).astype(c.input_dtype, copy=False)
 
 
 def _softmax_cache(cache, op: str) -> SoftmaxCache:

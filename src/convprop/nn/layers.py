@@ -421,8 +421,8 @@ class Dropout(_Layer):
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"p: expected a dropout probability in [0, 1), got {p!r}")
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
         self.p = float(p)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
