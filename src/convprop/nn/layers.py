@@ -181,8 +181,18 @@ class Linear(_Affine):
 
 
 def _window_repr(self) -> str:
-    """extra_repr of the pooling and unpooling layers: their window."""
-    return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+    """extra_repr of the pooling and unpooling layers: their window, as torch prints it (the stride a None
+    stride stands for; MaxUnpool and the 1-D average pool as tuples, torch's _pair and _single)."""
+    n = getattr(self, "_repr_tuple", 0)
+    k, s, p = (_tuple(v, n) for v in (self.kernel_size, self.stride, self.padding))
+    text = f"kernel_size={k}, stride={s}, padding={p}"
+    if isinstance(self, MaxPool2d):
+        text += f", dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+    return text
+
+
+def _tuple(v, n: int):
+    return v if not n or isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,) * n
 
 
 class MaxPool2d(_Layer):
@@ -193,7 +203,8 @@ class MaxPool2d(_Layer):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
                  ceil_mode: bool = False) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.kernel_size, self.padding, self.dilation = kernel_size, padding, dilation
+        self.stride = kernel_size if stride is None else stride  # as torch: None means the kernel size
         self.return_indices, self.ceil_mode = chk.flag(return_indices, "return_indices"), ceil_mode
 
     def forward(self, x: np.ndarray):
@@ -209,9 +220,12 @@ class MaxUnpool2d(_Layer):
 
     _backward_fn = staticmethod(F.max_unpool2d_backward)
 
+    _repr_tuple = 2
+
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = kernel_size if stride is None else stride  # as torch: None means the kernel size
 
     def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
         out, self._cache = F.max_unpool2d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
@@ -227,7 +241,8 @@ class AvgPool2d(_Layer):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = kernel_size if stride is None else stride  # as torch: None means the kernel size
         self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -316,6 +331,7 @@ class MaxUnpool1d(MaxUnpool2d):
     """forward(x, indices, output_size=None): the partial inverse of MaxPool1d, (N, C, L') or (C, L')."""
 
     _backward_fn = staticmethod(F.max_unpool1d_backward)
+    _repr_tuple = 1
 
     def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
         out, self._cache = F.max_unpool1d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
@@ -327,6 +343,7 @@ class AvgPool1d(AvgPool2d):
     """Average pooling along a sequence (N, C, L) or (C, L)."""
 
     _backward_fn = staticmethod(F.avg_pool1d_backward)
+    _repr_tuple = 1
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.avg_pool1d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
