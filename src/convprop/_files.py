@@ -1,8 +1,23 @@
-"""The first check on every untrusted file that convprop reads whole (ONNX models, safetensors weights)."""
+"""Files convprop reads and writes: the first check on every untrusted file it reads whole (ONNX models,
+safetensors weights), and the umask that gives the files it writes their mode."""
 
 from __future__ import annotations
 
 import os
+
+
+def umask() -> int:
+    """The process's umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def checked_size(path: str, kind: str, error: type[Exception], max_bytes: int) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import models, optim, safe_json
 from . import random as _random
+from ._files import umask
 from .nn import Module
 
 FORMAT, VERSION = "convprop-checkpoint", 1
@@ -66,7 +67,7 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
     _remove_stale_temporaries(directory)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=directory)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as every other file of a run (mkstemp would make it 0600)
+        os.fchmod(fd, 0o666 & ~umask())  # as every other file of a run (mkstemp would make it 0600)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -85,20 +86,6 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
 
 
 TMP_PREFIX = ".ckpt-"
-
-
-def _umask() -> int:
-    """The process's umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _alive(pid: int) -> bool:

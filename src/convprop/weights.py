@@ -11,11 +11,12 @@ dtype, shape and size from the header before reading that tensor.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
 from ._extras import require
-from ._files import checked_size
+from ._files import checked_size, umask
 from .nn import Module
 
 __all__ = ["save_weights", "load_weights", "WeightsError", "MAX_FILE_BYTES"]
@@ -43,6 +44,7 @@ def save_weights(model: Module | dict, path: str, metadata: dict[str, object] | 
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     st.numpy.save_file(arrays, path, metadata=meta or None)
+    os.chmod(path, 0o666 & ~umask())  # the umask's mode, as every other file convprop writes (safetensors: 0600)
     return path
 
 
