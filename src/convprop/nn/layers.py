@@ -147,7 +147,9 @@ class ConvTranspose2d(_ConvNd):
     _backward_fn = staticmethod(F.conv_transpose2d_backward)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups: int = 1, bias: bool = True, dilation=1, dtype=None) -> None:
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", dtype=None) -> None:
+        if padding_mode != "zeros":  # torch's transposed convolutions take only 'zeros' too
+            raise ValueError(f"padding_mode: only 'zeros' is supported for ConvTranspose2d, got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, dtype,
                          transposed=True)
         self.output_padding = output_padding
@@ -455,13 +457,15 @@ class _BatchNorm(_Layer):
     allreduce = None  # SyncBatchNorm when set: see F.batch_norm and convprop.distributed.sync_batch_norm
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, dtype=None) -> None:
+                 track_running_stats: bool = True, dtype=None, bias: bool = True) -> None:
         super().__init__()
         dtype = _dtype(dtype)
         self.num_features = chk.positive_int(num_features, "num_features")
         self.eps, self.momentum = eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
         self.register_parameter("weight", Parameter(np.ones(num_features, dtype)) if affine else None)
-        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine else None)
+        # bias=False (torch 2.13): γ without β
+        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine and bias else None)
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, dtype))
             self.register_buffer("running_var", np.ones(num_features, dtype))
@@ -492,7 +496,8 @@ class _BatchNorm(_Layer):
         return dx if input_grad else None
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):
