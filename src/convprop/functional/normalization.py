@@ -157,26 +157,28 @@ class DropoutCache:
     mask: np.ndarray | None  # kept / (1 − p), or None when dropout was the identity
 
 
-def dropout(x: np.ndarray, p: float = 0.5, training: bool = True,
+def dropout(x: np.ndarray, p: float = 0.5, training: bool = True, inplace: bool = False,
             rng: np.random.Generator | None = None) -> tuple[np.ndarray, DropoutCache]:
     """Zero each value with probability p and scale the rest by 1/(1 − p) (inverted dropout).
 
-    The identity in eval mode or for p = 0.  rng defaults to convprop's seeded generator.
+    The identity in eval mode or for p = 0.  inplace: into x (torch's argument order).  rng defaults to
+    convprop's seeded generator.
     """
     chk.float_array(x, "x", tuple(range(0, 33)))
     if not isinstance(p, (int, float, np.floating, np.integer)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
         raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
     if not training or p == 0.0:
         return x, DropoutCache(None)
+    inplace = chk.flag(inplace, "inplace")
     if p == 1.0:  # every value dropped, as torch: zeros, and a zero gradient
-        return np.zeros_like(x), DropoutCache(np.zeros_like(x))
+        return (np.multiply(x, 0, out=x) if inplace else np.zeros_like(x)), DropoutCache(np.zeros_like(x))
     if rng is None:
         from .. import random as _random
 
         rng = _random.generator()
     keep = rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
     mask = keep * x.dtype.type(1.0 / (1.0 - p))
-    return x * mask, DropoutCache(mask)
+    return np.multiply(x, mask, out=x if inplace else None), DropoutCache(mask)
 
 
 def dropout_backward(dout: np.ndarray, cache: DropoutCache) -> np.ndarray:

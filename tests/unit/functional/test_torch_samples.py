@@ -240,3 +240,26 @@ def test_an_empty_batch_through_modules_and_a_whole_model():
         y = layer(np.zeros((0, 3, 4, 4)))
         assert y.shape[0] == 0
         assert layer.backward(np.zeros(y.shape)).shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize("name, kw", [("relu", {}), ("leaky_relu", {"negative_slope": 0.2}),
+                                      ("leaky_relu", {"negative_slope": 1.5}), ("leaky_relu", {"negative_slope": 0.0}),
+                                      ("dropout", {"p": 0.0}), ("dropout", {"p": 1.0})])
+def test_inplace_as_torch(name, kw):
+    """inplace=True writes the output over the input, as torch; the backward still gives torch's gradient."""
+    leaf = _t(3, 4)
+    ref = getattr(TF, name)(leaf * 1, inplace=True, **kw)
+    x = leaf.detach().numpy().copy()
+    out, cache = getattr(F, name)(x, inplace=True, **kw)
+    assert np.shares_memory(out, x), f"{name}: not in place"
+    _same(out, ref, f"{name} in place")
+    dout = np.random.default_rng(1).standard_normal(x.shape)
+    (grad,) = torch.autograd.grad(ref, [leaf], torch.tensor(dout))
+    _same(getattr(F, f"{name}_backward")(dout, cache), grad, f"{name} in place: gradient")
+
+
+def test_leaky_relu_in_place_refuses_a_negative_slope_as_torch():
+    with pytest.raises(ValueError, match="negative_slope"):
+        F.leaky_relu(np.ones(3), -0.1, inplace=True)
+    with pytest.raises(RuntimeError):
+        TF.leaky_relu(_t(3) * 1, -0.1, inplace=True).sum().backward()
