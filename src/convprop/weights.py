@@ -1,4 +1,4 @@
-"""Weights as safetensors files, with torch's state_dict keys and layouts (the safetensors extra).
+"""Weights as safetensors files, with torch's state_dict keys and layouts (pip install 'convprop[safetensors]').
 
     convprop.save_weights(model, "lenet5.safetensors")       # torch: model.load_state_dict(load_file(...))
     model.load_state_dict(convprop.load_weights("torch-made.safetensors"))
@@ -11,12 +11,11 @@ dtype, shape and size from the header before reading that tensor.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from ._extras import require
-from ._files import checked_size, umask
+from ._files import atomic_write, checked_size
 from .nn import Module
 
 __all__ = ["save_weights", "load_weights", "WeightsError", "MAX_FILE_BYTES"]
@@ -43,8 +42,7 @@ def save_weights(model: Module | dict, path: str, metadata: dict[str, object] | 
     state = model.state_dict() if isinstance(model, Module) else model
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    st.numpy.save_file(arrays, path, metadata=meta or None)
-    os.chmod(path, 0o666 & ~umask())  # the umask's mode, as every other file convprop writes (safetensors: 0600)
+    atomic_write(path, st.numpy.save(arrays, metadata=meta or None))  # (the bytes, then one rename)
     return path
 
 
