@@ -8,7 +8,7 @@ import sys
 from .. import distributed, models
 from ..functional._threads import get_num_threads, set_num_threads
 from ..run import DEFAULT_LR, OPTIMIZERS, Run, Settings
-from ._options import positive_int, setting
+from ._options import positive_int, run_paths, setting
 
 
 def add_parser(sub) -> None:
@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
                    help="start from the weights in a safetensors file with torch's state_dict keys (one written "
                         "by torch, or by convprop export)")
     t.add_argument("--resume", metavar="CKPT", default=None,
-                   help="continue the run saved in CKPT with its own settings, up to its epochs (the settings "
-                        "flags are refused with it; --data may point at the same data moved)")
+                   help="continue the run saved in CKPT (or in the run directory CKPT) with its own settings, up "
+                        "to its epochs (the settings flags are refused with it; --data may point at the same data "
+                        "moved)")
     t.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="train on N MPI ranks on this machine, each batch split over them (re-runs itself under "
                         "mpiexec; default: the thread count if mpi4py is installed, else 1); see docs/distributed.md")
@@ -78,7 +79,7 @@ def run(args) -> int:
     options = dict(progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
     with distributed.together("setting up the run"):  # (an error on any rank: said once, every rank stops)
         if args.resume:
-            run = Run.resume(args.resume, args.out, given=given, data=args.data, **options)
+            run = Run.resume(run_paths(args.resume)[1], args.out, given=given, data=args.data, **options)
         else:
             run = Run(Settings(data=args.data, **given), args.out, **options)
     with run:
