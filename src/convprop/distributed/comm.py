@@ -194,7 +194,8 @@ def allreduce_gradients(params: Iterable[Parameter], extra=None, weight: float =
 @contextmanager
 def together(what: str = "setting up") -> Iterator[None]:
     """A block every rank runs (loading data, building the model): an error on any rank is raised
-    on every rank after it — rank 0's copy names the failing rank when not every rank failed —
+    on every rank after it — rank 0's copy names the failing rank when that is another rank and not every
+    rank failed (an error of rank 0's own, such as its claim of --out, is the user's, with no rank in it) —
     and marked as raised everywhere, so the job ends in order (rank 0 reporting it once) rather
     than leave the other ranks waiting.  A rank that takes longer than the timeout stops the job."""
     error = None
@@ -215,7 +216,7 @@ def together(what: str = "setting up") -> Iterator[None]:
     if not failed:
         return
     e = error if error is not None else errors[failed[0]]
-    if len(failed) < _size and e.args and isinstance(e.args[0], str):
-        r = _rank if error is not None else failed[0]
+    r = _rank if error is not None else failed[0]
+    if len(failed) < _size and r != 0 and e.args and isinstance(e.args[0], str):
         e.args = (f"rank {r} of {_size}: {e.args[0]}", *e.args[1:])
     raise mark_every_rank(e)

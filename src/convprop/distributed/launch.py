@@ -47,8 +47,9 @@ _BANNER_EXIT = re.compile(r"^YOUR APPLICATION TERMINATED WITH THE EXIT STRING: (
 def launch(n: int, args: list[str]) -> int:
     """Run `python -m convprop ARGS` as n ranks on this machine under mpiexec; return its exit code.
 
-    Rank 0's output passes through.  When a rank dies (killed, say), mpiexec (MPICH's Hydra) stops
-    the others and prints a dozen lines naming a pid; those become one line naming the rank."""
+    Rank 0's output passes through, without MPICH's own notes ("[mpiexec@host] Sending Ctrl-C …": on
+    Ctrl-C rank 0 alone says what happened, in one line).  When a rank dies (killed, say), mpiexec (MPICH's
+    Hydra) stops the others and prints a dozen lines naming a pid; those become one line naming the rank."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise MPIError("no mpiexec found next to this Python or on PATH: pip install 'convprop[mpi]'")
@@ -60,9 +61,13 @@ def launch(n: int, args: list[str]) -> int:
         proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, "-m", "convprop", *args],
                                 stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
         banner, pid, host, how, held = False, None, None, None, b""
-        try:
+
+        def pump() -> None:
+            nonlocal banner, pid, host, how, held
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode(errors="replace").rstrip("\n")
+                if line.startswith("[mpiexec@"):  # MPICH's own notes, e.g. on Ctrl-C
+                    continue
                 if line.startswith("=" * 20) and not banner:
                     banner, held = True, b""
                 if banner:
@@ -77,10 +82,12 @@ def launch(n: int, args: list[str]) -> int:
                 sys.stdout.buffer.write(held + raw)
                 sys.stdout.flush()
                 held = b""
-            code = proc.wait()
-        except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to the ranks; let them end
-            code = proc.wait()
-            raise
+
+        try:
+            pump()
+        except KeyboardInterrupt:  # Ctrl-C reached mpiexec and the ranks too: rank 0 says it; let them end quietly
+            pump()
+        code = proc.wait()
         if banner:
             try:
                 with open(ranks_file) as f:
