@@ -1,4 +1,4 @@
-"""Weights as safetensors files, with torch's state_dict keys and layouts (pip install 'convprop[safetensors]').
+"""Weights as safetensors files, with torch's state_dict keys and layouts (the safetensors extra).
 
     convprop.save_weights(model, "lenet5.safetensors")       # torch: model.load_state_dict(load_file(...))
     model.load_state_dict(convprop.load_weights("torch-made.safetensors"))

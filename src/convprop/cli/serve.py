@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._extras import install
 from ._options import UsageError, run_paths
 
 
@@ -20,5 +21,5 @@ def run(args) -> int:
     try:
         from ..serve.app import serve
     except ImportError:
-        raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
+        raise UsageError(f"serve needs Starlette and uvicorn: {install('serve')}") from None
     return serve(None if args.checkpoint is None else run_paths(args.checkpoint)[1], args.host, args.port)

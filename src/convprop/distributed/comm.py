@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .._extras import install
 from .._files import atomic_write
 from ..errors import MPIError, mark_every_rank
 from ..nn import Parameter
@@ -63,7 +64,7 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> tuple[int
     try:
         from mpi4py import MPI
     except ImportError:
-        raise MPIError("started by mpiexec, but mpi4py is not installed: pip install 'convprop[mpi]'") from None
+        raise MPIError(f"started by mpiexec, but mpi4py is not installed: {install('mpi')}") from None
     _comm = MPI.COMM_WORLD
     _rank, _size = _comm.Get_rank(), _comm.Get_size()
     _peers = _comm.allgather((socket.gethostname(), os.getpid()))

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import tempfile
 
+from .._extras import install
 from ..errors import MPIError
 
 
 def find_mpiexec() -> str | None:
-    """The mpiexec next to this Python (where pip install 'convprop[mpi]' puts MPICH's), else on PATH."""
+    """The mpiexec next to this Python (where the mpi extra puts MPICH's), else on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
 
@@ -52,7 +53,7 @@ def launch(n: int, args: list[str]) -> int:
     Hydra) stops the others and prints a dozen lines naming a pid; those become one line naming the rank."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
-        raise MPIError("no mpiexec found next to this Python or on PATH: pip install 'convprop[mpi]'")
+        raise MPIError(f"no mpiexec found next to this Python or on PATH: {install('mpi')}")
     with tempfile.TemporaryDirectory(prefix="convprop-ranks-") as tmp:
         ranks_file = os.path.join(tmp, "ranks.json")
         env = {**os.environ, "CONVPROP_RANKS_FILE": ranks_file, "PYTHONUNBUFFERED": "1"}

@@ -17,6 +17,7 @@ from importlib.resources import files
 
 import numpy as np
 
+from .._extras import install
 from .arrays import FORMATS, encode
 from .engine import Busy, Engine, InputError, describe_layer
 
@@ -37,7 +38,7 @@ def _imports():
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ImportError("convprop serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
+        raise ImportError(f"convprop serve needs Starlette and uvicorn: {install('serve')}") from None
 
 
 async def _body(request) -> dict:

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .. import models, nn, optim
+from .._extras import install
 from ..data import DataLoader, load_mnist, normalize
 from ..explain import EQUATIONS, LAYER_RULES
 from ..functional import conv_transpose2d, log_softmax
@@ -37,7 +38,7 @@ def digit_from_image(data: bytes) -> np.ndarray:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise InputError("image: decoding images needs Pillow (pip install 'convprop[serve]')") from None
+        raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
     import io
 
     try:
