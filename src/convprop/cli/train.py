@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from .. import distributed, models
@@ -75,6 +76,10 @@ def run(args) -> int:
         set_num_threads(max(1, threads // int(os.environ.get("MPI_LOCALNRANKS", world))))
         if rank != 0:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+            # Ctrl-C is rank 0's to handle (it keeps the last checkpoint and says so, in one line); this rank
+            # trains on until rank 0 has ended, and mpiexec then ends it (had it stopped first, mpiexec could
+            # end rank 0 before it spoke)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     given = {k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None}
     options = dict(progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
     with distributed.together("setting up the run"):  # (an error on any rank: said once, every rank stops)
