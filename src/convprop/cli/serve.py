@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     try:
-        from ..serve.app import serve
+        from ..serve.server import serve
     except ImportError:
         raise UsageError(f"serve needs Starlette and uvicorn: {install('serve')}") from None
     return serve(None if args.checkpoint is None else run_paths(args.checkpoint)[1], args.host, args.port)
