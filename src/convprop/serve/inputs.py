@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from .. import safe_json
+from .._extras import install
 from .arrays import FORMATS
 
 SIZE = 28  # the models see 28×28 MNIST digits
@@ -118,7 +119,7 @@ def digit_from_image(data: bytes) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
-        raise InputError("image: decoding images needs Pillow (pip install 'convprop[serve]')") from None
+        raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
     from ..data.images import _open, read_digit
 
     with DECODES:
