@@ -38,6 +38,17 @@ def test_workers_beyond_the_cpus_available_are_one_line(tmp_path):
     assert f"at most --workers {n}" in r.stderr and not (tmp_path / "run").exists()
 
 
+def test_workers_spread_over_a_host_file_are_not_bounded_by_this_machine(tmp_path):
+    """HYDRA_HOST_FILE spreads the ranks over its hosts: this machine's CPUs are not the limit (the run then
+    fails here on the host file that names no reachable host, in its own one line)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("no-such-host.invalid:64\n")
+    n = cpus()
+    r = convprop("train", "--workers", str(n + 1), "--epochs", "1", "--out", str(tmp_path / "run"), *FLAGS,
+                 env={**os.environ, "HYDRA_HOST_FILE": str(hosts)})
+    assert "CPU" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 def test_workers_are_bounded_by_the_affinity_not_the_machine(tmp_path):
     """Under `taskset -c 0` (a container's or a batch job's CPU set) two workers are one too many."""
