@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__, checkpoint, cli_export, cli_predict, distributed, models, nn
 from .data import IDXError, load_images, normalize
-from .functional._threads import get_num_threads, set_num_threads
+from .functional._schedule import get_num_threads, set_num_threads
 from .run import (
     CHECKPOINT_NAME,
     DEFAULT_LR,

@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 
 from . import _checks as chk
-from . import _threads
+from . import _schedule
 from ._windows import like
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
@@ -34,7 +34,7 @@ def _forward(op: str, value, x, saved: str, slope: float = 0.0) -> tuple[np.ndar
     """A = value(Z) element-wise (the batch split over convprop's threads); the cache keeps Z or A,
     whichever act' is written in (saved = "z" or "a")."""
     chk.float_array(x, "x", tuple(range(0, 33)))
-    a = _threads.elementwise(value, np.empty_like(x), x)
+    a = _schedule.elementwise(value, np.empty_like(x), x)
     return a, ActivationCache(op, x if saved == "z" else a, slope)
 
 
@@ -44,7 +44,7 @@ def _backward(op: str, grad, dout, cache) -> np.ndarray:
     if cache.op != op:
         raise TypeError(f"cache: expected the cache returned by {op}, got one from {cache.op}")
     da = like(chk.grad_output(dout, cache.saved.shape, cache.saved.dtype), cache.saved)
-    return _threads.elementwise(grad, np.empty_like(da), da, cache.saved)
+    return _schedule.elementwise(grad, np.empty_like(da), da, cache.saved)
 
 
 # Each activation: two element-wise formulas, value(z, out) for A and grad(da, saved, out) for ∂Z.

@@ -292,21 +292,21 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
 
 
 @pytest.mark.parametrize("n, c, h, k, s, p, tile_bytes", [
-    (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 64),  # batch-last: all 32 samples, blocks of rows ('same' route)
-    (20, 4, 9, 3, 2, 0, 1),                      # batch-last: two chunks of 10 samples, a row each; scatter
-    (3, 2, 20, 4, 2, 1, 2 * 16 * 10 * 4),        # per-sample: rows of one sample (sub-pixel route)
-    (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 4 * 2),  # per-sample: whole samples, one or two a tile
+    (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 12),   # whole samples, a few a tile ('same' route)
+    (20, 4, 9, 3, 2, 0, 1),                      # one output row of one sample a tile; scatter
+    (3, 2, 20, 4, 2, 1, 2 * 16 * 10 * 4),        # rows of one sample (sub-pixel route)
+    (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 4 * 2),  # whole samples, one or two a tile
 ])
 def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, monkeypatch):
-    """im2col, the GEMMs and col2im run a tile of output positions at a time (_tiling.TILE_BYTES):
+    """im2col, the GEMMs and col2im run a tile of output positions at a time (_schedule.TILE_BYTES):
     shrunk so that every core runs several tiles, the results still equal torch's."""
-    from convprop.functional import _threads, _tiling
+    from convprop.functional import _schedule
 
-    monkeypatch.setattr(_tiling, "TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(_threads, "_count", 1)  # one block of the batch: its tiles alone
+    monkeypatch.setattr(_schedule, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_schedule, "_count", 1)  # one block of the batch: its tiles alone
     counts = []
-    tiles = _tiling.tiles
-    monkeypatch.setattr(_tiling, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    tiles = _schedule.tiles
+    monkeypatch.setattr(_schedule, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
     rng = np.random.default_rng(n)
     x, w, b = rng.standard_normal((n, c, h, h)), rng.standard_normal((c, c, k, k)), rng.standard_normal(c)
     check_op("conv2d", [x, w, b], stride=s, padding=p)
