@@ -119,15 +119,16 @@ def _data_grad(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, paddin
     if route == "subpixel":
         return _subpixel_route(dzh, w, in_hw, stride, padding, groups)
     n, oh, ow, _ = dzh.shape
-    kt = _kernel_columns(w, groups).transpose(0, 2, 1)  # Kᵀ (G, Cog, kh·kw·Cg)
+    # Kᵀ for each kernel offset (G, kh·kw, Cog, Cg): each offset's patch gradients come out as
+    # contiguous (P, Cg) rows, which col2im adds onto its window cells in long runs
+    kt = np.ascontiguousarray(w.reshape(groups, cout // groups, cg, kh * kw).transpose(0, 3, 1, 2))
     da = Col2im((n, in_hw[0] + 2 * padding[0], in_hw[1] + 2 * padding[1], groups * cg), dzh.dtype, (kh, kw),
                 stride, dilation, (oh, ow))
 
     def tile(t: S.Tile, _) -> None:
-        dpatch = S.rows(dzh, t, groups) @ kt  # ∂A_patch_ij = ∂Z_ij Kᵀ   (G, P, kh·kw·Cg)
-        dp = dpatch.reshape(groups, -1, t.rows.stop - t.rows.start, ow, kh, kw, cg)
-        da.add(lambda i, j: dp[..., i, j, :].transpose(1, 2, 3, 0, 4).reshape(dp.shape[1:4] + (-1,)),
-               t.batch, t.rows)
+        dpatch = np.matmul(S.rows(dzh, t, groups)[:, None], kt)  # ∂A_patch_ij = ∂Z_ij Kᵀ  (G, kh·kw, P, Cg)
+        dp = dpatch.reshape(groups, kh, kw, -1, t.rows.stop - t.rows.start, ow, cg)
+        da.add(lambda i, j: dp[:, i, j].transpose(1, 2, 3, 0, 4).reshape(dp.shape[3:6] + (-1,)), t.batch, t.rows)
 
     S.each_tile(tile, n, oh, ow * cg * groups * kh * kw * dzh.itemsize,
                 (2 * da.dxp.nbytes, 2 * dzh.size * cg * kh * kw))

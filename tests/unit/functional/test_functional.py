@@ -372,3 +372,27 @@ def test_dropout_random(seed):
                         torch_fn=lambda x, p, cache: x if cache.mask is None else x * torch.tensor(cache.mask))
     assert cache.mask is None or np.isin(cache.mask, [0, cache.mask.dtype.type(1 / (1 - p))]).all()
     check_op("dropout", [x], p, False, seed=seed)  # eval: the identity, as torch
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_and_pooling_put_their_outputs_in_channels_last_memory(channels_last):
+    """torch's channels_last: (N, C, H, W) shapes, (N, H, W, C) memory.  Conv, pooling and their
+    gradients land channels-last whatever the input's layout; BatchNorm and ReLU keep their input's;
+    a Flatten reads the values in NCHW order (torch's, what a Linear's weights expect)."""
+    from convprop.functional._windows import is_channels_last
+
+    rng = np.random.default_rng(0)
+    x = layout(rng.standard_normal((2, 3, 6, 6)), channels_last)
+    z, cz = F.conv2d(x, rng.standard_normal((4, 3, 3, 3)), None, padding=1)
+    p, cp = F.max_pool2d(z, 2)
+    a, ca = F.avg_pool2d(p, 2, padding=1)
+    t, ct = F.conv_transpose2d(a, rng.standard_normal((4, 2, 2, 2)), None, stride=2)
+    r, _ = F.relu(t)
+    bn, _ = F.batch_norm(t, None, None, training=True)
+    assert all(is_channels_last(v) for v in (z, p, a, t, r, bn))
+    assert is_channels_last(F.conv2d_backward(np.ones(z.shape), cz)[0])
+    assert is_channels_last(F.max_pool2d_backward(np.ones(p.shape), cp))
+    assert is_channels_last(F.avg_pool2d_backward(np.ones(a.shape), ca))
+    assert is_channels_last(F.conv_transpose2d_backward(np.ones(t.shape), ct)[0])
+    flat, _ = F.flatten(z, 1)
+    np.testing.assert_array_equal(flat, np.ascontiguousarray(z).reshape(2, -1))
