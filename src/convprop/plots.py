@@ -8,16 +8,14 @@ import os
 import numpy as np
 
 from . import nn
+from ._extras import require
 from .train import confusion_matrix, predict
 
 NAMES = ("training-curves.png", "filters.png", "feature-maps.png", "saliency.png", "confusion-matrix.png")
 
 
 def _plt():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("pictures need matplotlib: pip install 'convprop[train]'") from None
+    matplotlib = require("matplotlib", "train", "pictures need matplotlib", ValueError)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

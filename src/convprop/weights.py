@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from ._extras import require
 from ._files import checked_size
 from .nn import Module
 
@@ -28,11 +29,9 @@ class WeightsError(ValueError):
 
 
 def _safetensors():
-    try:
-        import safetensors.numpy
-    except ImportError:
-        raise ImportError("safetensors files need the safetensors package: pip install 'convprop[safetensors]'"
-                          ) from None
+    require("safetensors.numpy", "safetensors", "safetensors files need the safetensors package")
+    import safetensors
+
     return safetensors
 
 

@@ -14,6 +14,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .._extras import require
+
 __all__ = ["load_digit", "read_digit", "ImageError", "MAX_PIXELS", "IMAGE_EXTENSIONS", "FASHION_MNIST_CLASSES",
            "class_names"]
 
@@ -37,11 +39,7 @@ def class_names(data_dir: str | None, num_classes: int) -> list[str]:
 
 
 def _pillow():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install 'convprop[train]'") from None
-    return Image
+    return require("PIL.Image", "train", "reading images needs Pillow")
 
 
 def _gray(im, name: str, warnings: list[str]) -> np.ndarray:
