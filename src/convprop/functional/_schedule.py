@@ -230,10 +230,19 @@ def rows(a: np.ndarray, t: Tile, groups: int) -> np.ndarray:
 
 def patches(win: np.ndarray, t: Tile, groups: int) -> np.ndarray:
     """im2col: tile t's windows of win (N, OH, OW, kh, kw, C) as GEMM rows (G, P, kh·kw·C/G), one row
-    per output position, copied into this thread's scratch buffer."""
+    per output position, copied into this thread's scratch buffer.  With few channels (a first
+    layer: kw·C/G < 16) the copy runs along the output rows instead, into the transposed (G,
+    kh·kw·C/G, P) memory, whose transposed view it returns: the same rows to any GEMM, and a copy
+    in runs of OW values rather than of kw·C (docs/performance.md, "Patches by columns")."""
     part = win[t.batch, t.rows]
     nb, rb, ow, kh, kw, c = part.shape
-    src = part.reshape(nb, rb, ow, kh, kw, groups, c // groups).transpose(5, 0, 1, 2, 3, 4, 6)
+    src = part.reshape(nb, rb, ow, kh, kw, groups, c // groups)
+    if kw * (c // groups) < 16:
+        src = src.transpose(5, 3, 4, 6, 0, 1, 2)
+        cols = _scratch((groups, kh * kw * (c // groups), nb * rb * ow), win.dtype)
+        np.copyto(cols.reshape(src.shape), src)
+        return cols.transpose(0, 2, 1)
+    src = src.transpose(5, 0, 1, 2, 3, 4, 6)
     cols = _scratch((groups, nb * rb * ow, kh * kw * (c // groups)), win.dtype)
     np.copyto(cols.reshape(src.shape), src)
     return cols

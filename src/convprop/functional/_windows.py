@@ -55,6 +55,15 @@ def nchw(a: np.ndarray) -> np.ndarray:
     return a.transpose(0, 3, 1, 2)
 
 
+def channel_sum(a: np.ndarray) -> np.ndarray:
+    """Σ of a (N, C, H, W) over every axis but C -> (C,).  Channels-last, as 1ᵀ A over its (N·H·W, C)
+    rows: one GEMV, where NumPy's reduction would loop over runs of C values."""
+    if a.ndim == 4 and a.size and a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        rows = a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1])
+        return np.ones(rows.shape[0], a.dtype) @ rows
+    return a.sum(axis=(0,) + tuple(range(2, a.ndim)))
+
+
 def like(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """a (N, C, H, W) in ref's memory layout, channels-last or not, copied only when they differ.
     An element-wise pass over operands of two layouts strides through memory (docs/performance.md,

@@ -37,7 +37,7 @@ from . import _checks as chk
 from . import _schedule as S
 from . import reference as R
 from ._unbatched import unbatched, unbatched_backward
-from ._windows import Col2im, Pair, nchw, nhwc, out_size, pad, windows
+from ._windows import Col2im, Pair, channel_sum, nchw, nhwc, out_size, pad, windows
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward"]
 
@@ -311,7 +311,7 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
     def weight() -> np.ndarray:  # ∂K = Σ_ij A_patch_ijᵀ ∂Z_ij
         return _weight_grad(c.windows, dzh, c.w.shape, c.groups)
 
-    db = dzh.sum(axis=(0, 1, 2)) if c.has_bias else None  # ∂B = Σ ∂Z
+    db = channel_sum(nchw(dzh)) if c.has_bias else None  # ∂B = Σ ∂Z
     if not input_grad:
         return None, weight(), db
     # ∂A and ∂K are independent: on two threads at once where the batch is too small to split
@@ -371,7 +371,7 @@ def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, 
     chk.cache_of(cache, ConvTranspose2dCache, "conv_transpose2d")
     c = cache
     dy = chk.grad_output(dout, c.out_shape, c.w.dtype)
-    db = dy.sum(axis=(0, 2, 3)) if c.has_bias else None  # ∂B = Σ ∂Y
+    db = channel_sum(dy) if c.has_bias else None  # ∂B = Σ ∂Y
     if R.active():
         dx = R.conv2d(dy, c.w, None, c.stride, c.padding, c.dilation, c.groups).astype(dy.dtype)
         dk = R.conv2d_backward(c.x, dy, c.w, c.stride, c.padding, c.dilation, c.groups)[1].astype(dy.dtype)
