@@ -73,13 +73,15 @@ def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair
     """Z = K * A + B.  xh (N, H, W, C), w (Cout, Cg, kh, kw), b (Cout,) or None -> Z (N, OH, OW, Cout),
     and the window view of the padded xh, whose patches ∂K re-reads."""
     win = windows(pad(xh, padding), w.shape[2:], stride, dilation, out_hw)
-    k, bias = _kernel_columns(w, groups), None if b is None else b.reshape(groups, 1, -1)
+    k = _kernel_columns(w, groups)
     zh = np.empty((xh.shape[0],) + tuple(out_hw) + (w.shape[0],), xh.dtype)
+    bias = None if b is None else np.tile(b, out_hw[1])  # B for a whole output row (OW·Cout): long runs
 
     def tile(t: S.Tile, _) -> None:
-        z = np.matmul(S.patches(win, t, groups), k, out=S.rows(zh, t, groups))  # Z_ij = A_patch_ij · K
+        np.matmul(S.patches(win, t, groups), k, out=S.rows(zh, t, groups))  # Z_ij = A_patch_ij · K
         if bias is not None:
-            z += bias  # + B
+            rows = zh[t.batch, t.rows].reshape(-1, bias.size)
+            rows += bias  # + B
 
     S.each_tile(tile, xh.shape[0], out_hw[0], _row_bytes(win), _work(win, w.shape[0]))
     return zh, win
