@@ -228,6 +228,11 @@ def rows(a: np.ndarray, t: Tile, groups: int) -> np.ndarray:
     return part.reshape(-1, groups, a.shape[3] // groups).transpose(1, 0, 2)
 
 
+def by_columns(kw: int, cg: int) -> bool:
+    """Whether im2col copies a kernel with kw columns over cg channels a group by columns (see `patches`)."""
+    return kw * cg < 16
+
+
 def patches(win: np.ndarray, t: Tile, groups: int) -> np.ndarray:
     """im2col: tile t's windows of win (N, OH, OW, kh, kw, C) as GEMM rows (G, P, kh·kw·C/G), one row
     per output position, copied into this thread's scratch buffer.  With few channels (a first
@@ -237,7 +242,7 @@ def patches(win: np.ndarray, t: Tile, groups: int) -> np.ndarray:
     part = win[t.batch, t.rows]
     nb, rb, ow, kh, kw, c = part.shape
     src = part.reshape(nb, rb, ow, kh, kw, groups, c // groups)
-    if kw * (c // groups) < 16:
+    if by_columns(kw, c // groups):
         src = src.transpose(5, 3, 4, 6, 0, 1, 2)
         cols = _scratch((groups, kh * kw * (c // groups), nb * rb * ow), win.dtype)
         np.copyto(cols.reshape(src.shape), src)

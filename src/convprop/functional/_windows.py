@@ -75,14 +75,14 @@ def like(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def pad(xh: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) -> np.ndarray:
     """Pad the H and W of xh (N, H, W, C) by `padding` on both sides, plus `extra` at the bottom/right
-    (ceil_mode)."""
+    (ceil_mode).  The result keeps xh's memory order."""
     (ph, pw), (eh, ew) = padding, extra
     if ph == pw == eh == ew == 0:
         return xh
     n, h, w, c = xh.shape
     shape = (n, h + 2 * ph + eh, w + 2 * pw + ew, c)
     chk.fits_in_memory(shape, xh.dtype, "padding", f"{padding} pads x {(n, c, h, w)} to {shape}")
-    xp = np.full(shape, value, xh.dtype)
+    xp = np.full_like(xh, value, shape=shape)
     xp[:, ph: ph + h, pw: pw + w] = xh
     return xp
 

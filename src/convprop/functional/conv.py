@@ -71,7 +71,10 @@ def _row_bytes(win: np.ndarray) -> int:
 def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pair, dilation: Pair,
                groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
     """Z = K * A + B.  xh (N, H, W, C), w (Cout, Cg, kh, kw), b (Cout,) or None -> Z (N, OH, OW, Cout),
-    and the window view of the padded xh, whose patches ∂K re-reads."""
+    and the window view of the padded xh, whose patches ∂K re-reads.  xh may be a view of NCHW memory
+    (a model's input): kept so where im2col copies by columns (few channels), else made channels-last."""
+    if not S.by_columns(w.shape[3], w.shape[1]):
+        xh = np.ascontiguousarray(xh)
     win = windows(pad(xh, padding), w.shape[2:], stride, dilation, out_hw)
     k = _kernel_columns(w, groups)
     zh = np.empty((xh.shape[0],) + tuple(out_hw) + (w.shape[0],), xh.dtype)
@@ -264,7 +267,7 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, stride: in
     if R.active():
         out = R.conv2d(x, w, b, stride, padding, dilation, groups).astype(x.dtype)
         return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, x, None, extra)
-    zh, win = _correlate(nhwc(x), w, b, stride, padding, dilation, groups, (oh, ow))
+    zh, win = _correlate(x.transpose(0, 2, 3, 1), w, b, stride, padding, dilation, groups, (oh, ow))
     out = nchw(zh)
     return out, Conv2dCache(w, out.shape, b is not None, stride, padding, dilation, groups, x, win, extra)
 
