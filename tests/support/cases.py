@@ -73,7 +73,8 @@ def random_pool(seed, kind):
 
 def small_tiles_and_blocks(seed, monkeypatch):
     """Seeds 0 mod 4: tiles of one output row of one sample.
-    Seeds 1 mod 4: the batch split over 3 threads however small the work (_schedule)."""
+    Seeds 1 mod 4: the batch split over 3 threads however small the work (_schedule).
+    Seeds 2 and 3 mod 4: im2col by rows and by columns whatever the channels (_schedule.by_columns)."""
     from convprop.functional import _schedule
 
     if seed % 4 == 0:
@@ -81,6 +82,8 @@ def small_tiles_and_blocks(seed, monkeypatch):
     if seed % 4 == 1:
         monkeypatch.setattr(_schedule, "_count", 3)
         monkeypatch.setattr(_schedule, "MIN_WORK_PER_THREAD", 1)
+    if seed % 4 in (2, 3):
+        monkeypatch.setattr(_schedule, "by_columns", lambda kw, cg, cols=seed % 4 == 3: cols)
 
 
 def routes_taken(monkeypatch) -> list[str]:

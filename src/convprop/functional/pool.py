@@ -102,6 +102,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
                return_indices: bool = False,
                ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], MaxPool2dCache]:
     """Z^l_ij = max of window ij (padding counts as −inf), as torch.nn.functional.max_pool2d.
+    Loop twin: reference.max_pool2d.
 
     x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW), or with return_indices ((out, indices), cache):
     indices (N, C, OH, OW) int64, torch's flat y·W + x per input plane, as max_unpool2d takes them
@@ -146,6 +147,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
 @unbatched_backward
 def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     """∂Z^{l-1} = max-unpool(∂Z^l): each ∂Z^l_ij lands on its window's argmax in a zero mask.
+    Loop twin: reference.max_pool2d_backward.
 
     dout (N, C, OH, OW) -> dx (N, C, H, W); where windows overlap, gradients sum.
     """
@@ -271,7 +273,8 @@ def _window_counts(size: int, k: int, s: int, p: int, n_out: int, include_pad: b
 def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None = None,
                padding: int | Pair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: int | None = None) -> tuple[np.ndarray, AvgPool2dCache]:
-    """Z^l_ij = Σ window ij / r_size, as torch.nn.functional.avg_pool2d.
+    """Z^l_ij = Σ window ij / r_size, as torch.nn.functional.avg_pool2d.  Loop twin: reference.avg_pool2d
+    (which has no divisor_override: with one, the switch leaves this function on its fast kernel).
 
     x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW).  r_size counts the zero padding when
     count_include_pad; divisor_override replaces it for every window.
@@ -305,6 +308,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
 @unbatched_backward
 def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     """∂Z^{l-1} = Σ_windows ∂Z^l_ij / r_size spread evenly over window ij (overlaps sum).
+    Loop twin: reference.avg_pool2d_backward.
 
     dout (N, C, OH, OW) -> dx (N, C, H, W).
     """
