@@ -97,7 +97,7 @@ def routes_taken(monkeypatch) -> list[str]:
 
 def random_same_conv(seed):
     """'Same'-padded stride-1 convolutions with as many input as output channels: the shapes whose
-    backward-data takes the full-correlation route (conv._same_route)."""
+    backward-data takes the full-correlation route ("same" in conv._data_grad)."""
     rng = np.random.default_rng(10_000 + seed)
     g = int(rng.choice([1, 2]))
     c = g * int(rng.integers(1, 5))
