@@ -29,6 +29,7 @@ conv2d, conv2d_backward, conv_transpose2d.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -309,19 +310,14 @@ def conv2d_backward(dout: np.ndarray, cache: Conv2dCache, *, input_grad: bool = 
         return (nchw(nhwc(da[:, :, :h, :w].astype(dz.dtype))) if input_grad else None, dk.astype(dz.dtype),
                 db.astype(dz.dtype) if c.has_bias else None)
     dzh = nhwc(dz)
-
-    def data() -> np.ndarray:  # ∂A = K ⋆ᵀ ∂Z
-        return nchw(_data_grad(dzh, c.w, c.x.shape[2:], c.stride, c.padding, c.dilation, c.groups)[:, :h, :w])
-
-    def weight() -> np.ndarray:  # ∂K = Σ_ij A_patch_ijᵀ ∂Z_ij
-        return _weight_grad(c.windows, dzh, c.w.shape, c.groups)
-
     db = channel_sum(nchw(dzh)) if c.has_bias else None  # ∂B = Σ ∂Z
+    dk = partial(_weight_grad, c.windows, dzh, c.w.shape, c.groups)  # ∂K = Σ_ij A_patch_ijᵀ ∂Z_ij
     if not input_grad:
-        return None, weight(), db
+        return None, dk(), db
+    da = partial(_data_grad, dzh, c.w, c.x.shape[2:], c.stride, c.padding, c.dilation, c.groups)  # ∂A = K ⋆ᵀ ∂Z
     # ∂A and ∂K are independent: on two threads at once where the batch is too small to split
-    da, dk = S.both(data, weight, dz.shape[0], 2 * dz.nbytes, 2 * dz.size * c.w[0].size)
-    return da, dk, db
+    da, dk = S.both(da, dk, dz.shape[0], 2 * dz.nbytes, 2 * dz.size * c.w[0].size)
+    return nchw(da[:, :h, :w]), dk, db
 
 
 # --------------------------------------------------------------------------- conv_transpose2d
