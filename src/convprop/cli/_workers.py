@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import distributed
 from .._extras import install
-from ..functional._threads import get_num_threads
+from ..functional._schedule import get_num_threads
 from ._options import UsageError
 
 
