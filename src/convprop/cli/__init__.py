@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__, checkpoint, distributed, nn
 from ..data import IDXError
-from ..functional._threads import set_num_threads
+from ..functional._schedule import set_num_threads
 from ..run import RunDiverged, RunError, RunInterrupted
 from ..train import Divergence
 from . import evaluate, explain, export, plot, predict, serve, train

@@ -6,7 +6,7 @@ import os
 
 from .. import distributed
 from .._extras import install
-from ..functional._threads import available_cpus, get_num_threads
+from ..functional._schedule import available_cpus, get_num_threads
 from ._options import UsageError
 
 

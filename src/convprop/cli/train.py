@@ -7,7 +7,8 @@ import signal
 import sys
 
 from .. import distributed, models
-from ..functional._threads import get_num_threads, set_num_threads
+from ..functional import use_reference
+from ..functional._schedule import get_num_threads, set_num_threads
 from ..run import DEFAULT_LR, OPTIMIZERS, Run, Settings
 from ._options import positive_int, run_paths, setting
 
@@ -58,6 +59,9 @@ def add_parser(sub) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check every layer's output and gradients; name the first that is not finite")
+    t.add_argument("--reference", action="store_true",
+                   help="compute convolutions and pooling with the plain loops of convprop.functional.reference "
+                        "instead of the fast kernels (slow: to check them on a whole run; see docs/math.md)")
 
 
 # --------------------------------------------------------------------------- train
@@ -88,7 +92,8 @@ def run(args) -> int:
         else:
             run = Run(Settings(data=args.data, **given), args.out, **options)
     with run:
-        run.train()
+        with use_reference(args.reference):  # the training and its tests on the loop kernels, not the pictures
+            run.train()
         if rank == 0:
             set_num_threads(threads)  # the other ranks are done: the pictures get every core
             run.finish()

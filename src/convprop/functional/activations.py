@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 
 from . import _checks as chk
-from . import _threads
+from . import _schedule
 from ._windows import like
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
@@ -35,7 +35,7 @@ def _forward(op: str, value, x, saved: str, slope: float = 0.0, inplace: bool = 
     """A = value(Z) element-wise (the batch split over convprop's threads); the cache keeps Z or A,
     whichever act' is written in (saved = "z" or "a").  inplace: A written over Z (as torch's inplace=True)."""
     chk.float_array(x, "x", tuple(range(0, 33)))
-    a = _threads.elementwise(value, x if chk.flag(inplace, "inplace") else np.empty_like(x), x)
+    a = _schedule.elementwise(value, x if chk.flag(inplace, "inplace") else np.empty_like(x), x)
     return a, ActivationCache(op, x if saved == "z" else a, slope)
 
 
@@ -45,7 +45,7 @@ def _backward(op: str, grad, dout, cache) -> np.ndarray:
     if cache.op != op:
         raise TypeError(f"cache: expected the cache returned by {op}, got one from {cache.op}")
     da = like(chk.grad_output(dout, cache.saved.shape, cache.saved.dtype), cache.saved)
-    return _threads.elementwise(grad, np.empty_like(da), da, cache.saved)
+    return _schedule.elementwise(grad, np.empty_like(da), da, cache.saved)
 
 
 # Each activation: two element-wise formulas, value(z, out) for A and grad(da, saved, out) for ∂Z.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from ._windows import like
+from ._windows import channel_sum, like
 
 __all__ = ["batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
 
@@ -88,7 +88,7 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
         if m < 2:
             raise ValueError(f"x: expected more than 1 value per channel when training, got shape {x.shape}")
         if allreduce is None:
-            mean = x.mean(axis=axes)
+            mean = channel_sum(x) / x.dtype.type(m)  # μ
         xc = x - _channel_view(mean.astype(x.dtype), x.ndim)  # x − μ
         if allreduce is None:
             var = _channel_dot(xc, xc) / x.dtype.type(m)  # σ² = mean((x − μ)²), biased: what normalises the batch
@@ -135,11 +135,10 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
         zeros = np.zeros(c.inv_std.size, dy.dtype)
         return np.zeros_like(dy), (None if c.gamma is None else zeros), (zeros.copy() if c.has_bias else None)
     nd = dy.ndim
-    axes = (0,) + tuple(range(2, nd))
     inv_std = c.inv_std.reshape(-1)
     k = inv_std if c.gamma is None else inv_std * c.gamma  # γ/σ
     xc = c.xc if c.mean is None else c.xc - _channel_view(c.mean.astype(c.xc.dtype), nd)
-    dbeta = dy.sum(axis=axes)
+    dbeta = channel_sum(dy)  # Σ ∂y
     dgamma = _channel_dot(dy, xc) * inv_std  # Σ ∂y ⊙ x̂ = (1/σ) Σ ∂y ⊙ (x − μ)
     dx = dy * _channel_view(k, nd)
     if c.training:
