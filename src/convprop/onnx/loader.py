@@ -8,14 +8,30 @@ from .. import nn
 from .._files import checked_size
 from .errors import OnnxError, one_line, onnx_module
 from .indices import feeds_unpool_shape, import_indices, is_iota
-from .reader import IMPORTERS, WALKED, Reader, load_weights, to_float
+from .reader import IMPORTERS, WALKED, Reader, fuse_normalize, import_normalize, load_weights, to_float
 from .tensors import FLOATS, MAX_FILE_BYTES, MAX_TENSOR_ELEMENTS, tensor, type_name
 
 
 def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> nn.Module:
     """An ONNX file as a convprop model with its weights: an nn.Sequential for a chain of layers, a
-    Graph where it forks and joins.  Raises OnnxError (one line: node, operator, attribute) for
-    what convprop cannot represent or for a damaged or hostile file; never reads another file."""
+    Graph where it forks and joins.  A graph that takes raw pixels (a uint8 input Cast to float, or
+    floats) and normalises them (Mul, Sub, Div, Add by per-channel constants: convprop's own exports)
+    gives a model whose first layer is an nn.Normalize, taking the same pixel values as floats.
+    Raises OnnxError (one line: node, operator, attribute) for what convprop cannot represent or for
+    a damaged or hostile file; never reads another file."""
+    onnx = onnx_module()
+    proto = read_proto(path, max_bytes)
+    try:
+        return _build(onnx, proto, path, max_tensor_elements)
+    except OnnxError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+        raise OnnxError(f"{path}: cannot import ({one_line(e)})") from None
+
+
+def read_proto(path: str, max_bytes: int = MAX_FILE_BYTES):
+    """The file's ModelProto, its size checked first; OnnxError for what is not an ONNX model of
+    standard operators."""
     onnx = onnx_module()
     checked_size(path, "an ONNX file", OnnxError, max_bytes)
     with open(path, "rb") as f:
@@ -29,12 +45,7 @@ def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = 
     for op in proto.opset_import:
         if op.domain not in ("", "ai.onnx"):
             raise OnnxError(f"{path}: operator set {op.domain!r} is not supported (standard ONNX operators only)")
-    try:
-        return _build(onnx, proto, path, max_tensor_elements)
-    except OnnxError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
-        raise OnnxError(f"{path}: cannot import ({one_line(e)})") from None
+    return proto
 
 
 def _build(onnx, proto, path: str, limit: int) -> nn.Module:
@@ -45,9 +56,16 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
         raise OnnxError(f"{path}: expected one data input and one output, got inputs {data_inputs[:5]} and "
                         f"{len(g.output)} outputs (weights must be initializers)")
     elem = g.input[[i.name for i in g.input].index(data_inputs[0])].type.tensor_type.elem_type
-    if elem not in FLOATS:
+    if elem == onnx.TensorProto.UINT8:  # raw pixels: the first node must make them floats
+        first = g.node[0]
+        to = next((a.i for a in first.attribute if a.name == "to"), None)
+        if first.op_type != "Cast" or list(first.input) != data_inputs[:1] or to not in FLOATS:
+            raise OnnxError(f"{path}: input {data_inputs[0]!r} is uint8, but the first node is not a Cast of it "
+                            "to float32 or float64")
+        elem = to
+    elif elem not in FLOATS:
         raise OnnxError(f"{path}: input {data_inputs[0]!r} has element type {type_name(elem)}; "
-                        "expected float32 or float64")
+                        "expected float32 or float64 (or uint8 cast to float first)")
     consumers: dict[str, int] = {g.output[0].name: 1}
     for node in g.node:
         for i in node.input:
@@ -94,7 +112,23 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
             else:
                 alias[node.output[0]] = step  # the same convprop tensor under another ONNX name
             continue
-        if op == "Add" and len(data) == 2:
+        if op == "Cast" and data == data_inputs[:1]:  # uint8 → float (checked above), or float → float
+            at = r.attrs(node, dict(to=elem, saturate=1))
+            if at["to"] != elem:
+                raise r.refuse(node, "to", at["to"], f"the input is cast to the model's {type_name(elem)} only")
+            alias[node.output[0]] = ins[0]
+            continue
+        if op in ("Mul", "Sub", "Div", "Add") and len(data) == 1:  # by a constant: an input normalisation
+            m = import_normalize(r, node, data[0])
+            prev = steps[-1] if steps else None
+            if prev is not None and isinstance(prev[1], nn.Normalize) and prev[0] == ins[0] and \
+                    consumers.get(prev[0]) == 1 and prev[0] != alias.get(data_inputs[0]):
+                both = fuse_normalize(prev[1], m)
+                if both is not None:  # (x·scale − mean)/std in one layer, the same arithmetic
+                    steps[-1] = (node.output[0], both, prev[2])
+                    alias[node.output[0]] = node.output[0]
+                    continue
+        elif op == "Add" and len(data) == 2:
             r.attrs(node, {})
             m = nn.Add()
         elif op == "MatMul":

@@ -344,6 +344,44 @@ def _import_reduce_mean(r: Reader, node) -> nn.Module:
     return nn.AdaptiveAvgPool2d(1)
 
 
+def import_normalize(r: Reader, node, data: str) -> nn.Normalize:
+    """Mul, Sub, Add or Div of the data by a constant of one value or one per channel (shape (1, C, 1, 1),
+    (C, 1, 1), …): an nn.Normalize doing just that step (Add c as Sub −c: the same IEEE result)."""
+    r.attrs(node, {})
+    k = list(node.input).index(data)
+    if k != 0 and node.op_type in ("Sub", "Div"):
+        raise OnnxError(f"{r.where(node)}: only data {'−' if node.op_type == 'Sub' else '÷'} constant is supported")
+    c = to_float(r, node, r.const(node, 1 - k, "the constant"), "the constant")
+    rank = len(r.shapes.get(data) or [])
+    if c.size > 1:
+        dims = [i for i, n in enumerate(c.shape) if n != 1]
+        if not rank or c.ndim > rank or len(dims) != 1 or rank - c.ndim + dims[0] != 1:
+            raise OnnxError(f"{r.where(node)}: a constant of shape {list(c.shape)}; expected one value or one per "
+                            "channel (shape (1, C, 1, 1))")
+    values = dict(Mul={"scale": c}, Div={"std": c}, Sub={"mean": c}, Add={"mean": -c})[node.op_type]
+    args = {"mean": 0.0, "std": 1.0, "scale": 1.0, **{key: v.reshape(-1) for key, v in values.items()}}
+    try:
+        return nn.Normalize(**args, dtype=c.dtype)
+    except ValueError as e:
+        raise OnnxError(f"{r.where(node)}: {one_line(e)}") from None
+
+
+def fuse_normalize(first: nn.Normalize, then: nn.Normalize) -> nn.Normalize | None:
+    """first then `then` as one Normalize where that is the same arithmetic, (x·scale − mean)/std in that
+    order (x·s − 0 and y/1 are exact): a Sub after a mere Mul, a Div after a Mul or Sub.  Else None."""
+    order = ("scale", "mean", "std")
+    a, b = ({k: bool((getattr(m, k) == v).all()) for k, v in zip(order, (1, 0, 1))} for m in (first, then))
+    steps = [k for k in order if not b[k]]
+    if len(steps) != 1 or not all(a[k] for k in order[order.index(steps[0]):]):
+        return None
+    step = steps[0]
+    try:
+        return nn.Normalize(then.mean if step == "mean" else first.mean, then.std if step == "std" else first.std,
+                            then.scale if step == "scale" else first.scale, dtype=first.mean.dtype)
+    except ValueError:  # per-channel lengths that differ
+        return None
+
+
 IMPORTERS: dict[str, Callable] = {
     "Conv": _import_conv, "ConvTranspose": _import_conv, "MaxPool": _import_pool, "AveragePool": _import_pool,
     "GlobalAveragePool": _import_global_pool, "ReduceMean": _import_reduce_mean, "Gemm": _import_gemm,
@@ -353,5 +391,6 @@ IMPORTERS: dict[str, Callable] = {
     "LeakyRelu": _simple(nn.LeakyReLU, alpha=0.01), "GlobalMaxPool": _import_global_max_pool,
     "Softmax": _import_softmax, "LogSoftmax": _import_softmax,
 }
-# handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul, MaxUnpool
-WALKED = ["Add", "MatMul", "Identity", "Constant", "MaxUnpool"]
+# handled in the walk itself: Identity, Constant, Add (a join, a bias after MatMul, or by a constant), MatMul,
+# MaxUnpool, Cast (of the input), Mul, Sub, Div (by constants)
+WALKED = ["Add", "MatMul", "Identity", "Constant", "MaxUnpool", "Cast", "Mul", "Sub", "Div"]

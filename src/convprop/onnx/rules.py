@@ -210,6 +210,17 @@ def _softmax(op: str) -> Callable:
     return emit
 
 
+def _normalize(b: Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    """(x·scale − mean)/std as Mul, Sub, Div by per-channel constants (1, C, 1, …): the same three IEEE
+    operations as convprop's, so ONNX Runtime gives the same bits; a neutral step (×1, −0, ÷1) is left out."""
+    shape = (1, -1) + (1,) * (xa.ndim - 2)
+    for op, key, neutral in (("Mul", "scale", 1), ("Sub", "mean", 0), ("Div", "std", 1)):
+        value = np.asarray(getattr(m, key), xa.dtype)
+        if (value != neutral).any():
+            x = b.node(op, [x, b.const(f"{label}.{key}", value.reshape(shape))], f"{label}.{op.lower()}")
+    return x
+
+
 EXPORTERS: dict[type, Callable] = {
     nn.Conv2d: _conv, nn.ConvTranspose2d: _conv, nn.MaxPool2d: _maxpool, nn.AvgPool2d: _avgpool,
     nn.AdaptiveAvgPool2d: _adaptive_avgpool, nn.Linear: _linear, nn.Flatten: _flatten,
@@ -217,6 +228,6 @@ EXPORTERS: dict[type, Callable] = {
     nn.ReLU: _activation("Relu"), nn.Sigmoid: _activation("Sigmoid"), nn.Tanh: _activation("Tanh"),
     nn.LeakyReLU: _activation("LeakyRelu", alpha=lambda m: float(m.negative_slope)),
     nn.Conv1d: _conv1d, nn.MaxPool1d: _pool1d, nn.AvgPool1d: _pool1d, nn.AdaptiveMaxPool2d: _adaptive_maxpool,
-    nn.Softmax: _softmax("Softmax"), nn.LogSoftmax: _softmax("LogSoftmax"),
+    nn.Softmax: _softmax("Softmax"), nn.LogSoftmax: _softmax("LogSoftmax"), nn.Normalize: _normalize,
     nn.Add: lambda b, m, names, xa, label: b.node("Add", names, label),  # a join: its two inputs' names
 }
