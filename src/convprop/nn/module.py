@@ -184,6 +184,14 @@ class Module:
         return missing, unexpected
 
     # ----------------------------------------------------------------- printing
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        """torchinfo's table for a forward pass on zeros of input_shape (N, C, H, W): every layer (nested
+        containers indented), its output shape, parameters and multiply-adds; totals and sizes in MB.
+        convprop.nn.summary.summarize gives the same as numbers."""
+        from .summary import summarize
+
+        return str(summarize(self, input_shape))
+
     def extra_repr(self) -> str:
         return ""
 
