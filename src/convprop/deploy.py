@@ -1,8 +1,10 @@
 """What a trained model expects as input, carried with it when it leaves convprop.
 
-    spec = convprop.deploy.input_spec(ckpt)          # size, channels, range, mean, std, classes
+    spec = convprop.deploy.input_spec(ckpt)                 # size, channels, range, mean, std, classes
     model = convprop.deploy.with_normalization(net, spec)   # takes raw pixels 0–255
-    convprop.onnx.export(model, "net.onnx", (1, *spec_shape(spec)), metadata=metadata(spec, ...))
+    convprop.onnx.export(model, "net.onnx", (1, *checkpoint_shape(spec)), input_name="pixels",
+                         metadata=convprop.deploy.metadata(spec, ckpt["meta"]["model"]))
+    convprop.deploy.export_checkpoint(ckpt, net, "net.onnx")   # all that: `convprop export`
 
 An exported file says what it wants: ONNX metadata_props and safetensors' `__metadata__` hold JSON
 strings under the keys below (METADATA_KEYS):
@@ -25,7 +27,8 @@ from . import nn
 from .data.images import class_names
 from .data.loader import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
 
-__all__ = ["input_spec", "with_normalization", "metadata", "METADATA_KEYS", "CIFAR10_CLASSES"]
+__all__ = ["input_spec", "with_normalization", "metadata", "checkpoint_shape", "export_checkpoint", "METADATA_KEYS",
+           "CIFAR10_CLASSES"]
 
 METADATA_KEYS = ("convprop.input", "convprop.classes", "convprop.model")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -122,3 +125,52 @@ def metadata(spec: dict[str, Any], model: dict | None = None, *, name: str = "pi
     if model is not None:
         out["convprop.model"] = json.dumps({"name": model.get("name"), "config": model.get("config", {})})
     return out
+
+
+def checkpoint_shape(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of one input, from input_spec."""
+    return (spec["channels"], *spec["size"])
+
+
+def export_checkpoint(ckpt: dict, model: nn.Module, out: str, *, opset: int | None = None,
+                      input_shape: tuple[int, ...] | None = None, input_type: str = "float32",
+                      normalize: bool = True) -> str:
+    """`convprop export`: the checkpoint's model as ONNX (out *.onnx) or its weights as safetensors
+    (*.safetensors), each with the METADATA_KEYS.  ONNX takes raw pixels 0–255 as `input_type` (float32 or
+    uint8) under the name "pixels" and normalises them itself; normalize=False writes the model alone,
+    input "input" of normalised floats (as convprop.data.normalize makes).  input_shape: one input's
+    (C, H, W) (default: the checkpoint's).  Returns a one-line description of what was written."""
+    spec = input_spec(ckpt)
+    info = ckpt["meta"]["model"]
+    name = info["name"]
+    if out.endswith(".safetensors"):
+        from .weights import save_weights
+
+        save_weights(model, out, metadata=metadata(spec, info, name="input", dtype=model.dtype.name,
+                                                   normalized=False))
+        return f"{out}: {name} weights ({len(model.state_dict())} tensors, torch's state_dict keys)"
+    if not out.endswith(".onnx"):
+        raise ValueError(f"OUT: expected a file name ending in .onnx or .safetensors, got {out!r}")
+    from . import onnx as conv_onnx
+
+    if input_type not in ("float32", "uint8"):
+        raise ValueError(f"--input-type: expected float32 or uint8, got {input_type!r}")
+    if not normalize and input_type == "uint8":
+        raise ValueError("--input-type uint8 needs the normalisation in the graph (drop --no-normalize)")
+    shape = tuple(input_shape) if input_shape is not None else checkpoint_shape(spec)
+    if len(shape) == 3:
+        spec = {**spec, "channels": shape[0], "size": list(shape[1:])}
+    if normalize and len(shape) == 3 and len(spec["mean"]) not in (1, shape[0]):
+        raise ValueError(f"--input-shape: {shape[0]} channels, but the checkpoint normalises {len(spec['mean'])}")
+    opset = conv_onnx.DEFAULT_OPSET if opset is None else opset
+    dtype = input_type if normalize else model.dtype.name
+    name_in = "pixels" if normalize else "input"
+    low, high = spec["range"]
+    doc = (f"raw pixels {low:g}–{high:g}, {dtype}, (N, C, H, W); the graph normalises them" if normalize else
+           "(pixels/255 − mean)/std per channel, (N, C, H, W): see metadata convprop.input")
+    conv_onnx.export(with_normalization(model, spec) if normalize else model, out, (1, *shape), opset,
+                     input_name=name_in, input_dtype="uint8" if dtype == "uint8" else None, input_doc=doc,
+                     metadata=metadata(spec, info, name=name_in, dtype=dtype, normalized=normalize))
+    what = f"raw pixels {low:g}–{high:g} as {dtype}" if normalize else "normalised floats"
+    return (f"{out}: {name} as ONNX (opset {opset}, input {name_in!r} (batch, {', '.join(map(str, shape))}) of "
+            f"{what}; {len(spec['classes'])} classes)")
