@@ -168,9 +168,16 @@ def export_checkpoint(ckpt: dict, model: nn.Module, out: str, *, opset: int | No
     low, high = spec["range"]
     doc = (f"raw pixels {low:g}–{high:g}, {dtype}, (N, C, H, W); the graph normalises them" if normalize else
            "(pixels/255 − mean)/std per channel, (N, C, H, W): see metadata convprop.input")
-    conv_onnx.export(with_normalization(model, spec) if normalize else model, out, (1, *shape), opset,
-                     input_name=name_in, input_dtype="uint8" if dtype == "uint8" else None, input_doc=doc,
-                     metadata=metadata(spec, info, name=name_in, dtype=dtype, normalized=normalize))
+    try:
+        conv_onnx.export(with_normalization(model, spec) if normalize else model, out, (1, *shape), opset,
+                         input_name=name_in, input_dtype="uint8" if dtype == "uint8" else None, input_doc=doc,
+                         metadata=metadata(spec, info, name=name_in, dtype=dtype, normalized=normalize))
+    except conv_onnx.OnnxError:
+        raise
+    except ValueError as e:  # the model's own one line for an input it cannot take
+        if input_shape is None:
+            raise
+        raise ValueError(f"--input-shape {','.join(map(str, shape))}: {e}") from None
     what = f"raw pixels {low:g}–{high:g} as {dtype}" if normalize else "normalised floats"
     return (f"{out}: {name} as ONNX (opset {opset}, input {name_in!r} (batch, {', '.join(map(str, shape))}) of "
             f"{what}; {len(spec['classes'])} classes)")

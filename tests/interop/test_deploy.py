@@ -241,3 +241,58 @@ def test_a_model_not_sequential_is_wrapped_whole():
     assert list(d._modules) == ["normalize", "model"]
     with pytest.raises(ValueError, match="already has a layer named 'normalize'"):
         deploy.with_normalization(nn.Sequential(OrderedDict(normalize=nn.ReLU())), spec)
+
+
+# --------------------------------------------------------------------------- export_checkpoint (convprop export)
+def test_export_checkpoint_writes_both_formats_with_the_metadata(trained, tmp_path):
+    st = pytest.importorskip("safetensors")
+    path, model = trained
+    ckpt = checkpoint.load(path)
+    line = deploy.export_checkpoint(ckpt, model, str(tmp_path / "m.onnx"), input_type="uint8")
+    assert "input 'pixels' (batch, 1, 28, 28) of raw pixels 0–255 as uint8; 10 classes" in line
+    assert json.loads(convprop.onnx.metadata(str(tmp_path / "m.onnx"))["convprop.input"])["dtype"] == "uint8"
+    deploy.export_checkpoint(ckpt, model, str(tmp_path / "m.safetensors"))
+    with st.safe_open(str(tmp_path / "m.safetensors"), framework="numpy") as f:
+        meta = f.metadata()
+    assert set(meta) == set(deploy.METADATA_KEYS)
+    info = json.loads(meta["convprop.input"])
+    assert info["normalization"] == "by the caller" and info["mean"] == [0.1307] and info["size"] == [28, 28]
+    assert json.loads(meta["convprop.classes"]) == [str(i) for i in range(10)]
+    plain = deploy.export_checkpoint(ckpt, model, str(tmp_path / "n.onnx"), normalize=False)
+    assert "input 'input'" in plain and "normalised floats" in plain
+    got = session(tmp_path / "n.onnx").run(None, {"input": normalize(TEST_IMAGES[:100])})[0]
+    assert np.abs(got - model(normalize(TEST_IMAGES[:100]))).max() < 1e-4
+
+
+def test_export_checkpoint_uses_the_checkpoints_own_input(tmp_path):
+    """A checkpoint whose header describes its input (size, channels, mean, std, classes): the graph is built
+    for that size and normalisation, and says so."""
+    convprop.random.manual_seed(0)
+    model = models.resnet8(num_classes=3, in_channels=3)
+    given = {"size": [20, 24], "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "range": [0, 255],
+             "classes": ["circle", "square", "triangle"]}
+    path = str(tmp_path / "c.npz")
+    checkpoint.save(path, model, "resnet8", {"num_classes": 3, "in_channels": 3}, input=given)
+    ckpt = checkpoint.load(path)
+    deploy.export_checkpoint(ckpt, checkpoint.restore_model(ckpt, path), str(tmp_path / "m.onnx"))
+    props = convprop.onnx.metadata(str(tmp_path / "m.onnx"))
+    assert json.loads(props["convprop.classes"]) == given["classes"]
+    assert json.loads(props["convprop.input"])["size"] == [20, 24]
+    raw = np.random.default_rng(0).integers(0, 256, (4, 3, 20, 24)).astype(np.uint8)
+    got = session(tmp_path / "m.onnx").run(None, {"pixels": raw.astype(np.float32)})[0]
+    want = model.eval()(normalize(raw, given["mean"], given["std"]))
+    assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(out="m.txt"), "OUT: expected a file name ending in .onnx or .safetensors"),
+    (dict(input_type="int8"), "--input-type: expected float32 or uint8"),
+    (dict(input_type="uint8", normalize=False), "--input-type uint8 needs the normalisation in the graph"),
+    (dict(input_shape=(3, 28, 28)), "--input-shape 3,28,28: x: expected 1 channels"),
+    (dict(input_shape=(1, 3, 3)), "--input-shape 1,3,3: x (height): the output would be 0 pixels"),
+])
+def test_export_checkpoint_refuses_in_one_line(trained, tmp_path, kw, words):
+    path, model = trained
+    out = str(tmp_path / kw.pop("out", "m.onnx"))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        deploy.export_checkpoint(checkpoint.load(path), model, out, **kw)
