@@ -203,6 +203,11 @@ def test_load_reads_generic_arithmetic_by_constants(tmp_path):
     (lambda h: [h.make_node("Sub", ["m", "x"], ["y"])], {"m": 1.0}, "only data − constant"),
     (lambda h: [h.make_node("Mul", ["x", "m"], ["y"])], {"m": np.ones((1, 1, 4, 1))}, "one value or one per channel"),
     (lambda h: [h.make_node("Div", ["x", "m"], ["y"])], {"m": 0.0}, "std: expected finite numbers, none zero"),
+    (lambda h: [h.make_node("Relu", ["x"], ["a"]), h.make_node("Mul", ["x", "a"], ["y"])], {},
+     "only Mul of the data by a constant is supported"),
+    (lambda h: [h.make_node("Relu", ["x"], ["a"]), h.make_node("Cast", ["a"], ["y"], to=1)], {},
+     "only a Cast of the graph's input"),
+    (lambda h: [h.make_node("Cast", ["x"], ["y"], to=11)], {}, "attribute 'to' = 11 is not supported"),
 ])
 def test_load_refuses_arithmetic_it_cannot_represent(tmp_path, nodes, inits, words):
     onnx.save(_graph(nodes(onnx.helper), inits), tmp_path / "m.onnx")

@@ -146,6 +146,10 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
                 if is_iota(node) and not r.consumers.get(node.output[0]):
                     continue  # only its indices are used (for the plane offsets): no step
                 outs = (node.output[0], node.output[1])
+        elif op == "Cast":
+            raise OnnxError(f"{r.where(node)}: only a Cast of the graph's input (to its float type) is supported")
+        elif op in ("Mul", "Sub", "Div"):
+            raise OnnxError(f"{r.where(node)}: only {op} of the data by a constant is supported")
         else:
             raise OnnxError(f"{r.where(node)}: operator {op!r} is not supported (supported: "
                             f"{', '.join(sorted([*IMPORTERS, *WALKED]))})")
