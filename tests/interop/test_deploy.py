@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from runner import run_cli
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -144,6 +145,18 @@ def test_onnx_runtime_on_raw_pixels_scores_as_convprop(trained, tmp_path, input_
     alone = convprop.onnx.export(nn.Sequential(nn.Normalize(0.1307, 0.3081, scale=1 / 255)), str(tmp_path / "n.onnx"),
                                  (1, 1, 28, 28), input_name="pixels", input_dtype=input_dtype)
     assert np.array_equal(session(alone).run(None, {"pixels": raw})[0], normalize(TEST_IMAGES))
+
+
+def test_onnx_runtime_on_raw_test_digits_gives_evaluates_accuracy_exactly(trained, tmp_path):
+    path, model = trained
+    r = run_cli("evaluate", path)
+    assert r.returncode == 0, r.stderr
+    evaluated = re.search(r"accuracy (\d+\.\d\d)% on 10,000 test images", r.stdout)
+    ckpt = checkpoint.load(path)
+    deploy.export_checkpoint(ckpt, checkpoint.restore_model(ckpt, path), str(tmp_path / "m.onnx"), input_type="uint8")
+    got = session(tmp_path / "m.onnx").run(None, {"pixels": TEST_IMAGES[:, None]})[0]
+    correct = int((got.argmax(1) == TEST_LABELS).sum())
+    assert evaluated and round(float(evaluated[1]) * 100) == correct  # 0.01 % of 10,000 is one image
 
 
 def test_metadata_says_what_the_file_wants(trained, tmp_path):
