@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from .._files import atomic_write
 from .errors import OnnxError, onnx_module
 from .indices import indices_only_unpool
 from .rules import Builder
@@ -78,7 +79,7 @@ def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int
     if metadata:
         onnx.helper.set_model_props(proto, dict(metadata))
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, path)
+    atomic_write(path, proto.SerializeToString())  # (a reader sees the old file or the new, never half)
     return path
 
 
