@@ -147,16 +147,22 @@ def test_onnx_runtime_on_raw_pixels_scores_as_convprop(trained, tmp_path, input_
     assert np.array_equal(session(alone).run(None, {"pixels": raw})[0], normalize(TEST_IMAGES))
 
 
-def test_onnx_runtime_on_raw_test_digits_gives_evaluates_accuracy_exactly(trained, tmp_path):
+@pytest.mark.parametrize("input_type", ["float32", "uint8"])
+def test_onnx_runtime_on_raw_test_digits_gives_evaluates_accuracy_exactly(trained, tmp_path, input_type):
+    """`convprop export` then ONNX Runtime on the 10,000 raw test digits: as many correct as `convprop evaluate`,
+    logits within float32 rounding of convprop's."""
     path, model = trained
     r = run_cli("evaluate", path)
     assert r.returncode == 0, r.stderr
     evaluated = re.search(r"accuracy (\d+\.\d\d)% on 10,000 test images", r.stdout)
-    ckpt = checkpoint.load(path)
-    deploy.export_checkpoint(ckpt, checkpoint.restore_model(ckpt, path), str(tmp_path / "m.onnx"), input_type="uint8")
-    got = session(tmp_path / "m.onnx").run(None, {"pixels": TEST_IMAGES[:, None]})[0]
+    r = run_cli("export", path, str(tmp_path / "m.onnx"), "--input-type", input_type)
+    assert r.returncode == 0 and "input 'pixels' (batch, 1, 28, 28) of raw pixels 0–255" in r.stdout, r.stderr
+    raw = TEST_IMAGES[:, None] if input_type == "uint8" else TEST_IMAGES[:, None].astype(np.float32)
+    got = session(tmp_path / "m.onnx").run(None, {"pixels": raw})[0]
     correct = int((got.argmax(1) == TEST_LABELS).sum())
     assert evaluated and round(float(evaluated[1]) * 100) == correct  # 0.01 % of 10,000 is one image
+    logits = model(normalize(TEST_IMAGES))
+    assert np.abs(got - logits).max() <= 1e-5 * max(1.0, float(np.abs(logits).max()))
 
 
 def test_metadata_says_what_the_file_wants(trained, tmp_path):

@@ -1,12 +1,13 @@
-"""A model's summary, as torchinfo and Keras print one: every layer called in a forward pass (nested
-containers indented), its output shape, parameters and multiply-adds; totals and sizes at the bottom.
+"""Module.summary and Module.summarize: a model's summary, as torchinfo and Keras print one: every layer
+called in a forward pass (nested containers indented), its output shape, parameters and multiply-adds;
+totals and sizes at the bottom.
 
 Shapes are not derived: the model runs once, in eval mode under no_grad, on a zero batch of the given
 shape, and nn.call_hook records every Module call (so a residual block's branches appear as called).
 Multiply-adds are counted as torchinfo counts them: a convolution's parameters (weight and bias) once
 per output position, N·H_out·W_out; any other layer's parameters once per sample, N.  Sizes in MB are
 10⁶ bytes, as torchinfo's: the input; the outputs of the layers with parameters, twice (forward values
-and their gradients); the parameters.
+and their gradients); the parameters.  (This module imports nothing of nn: Module imports it.)
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .module import Module, call_hook, no_grad
-
-__all__ = ["LayerRow", "Summary", "summarize"]
+__all__ = ["LayerRow", "Summary", "Recorder", "checked_shape", "tally"]
 
 
 @dataclass
@@ -87,7 +86,7 @@ def _label(r: LayerRow) -> str:
     return ("│    " * (r.depth - 1) + "└─" if r.depth > 1 else "├─") + text
 
 
-def _mult_adds(m: Module, shape: tuple[int, ...]) -> int:
+def _mult_adds(m, shape: tuple[int, ...]) -> int:
     """torchinfo's count: weight and bias, times N·(output positions) for a convolution, else times N."""
     own = sum(p.data.size for name, p in m._parameters.items() if p is not None and name in ("weight", "bias"))
     if not own or not shape:
@@ -104,13 +103,13 @@ def _shapes(out) -> list:
     return []
 
 
-class _Recorder:
+class Recorder:
     """The call hook: a row per Module call, in call order, at the depth of the calls around it."""
 
     def __init__(self, names: dict[int, str]) -> None:
         self.names, self.rows, self.depth = names, [], 0
 
-    def __call__(self, module: Module, args: tuple, kwargs: dict):
+    def __call__(self, module, args: tuple, kwargs: dict):
         row = LayerRow(self.depth, self.names.get(id(module), ""), type(module).__name__,
                        container=bool(module._modules))
         row.params = sum(p.data.size for p in module._parameters.values() if p is not None)
@@ -129,29 +128,18 @@ class _Recorder:
         return out
 
 
-def summarize(model: Module, input_shape: tuple[int, ...], dtype=None) -> Summary:
-    """The summary of model on a zero input of input_shape (N, C, H, W) or (N, features), in the model's
-    dtype (or dtype).  The model's train/eval modes are restored; nothing is kept for a backward, and
-    BatchNorm's running statistics are untouched (eval mode).  ValueError (one line) for a shape the
-    model does not take."""
+def checked_shape(input_shape) -> tuple[int, ...]:
     shape = tuple(input_shape)
     if len(shape) < 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1
                                  for s in shape):
         raise ValueError(f"input_shape: expected (N, C, H, W) or (N, features) of positive ints, got {input_shape!r}")
-    x = np.zeros(shape, model.dtype if dtype is None else dtype)
-    recorder = _Recorder({id(m): n for n, m in model.named_modules()})
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        with no_grad(), call_hook(recorder):
-            model(x)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"input_shape {list(shape)}: the {type(model).__name__} does not take it ({e})") from None
-    finally:
-        for m, mode in zip(model.modules(), modes):
-            object.__setattr__(m, "training", mode)
-    params = list(model.parameters())
-    leaves = [r for r in recorder.rows if not r.container]
-    return Summary(recorder.rows, shape, sum(p.data.size for p in params), sum(p.data.size for p in params),
-                   sum(r.mult_adds for r in recorder.rows), int(x.nbytes),
-                   2 * sum(r.output_bytes for r in leaves if r.params), sum(int(p.data.nbytes) for p in params))
+    return shape
+
+
+def tally(model, rows: list[LayerRow], x: np.ndarray) -> Summary:
+    """The Summary of model (an nn.Module) from the rows its forward pass on x recorded."""
+    params = [p.data for p in model.parameters()]
+    n = sum(p.size for p in params)  # every convprop Parameter is trained (there is no requires_grad)
+    leaves = [r for r in rows if not r.container]
+    return Summary(rows, tuple(x.shape), n, n, sum(r.mult_adds for r in rows), int(x.nbytes),
+                   2 * sum(r.output_bytes for r in leaves if r.params), sum(int(p.nbytes) for p in params))

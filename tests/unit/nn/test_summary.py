@@ -8,7 +8,6 @@ import pytest
 from twins import torch_resnet, torch_twin
 
 from convprop import models, nn
-from convprop.nn.summary import summarize
 
 torchinfo = pytest.importorskip("torchinfo")
 
@@ -23,7 +22,7 @@ def torch_of(name: str, model):
 def test_numbers_agree_with_torchinfo(name, shape):
     ours = models.build(name, in_channels=shape[1])
     theirs = torchinfo.summary(torch_of(name, ours), input_size=shape, verbose=0, depth=10)
-    s = summarize(ours, shape)
+    s = ours.summarize(shape)
     assert (s.total_params, s.trainable_params) == (theirs.total_params, theirs.trainable_params)
     assert s.mult_adds == theirs.total_mult_adds
     assert (s.activation_bytes, s.param_bytes) == (theirs.total_output_bytes, theirs.total_param_bytes)
@@ -67,11 +66,11 @@ def test_summary_leaves_the_model_as_it_was():
 
 
 def test_several_outputs_and_a_graph():
-    s = summarize(nn.Sequential(nn.MaxPool2d(2, return_indices=True)), (1, 1, 4, 4))
+    s = nn.Sequential(nn.MaxPool2d(2, return_indices=True)).summarize((1, 1, 4, 4))
     assert s.rows[1].output_shape == [[1, 1, 2, 2], [1, 1, 2, 2]] and "[1, 1, 2, 2], [1, 1, 2, 2]" in str(s)
     g = nn.Graph([("a", nn.Conv2d(1, 2, 3, padding=1), ["x"]), ("b", nn.ReLU(), ["a"]), ("y", nn.Add(), ["a", "b"])],
                  "x", "y")
-    s = summarize(g, (1, 1, 5, 5))
+    s = g.summarize((1, 1, 5, 5))
     assert [r.kind for r in s.rows] == ["Graph", "Conv2d", "ReLU", "Add"] and s.mult_adds == 20 * 25
 
 
