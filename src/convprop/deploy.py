@@ -11,7 +11,8 @@ strings under the keys below (METADATA_KEYS):
 
     convprop.input    {"name", "dtype", "layout": "NCHW", "channels", "size": [H, W], "range": [0, 255],
                        "mean": [per channel, of pixels/255], "std": [...], "normalization": "in the graph" |
-                       "by the caller"} — in the graph: the file computes (pixels/255 − mean)/std itself
+                       "by the caller", "formula", and where the checkpoint says, "prepare": "digit" |
+                       "resize"} — in the graph: the file computes (pixels/255 − mean)/std itself
     convprop.classes  the class names, in the order of the output's columns
     convprop.model    {"name", "config"}: the convprop architecture
 """
@@ -89,6 +90,10 @@ def _checked(saved: Any, num_classes: int | None) -> dict[str, Any]:
             (num_classes is not None and len(classes) != num_classes):
         raise bad(f"classes: expected {num_classes} names, got {classes!r:.80}")
     out["classes"] = classes
+    if "prepare" in saved:  # how convprop predict makes an image file into the input
+        if saved["prepare"] not in ("digit", "resize"):
+            raise bad(f"prepare: expected 'digit' or 'resize', got {saved['prepare']!r:.40}")
+        out["prepare"] = saved["prepare"]
     return out
 
 
@@ -118,6 +123,8 @@ def metadata(spec: dict[str, Any], model: dict | None = None, *, name: str = "pi
     info = {"name": name, "dtype": dtype, "layout": "NCHW", "channels": spec["channels"], "size": spec["size"],
             "range": spec["range"], "mean": spec["mean"], "std": spec["std"],
             "normalization": "in the graph" if normalized else "by the caller"}
+    if "prepare" in spec:
+        info["prepare"] = spec["prepare"]
     high = f"{spec['range'][1]:g}"
     info["formula"] = (f"the file computes (pixels / {high} − mean) / std itself" if normalized else
                        f"give (pixels / {high} − mean) / std, per channel")

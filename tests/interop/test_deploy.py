@@ -170,9 +170,9 @@ def test_metadata_says_what_the_file_wants(trained, tmp_path):
     props = convprop.onnx.metadata(path)
     assert set(props) == set(deploy.METADATA_KEYS)
     info = json.loads(props["convprop.input"])
-    assert info | {"formula": ""} == {"name": "pixels", "dtype": "uint8", "layout": "NCHW", "channels": 1,
-                                      "size": [28, 28], "range": [0, 255], "mean": [0.1307], "std": [0.3081],
-                                      "normalization": "in the graph", "formula": ""}
+    expected = {"name": "pixels", "dtype": "uint8", "layout": "NCHW", "channels": 1, "size": [28, 28],
+                "range": [0, 255], "mean": [0.1307], "std": [0.3081], "normalization": "in the graph"}
+    assert {k: info.get(k) for k in expected} == expected and "(pixels / 255 − mean) / std" in info["formula"]
     assert json.loads(props["convprop.classes"]) == [str(i) for i in range(10)]
     assert json.loads(props["convprop.model"])["name"] == "lenet5"
     assert {p.key: p.value for p in onnx.load(path).metadata_props} == props  # plain ONNX metadata_props
@@ -294,7 +294,7 @@ def test_export_checkpoint_uses_the_checkpoints_own_input(tmp_path):
     convprop.random.manual_seed(0)
     model = models.resnet8(num_classes=3, in_channels=3)
     given = {"size": [20, 24], "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "range": [0, 255],
-             "classes": ["circle", "square", "triangle"]}
+             "classes": ["circle", "square", "triangle"], "prepare": "resize"}
     path = str(tmp_path / "c.npz")
     checkpoint.save(path, model, "resnet8", {"num_classes": 3, "in_channels": 3}, input=given)
     ckpt = checkpoint.load(path)
@@ -302,6 +302,7 @@ def test_export_checkpoint_uses_the_checkpoints_own_input(tmp_path):
     props = convprop.onnx.metadata(str(tmp_path / "m.onnx"))
     assert json.loads(props["convprop.classes"]) == given["classes"]
     assert json.loads(props["convprop.input"])["size"] == [20, 24]
+    assert json.loads(props["convprop.input"])["prepare"] == "resize"
     raw = np.random.default_rng(0).integers(0, 256, (4, 3, 20, 24)).astype(np.uint8)
     got = session(tmp_path / "m.onnx").run(None, {"pixels": raw.astype(np.float32)})[0]
     want = model.eval()(normalize(raw, given["mean"], given["std"]))
