@@ -16,7 +16,8 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 def normalize(images: np.ndarray, mean=None, std=None, dtype=np.float32) -> np.ndarray:
     """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype: F.normalize with
-    scale 1/255 (nn.Normalize's arithmetic, so a model exported with its normalisation inside agrees).
+    scale 1/255, (x·(1/255) − mean)·(1/std) — nn.Normalize's arithmetic, so a model exported with its
+    normalisation inside computes the same bits.
 
     mean and std: numbers, or one per channel; None: MNIST's for one channel, CIFAR-10's for three."""
     c = 1 if images.ndim == 3 else images.shape[1]

@@ -38,17 +38,17 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
 
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray
               ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """y = (x·scale − mean) / std per channel (axis 1).  x (N, C, …) floating; mean, std, scale (C,) or
-    (1,) in x's dtype.  Three IEEE operations, in this order, so that ONNX's Mul, Sub, Div give the
-    same bits.  cache: (scale, std) as broadcast views."""
-    scale, mean, std = (_channel_view(v, x.ndim) for v in (scale, mean, std))
-    return (x * scale - mean) / std, (scale, std)
+    """y = (x·scale − mean) · (1/std) per channel (axis 1).  x (N, C, …) floating; mean, std, scale (C,)
+    or (1,) in x's dtype.  Three IEEE operations in this order, 1/std rounded to x's dtype first, so
+    that ONNX's Mul, Sub, Mul by (scale, mean, 1/std) give the same bits.  cache: (scale, 1/std)."""
+    scale, mean, inv_std = (_channel_view(v, x.ndim) for v in (scale, mean, np.reciprocal(std)))
+    return (x * scale - mean) * inv_std, (scale, inv_std)
 
 
 def normalize_backward(dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """∂x = ∂y · scale / std (no parameters: mean and std are constants)."""
-    scale, std = cache
-    return dout * (scale / std)
+    """∂x = ∂y · scale · (1/std) (no parameters: mean and std are constants)."""
+    scale, inv_std = cache
+    return dout * (scale * inv_std)
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

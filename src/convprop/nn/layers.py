@@ -494,9 +494,10 @@ class Normalize(_Layer):
     """y = (x·scale − mean) / std per channel: a fixed input normalisation inside the model (no parameters).
 
     Normalize(MNIST_MEAN, MNIST_STD, scale=1/255) takes raw pixels 0–255 where the rest of the model
-    was trained on normalised ones — exactly convprop.data.normalize's arithmetic.  mean, std and
-    scale: a number or one per channel (dimension 1); mean and std are buffers (state_dict keys
-    "mean", "std"), scale an attribute.  Exported to ONNX as Mul, Sub, Div (and read back from them)."""
+    was trained on normalised ones — exactly convprop.data.normalize's arithmetic, (x·scale − mean)
+    times 1/std rounded to x's dtype.  mean, std and scale: a number or one per channel (dimension 1);
+    mean and std are buffers (state_dict keys "mean", "std"), scale an attribute.  Exported to ONNX as
+    Mul, Sub, Mul by (scale, mean, 1/std), and read back from them."""
 
     _backward_fn = staticmethod(F.normalize_backward)
 

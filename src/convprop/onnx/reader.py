@@ -346,7 +346,8 @@ def _import_reduce_mean(r: Reader, node) -> nn.Module:
 
 def import_normalize(r: Reader, node, data: str) -> nn.Normalize:
     """Mul, Sub, Add or Div of the data by a constant of one value or one per channel (shape (1, C, 1, 1),
-    (C, 1, 1), …): an nn.Normalize doing just that step (Add c as Sub −c: the same IEEE result)."""
+    (C, 1, 1), …): an nn.Normalize doing just that step — Mul c as scale c, Sub c as mean c, Add c as
+    mean −c (the same IEEE results), Div c as std c (a multiplication by 1/c: the same up to rounding)."""
     r.attrs(node, {})
     k = list(node.input).index(data)
     if k != 0 and node.op_type in ("Sub", "Div"):
@@ -366,18 +367,42 @@ def import_normalize(r: Reader, node, data: str) -> nn.Normalize:
         raise OnnxError(f"{r.where(node)}: {one_line(e)}") from None
 
 
+def _std_of_reciprocal(c: np.ndarray) -> np.ndarray | None:
+    """s with 1/s, rounded to c's dtype, equal to c entry by entry (so that Normalize's ·(1/std) is a Mul
+    by c exactly), or None where no such s is found next to 1/c."""
+    one = c.dtype.type(1)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        s = (1.0 / c.astype(np.float64)).astype(c.dtype)
+        for _ in range(4):
+            got = one / s
+            if (got == c).all():
+                return s if np.isfinite(s).all() and (s != 0).all() else None
+            s = np.where(got == c, s, np.nextafter(s, np.where(got > c, np.inf, -np.inf).astype(c.dtype)))
+    return None
+
+
 def fuse_normalize(first: nn.Normalize, then: nn.Normalize) -> nn.Normalize | None:
-    """first then `then` as one Normalize where that is the same arithmetic, (x·scale − mean)/std in that
-    order (x·s − 0 and y/1 are exact): a Sub after a mere Mul, a Div after a Mul or Sub.  Else None."""
+    """first then `then` (one step: a Mul, Sub/Add or Div) as one Normalize where that is the same
+    arithmetic, (x·scale − mean)·(1/std) in that order (x·1, x − 0 and x·1 are exact): a Sub after a Mul,
+    a Mul after a Mul or Sub as the 1/std step (convprop's export), a Div after a Mul or Sub.  Else None."""
     order = ("scale", "mean", "std")
     a, b = ({k: bool((getattr(m, k) == v).all()) for k, v in zip(order, (1, 0, 1))} for m in (first, then))
     steps = [k for k in order if not b[k]]
-    if len(steps) != 1 or not all(a[k] for k in order[order.index(steps[0]):]):
+    if len(steps) != 1:
         return None
-    step = steps[0]
+    mean, std, scale = first.mean, first.std, first.scale
+    if steps[0] == "scale":  # x·c after the first: Normalize's ·(1/std) step, if some std gives exactly c
+        std = _std_of_reciprocal(then.scale) if a["std"] else None
+    elif steps[0] == "mean" and a["mean"] and a["std"]:
+        mean = then.mean
+    elif steps[0] == "std" and a["std"]:
+        std = then.std
+    else:
+        return None
+    if std is None:
+        return None
     try:
-        return nn.Normalize(then.mean if step == "mean" else first.mean, then.std if step == "std" else first.std,
-                            then.scale if step == "scale" else first.scale, dtype=first.mean.dtype)
+        return nn.Normalize(mean, std, scale, dtype=first.mean.dtype)
     except ValueError:  # per-channel lengths that differ
         return None
 

@@ -211,13 +211,16 @@ def _softmax(op: str) -> Callable:
 
 
 def _normalize(b: Builder, m, x: str, xa: np.ndarray, label: str) -> str:
-    """(x·scale − mean)/std as Mul, Sub, Div by per-channel constants (1, C, 1, …): the same three IEEE
-    operations as convprop's, so ONNX Runtime gives the same bits; a neutral step (×1, −0, ÷1) is left out."""
+    """(x·scale − mean)·(1/std) as Mul, Sub, Mul by per-channel constants (1, C, 1, …), 1/std rounded to
+    the dtype as convprop rounds it: the same three IEEE operations, so ONNX Runtime gives the same bits;
+    a neutral step (×1, −0) is left out."""
     shape = (1, -1) + (1,) * (xa.ndim - 2)
-    for op, key, neutral in (("Mul", "scale", 1), ("Sub", "mean", 0), ("Div", "std", 1)):
-        value = np.asarray(getattr(m, key), xa.dtype)
+    dt = xa.dtype
+    steps = (("Mul", "scale", np.asarray(m.scale, dt), 1), ("Sub", "mean", np.asarray(m.mean, dt), 0),
+             ("Mul", "inv_std", np.reciprocal(np.asarray(m.std, dt)), 1))
+    for op, key, value, neutral in steps:
         if (value != neutral).any():
-            x = b.node(op, [x, b.const(f"{label}.{key}", value.reshape(shape))], f"{label}.{op.lower()}")
+            x = b.node(op, [x, b.const(f"{label}.{key}", value.reshape(shape))], f"{label}.{key}")
     return x
 
 
