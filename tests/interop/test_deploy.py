@@ -53,6 +53,8 @@ def test_normalize_layer_is_data_normalize_bit_for_bit():
     x = TEST_IMAGES[:50]
     m = nn.Normalize(0.1307, 0.3081, scale=1 / 255)
     assert np.array_equal(m(x[:, None].astype(np.float32)), normalize(x))
+    f = np.float32  # convprop's arithmetic since its first release: the bits every trained model has seen
+    assert np.array_equal(normalize(x), ((x.astype(f) * f(1 / 255) - f(0.1307)) * (f(1) / f(0.3081)))[:, None])
 
 
 @pytest.mark.parametrize("kw, words", [
