@@ -209,7 +209,7 @@ def test_version_help_and_global_flags_after_the_command():
 
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"convprop {__version__}"
-    r = run_cli()
+    r = run_cli("--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: convprop") and r.stderr == ""
     parser = cli.build_parser()
     for argv, threads, debug in ((["--threads", "2", "explain", "conv"], 2, False),

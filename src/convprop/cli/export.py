@@ -4,8 +4,11 @@ pixels and normalising them itself, its metadata saying what it wants — or its
 
 from __future__ import annotations
 
+import contextlib
+
 from .. import checkpoint
 from ..deploy import export_checkpoint
+from ._options import CKPT_HELP, UsageError, run_paths
 
 
 def add_parser(sub) -> None:
@@ -17,7 +20,7 @@ def add_parser(sub) -> None:
                                    "OUT.safetensors: the weights under torch's state_dict names, for "
                                    "torch_model.load_state_dict(safetensors.torch.load_file(OUT)), with the "
                                    "same metadata.")
-    e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    e.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     e.add_argument("out", metavar="OUT", help="the file to write: *.onnx or *.safetensors")
     e.add_argument("--opset", type=int, default=None, metavar="N",
                    help="ONNX operator set version (default: 17; 13 up to the onnx package's newest)")
@@ -42,14 +45,28 @@ def _input_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
+@contextlib.contextmanager
+def _writing(out: str):
+    """An OSError while OUT is written (a directory in the way, no such directory, a read-only one, a full
+    disk) as one line: OUT is not written, no temporary is left (atomic_write removes it), and an older
+    file of that name stays whole."""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write it ({e.strerror or e})") from None
+
+
 def run(args) -> int:
     onnx_only = [f for f, v in (("--opset", args.opset), ("--input-shape", args.input_shape),
                                 ("--input-type", args.input_type), ("--no-normalize", not args.normalize or None))
                  if v is not None]
     if args.out.endswith(".safetensors") and onnx_only:
         raise ValueError(f"{', '.join(onnx_only)}: for .onnx files; safetensors holds the weights only")
+    args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
-    print(export_checkpoint(ckpt, model, args.out, opset=args.opset, input_shape=_input_shape(args.input_shape),
-                            input_type=args.input_type or "float32", normalize=args.normalize))
+    with _writing(args.out):
+        line = export_checkpoint(ckpt, model, args.out, opset=args.opset, input_shape=_input_shape(args.input_shape),
+                                 input_type=args.input_type or "float32", normalize=args.normalize)
+    print(line)
     return 0

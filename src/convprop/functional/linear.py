@@ -16,6 +16,11 @@ from . import _threads
 __all__ = ["linear", "linear_backward"]
 
 
+def _rows(x: np.ndarray) -> int:
+    """The rows of x (*, in) as a matrix: the product of its leading dimensions."""
+    return int(np.prod(x.shape[:-1], dtype=np.int64))
+
+
 @dataclass(frozen=True, eq=False)
 class LinearCache:
     x: np.ndarray
@@ -36,7 +41,7 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple[n
         if b is not None:
             out2[block] += b  # + B
 
-    x2 = x.reshape(-1, w.shape[1])
+    x2 = x.reshape(_rows(x), w.shape[1])  # (explicit sizes: an empty batch or no features reshape too)
     out2 = np.empty((x2.shape[0], w.shape[0]), x.dtype)
     _threads.run(affine, _threads.parts(x2.shape[0], x2.nbytes + out2.nbytes, 2 * x2.size * w.shape[0]))
     return out2.reshape(x.shape[:-1] + (w.shape[0],)), LinearCache(x, w, b is not None)
@@ -52,7 +57,7 @@ def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = 
     chk.cache_of(cache, LinearCache, "linear")
     x, w = cache.x, cache.w
     dz = chk.grad_output(dout, x.shape[:-1] + (w.shape[0],), w.dtype)
-    dz2, x2 = dz.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+    dz2, x2 = dz.reshape(_rows(x), w.shape[0]), x.reshape(_rows(x), w.shape[1])
     dx2 = np.empty_like(x2) if input_grad else None
 
     def grads(block: slice) -> np.ndarray:

@@ -80,7 +80,15 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
     from the per-channel sums (m, Σx, Σx²) over every process, and so updates identical running
     statistics everywhere; the backward sums its two per-channel sums the same way.
     """
-    chk.float_array(x, "x", (2, 3, 4, 5), "N, C, ...")
+    chk.float_array(x, "x", (1, 2, 3, 4, 5), "N, C, ...")
+    if x.ndim == 1 and x.size:  # torch reads (L,) as values of no channel: only an empty one passes its checks
+        raise ValueError(f"x: expected 2 to 5 dimensions (N, C, ...), got 1 with shape {x.shape}")
+    if not x.size:  # an empty batch, as torch: an empty output, the running statistics unchanged, zero ∂γ, ∂β
+        if not training and (running_mean is None or running_var is None):
+            raise ValueError("running_mean: expected running statistics in eval mode, got None")
+        channels = x.shape[1] if x.ndim > 1 else 0
+        return np.empty_like(x), BatchNormCache(x, None, np.ones(channels, x.dtype), weight, training,
+                                                bias is not None)
     axes = (0,) + tuple(range(2, x.ndim))
     m = x.size // x.shape[1]
     if training and allreduce is not None:
@@ -140,6 +148,9 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
     chk.cache_of(cache, BatchNormCache, "batch_norm")
     c = cache
     dy = like(chk.grad_output(dout, c.xc.shape, c.xc.dtype), c.xc)
+    if not dy.size:  # the empty batch
+        zeros = np.zeros(c.inv_std.size, dy.dtype)
+        return np.zeros_like(dy), (None if c.gamma is None else zeros), (zeros.copy() if c.has_bias else None)
     nd = dy.ndim
     axes = (0,) + tuple(range(2, nd))
     inv_std = c.inv_std.reshape(-1)
@@ -163,24 +174,28 @@ class DropoutCache:
     mask: np.ndarray | None  # kept / (1 − p), or None when dropout was the identity
 
 
-def dropout(x: np.ndarray, p: float = 0.5, training: bool = True,
+def dropout(x: np.ndarray, p: float = 0.5, training: bool = True, inplace: bool = False,
             rng: np.random.Generator | None = None) -> tuple[np.ndarray, DropoutCache]:
     """Zero each value with probability p and scale the rest by 1/(1 − p) (inverted dropout).
 
-    The identity in eval mode or for p = 0.  rng defaults to convprop's seeded generator.
+    The identity in eval mode or for p = 0.  inplace: into x (torch's argument order).  rng defaults to
+    convprop's seeded generator.
     """
     chk.float_array(x, "x", tuple(range(0, 33)))
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p: expected a dropout probability in [0, 1), got {p}")
+    if not isinstance(p, (int, float, np.floating, np.integer)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
     if not training or p == 0.0:
         return x, DropoutCache(None)
+    inplace = chk.flag(inplace, "inplace")
+    if p == 1.0:  # every value dropped, as torch: zeros, and a zero gradient
+        return (np.multiply(x, 0, out=x) if inplace else np.zeros_like(x)), DropoutCache(np.zeros_like(x))
     if rng is None:
         from .. import random as _random
 
         rng = _random.generator()
     keep = rng.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32) >= p
     mask = keep * x.dtype.type(1.0 / (1.0 - p))
-    return x * mask, DropoutCache(mask)
+    return np.multiply(x, mask, out=x if inplace else None), DropoutCache(mask)
 
 
 def dropout_backward(dout: np.ndarray, cache: DropoutCache) -> np.ndarray:

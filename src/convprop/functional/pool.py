@@ -60,7 +60,8 @@ class _Geometry:
 def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry:
     chk.float_array(x, "x", 4, "N, C, H, W; or C, H, W unbatched")
     kernel = chk.pair(kernel_size, "kernel_size", 1)
-    stride = kernel if stride is None else chk.pair(stride, "stride", 1)
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
+        else chk.pair(stride, "stride", 1)  # None or (): the kernel size, as torch
     padding = chk.pair(padding, "padding", 0)
     dilation = chk.pair(dilation, "dilation", 1)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
@@ -270,7 +271,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
     win = g.view(x, 0.0)
     kh, kw = g.kernel
     if divisor_override is not None:
-        divisor = np.full(g.out, chk.positive_int(divisor_override, "divisor_override"), x.dtype)
+        divisor = np.full(g.out, chk.nonzero_int(divisor_override, "divisor_override"), x.dtype)
     else:
         counts = [_window_counts(x.shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a],
                                  bool(count_include_pad)) for a in range(2)]
