@@ -30,7 +30,7 @@ def test_summary_of_a_model_name_a_checkpoint_and_a_run_directory(tmp_path):
 def test_summary_refuses_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     for args, words in ((["nope"], "nope: no such checkpoint or run directory, and not a model name"),
-                        ([str(tmp_path / "empty")], "a directory without checkpoint.npz"),
+                        ([str(tmp_path / "empty")], "checkpoint.npz: no such checkpoint file"),
                         ([str(tmp_path / "missing.npz")], "no such checkpoint file"),
                         (["lenet5", "--input-shape", "1,8,8"], "--input-shape 1,8,8: input_shape [1, 1, 8, 8]"),
                         (["lenet5", "--input-shape", "1,x"], "--input-shape: expected C,H,W"),

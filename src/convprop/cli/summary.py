@@ -8,6 +8,7 @@ import os
 from .. import checkpoint, models
 from ..deploy import checkpoint_shape, input_spec
 from ..run import CHECKPOINT_NAME
+from ._options import run_paths
 
 
 def add_parser(sub) -> None:
@@ -42,11 +43,7 @@ def run(args) -> int:
         raise ValueError(f"--batch-size: expected a positive integer, got {args.batch_size}")
     given = _shape(args.input_shape) if args.input_shape is not None else None
     if os.path.isdir(target):
-        path = os.path.join(target, CHECKPOINT_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{target}: a directory without {CHECKPOINT_NAME}; expected a run directory of "
-                                    "convprop train")
-        target = path
+        target = run_paths(target)[1]
     if os.path.exists(target) or os.sep in target or target.endswith(".npz"):
         ckpt = checkpoint.load(target)
         model = checkpoint.restore_model(ckpt, target)
