@@ -43,7 +43,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 MAX_TEXT_CHUNK, MAX_TEXT_MEMORY = 1 << 20, 4 << 20  # PNG text: per chunk (decompressed), per image
 DETAIL = 2048  # read_digit reduces a photo to at most this many pixels a side as it decodes it
 WORK = 512  # … and looks for the digit in a copy of at most this many pixels a side
-THIN, BLOB = 0.15, 0.2  # strokes: area / boundary pixels / size (stroke width / 2 / size) below; a disc: 0.25
+THIN = 0.15  # strokes: area / boundary pixels / size (about stroke width / 2 / size) below this; a disc: 0.25
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
 
@@ -243,14 +243,14 @@ def prepare_digit(gray: np.ndarray, warnings: list[str] | None = None) -> np.nda
         notes.append(f"a tiny or degenerate image ({w}×{h} pixels): the prediction means little")
     work = _resize(gray.astype(np.float32), WORK / max(h, w)) if max(h, w) > WORK else gray.astype(np.float32)
     coef = _light_fit(work)
-    found = _locate(work * (200.0 / _light(coef, work.shape, 0, work.shape[0], 0, work.shape[1], 1.0)))
+    found = _locate(work, work * (200.0 / _light(coef, work.shape, 0, work.shape[0], 0, work.shape[1], 1.0)))
     if found is None:
         spread = float(np.percentile(work, 99.5) - np.percentile(work, 0.5))
         notes.append(f"blank or almost uniform (contrast {spread:.0f}/255): no digit-like ink found; the prediction "
                      "means little" if spread < 24 else "no digit-like ink found (nothing stroke-like apart from the "
                      "image's edges): the prediction means little")
         return np.zeros((28, 28), np.uint8)
-    light, box, mask = found
+    light, box, mask = found["light"], found["box"], found["mask"]
     ink = _refine(gray, work.shape, light, box, mask, coef)
     return _as_mnist(ink)
 
@@ -331,17 +331,16 @@ def _light(coef: np.ndarray, shape, y0: float, y1: float, x0: float, x1: float, 
     return np.exp(np.clip(_terms(uu, vv) @ coef, 0.0, 6.0)).astype(np.float32)
 
 
-def _ink(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(dark, light): how much darker (lighter) than the paper around it each pixel is, relative to the
+def _ink(a: np.ndarray, k: int, light: bool = False) -> np.ndarray:
+    """How much darker (lighter, for light ink) than the paper around it each pixel is, relative to the
     local white level, 0 … 1.  The paper is the grey-level closing (opening) with a k×k square: things
     narrower than k filled in with their surroundings; smooth light, shadows and straight edges stay."""
     k = max(1, int(k))
-    dilated = _extreme(_extreme(a, k, 0, np.maximum), k, 1, np.maximum)
-    eroded = _extreme(_extreme(a, k, 0, np.minimum), k, 1, np.minimum)
-    above = _extreme(_extreme(dilated, k, 0, np.minimum), k, 1, np.minimum)  # closing
-    below = _extreme(_extreme(eroded, k, 0, np.maximum), k, 1, np.maximum)  # opening
-    white = np.maximum(dilated, 16.0)
-    return np.clip((above - a) / white, 0.0, 1.0), np.clip((a - below) / white, 0.0, 1.0)
+    first, then = (np.minimum, np.maximum) if light else (np.maximum, np.minimum)
+    spread = _extreme(_extreme(a, k, 0, first), k, 1, first)
+    paper = _extreme(_extreme(spread, k, 0, then), k, 1, then)
+    white = np.maximum(spread if not light else _extreme(_extreme(a, k, 0, np.maximum), k, 1, np.maximum), 16.0)
+    return np.clip((a - paper if light else paper - a) / white, 0.0, 1.0)
 
 
 def _otsu(v: np.ndarray, bins: int = 256) -> float:
@@ -409,18 +408,23 @@ def _components(labels: np.ndarray, n: int, weight: np.ndarray) -> dict[str, np.
             "top": top, "left": left, "bottom": bottom, "right": right}
 
 
-def _locate(work: np.ndarray):
-    """(light, box, mask) of the digit in the working image: whether its ink is lighter than the paper,
-    its box (top, left, bottom, right) and its pixels; None where nothing is digit-like."""
+def _locate(work: np.ndarray, flat: np.ndarray):
+    """{light, box, mask} of the digit in the working image (and in `flat`, the same with the fitted light
+    divided out): whether its ink is lighter than the paper, its box (top, left, bottom, right) and its
+    pixels; None where nothing is digit-like."""
     h, w = work.shape
     k = max(3, round(0.2 * min(h, w)))  # wider than any stroke of a digit up to the whole frame
-    smooth = _box(work, 1) if min(h, w) >= 48 else work
-    best = None
-    for light, s in zip((False, True), _ink(smooth, k)):
+    found = []
+    for light, image in ((False, work), (True, flat)):  # a lit page's dome would be light ink's halo
+        s = _ink(_box(image, 1) if min(h, w) >= 48 else image, k, light)
         level = float(np.median(s))
         spread = 1.4826 * float(np.median(np.abs(s - level))) + 1e-3
         low, high = level + max(3 * spread, 0.04), level + max(6 * spread, 0.1)
-        labels, n = _label(s > low)
+        above = s[s > low]
+        if above.size == 0:
+            continue
+        # Otsu's cut among what stands out of the paper's noise: ink apart from a shadow's or a table's fringe
+        labels, n = _label(s > max(low, min(_otsu(above), 0.5 * high + 0.5 * float(above.max()))))
         if n == 0:
             continue
         c = _components(labels, n, s)
@@ -436,42 +440,30 @@ def _locate(work: np.ndarray):
         plausible = (peak > high) & (size >= max(4, 0.01 * min(h, w))) & (bh < 0.95 * h) & (bw < 0.95 * w)
         for strict in (True, False):  # the frame's edges are a table or a shadow, unless nothing else is there
             ok = plausible & ~touches if strict else plausible & (c["area"] < 0.5 * h * w)
-            if ok.any():
-                break
-        if not ok.any():
-            continue
-        main = int(np.argmax(np.where(ok, score, -1)))
-        box = [int(c["top"][main]), int(c["left"][main]), int(c["bottom"][main]), int(c["right"][main])]
-        keep = [main]
-        for _ in range(2):  # broken strokes of the same digit: substantial pieces close to it
-            reach = 0.3 * max(box[2] - box[0], box[3] - box[1]) + 1
-            near = ok & (c["area"] >= 0.03 * c["area"][main]) & \
-                (c["top"] <= box[2] + reach) & (c["bottom"] >= box[0] - reach) & \
-                (c["left"] <= box[3] + reach) & (c["right"] >= box[1] - reach)
-            for i in np.nonzero(near)[0]:
-                if i not in keep:
-                    keep.append(int(i))
-                    box = [min(box[0], c["top"][i]), min(box[1], c["left"][i]), max(box[2], c["bottom"][i]),
-                           max(box[3], c["right"][i])]
-        size = max(box[2] - box[0], box[3] - box[1]) + 1
-        candidate = {"score": float(score[keep].sum()), "light": light, "box": [int(v) for v in box],
-                     "mask": np.isin(labels, keep), "thin": c["area"][keep].sum() / max(c["edge"][keep].sum(), 1) / size}
-        if best is None or _beats(candidate, best):
-            best = candidate
-    return None if best is None else (best["light"], best["box"], best["mask"])
-
-
-def _beats(a: dict, b: dict) -> bool:
-    """Of the digit found as dark ink and the one found as light ink, the ink is the one that holds the
-    other (the paper in a digit's loops and bays is light ink's best guess on a dark-ink photo, and the
-    reverse), unless it is a blob rather than strokes; else the one with more ink."""
-    (ta, la, ba, ra), (tb, lb, bb, rb) = a["box"], b["box"]
-    slack_a, slack_b = 0.05 * (ba - ta + 1), 0.05 * (bb - tb + 1)
-    a_holds_b = tb >= ta - slack_a and lb >= la - slack_a and bb <= ba + slack_a and rb <= ra + slack_a
-    b_holds_a = ta >= tb - slack_b and la >= lb - slack_b and ba <= bb + slack_b and ra <= rb + slack_b
-    if a_holds_b != b_holds_a and (a if a_holds_b else b)["thin"] < BLOB:
-        return a_holds_b
-    return a["score"] > b["score"]
+            if not ok.any():
+                continue
+            main = int(np.argmax(np.where(ok, score, -1)))
+            box = [int(c["top"][main]), int(c["left"][main]), int(c["bottom"][main]), int(c["right"][main])]
+            reach = 0.5 * (max(box[2] - box[0], box[3] - box[1]) + 1)  # broken strokes: substantial pieces near
+            near = ok & (c["area"] >= 0.05 * c["area"][main]) & (c["top"] >= box[0] - reach) & \
+                (c["bottom"] <= box[2] + reach) & (c["left"] >= box[1] - reach) & (c["right"] <= box[3] + reach)
+            near[main] = True
+            keep = np.nonzero(near)[0]
+            box = [int(c["top"][keep].min()), int(c["left"][keep].min()), int(c["bottom"][keep].max()),
+                   int(c["right"][keep].max())]
+            found.append({"light": light, "strict": strict, "box": box, "mask": np.isin(labels, keep)})
+            break
+    if any(f["strict"] for f in found):
+        found = [f for f in found if f["strict"]]
+    if len(found) < 2:
+        return found[0] if found else None
+    # the ink is the side that differs from the paper around it: the paper inside a digit's loops and bays
+    # is what the other side finds (light ink's best guess on a dark-ink photo, and the reverse)
+    top, left = min(f["box"][0] for f in found), min(f["box"][1] for f in found)
+    bottom, right = max(f["box"][2] for f in found), max(f["box"][3] for f in found)
+    pad = max(bottom - top, right - left) // 2 + 1
+    paper = float(np.median(flat[max(0, top - pad):bottom + pad + 1, max(0, left - pad):right + pad + 1]))
+    return max(found, key=lambda f: abs(float(np.median(flat[f["mask"]])) - paper))
 
 
 def _refine(gray: np.ndarray, work_shape, light: bool, box, mask: np.ndarray, coef: np.ndarray) -> np.ndarray:
@@ -490,11 +482,12 @@ def _refine(gray: np.ndarray, work_shape, light: bool, box, mask: np.ndarray, co
         crop = _resize(crop, scale)
     lit = _light(coef, (h / f, w / f), y0 / f, y0 / f + crop.shape[0] / (f * scale), x0 / f,
                  x0 / f + crop.shape[1] / (f * scale), 1 / (f * scale))
-    crop = crop * (200.0 / lit[:crop.shape[0], :crop.shape[1]])
+    if light:  # the paper's dome lit from above would be light ink's halo (a dark-ink closing follows it)
+        crop = crop * (200.0 / lit[:crop.shape[0], :crop.shape[1]])
     g = f * scale  # working → crop pixels
     if min(crop.shape) >= 48:
         crop = _box(crop, 1)
-    s = _ink(crop, max(3, round(0.5 * size * g)))[int(light)]
+    s = _ink(crop, max(3, round(0.5 * size * g)), light)
     t = max(_otsu(s), 0.04)
     labels, n = _label(s > t)
     if n == 0:
