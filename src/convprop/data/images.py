@@ -242,8 +242,7 @@ def prepare_digit(gray: np.ndarray, warnings: list[str] | None = None) -> np.nda
     if min(h, w) < 12 or max(h, w) > 10 * min(h, w):
         notes.append(f"a tiny or degenerate image ({w}×{h} pixels): the prediction means little")
     work = _resize(gray.astype(np.float32), WORK / max(h, w)) if max(h, w) > WORK else gray.astype(np.float32)
-    coef = _light_fit(work)
-    found = _locate(work, work * (200.0 / _light(coef, work.shape, 0, work.shape[0], 0, work.shape[1], 1.0)))
+    found = _locate(work)
     if found is None:
         spread = float(np.percentile(work, 99.5) - np.percentile(work, 0.5))
         notes.append(f"blank or almost uniform (contrast {spread:.0f}/255): no digit-like ink found; the prediction "
@@ -251,7 +250,7 @@ def prepare_digit(gray: np.ndarray, warnings: list[str] | None = None) -> np.nda
                      "image's edges): the prediction means little")
         return np.zeros((28, 28), np.uint8)
     light, box, mask = found["light"], found["box"], found["mask"]
-    ink = _refine(gray, work.shape, light, box, mask, coef)
+    ink = _refine(gray, work.shape, light, box, mask)
     return _as_mnist(ink)
 
 
@@ -266,13 +265,13 @@ def _resize(a: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _extreme(a: np.ndarray, k: int, axis: int, op) -> np.ndarray:
-    """Running max/min over a centred window of k along axis (edges repeated), in log2(k) passes."""
+    """Running max/min over a centred window of k along axis (edges mirrored), in log2(k) passes."""
     if k <= 1:
         return a
     lo = (k - 1) // 2
     pad = [(0, 0), (0, 0)]
     pad[axis] = (lo, k - 1 - lo)
-    out = np.pad(a, pad, mode="edge")
+    out = np.pad(a, pad, mode="symmetric")  # mirrored: a margin at the frame counts twice as wide
     n = a.shape[axis]
     span = 1
     while span * 2 <= k:  # out[i] = op over [i, i + 2·span)
@@ -293,42 +292,11 @@ def _box(a: np.ndarray, r: int) -> np.ndarray:
     return (s / (n * n)).astype(np.float32)
 
 
-def _terms(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)
-
-
-def _light_fit(a: np.ndarray) -> np.ndarray:
-    """The light falling on the page: coefficients of a quadratic surface in x, y ∈ [−1, 1] fitted to the
-    log of a's 16×16 block medians, refitted without the blocks it fits worst (ink, a table, a shadow's
-    edge).  A gradient or a vignette is divided out before the ink is looked for."""
-    h, w = a.shape
-    if min(h, w) < 64:  # a drawing or a cropped digit: evenly lit
-        return np.array([np.log(max(float(np.median(a)), 1.0)), 0, 0, 0, 0, 0])
-    ys, xs = np.linspace(0, h, 17).astype(int), np.linspace(0, w, 17).astype(int)
-    med = np.array([[np.median(a[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]) for j in range(16)] for i in range(16)])
-    v, u = np.meshgrid((ys[:-1] + ys[1:]) / h - 1, (xs[:-1] + xs[1:]) / w - 1, indexing="ij")
-    terms, b = _terms(u.ravel(), v.ravel()), np.log(np.maximum(med.ravel(), 1.0))
-    keep = np.ones(len(b), bool)
-    for _ in range(6):
-        coef = np.linalg.lstsq(terms[keep], b[keep], rcond=None)[0]
-        miss = np.abs(b - terms @ coef)
-        fits = miss < 2.5 * 1.4826 * float(np.median(miss[keep])) + 0.02
-        if fits.sum() < 0.4 * len(b):  # never fewer than the best-fitting half
-            fits = miss <= np.median(miss)
-        if (fits == keep).all():
-            break
-        keep = fits
-    return coef
-
-
-def _light(coef: np.ndarray, shape, y0: float, y1: float, x0: float, x1: float, step: float) -> np.ndarray:
-    """The fitted light on the pixels of rows y0 … y1, columns x0 … x1 of a frame of `shape`, every
-    `step` pixels (a grid of that frame's pixel coordinates)."""
-    h, w = shape
-    v = (y0 + (np.arange(round((y1 - y0) / step)) + 0.5) * step) / h * 2 - 1
-    u = (x0 + (np.arange(round((x1 - x0) / step)) + 0.5) * step) / w * 2 - 1
-    vv, uu = np.meshgrid(v, u, indexing="ij")
-    return np.exp(np.clip(_terms(uu, vv) @ coef, 0.0, 6.0)).astype(np.float32)
+def _closing(a: np.ndarray, k: int) -> np.ndarray:
+    """Grey-level closing with a k×k square: what is darker than its surroundings and narrower than k
+    (ink) filled in with them (the paper); smooth light, shadows and straight edges stay."""
+    spread = _extreme(_extreme(a, k, 0, np.maximum), k, 1, np.maximum)
+    return _extreme(_extreme(spread, k, 0, np.minimum), k, 1, np.minimum)
 
 
 def _ink(a: np.ndarray, k: int, light: bool = False) -> np.ndarray:
@@ -408,25 +376,45 @@ def _components(labels: np.ndarray, n: int, weight: np.ndarray) -> dict[str, np.
             "top": top, "left": left, "bottom": bottom, "right": right}
 
 
-def _locate(work: np.ndarray, flat: np.ndarray):
-    """{light, box, mask} of the digit in the working image (and in `flat`, the same with the fitted light
-    divided out): whether its ink is lighter than the paper, its box (top, left, bottom, right) and its
-    pixels; None where nothing is digit-like."""
+def _locate(work: np.ndarray):
+    """{light, box, mask} of the digit in the working image: whether its ink is lighter than the paper,
+    its box (top, left, bottom, right) and its pixels; None where nothing is digit-like.
+
+    Found as light ink in a photo of dark ink is the paper in the digit's loops and bays (and the
+    reverse): the ink is the side whose pixels differ from the paper around both, the median of their
+    boxes widened a little: ink is the minority there, a loop's paper the majority."""
     h, w = work.shape
     k = max(3, round(0.2 * min(h, w)))  # wider than any stroke of a digit up to the whole frame
-    found = []
-    for light, image in ((False, work), (True, flat)):  # a lit page's dome would be light ink's halo
-        s = _ink(_box(image, 1) if min(h, w) >= 48 else image, k, light)
-        level = float(np.median(s))
-        spread = 1.4826 * float(np.median(np.abs(s - level))) + 1e-3
-        low, high = level + max(3 * spread, 0.04), level + max(6 * spread, 0.1)
-        above = s[s > low]
-        if above.size == 0:
-            continue
-        # Otsu's cut among what stands out of the paper's noise: ink apart from a shadow's or a table's fringe
-        labels, n = _label(s > max(low, min(_otsu(above), 0.5 * high + 0.5 * float(above.max()))))
+    smooth = _box(work, 1) if min(h, w) >= 48 else work
+    found = [f for f in (_best_component(_ink(smooth, k, side), side) for side in (False, True)) if f]
+    if any(f["strict"] for f in found):
+        found = [f for f in found if f["strict"]]
+
+    if len(found) < 2:
+        return found[0] if found else None
+    top, left = min(f["box"][0] for f in found), min(f["box"][1] for f in found)
+    bottom, right = max(f["box"][2] for f in found), max(f["box"][3] for f in found)
+    pad = 0.15 * (max(bottom - top, right - left) + 1) + 1
+    around = smooth[max(0, int(top - pad)):int(bottom + pad) + 1, max(0, int(left - pad)):int(right + pad) + 1]
+    paper = float(np.median(around))
+    return max(found, key=lambda f: abs(float(np.median(smooth[f["mask"]])) - paper))
+
+
+def _best_component(s: np.ndarray, light: bool):
+    """The most digit-like ink in the map s: of the components at thresholds from the paper's noise up
+    (doubling; a digit that touches a shadow's or a table's fringe at one comes apart from it at the
+    next), the one with the most ink, nearer the centre preferred, stroke-like, not touching the frame
+    (unless nothing else is there), with the substantial pieces near it (broken strokes)."""
+    h, w = s.shape
+    level = float(np.median(s))
+    spread = 1.4826 * float(np.median(np.abs(s - level))) + 1e-3
+    low, high = level + max(3 * spread, 0.04), level + max(6 * spread, 0.1)
+    best = None
+    t = low
+    while t < 0.9:
+        labels, n = _label(s > t)
         if n == 0:
-            continue
+            break
         c = _components(labels, n, s)
         peak = np.zeros(n)
         np.maximum.at(peak, labels[labels >= 0], s[labels >= 0])
@@ -440,33 +428,28 @@ def _locate(work: np.ndarray, flat: np.ndarray):
         plausible = (peak > high) & (size >= max(4, 0.01 * min(h, w))) & (bh < 0.95 * h) & (bw < 0.95 * w)
         for strict in (True, False):  # the frame's edges are a table or a shadow, unless nothing else is there
             ok = plausible & ~touches if strict else plausible & (c["area"] < 0.5 * h * w)
-            if not ok.any():
+            if not ok.any() or (best is not None and best["strict"] and not strict):
                 continue
             main = int(np.argmax(np.where(ok, score, -1)))
             box = [int(c["top"][main]), int(c["left"][main]), int(c["bottom"][main]), int(c["right"][main])]
-            reach = 0.5 * (max(box[2] - box[0], box[3] - box[1]) + 1)  # broken strokes: substantial pieces near
+            reach = 0.5 * (max(box[2] - box[0], box[3] - box[1]) + 1)
             near = ok & (c["area"] >= 0.05 * c["area"][main]) & (c["top"] >= box[0] - reach) & \
                 (c["bottom"] <= box[2] + reach) & (c["left"] >= box[1] - reach) & (c["right"] <= box[3] + reach)
             near[main] = True
             keep = np.nonzero(near)[0]
-            box = [int(c["top"][keep].min()), int(c["left"][keep].min()), int(c["bottom"][keep].max()),
-                   int(c["right"][keep].max())]
-            found.append({"light": light, "strict": strict, "box": box, "mask": np.isin(labels, keep)})
+            found = {"light": light, "strict": strict, "score": float(score[keep].sum()),
+                     "contrast": float(c["ink"][keep].sum() / c["area"][keep].sum()),
+                     "box": [int(c["top"][keep].min()), int(c["left"][keep].min()), int(c["bottom"][keep].max()),
+                             int(c["right"][keep].max())],
+                     "thin": float(c["area"][keep].sum() / max(c["edge"][keep].sum(), 1) / size[main])}
+            if best is None or (strict and not best["strict"]) or found["score"] > best["score"]:
+                best = {**found, "mask": np.isin(labels, keep)}
             break
-    if any(f["strict"] for f in found):
-        found = [f for f in found if f["strict"]]
-    if len(found) < 2:
-        return found[0] if found else None
-    # the ink is the side that differs from the paper around it: the paper inside a digit's loops and bays
-    # is what the other side finds (light ink's best guess on a dark-ink photo, and the reverse)
-    top, left = min(f["box"][0] for f in found), min(f["box"][1] for f in found)
-    bottom, right = max(f["box"][2] for f in found), max(f["box"][3] for f in found)
-    pad = max(bottom - top, right - left) // 2 + 1
-    paper = float(np.median(flat[max(0, top - pad):bottom + pad + 1, max(0, left - pad):right + pad + 1]))
-    return max(found, key=lambda f: abs(float(np.median(flat[f["mask"]])) - paper))
+        t *= 2
+    return best
 
 
-def _refine(gray: np.ndarray, work_shape, light: bool, box, mask: np.ndarray, coef: np.ndarray) -> np.ndarray:
+def _refine(gray: np.ndarray, work_shape, light: bool, box, mask: np.ndarray) -> np.ndarray:
     """The digit's ink (float, 0 … 1) in a crop around `box`, from the finer image: its own paper
     estimate and Otsu threshold, keeping the components that meet the working image's digit."""
     h, w = gray.shape
@@ -480,10 +463,6 @@ def _refine(gray: np.ndarray, work_shape, light: bool, box, mask: np.ndarray, co
     scale = min(1.0, 256 / max(crop.shape))
     if scale < 1:
         crop = _resize(crop, scale)
-    lit = _light(coef, (h / f, w / f), y0 / f, y0 / f + crop.shape[0] / (f * scale), x0 / f,
-                 x0 / f + crop.shape[1] / (f * scale), 1 / (f * scale))
-    if light:  # the paper's dome lit from above would be light ink's halo (a dark-ink closing follows it)
-        crop = crop * (200.0 / lit[:crop.shape[0], :crop.shape[1]])
     g = f * scale  # working → crop pixels
     if min(crop.shape) >= 48:
         crop = _box(crop, 1)
