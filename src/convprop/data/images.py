@@ -301,13 +301,16 @@ def _closing(a: np.ndarray, k: int) -> np.ndarray:
 
 def _ink(a: np.ndarray, k: int, light: bool = False) -> np.ndarray:
     """How much darker (lighter, for light ink) than the paper around it each pixel is, relative to the
-    local white level, 0 … 1.  The paper is the grey-level closing (opening) with a k×k square: things
-    narrower than k filled in with their surroundings; smooth light, shadows and straight edges stay."""
+    white level near it, 0 … 1.  The paper is the grey-level closing (opening) with a k×k square: things
+    narrower than k filled in with their surroundings; smooth light, shadows and straight edges stay.
+    The white level is the brightest near by, but no less than half the image's bright level: the grain
+    of a dark table is not ink."""
     k = max(1, int(k))
     first, then = (np.minimum, np.maximum) if light else (np.maximum, np.minimum)
     spread = _extreme(_extreme(a, k, 0, first), k, 1, first)
     paper = _extreme(_extreme(spread, k, 0, then), k, 1, then)
-    white = np.maximum(spread if not light else _extreme(_extreme(a, k, 0, np.maximum), k, 1, np.maximum), 16.0)
+    bright = spread if not light else _extreme(_extreme(a, k, 0, np.maximum), k, 1, np.maximum)
+    white = np.maximum(bright, max(16.0, 0.5 * float(np.percentile(a, 95))))
     return np.clip((a - paper if light else paper - a) / white, 0.0, 1.0)
 
 
