@@ -414,6 +414,7 @@ def _best_component(s: np.ndarray, light: bool):
     low, high = level + max(3 * spread, 0.04), level + max(6 * spread, 0.1)
     best = None
     t = low
+    base = None
     while t < 0.9:
         labels, n = _label(s > t)
         if n == 0:
@@ -423,7 +424,14 @@ def _best_component(s: np.ndarray, light: bool):
         np.maximum.at(peak, labels[labels >= 0], s[labels >= 0])
         bh, bw = c["bottom"] - c["top"] + 1, c["right"] - c["left"] + 1
         size = np.maximum(bh, bw)
-        touches = (c["top"] <= 0) | (c["left"] <= 0) | (c["bottom"] >= h - 1) | (c["right"] >= w - 1)
+        m = 1 if min(h, w) >= 64 else 0  # a drawing's strokes may come within a pixel of its edge
+        touches = (c["top"] <= m) | (c["left"] <= m) | (c["bottom"] >= h - 1 - m) | (c["right"] >= w - 1 - m)
+        if base is None:  # the lowest threshold: what touches the frame there is a table, a shadow, a page edge
+            base = (labels, touches, c["ink"] / c["area"])
+        else:  # a piece of it counts as not touching only if it stands out of it (a digit on a shadow's edge)
+            first = np.zeros(n, np.int64)
+            first[labels[labels >= 0]] = base[0][labels >= 0]
+            touches |= base[1][first] & (c["ink"] / c["area"] < 2 * base[2][first])
         thickness = c["area"] / np.maximum(c["edge"], 1) / size  # about stroke width / 2 / size: thin ≪ blob
         cy, cx = (c["top"] + c["bottom"]) / 2, (c["left"] + c["right"]) / 2
         off = np.hypot((cy - h / 2) / h, (cx - w / 2) / w)  # 0 at the centre, 0.7 in a corner
