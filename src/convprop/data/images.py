@@ -107,7 +107,6 @@ def _identify(Image, fp):
     own pixel limit, which would warn or fail before convprop's limit could name the size."""
     Image.preinit()
     prefix = fp.read(16)
-    failure = None
     for fmt in FORMATS:
         if fmt not in Image.OPEN:
             Image.init()
@@ -122,8 +121,9 @@ def _identify(Image, fp):
         try:
             return factory(fp, "")
         except (SyntaxError, IndexError, TypeError, ValueError, OSError, EOFError) as e:
-            failure = failure or f"{fmt}: {e}"
-    raise ImageError("not a PNG, JPEG, BMP, GIF, WebP, TIFF or PNM image" + (f" ({failure})" if failure else ""))
+            text = " ".join(str(e).split())[:160] or type(e).__name__
+            raise ImageError(f"not an image convprop can read (a damaged {fmt} file: {text})") from None
+    raise ImageError("not an image convprop can read (it reads PNG, JPEG, BMP, GIF, WebP, TIFF and PNM)")
 
 
 def open_image(source: str | os.PathLike | bytes | BinaryIO, *, name: str | None = None, mode: str = "L",
@@ -165,7 +165,7 @@ def open_image(source: str | os.PathLike | bytes | BinaryIO, *, name: str | None
             if isinstance(e, Image.DecompressionBombError):
                 raise ImageError(f"{label}: over the limit of {max_pixels:,} pixels; resize it first") from None
             text = " ".join(str(e).split())[:160] or type(e).__name__
-            kind = "truncated or damaged" if "truncated" in text else "not an image Pillow can read"
+            kind = "a truncated or damaged image" if "truncated" in text else "not an image convprop can read"
             raise ImageError(f"{label}: {kind} ({text})") from None
 
 
