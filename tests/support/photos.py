@@ -144,8 +144,8 @@ def photo_a(digit: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
     degraded = kind == "degraded" or every
     if degraded or rng.random() < 0.3:
         radius = rng.uniform(0.3, 2.0) * short / 600
-        rgb = np.asarray(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
-                         dtype=np.float32)
+        im = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+        rgb = np.asarray(im.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
     sigma = rng.uniform(3, 12) if degraded else rng.uniform(0.5, 4)
     rgb = rgb + rng.normal(0, sigma, (H, W, 1)).astype(np.float32) + rng.normal(0, sigma / 3, (H, W, 3)).astype(
         np.float32)
