@@ -390,11 +390,13 @@ def _locate(work: np.ndarray):
     k = max(3, round(0.2 * min(h, w)))  # wider than any stroke of a digit up to the whole frame
     smooth = _box(work, 1) if min(h, w) >= 48 else work
     found = [f for f in (_best_component(_ink(smooth, k, side), side) for side in (False, True)) if f]
-    if any(f["strict"] for f in found):
-        found = [f for f in found if f["strict"]]
-
     if len(found) < 2:
         return found[0] if found else None
+    if found[0]["strict"] != found[1]["strict"]:  # what touches the frame loses, unless it holds the other:
+        inner, outer = found if found[0]["strict"] else found[::-1]  # a digit cropped tight, and its loop
+        (ti, li, bi, ri), (to, lo, bo, ro) = inner["box"], outer["box"]
+        if not (ti >= to and li >= lo and bi <= bo and ri <= ro):
+            return inner
     top, left = min(f["box"][0] for f in found), min(f["box"][1] for f in found)
     bottom, right = max(f["box"][2] for f in found), max(f["box"][3] for f in found)
     pad = 0.15 * (max(bottom - top, right - left) + 1) + 1
