@@ -13,13 +13,22 @@ characters so a file name cannot forge output lines.
 
 `read_digit` prepares a photo as MNIST's digits were made: grayscale, white ink on black, the ink's
 bounding box scaled into 20×20 and its centre of mass put at the centre of 28×28.  Before that the ink
-must be found in a photo of paper: the paper's uneven brightness (light gradients, vignetting, shadows)
-is estimated by a grey-level closing (the brightest level within a window wider than any stroke) and
-divided out; ink is the thin, stroke-like side (dark ink on light paper or light on dark, decided per
-image by the strokes, not by the mean brightness); what touches the frame (a table's edge, the page's
-shadow) is dropped; the digit is the stroke-like component with the most ink, nearer the centre
-preferred, together with broken-off strokes close to it; its threshold is Otsu's, chosen again on a
-finer crop around it.  Warnings say when the prediction will mean little.
+must be found in a photo of paper, in a copy of at most WORK pixels a side:
+- the paper under uneven light (gradients, vignetting, shadows, a table's edge) is the grey-level
+  closing with a square wider than any stroke (the brightest level near by, its dark narrow things
+  filled in); ink is how much darker than it a pixel is, relative to the white level near it (light
+  ink: the opening, the same turned over);
+- components are labelled at thresholds doubling from the paper's noise up; what touches the frame (a
+  table, a shadow, a page edge) is dropped, and so are its pieces at higher thresholds unless they stand
+  out of it (a digit on a shadow's edge); the digit is the component with the most ink, nearer the
+  centre and stroke-like preferred, with the substantial pieces near it (broken strokes);
+- dark or light ink is decided by the strokes: each side's best guess at a digit, and the side whose
+  pixels differ from the paper around both is the ink (the other side's guess is the paper in the
+  digit's loops and bays, which does not); never by the mean brightness;
+- the digit's crop is taken again from the finer image, with its own paper estimate and Otsu's
+  threshold, keeping what meets the coarse digit.
+Warnings say when the prediction will mean little: no digit-like ink, a tiny or degenerate image, ink
+only in the alpha channel.
 """
 
 from __future__ import annotations
