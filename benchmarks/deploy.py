@@ -31,7 +31,7 @@ def run(threads: int, rounds: int, smoke: bool) -> list[dict]:
     from convprop.data import load_mnist, normalize
     from convprop.train import predict
 
-    from .suite import interleaved
+    from .timing import interleaved
 
     convprop.set_num_threads(threads)
     convprop.random.manual_seed(0)
@@ -67,10 +67,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds; the median is reported")
     p.add_argument("--smoke", action="store_true", help="fewer images and 3 rounds: checks that it runs (CI)")
     args = p.parse_args(argv)
-    from .suite import _cpu_name
+    from .timing import cpu_name
 
     rows = run(args.threads, args.rounds, args.smoke)
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores seen; {args.threads} thread(s)"
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores seen; {args.threads} thread(s)"
           + (" (smoke)" if args.smoke else ""))
     print("| LeNet-5 predict, batch | convprop img/s | ONNX Runtime img/s | ONNX Runtime / convprop |")
     print("|---:|---:|---:|---:|")

@@ -56,16 +56,16 @@ while time.time() < float(os.environ.get("START_AT", 0)):  # independent jobs st
     time.sleep(0.001)
 times, computes, mark = [], [], {}
 if world > 1:  # a step's compute: from its start until it calls the gradients' Allreduce
-    fused = distributed.allreduce_gradients
+    fused = distributed.data_parallel.allreduce_gradients  # (the name distributed.step calls)
     def timed(*a, **kw):
         mark["compute"] = time.perf_counter() - mark["start"]
         return fused(*a, **kw)
-    distributed.allreduce_gradients = timed
+    distributed.data_parallel.allreduce_gradients = timed
 for _ in range(steps):
     t = mark["start"] = time.perf_counter(); step(); times.append(time.perf_counter() - t)
     computes.append(mark.get("compute", 0.0))
 if world > 1:
-    distributed.allreduce_gradients = fused
+    distributed.data_parallel.allreduce_gradients = fused
     from mpi4py import MPI
     compute = MPI.COMM_WORLD.allreduce(float(np.median(computes)), op=MPI.MAX)  # the slower rank's
 params = list(model.parameters())

@@ -294,7 +294,7 @@ def main(argv=None) -> int:
                                env=env, cwd=ROOT)
     import numpy as np
 
-    from benchmarks.suite import _cpu_name, interleaved
+    from benchmarks.timing import cpu_name, interleaved
     from convprop import set_num_threads
 
     set_num_threads(args.threads)
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     except ImportError:
         torch = None
     rounds = 3 if args.smoke else args.rounds
-    print(f"machine: {_cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); load average "
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); load average "
           f"{os.getloadavg()[0]:.1f}")
     for name, _, flops, _, _, ours, theirs in step_cases(np, torch, args.smoke):
         t = interleaved({"convprop": ours, **({"torch": theirs} if theirs else {})}, rounds)

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from .suite import _cpu_name
+from .timing import cpu_name
 
 TARGET_P95_MS = 100.0
 SENT = 140  # the page sends its 280×280 canvas at half size
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     requests, clients = (40, 4) if args.smoke else (args.requests, args.clients)
     load = os.getloadavg()
     r = run(requests, clients)
-    print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical CPUs; 1-minute load average {load[0]:.1f} before the run)")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical CPUs; 1-minute load average {load[0]:.1f} before the run)")
     print(f"convprop serve, LeNet-5, POST /api/predict with a {SENT}×{SENT} PNG: {r['ok']}/{r['requests']} ok from "
           f"{r['clients']} concurrent clients in {r['wall_s']:.1f} s ({r['per_s']:.0f} requests/s)")
     print(f"latency ms: p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  p95 {r['p95']:.1f}  p99 {r['p99']:.1f}  "

@@ -17,7 +17,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from .timing import cpu_name, interleaved
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -49,31 +50,6 @@ def main(argv=None) -> int:
 
 
 # --------------------------------------------------------------------------- timing
-def interleaved(fns: dict, rounds: int, min_round_s: float = 0.02, warm_up_s: float = 0.1) -> dict:
-    """Per-call seconds of each fn: warm up (two calls, and at least warm_up_s: a forked worker's
-    first steps copy pages), calibrate repeats, then A B A B … rounds; median per fn."""
-    reps = {}
-    for name, fn in fns.items():
-        fn()
-        t = time.perf_counter()
-        while True:
-            fn()
-            if time.perf_counter() - t > warm_up_s:
-                break
-        t = time.perf_counter()
-        fn()
-        one = max(time.perf_counter() - t, 1e-6)
-        reps[name] = max(1, min(200, int(min_round_s / one)))
-    samples = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(reps[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t) / reps[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
 def sgemm_peak(np) -> float:
     a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
     t = interleaved({"mm": lambda: a @ a}, 5)["mm"]
@@ -303,7 +279,8 @@ framework, rounds, smoke, root = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "
 sys.path.insert(0, root)
 import numpy as np
 import convprop.functional as F
-from benchmarks.suite import build_cases, interleaved, lenet_step_cases
+from benchmarks.suite import build_cases, lenet_step_cases
+from benchmarks.timing import interleaved
 torch = None
 if framework == "convprop":
     from convprop.allocator import keep_freed_memory
@@ -377,7 +354,7 @@ def run(args) -> int:
         torch = None
     rounds = 3 if args.smoke else max(7, args.rounds)
     peak = sgemm_peak(np)
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads,
                "python": platform.python_version(), "numpy": np.__version__,
                "torch": torch.__version__ if torch else None,
                "sgemm_peak_gflops": round(peak, 1), "rounds": rounds, "smoke": args.smoke}
@@ -456,13 +433,4 @@ def markdown(machine, results, alone, runs) -> str:
         lines += [f"| {r['framework']} | {r['epoch_s']:.2f} | {r['peak_rss_mb']:.0f} |" for r in runs]
     return "\n".join(lines) + "\n"
 
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from convprop.functional import _threads
 
-from .suite import interleaved
+from .timing import interleaved
 
 
 def wake_up_us(gap_s: float, rounds: int) -> float:

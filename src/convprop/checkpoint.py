@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import models, optim, safe_json
 from . import random as _random
+from ._files import atomic_write, remove_stale_temporaries
 from .nn import Module
 
 FORMAT, VERSION = "convprop-checkpoint", 1
@@ -63,67 +63,11 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
     arrays["meta"] = np.frombuffer(json.dumps(meta, default=_to_json).encode(), np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    _remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as every other file of a run (mkstemp would make it 0600)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return path
+    remove_stale_temporaries(directory, TMP_PREFIX)
+    return atomic_write(path, lambda f: np.savez(f, **arrays), prefix=TMP_PREFIX)
 
 
 TMP_PREFIX = ".ckpt-"
-
-
-def _umask() -> int:
-    """The process's umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def _remove_stale_temporaries(directory: str) -> None:
-    """Half-written files that a killed save left behind: `.ckpt-<pid>-….tmp` of processes that no
-    longer run.  Never the checkpoint, and never the temporary of a save still under way elsewhere."""
-    for name in os.listdir(directory):
-        if not (name.startswith(TMP_PREFIX) and name.endswith(".tmp")):
-            continue
-        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-        except OSError:
-            pass
 
 
 MAX_HEADER_BYTES, MAX_MEMBERS, MAX_EPOCH = 16 << 20, 4096, 10**6

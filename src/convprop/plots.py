@@ -4,20 +4,20 @@ saliency through the hand-written backward pass, and the confusion matrix."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
 from . import nn
+from ._extras import require
+from .data import normalize
 from .train import confusion_matrix, predict
 
 NAMES = ("training-curves.png", "filters.png", "feature-maps.png", "saliency.png", "confusion-matrix.png")
 
 
 def _plt():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("pictures need matplotlib: pip install 'convprop[train]'") from None
+    matplotlib = require("matplotlib", "train", "pictures need matplotlib", ValueError)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -155,4 +155,16 @@ def plot_run(run_dir: str, model: nn.Sequential, history: list[dict], test_x: np
     else:
         saliency(model, test_x[:6], predicted[:6], paths[3])
     confusion(confusion_matrix(test_y, predicted, int(max(test_y.max(), predicted.max())) + 1), paths[4])
+    return paths
+
+
+def pictures(out: str, model, history, test_images, test_labels, log: Callable[[str], None] = print) -> list[str]:
+    """The five pictures of a run into `out` from its raw test images (none, with a note, without matplotlib)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("(matplotlib is not installed: no pictures; pip install 'convprop[train]')")
+        return []
+    paths = plot_run(out, model, history, normalize(test_images, dtype=model.dtype), test_labels)
+    log("pictures:   " + "\n            ".join(paths))
     return paths

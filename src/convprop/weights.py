@@ -14,7 +14,8 @@ import json
 
 import numpy as np
 
-from ._files import checked_size
+from ._extras import require
+from ._files import atomic_write, checked_size
 from .nn import Module
 
 __all__ = ["save_weights", "load_weights", "WeightsError", "MAX_FILE_BYTES"]
@@ -28,11 +29,9 @@ class WeightsError(ValueError):
 
 
 def _safetensors():
-    try:
-        import safetensors.numpy
-    except ImportError:
-        raise ImportError("safetensors files need the safetensors package: pip install 'convprop[safetensors]'"
-                          ) from None
+    require("safetensors.numpy", "safetensors", "safetensors files need the safetensors package")
+    import safetensors
+
     return safetensors
 
 
@@ -43,7 +42,7 @@ def save_weights(model: Module | dict, path: str, metadata: dict[str, object] | 
     state = model.state_dict() if isinstance(model, Module) else model
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    st.numpy.save_file(arrays, path, metadata=meta or None)
+    atomic_write(path, st.numpy.save(arrays, metadata=meta or None))  # (the bytes, then one rename)
     return path
 
 

@@ -118,7 +118,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["train", "--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+    (["train", "--epochs", "0"], "argument --epochs: expected an integer from 1 to 100,000, got 0"),
     (["train", "--batch-size", "-3"], "--batch-size"),
     (["train", "--lr", "0"], "argument --lr: expected a positive number"),
     (["train", "--model", "resnet"], "argument --model: invalid choice"),
@@ -253,3 +253,18 @@ def test_sgd_and_adam_each_get_their_own_default_learning_rate():
     assert Settings(optimizer="sgd").lr == DEFAULT_LR["sgd"] == 0.05
     assert Settings().lr == Settings(optimizer="adam").lr == DEFAULT_LR["adam"] == 5e-3
     assert Settings(optimizer="sgd", lr=0.1).lr == 0.1
+
+
+@pytest.mark.parametrize("flag, value, parsed", [("--epochs", "100001", 100001), ("--batch-size", "0", 0),
+                                                 ("--seed", str(2**63), 2**63), ("--lr", "inf", float("inf")),
+                                                 ("--shift", "5", 5), ("--train-size", "0", 0)])
+def test_a_flag_and_its_run_setting_are_checked_by_one_rule(capsys, flag, value, parsed):
+    from convprop.run import RunError, Settings
+
+    name = flag[2:].replace("-", "_")
+    with pytest.raises(RunError) as info:
+        Settings(**{name: parsed})
+    expected = str(info.value).split(": expected ", 1)[1].split(", got")[0].removesuffix(" or None")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", flag, value])
+    assert f"argument {flag}: expected {expected}, got" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""A run (convprop/run.py): its directory, what it saves, and that every message about it is true."""
+"""A run (convprop/run/): its directory, what it saves, and that every message about it is true."""
 
 from __future__ import annotations
 
@@ -265,3 +265,31 @@ def test_concurrent_runs_on_one_out_one_trains_the_others_get_one_line(tmp_path)
             assert "another convprop run (pid" in err or "holds an earlier run" in err, err
     assert checkpoint.load(str(out / "checkpoint.npz"))["meta"]["epoch"] == 2
     assert sorted(os.listdir(out))[:3] == ["checkpoint.npz", "confusion-matrix.png", "feature-maps.png"]
+
+
+def test_fit_calls_on_step_after_every_step_and_stops_when_it_says_so():
+    from convprop import models, nn, optim
+    from convprop.data import DataLoader
+    from convprop.train import StepInfo, fit
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), rng.integers(0, 10, 40)
+    model = models.lenet5()
+    optimizer = optim.SGD(model.parameters(), lr=0.01)
+    seen: list[StepInfo] = []
+
+    def on_step(info: StepInfo) -> bool:
+        seen.append(info)
+        return info.epoch == 2 and info.step == 1  # stop after the second step of the second epoch
+
+    ended = []
+    history = fit(model, nn.CrossEntropyLoss(), optimizer, DataLoader(images, labels, 16), 5,
+                  DataLoader(images, labels, 40), progress=False, log=None, on_step=on_step,
+                  on_epoch_end=lambda epoch, h: ended.append(epoch))
+    assert [(i.epoch, i.step, i.batch_size) for i in seen] == [(1, 0, 16), (1, 1, 16), (1, 2, 8), (2, 0, 16),
+                                                                (2, 1, 16)]
+    assert all(i.steps == 3 and np.isfinite(i.loss) and 0 <= i.correct <= i.batch_size and i.lr == 0.01
+               for i in seen)
+    assert [h["epoch"] for h in history] == [1, 2] and ended == [1]  # the partial epoch: a row, no on_epoch_end
+    assert history[1]["partial"] and "partial" not in history[0] and "test_acc" in history[1]
+    assert history[1]["train_loss"] == pytest.approx((seen[3].loss + seen[4].loss) / 2)

@@ -262,7 +262,6 @@ ERROR_SCRIPT = r"""
 import numpy as np
 from convprop import distributed, models, nn, optim
 from convprop.data import DataLoader
-from convprop.train import fit
 rank, world = distributed.init()
 model = models.lenet5()
 calls = []
@@ -272,8 +271,8 @@ def loss_fn(logits, y):
         raise ValueError("a fault in rank 1's third step")
     return nn.CrossEntropyLoss()(logits, y)
 x = np.zeros((40, 28, 28), np.uint8)
-fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.1), DataLoader(x, np.zeros(40), 8, num_replicas=world,
-    rank=rank), 1, progress=False, log=None)
+distributed.fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.1), DataLoader(x, np.zeros(40), 8,
+    num_replicas=world, rank=rank), 1, progress=False, log=None)
 print("not reached")
 """
 
@@ -288,7 +287,7 @@ def test_an_exception_on_one_rank_stops_every_rank_with_one_line():
 
 
 def test_errors_every_rank_makes_are_said_once(tmp_path):
-    for args, code, text in [(["--epochs", "0"], 2, "argument --epochs: expected a positive integer, got 0"),
+    for args, code, text in [(["--epochs", "0"], 2, "argument --epochs: expected an integer from 1 to 100,000, got 0"),
                              (["--data", str(tmp_path / "nowhere")], 2, "no such directory"),
                              (["--epochs", "1", "--lr", "1e30", "--optimizer", "sgd", "--out", str(tmp_path / "d"),
                                *RUN], 1, "training diverged")]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,20 @@ def test_bad_input_raises_a_clear_error(call, exc, words):
     message = str(info.value)
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("module, call, exc, extra", [
+    ("onnx", lambda tmp: __import__("convprop.onnx").onnx.load(str(tmp / "m.onnx")), ImportError, "onnx"),
+    ("safetensors.numpy", lambda tmp: __import__("convprop").load_weights(str(tmp / "w.safetensors")), ImportError,
+     "safetensors"),
+    ("matplotlib", lambda tmp: __import__("convprop.plots").plots.confusion(np.eye(2), str(tmp / "c.png")),
+     ValueError, "train"),
+    ("PIL.Image", lambda tmp: __import__("convprop.data.images").data.images.load_digit(str(tmp / "d.png")),
+     ImportError, "train"),
+])
+def test_a_missing_extra_says_in_one_line_how_to_install_it(monkeypatch, tmp_path, module, call, exc, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    with pytest.raises(exc) as info:
+        call(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and f"pip install 'convprop[{extra}]'" in message and f"'.[{extra}]'" in message

@@ -1,7 +1,7 @@
 """Run under `mpiexec -n K python tests/mpi_equivalence.py OUT.json` (tests/test_distributed.py does).
 
-For each case, every rank trains float64 with its shard of each global batch (fit, so the steps are
-distributed.step's); rank 0 also trains one process on the whole batches (train.train_step) and
+For each case, every rank trains float64 with its shard of each global batch (distributed.fit, so the
+steps are distributed.step's); rank 0 also trains one process on the whole batches (train.train_step) and
 writes, per case, the largest relative difference of every parameter and buffer from that single
 process, and whether all ranks hold bitwise the same values.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from convprop import distributed, models, nn, optim
 from convprop.data import DataLoader
 from convprop.random import manual_seed
-from convprop.train import evaluate, fit, train_step
+from convprop.train import evaluate, train_step
 
 rank, world = distributed.init()
 B_PER_RANK = 4
@@ -51,7 +51,7 @@ for case in CASES:
     loader = DataLoader(images, labels, world * B_PER_RANK, shuffle=True, seed=3, max_shift=2, dtype=np.float64,
                         num_replicas=world, rank=rank)
     test = DataLoader(test_images, test_labels, 4, dtype=np.float64)  # 4 + 4 + 3: uneven shards, some empty
-    history = fit(model, nn.CrossEntropyLoss(), optimizer, loader, 1, test, progress=False, log=None)
+    history = distributed.fit(model, nn.CrossEntropyLoss(), optimizer, loader, 1, test, progress=False, log=None)
     steps = len(loader)
     mine = np.concatenate([v.ravel() for v in state(model)])
     everyone = distributed._comm.allgather(mine.tobytes())

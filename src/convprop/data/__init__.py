@@ -1,7 +1,7 @@
 """Data: the IDX reader, the bundled MNIST sample, a batching DataLoader with ±2 px shifts."""
 
 from .cifar import CIFARError, find_cifar10, load_cifar10, read_cifar_bin
-from .idx import IDXError, find_mnist, load_mnist, read_idx
+from .idx import IDXError, bundled_sample_dir, find_mnist, load_mnist, read_idx
 from .loader import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -25,10 +25,3 @@ def load_images(root: str | None = None, train: bool = True):
     if root is not None and find_cifar10(root) is not None:
         return load_cifar10(root, train)
     return load_mnist(root, train)
-
-
-def bundled_sample_dir() -> str:
-    """The MNIST sample shipped inside the package (5,000 training images, the 10,000 test images)."""
-    from importlib.resources import files
-
-    return str(files(__name__) / "mnist-sample")

@@ -119,12 +119,17 @@ def find_mnist(root: str, split: str) -> tuple[str, str]:
     return found[0], found[1]
 
 
+def bundled_sample_dir() -> str:
+    """The MNIST sample shipped inside the package (5,000 training images, the 10,000 test images)."""
+    from importlib.resources import files
+
+    return str(files(__package__) / "mnist-sample")
+
+
 def load_mnist(root: str | None = None, train: bool = True, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels int64 (N,)) of the training or test split under root
     (the bundled sample when root is None)."""
     if root is None:
-        from . import bundled_sample_dir
-
         root = bundled_sample_dir()
     images_path, labels_path = find_mnist(root, "train" if train else "t10k")
     images, labels = read_idx(images_path), read_idx(labels_path)

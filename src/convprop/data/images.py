@@ -42,6 +42,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .._extras import require
+
 __all__ = ["open_image", "display_name", "read_digit", "load_digit", "prepare_digit", "ImageError", "MAX_PIXELS",
            "MAX_DECODES", "IMAGE_EXTENSIONS", "FASHION_MNIST_CLASSES", "class_names"]
 
@@ -102,10 +104,9 @@ def _pillow_quiet():
 
 
 def _pillow():
-    try:
-        from PIL import Image, PngImagePlugin
-    except ImportError:
-        raise ImportError("reading images needs Pillow: pip install 'convprop[train]'") from None
+    Image = require("PIL.Image", "train", "reading images needs Pillow")
+    from PIL import PngImagePlugin
+
     PngImagePlugin.MAX_TEXT_CHUNK = min(PngImagePlugin.MAX_TEXT_CHUNK, MAX_TEXT_CHUNK)
     PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, MAX_TEXT_MEMORY)
     return Image

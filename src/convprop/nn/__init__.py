@@ -1,6 +1,7 @@
 """convprop.nn — Modules with an explicit backward, named and laid out as torch.nn."""
 
 from .containers import BasicBlock
+from .graph import Add, Graph
 from .layers import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -31,6 +32,7 @@ from .module import (
     Module,
     Parameter,
     Sequential,
+    call_hook,
     detect_anomaly,
     is_anomaly_enabled,
     is_grad_enabled,
@@ -39,7 +41,7 @@ from .module import (
 
 __all__ = [
     "Module", "Parameter", "Sequential", "detect_anomaly", "is_anomaly_enabled", "AnomalyError", "no_grad",
-    "is_grad_enabled",
+    "is_grad_enabled", "call_hook", "Add", "Graph",
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
     "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
     "Softmax", "LogSoftmax", "BasicBlock", "Conv1d", "MaxPool1d", "MaxUnpool1d", "AvgPool1d",

@@ -7,8 +7,9 @@ returns ∂x and *accumulates* into every Parameter's .grad, as torch's autograd
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -72,7 +73,10 @@ class Module:
 
     # ----------------------------------------------------------------- forward / backward
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hook = _call_hook.get()
+        if hook is None:
+            return self.forward(*args, **kwargs)
+        return hook(self, args, kwargs)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -188,6 +192,23 @@ class Module:
             return f"{type(self).__name__}({self.extra_repr()})"
         lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+CallHook = Callable[[Module, tuple, dict], object]
+_call_hook: ContextVar[CallHook | None] = ContextVar("convprop_call_hook", default=None)
+
+
+@contextmanager
+def call_hook(hook: CallHook) -> Iterator[None]:
+    """Inside, every Module call `m(*args, **kwargs)` returns `hook(m, args, kwargs)` instead of
+    `m.forward(*args, **kwargs)` (the hook calls forward itself, or not); calls its forward makes
+    come back to the hook.  Per thread and asyncio task (a context variable), as torch's global
+    forward hooks but scoped: other threads' calls are untouched, and it is undone on exit."""
+    token = _call_hook.set(hook)
+    try:
+        yield
+    finally:
+        _call_hook.reset(token)
 
 
 class Sequential(Module):

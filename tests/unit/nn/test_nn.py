@@ -144,3 +144,36 @@ def test_torch_style_constructors_and_zero_grad_set_to_none():
     assert all(p.grad is None for p in net.parameters())
     with pytest.raises(ValueError, match="padding_mode"):
         nn.Conv2d(1, 2, 3, padding_mode="reflect")
+
+
+def test_call_hook_sees_every_module_call_in_its_own_thread_only_and_is_undone():
+    import threading
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    net[0].weight.data[...] = net[2].weight.data[...] = 1  # the ReLU's input is positive: zeroing it shows
+    x = np.ones((2, 3), np.float32)
+    seen = []
+
+    def hook(m, args, kwargs):
+        seen.append(type(m).__name__)
+        if isinstance(m, nn.ReLU):
+            return m.forward(*args, **kwargs) * 0  # the hook decides what a call returns
+        return m.forward(*args, **kwargs)
+
+    other = []
+    with nn.call_hook(hook):
+        y = net(x)
+        worker = threading.Thread(target=lambda: other.append(net(x)))  # a context of its own: no hook
+        worker.start()
+        worker.join()
+    assert seen == ["Sequential", "Linear", "ReLU", "Linear"]  # nested calls come back to the hook
+    assert_close(y, np.broadcast_to(net[2].bias.data, (2, 2)), np.float32, "ReLU zeroed by the hook")
+    assert len(seen) == 4 and not np.allclose(other[0], y)  # the thread ran the plain forward
+    def failing(m, args, kwargs):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError), nn.call_hook(failing):
+        net(x)
+    seen.clear()
+    assert_close(net(x), other[0], np.float32, "no hook after an error")
+    assert seen == []

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 
-from . import checkpoint
-from .data import normalize
-from .data.images import IMAGE_EXTENSIONS, class_names, read_digit
-from .train import predict
+from .. import checkpoint
+from ..data import normalize
+from ..data.images import IMAGE_EXTENSIONS, class_names, read_digit
+from ..train import predict
 
 CHUNK = 256  # images read and classified at a time
 

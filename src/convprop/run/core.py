@@ -15,193 +15,23 @@ Every failure a user can cause ends in `RunError` (one line); a run that diverge
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import json
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
-from . import checkpoint, distributed, models, nn, optim, safe_json
-from . import random as _random
-from .data import DataLoader, load_images, normalize
-from .train import Divergence, fit
-
-CHECKPOINT_NAME, METRICS_NAME, LOCK_NAME = "checkpoint.npz", "metrics.json", ".convprop.lock"
-OPTIMIZERS = ("adam", "adamw", "sgd")
-# The peak learning rate of the one-cycle schedule when none is given: Adam's steps are scaled by its
-# second-moment estimate, SGD's by the gradient itself, so the two need different rates.
-DEFAULT_LR = {"adam": 5e-3, "adamw": 5e-3, "sgd": 0.05}
-MAX_EPOCHS, MAX_BATCH = 100_000, 1_000_000
+from .. import checkpoint, distributed, models, nn, optim
+from .. import random as _random
+from ..data import DataLoader, load_images, normalize
+from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_every_rank
+from .metrics import metrics, write_metrics
+from .rundir import CHECKPOINT_NAME, METRICS_NAME, claim
+from .settings import Settings, default_out
 
 
-class RunError(ValueError):
-    """A run that cannot start or go on, for a reason the user can fix (the message says which)."""
-
-
-class RunDiverged(RuntimeError):
-    """The loss or the weights stopped being finite; the message says what was kept."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C: the message says what was saved and how to continue."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-# --------------------------------------------------------------------------- settings
-@dataclasses.dataclass
-class Settings:
-    """What a run trains; a checkpoint keeps them, so that `--resume` continues with the same."""
-
-    model: str = "lenet5"
-    data: str | None = None
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float | None = None  # None: DEFAULT_LR[optimizer]
-    optimizer: str = "adam"
-    shift: int = 2
-    seed: int = 0
-    train_size: int | None = None
-    test_size: int | None = None
-    init: str | None = None  # a safetensors file of weights (torch's keys) the model starts from
-
-    def __post_init__(self) -> None:
-        if self.lr is None and self.optimizer in DEFAULT_LR:
-            self.lr = DEFAULT_LR[self.optimizer]
-        self.validate()
-
-    def validate(self, where: str = "") -> None:
-        """Every value in range, or RunError naming the setting (and `where` it came from)."""
-        pre = f"{where}: " if where else ""
-
-        def bad(name: str, expected: str, value: Any) -> RunError:
-            return RunError(f"{pre}{name}: expected {expected}, got {value!r}")
-
-        def whole(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        if self.model not in models.MODELS:
-            raise bad("model", f"one of {sorted(models.MODELS)}", self.model)
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"one of {list(OPTIMIZERS)}", self.optimizer)
-        if self.data is not None and not isinstance(self.data, str):
-            raise bad("data", "a directory name", self.data)
-        if self.init is not None and not isinstance(self.init, str):
-            raise bad("init", "a safetensors file name", self.init)
-        for name, top in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH)):
-            v = getattr(self, name)
-            if not whole(v) or not 1 <= v <= top:
-                raise bad(name, f"an integer from 1 to {top:,}", v)
-        for name in ("train_size", "test_size"):
-            v = getattr(self, name)
-            if v is not None and (not whole(v) or v < 1):
-                raise bad(name, "a positive integer or None", v)
-        if not whole(self.shift) or not 0 <= self.shift <= 4:
-            raise bad("shift", "an integer from 0 to 4", self.shift)
-        if not whole(self.seed) or not 0 <= self.seed < 2**63:
-            raise bad("seed", "a non-negative integer below 2**63", self.seed)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
-            raise bad("lr", "a positive finite number", self.lr)
-
-    @classmethod
-    def from_saved(cls, saved: Any, where: str) -> Settings:
-        """The settings a checkpoint recorded (its other keys — out, threads, workers — are ignored)."""
-        if not isinstance(saved, dict):
-            raise RunError(f"{where}: holds no run settings to resume from")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = [k for k in ("model", "epochs", "optimizer", "lr", "seed") if k not in saved]
-        if missing:
-            raise RunError(f"{where}: the run settings lack {', '.join(missing)}; cannot resume")
-        try:
-            return cls(**{k: v for k, v in saved.items() if k in fields})
-        except RunError as e:
-            raise RunError(f"{where}: saved run setting {e}") from None
-
-    def dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def default_out(settings: Settings) -> str:
-    return os.path.join("runs", f"{settings.model}-seed{settings.seed}")
-
-
-def holds_run(directory: str) -> bool:
-    return any(os.path.exists(os.path.join(directory, n)) for n in (CHECKPOINT_NAME, METRICS_NAME))
-
-
-# --------------------------------------------------------------------------- the directory
-def make_directory(path: str) -> None:
-    """Create `path` (and its parents) or raise RunError saying why it cannot hold a run."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise RunError(f"--out {path}: expected a directory, got an existing file")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except NotADirectoryError:
-        raise RunError(f"--out {path}: a part of the path is a file, not a directory") from None
-    except OSError as e:
-        raise RunError(f"--out {path}: cannot create the directory ({e.strerror or e})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise RunError(f"--out {path}: the directory is not writable")
-
-
-class DirectoryLock:
-    """An exclusive lock on a run directory: a lock file holding the owner's pid, flock'ed.
-
-    A second run on the same directory gets RunError naming the holder.  The lock ends with the process
-    (the kernel drops a flock when its file closes), so a killed run never leaves a directory locked."""
-
-    def __init__(self, directory: str) -> None:
-        self.path = os.path.join(directory, LOCK_NAME)
-        self.fd: int | None = None
-
-    def acquire(self) -> DirectoryLock:
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): runs are not protected from each other there
-            return self
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise RunError(f"--out {os.path.dirname(self.path)}: cannot write there ({e.strerror or e})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise RunError(f"--out {os.path.dirname(self.path)}: another convprop run (pid {holder}) is "
-                               "using this directory; wait for it to end or choose another --out") from None
-            try:  # the holder we waited for may have removed the file: lock the one on disk
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.unlink(self.path)  # while still held: a run waiting on the old file retries
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
-
-
-# --------------------------------------------------------------------------- the run
 def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if n is None or n >= len(labels):
         return images, labels
@@ -213,19 +43,6 @@ def make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
     if name == "sgd":
         return optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
     return (optim.AdamW if name == "adamw" else optim.Adam)(params, lr=lr)
-
-
-def _write_json(path: str, value: Any) -> None:
-    """Atomically (a temporary of this process, then a rename): a reader sees the old file or the new."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(value, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Run:
@@ -281,33 +98,8 @@ class Run:
     def _claim(self, out: str | None) -> str:
         if self.rank != 0:  # (rank 0 claims it and writes there)
             return out or default_out(self.settings)
-        if out is not None:
-            make_directory(out)
-            self._lock = DirectoryLock(out).acquire()
-            resuming_here = self.resume_path and os.path.samefile(os.path.dirname(os.path.abspath(self.resume_path)),
-                                                                   out)
-            if holds_run(out) and not resuming_here:
-                self._lock.release()
-                raise RunError(f"--out {out}: holds an earlier run; continue it with convprop train --resume "
-                               f"{os.path.join(out, CHECKPOINT_NAME)}, or choose another --out")
-            return out
-        base = default_out(self.settings)
-        for k in range(1, 10_000):
-            path = base if k == 1 else f"{base}-{k}"
-            if holds_run(path):
-                continue
-            make_directory(path)
-            try:
-                self._lock = DirectoryLock(path).acquire()
-            except RunError:
-                continue  # another run is starting there
-            if holds_run(path):
-                self._lock.release()
-                continue
-            if k > 1:
-                self.log(f"{base} holds an earlier run: this one goes to {path}")
-            return path
-        raise RunError(f"{base}: 10,000 runs there already; choose an --out")
+        path, self._lock = claim(out, default_out(self.settings), self.resume_path, self.log)
+        return path
 
     def _build(self) -> None:
         s = self.settings
@@ -349,7 +141,7 @@ class Run:
 
     def _load_init(self, path: str) -> None:
         """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""
-        from .weights import load_weights
+        from ..weights import load_weights
 
         try:
             self.model.load_state_dict(load_weights(path))
@@ -401,10 +193,10 @@ class Run:
         try:
             with warnings.catch_warnings():  # overflow on the way to NaN: said once, by the Divergence below
                 warnings.simplefilter("ignore", RuntimeWarning)
-                self.history = fit(self.model, self.loss_fn, self.optimizer, self.train_loader, s.epochs,
-                                   self.test_loader, self.scheduler, start_epoch=self.start_epoch,
-                                   history=self.history, progress=self.progress, on_epoch_end=self._end_of_epoch,
-                                   log=self.log)
+                self.history = distributed.fit(self.model, self.loss_fn, self.optimizer, self.train_loader,
+                                               s.epochs, self.test_loader, self.scheduler, start_epoch=self.start_epoch,
+                                               history=self.history, progress=self.progress,
+                                               on_epoch_end=self._end_of_epoch, log=self.log)
         except (Divergence, nn.AnomalyError) as e:
             self.status = "diverged"
             diverged = RunDiverged(f"{e}; {self.what_exists()}")
@@ -451,11 +243,11 @@ class Run:
         bad = [k for k in ("train_loss", "test_loss") if k in row and not math.isfinite(row[k])]
         # (every rank holds the same history and weights: under MPI, every rank raises these together)
         if bad:
-            raise distributed.mark_every_rank(Divergence(
+            raise mark_every_rank(Divergence(
                 f"epoch {epoch} ended with a {bad[0].replace('_', ' ')} of {row[bad[0]]}: training diverged "
                 "(try a smaller --lr)"))
         if not all(np.isfinite(p.data).all() for p in self.model.parameters()):
-            raise distributed.mark_every_rank(Divergence(
+            raise mark_every_rank(Divergence(
                 f"epoch {epoch} ended with weights that are not finite: training diverged (try a smaller --lr)"))
         if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
             self.saved_epoch = epoch
@@ -470,18 +262,10 @@ class Run:
         self.write_metrics()
 
     def metrics(self) -> dict:
-        h = self.history
-        return {"model": self.settings.model, "args": self.settings.dict(), "status": self.status, "epochs": h,
-                "test_accuracy": h[-1].get("test_acc") if h else None,
-                "test_loss": h[-1].get("test_loss") if h else None, "seconds": self.seconds}
+        return metrics(self.settings, self.status, self.history, self.seconds)
 
     def write_metrics(self) -> None:
-        try:
-            _write_json(self.metrics_path, self.metrics())
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
-                raise RunError(f"could not write {self.metrics_path} ({e.strerror}); {self.what_exists()}") from None
-            raise
+        write_metrics(self.metrics_path, self.metrics(), self.what_exists())
 
     # ----------------------------------------------------------------- the end
     def finish(self) -> list[str]:
@@ -492,6 +276,8 @@ class Run:
                      f"({self.seconds:.1f} s this run)")
         self.log(f"metrics:    {self.metrics_path}")
         self.log(f"checkpoint: {self.ckpt_path}")
+        from ..plots import pictures
+
         return pictures(self.out, self.model, self.history, self.test_images, self.test_labels, self.log)
 
     def close(self) -> None:
@@ -504,53 +290,6 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-MAX_METRICS_BYTES = 64 << 20
-
-
-def read_metrics(path: str) -> tuple[list[dict], Settings]:
-    """A run's metrics.json, checked as a stranger's file: (its epochs' rows, its settings).
-    ValueError naming the file and what is wrong with it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no metrics.json (is {os.path.dirname(path) or '.'} a convprop train "
-                                "--out directory?)")
-    size = os.path.getsize(path)
-    if size > MAX_METRICS_BYTES:
-        raise RunError(f"{path}: {size:,} bytes, more than a metrics file holds ({MAX_METRICS_BYTES:,})")
-    with open(path, "rb") as f:
-        metrics = safe_json.loads(f.read(), path)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list):
-        raise RunError(f"{path}: not a convprop metrics file (expected an object with a list of 'epochs')")
-    rows = metrics["epochs"]
-    if not rows:
-        raise RunError(f"{path}: no epoch has finished yet: nothing to draw")
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    with_test = "test_loss" in rows[0]
-    for k, row in enumerate(rows):
-        keys = ("epoch", "train_loss", "train_acc") + (("test_loss", "test_acc") if with_test else ())
-        if not isinstance(row, dict) or not all(number(row.get(key)) for key in keys):
-            raise RunError(f"{path}: epochs[{k}]: expected numbers {', '.join(keys)}, got {str(row)[:80]}")
-    args = metrics.get("args")
-    settings = Settings.from_saved(args, path) if args is not None else Settings()
-    return rows, settings
-
-
-def pictures(out: str, model, history, test_images, test_labels, log: Callable[[str], None] = print) -> list[str]:
-    """The five pictures of a run into `out` (none, with a note, without matplotlib)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        log("(matplotlib is not installed: no pictures; pip install 'convprop[train]')")
-        return []
-    from . import plots
-
-    paths = plots.plot_run(out, model, history, normalize(test_images, dtype=model.dtype), test_labels)
-    log("pictures:   " + "\n            ".join(paths))
-    return paths
 
 
 def run_training(settings: Settings | None = None, out: str | None = None, *, resume: str | None = None,

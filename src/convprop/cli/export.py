@@ -3,7 +3,7 @@ weights for torch (torch's state_dict keys and layouts)."""
 
 from __future__ import annotations
 
-from . import checkpoint
+from .. import checkpoint
 
 
 def add_parser(sub) -> None:
@@ -40,12 +40,12 @@ def run(args) -> int:
     if out.endswith(".safetensors"):
         if args.opset is not None or args.input_shape is not None:
             raise ValueError("--opset and --input-shape are for .onnx files; safetensors holds the weights only")
-        from .weights import save_weights
+        from ..weights import save_weights
 
         save_weights(model, out, metadata={"convprop_model": ckpt["meta"]["model"]})
         print(f"{out}: {name} weights ({len(model.state_dict())} tensors, torch's state_dict keys)")
     elif out.endswith(".onnx"):
-        from . import onnx as conv_onnx
+        from .. import onnx as conv_onnx
 
         shape = _input_shape(args.input_shape, model)
         conv_onnx.export(model, out, shape, opset=args.opset or conv_onnx.DEFAULT_OPSET)

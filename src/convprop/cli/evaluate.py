@@ -1,0 +1,37 @@
+"""`convprop evaluate CKPT`: accuracy, per-class accuracy and confusion matrix of a checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import checkpoint
+from ..data import load_images, normalize
+from ..train import confusion_matrix, predict
+from ._options import UsageError
+
+
+def add_parser(sub) -> None:
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
+    e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    e.add_argument("--data", metavar="DIR", default=None, help="IDX directory (default: the bundled sample)")
+
+
+def run(args) -> int:
+    ckpt = checkpoint.load(args.checkpoint)
+    model = checkpoint.restore_model(ckpt, args.checkpoint)
+    images, labels = load_images(args.data, train=False)
+    if len(labels) == 0:
+        raise UsageError(f"--data {args.data}: the test set has no images")
+    probs = predict(model, normalize(images, dtype=model.dtype))
+    pred = probs.argmax(axis=1)
+    k = max(probs.shape[1], int(labels.max(initial=-1)) + 1)  # a model of fewer classes than the data: still k×k
+    confusion = confusion_matrix(labels, pred, k)
+    print(f"{args.checkpoint}: {ckpt['meta']['model']['name']}, epoch {ckpt['meta'].get('epoch')}")
+    print(f"accuracy {np.mean(pred == labels):.2%} on {len(labels):,} test images")
+    print("per-class accuracy: " + "  ".join(
+        f"{c}: {confusion[c, c] / max(confusion[c].sum(), 1):.1%}" for c in range(k)))
+    print("confusion matrix (rows: true class, columns: predicted):")
+    print("      " + "".join(f"{c:>6}" for c in range(k)))
+    for c in range(k):
+        print(f"{c:>6}" + "".join(f"{v:>6}" for v in confusion[c]))
+    return 0

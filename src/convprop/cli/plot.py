@@ -1,0 +1,36 @@
+"""`convprop plot RUN_DIR`: the five pictures of a training run, drawn again into its directory."""
+
+from __future__ import annotations
+
+import os
+
+from .. import checkpoint
+from ..data import load_images
+from ..plots import pictures
+from ..run import CHECKPOINT_NAME, METRICS_NAME, _subset, read_metrics
+from ._options import UsageError
+
+
+def add_parser(sub) -> None:
+    pl = sub.add_parser("plot", help="draw the five pictures of a training run into its directory",
+                        description="Training curves, first-layer filters, feature maps, saliency maps and the "
+                                    "confusion matrix of the run in RUN_DIR (its metrics.json and checkpoint.npz).")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of convprop train")
+    pl.add_argument("--data", metavar="DIR", default=None,
+                    help="IDX directory for the test images (default: the run's own, else the bundled sample)")
+
+
+def run(args) -> int:
+    run = args.run_dir
+    metrics_path, ckpt_path = os.path.join(run, METRICS_NAME), os.path.join(run, CHECKPOINT_NAME)
+    if not os.path.isdir(run):
+        raise FileNotFoundError(f"{run}: no such run directory")
+    history, saved = read_metrics(metrics_path)
+    ckpt = checkpoint.load(ckpt_path)
+    model = checkpoint.restore_model(ckpt, ckpt_path)
+    images, labels = load_images(args.data or saved.data, train=False)
+    images, labels = _subset(images, labels, saved.test_size, saved.seed)
+    if len(labels) == 0:
+        raise UsageError(f"--data {args.data or saved.data}: the test set has no images")
+    pictures(run, model, history, images, labels)
+    return 0

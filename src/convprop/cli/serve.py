@@ -1,0 +1,23 @@
+"""`convprop serve [CKPT]`: the web page (the `serve` extra)."""
+
+from __future__ import annotations
+
+from ._options import UsageError
+
+
+def add_parser(sub) -> None:
+    v = sub.add_parser("serve", help="a web page: draw a digit, watch its forward and backward pass, train live",
+                       description="Serve a page (the `serve` extra) that draws every layer's output and gradient "
+                                   "for a digit you draw, and trains the model live. JSON endpoints: docs/serve.md.")
+    v.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None,
+                   help="a checkpoint.npz (default: the last convprop train run's, else train LeNet-5 first)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
+
+
+def run(args) -> int:
+    try:
+        from ..serve.server import serve
+    except ImportError:
+        raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
+    return serve(args.checkpoint, args.host, args.port)

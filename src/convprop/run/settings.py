@@ -1,0 +1,102 @@
+"""What a run trains (`Settings`), and the one check of every setting — used by Settings itself (for
+values in code, in a checkpoint or in metrics.json) and by the command line's flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import models
+from ..errors import RunError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# The peak learning rate of the one-cycle schedule when none is given: Adam's steps are scaled by its
+# second-moment estimate, SGD's by the gradient itself, so the two need different rates.
+DEFAULT_LR = {"adam": 5e-3, "adamw": 5e-3, "sgd": 0.05}
+MAX_EPOCHS, MAX_BATCH = 100_000, 1_000_000
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+# setting: (is this value allowed?, what is expected); None is also allowed for the OPTIONAL ones
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda v: isinstance(v, str) and v in models.MODELS, f"one of {sorted(models.MODELS)}"),
+    "optimizer": (lambda v: isinstance(v, str) and v in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+    "data": (lambda v: isinstance(v, str), "a directory name"),
+    "init": (lambda v: isinstance(v, str), "a safetensors file name"),
+    "epochs": (lambda v: _whole(v) and 1 <= v <= MAX_EPOCHS, f"an integer from 1 to {MAX_EPOCHS:,}"),
+    "batch_size": (lambda v: _whole(v) and 1 <= v <= MAX_BATCH, f"an integer from 1 to {MAX_BATCH:,}"),
+    "train_size": (lambda v: _whole(v) and v >= 1, "a positive integer"),
+    "test_size": (lambda v: _whole(v) and v >= 1, "a positive integer"),
+    "shift": (lambda v: _whole(v) and 0 <= v <= 4, "an integer from 0 to 4"),
+    "seed": (lambda v: _whole(v) and 0 <= v < 2**63, "a non-negative integer below 2**63"),
+    "lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
+           "a positive number"),
+}
+OPTIONAL = ("data", "init", "train_size", "test_size")
+
+
+def problem(name: str, value: Any) -> str | None:
+    """What setting `name` expects, if `value` is not allowed for it; None if it is."""
+    allowed, expected = RULES[name]
+    if value is None and name in OPTIONAL:
+        return None
+    return None if allowed(value) else expected + (" or None" if name in OPTIONAL else "")
+
+
+@dataclasses.dataclass
+class Settings:
+    """What a run trains; a checkpoint keeps them, so that `--resume` continues with the same."""
+
+    model: str = "lenet5"
+    data: str | None = None
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    optimizer: str = "adam"
+    shift: int = 2
+    seed: int = 0
+    train_size: int | None = None
+    test_size: int | None = None
+    init: str | None = None  # a safetensors file of weights (torch's keys) the model starts from
+
+    def __post_init__(self) -> None:
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.optimizer]
+        self.validate()
+
+    def validate(self, where: str = "") -> None:
+        """Every value in range, or RunError naming the setting (and `where` it came from)."""
+        for name in RULES:
+            value = getattr(self, name)
+            expected = problem(name, value)
+            if expected is not None:
+                raise RunError(f"{where}: " * bool(where) + f"{name}: expected {expected}, got {value!r}")
+
+    @classmethod
+    def from_saved(cls, saved: Any, where: str) -> Settings:
+        """The settings a checkpoint recorded (its other keys — out, threads, workers — are ignored)."""
+        if not isinstance(saved, dict):
+            raise RunError(f"{where}: holds no run settings to resume from")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = [k for k in ("model", "epochs", "optimizer", "lr", "seed") if k not in saved]
+        if missing:
+            raise RunError(f"{where}: the run settings lack {', '.join(missing)}; cannot resume")
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in fields})
+        except RunError as e:
+            raise RunError(f"{where}: saved run setting {e}") from None
+
+    def dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_out(settings: Settings) -> str:
+    return os.path.join("runs", f"{settings.model}-seed{settings.seed}")
