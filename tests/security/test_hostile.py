@@ -360,3 +360,37 @@ def test_file_names_are_printed_escaped():
     with pytest.raises(ImageError) as e:
         open_image(b"not an image", name="evil\n.png")
     assert "\n" not in str(e.value) and str(e.value).startswith("evil\\n.png: ")
+
+
+def test_the_server_decodes_through_the_bounded_decoder(monkeypatch):
+    """Many requests' images at once: the server holds at most MAX_DECODES decoded images."""
+    import threading
+    import time
+
+    from convprop.data import images
+    from convprop.serve import inputs
+
+    active, most, lock = [0], [0], threading.Lock()
+    real = images._decode
+
+    def slow(*a, **k):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(*a, **k)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", slow)
+    data = _digit_png()
+    threads = [threading.Thread(target=inputs.digit_from_image, args=(data,)) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == images.MAX_DECODES
+    with pytest.raises(inputs.InputError, match="over the limit of 4,000,000"):
+        inputs.digit_from_image(image_claiming("TIFF", 3000, 3000))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 
 import numpy as np
@@ -75,23 +74,16 @@ def training_options(body: dict) -> tuple[float, bool]:
 
 # --------------------------------------------------------------------------- the digit
 def digit_from_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise InputError("image: decoding images needs Pillow (pip install 'convprop[serve]')") from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"image: not a PNG or JPEG that can be decoded ({type(e).__name__})") from None
-    if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
-        raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; send a smaller one")
-    from ..data.images import read_digit
+    """PNG/JPEG/… bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file, by the
+    one bounded decoder (data.images.open_image): at most MAX_IMAGE_PIXELS pixels, checked from the header
+    before decoding; at most data.images.MAX_DECODES images decoded at once however many requests come."""
+    from ..data.images import ImageError, read_digit
 
     try:
-        return read_digit(data, name="image")[0]  # from the bytes: no file, no name of the client's
-    except (ValueError, OSError) as e:
+        return read_digit(data, name="image", max_pixels=MAX_IMAGE_PIXELS)[0]  # no file, no name of the client's
+    except ImportError:
+        raise InputError("image: decoding images needs Pillow (pip install 'convprop[serve]')") from None
+    except ImageError as e:
         raise InputError(str(e)) from None
 
 
