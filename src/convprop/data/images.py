@@ -54,6 +54,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 MAX_TEXT_CHUNK, MAX_TEXT_MEMORY = 1 << 20, 4 << 20  # PNG text: per chunk (decompressed), per image
 DETAIL = 2048  # read_digit reduces a photo to at most this many pixels a side as it decodes it
 WORK = 512  # … and looks for the digit in a copy of at most this many pixels a side
+MAX_HOLES = 6  # a digit has at most 2 loops; JPEG and noise may punch a few pinholes in its strokes
 THIN = 0.15  # strokes: area / boundary pixels / size (about stroke width / 2 / size) below this; a disc: 0.25
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -453,7 +454,10 @@ def _best_component(s: np.ndarray, light: bool):
             ok = plausible & ~touches if strict else plausible & (c["area"] < 0.5 * h * w)
             if not ok.any() or (best is not None and best["strict"] and not strict):
                 continue
-            main = int(np.argmax(np.where(ok, score, -1)))
+            ranked = [int(i) for i in np.argsort(-np.where(ok, score, -1))[:5] if ok[i]]
+            main = next((i for i in ranked if _holes(labels, i, c) <= MAX_HOLES), ranked[0])
+            if _holes(labels, main, c) > MAX_HOLES:  # a grainy surface, not strokes
+                score[main] *= 0.1
             box = [int(c["top"][main]), int(c["left"][main]), int(c["bottom"][main]), int(c["right"][main])]
             reach = 0.5 * (max(box[2] - box[0], box[3] - box[1]) + 1)
             near = ok & (c["area"] >= 0.05 * c["area"][main]) & (c["top"] >= box[0] - reach) & \
@@ -470,6 +474,19 @@ def _best_component(s: np.ndarray, light: bool):
             break
         t *= 2
     return best
+
+
+def _holes(labels: np.ndarray, i: int, c: dict) -> int:
+    """How many holes component i has (of 2 pixels or more): a digit has at most two; a patch of paper
+    grain or a table's texture that the threshold cut into lace has many."""
+    top, left, bottom, right = c["top"][i], c["left"][i], c["bottom"][i], c["right"][i]
+    inside = np.pad(labels[top:bottom + 1, left:right + 1] != i, 1, constant_values=True)
+    holes, n = _label(inside)
+    if n <= 1:
+        return 0
+    sizes = np.bincount(holes[holes >= 0], minlength=n)
+    outside = holes[0, 0]
+    return int(((sizes >= 2) & (np.arange(n) != outside)).sum())
 
 
 def _refine(gray: np.ndarray, work_shape, light: bool, box, mask: np.ndarray) -> np.ndarray:
