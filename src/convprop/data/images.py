@@ -449,9 +449,9 @@ def _best_component(s: np.ndarray, light: bool):
         cy, cx = (c["top"] + c["bottom"]) / 2, (c["left"] + c["right"]) / 2
         off = np.hypot((cy - h / 2) / h, (cx - w / 2) / w)  # 0 at the centre, 0.7 in a corner
         score = c["ink"] / (1 + 4 * off ** 2) * np.where(thickness < THIN, 1.0, 0.2)
-        plausible = (peak > high) & (size >= max(4, 0.01 * min(h, w))) & (bh < 0.95 * h) & (bw < 0.95 * w)
+        plausible = (peak > high) & (size >= max(4, 0.01 * min(h, w))) & ((bh < 0.95 * h) | (bw < 0.95 * w))
         for strict in (True, False):  # the frame's edges are a table or a shadow, unless nothing else is there
-            ok = plausible & ~touches if strict else plausible & (c["area"] < 0.5 * h * w)
+            ok = plausible & ~touches if strict else plausible & (c["area"] < 0.5 * h * w) & (thickness < THIN)
             if not ok.any() or (best is not None and best["strict"] and not strict):
                 continue
             ranked = [int(i) for i in np.argsort(-np.where(ok, score, -1))[:5] if ok[i]]

@@ -58,11 +58,12 @@ def test_photographed_digits_are_read_at_95_percent(results):
 
 
 def test_mnist_digits_themselves_are_unchanged(default_model):
-    """White on black (as MNIST stores them), black on white, scaled up: what the model sees is MNIST's."""
+    """White on black (as MNIST stores them), black on white, scaled up, drawn to fill the server's 140×140
+    pad: what the model sees is MNIST's."""
     x, y = load_mnist(train=False)
     x, y = x[:200], y[:200]
     plain = predict(default_model, normalize(x)).argmax(1)
-    for made in (x, 255 - x, np.kron(255 - x, np.ones((1, 4, 4), np.uint8))):
+    for made in (x, 255 - x, np.kron(255 - x, np.ones((1, 4, 4), np.uint8)), _pad_drawings(x)):
         digits = np.stack([prepare_digit(d) for d in made])
         agree = (predict(default_model, normalize(digits)).argmax(1) == plain).mean()
         assert agree >= 0.95, agree
@@ -79,3 +80,19 @@ def test_blank_and_frame_only_images_warn():
     notes = []
     prepare_digit(np.zeros((5, 300), np.uint8), notes)
     assert any("tiny or degenerate" in n for n in notes)
+
+
+def _pad_drawings(x: np.ndarray) -> np.ndarray:
+    """Each digit's ink scaled to 95 % of a 140×140 black pad, as a user draws on `convprop serve`'s page."""
+    from PIL import Image
+
+    out = []
+    for d in x:
+        ys, xs = np.nonzero(d > 30)
+        crop = Image.fromarray(d[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+        s = 0.95 * 140 / max(crop.size)
+        crop = crop.resize((max(1, round(crop.width * s)), max(1, round(crop.height * s))), Image.BILINEAR)
+        pad = Image.new("L", (140, 140), 0)
+        pad.paste(crop, ((140 - crop.width) // 2, (140 - crop.height) // 2))
+        out.append(np.asarray(pad))
+    return np.stack(out)
