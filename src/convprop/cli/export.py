@@ -3,7 +3,10 @@ weights for torch (torch's state_dict keys and layouts)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from .. import checkpoint
+from ._options import UsageError
 
 
 def add_parser(sub) -> None:
@@ -32,6 +35,17 @@ def _input_shape(text: str | None, model) -> tuple[int, ...]:
     return (1, *dims)
 
 
+@contextlib.contextmanager
+def _writing(out: str):
+    """An OSError while OUT is written (a directory in the way, no such directory, a read-only one, a full
+    disk) as one line: OUT is not written, no temporary is left (atomic_write removes it), and an older
+    file of that name stays whole."""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write it ({e.strerror or e})") from None
+
+
 def run(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
@@ -42,13 +56,15 @@ def run(args) -> int:
             raise ValueError("--opset and --input-shape are for .onnx files; safetensors holds the weights only")
         from ..weights import save_weights
 
-        save_weights(model, out, metadata={"convprop_model": ckpt["meta"]["model"]})
+        with _writing(out):
+            save_weights(model, out, metadata={"convprop_model": ckpt["meta"]["model"]})
         print(f"{out}: {name} weights ({len(model.state_dict())} tensors, torch's state_dict keys)")
     elif out.endswith(".onnx"):
         from .. import onnx as conv_onnx
 
         shape = _input_shape(args.input_shape, model)
-        conv_onnx.export(model, out, shape, opset=args.opset or conv_onnx.DEFAULT_OPSET)
+        with _writing(out):
+            conv_onnx.export(model, out, shape, opset=args.opset or conv_onnx.DEFAULT_OPSET)
         print(f"{out}: {name} as ONNX (opset {args.opset or conv_onnx.DEFAULT_OPSET}, input (batch, "
               f"{', '.join(map(str, shape[1:]))}))")
     else:

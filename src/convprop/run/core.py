@@ -141,10 +141,12 @@ class Run:
 
     def _load_init(self, path: str) -> None:
         """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""
-        from ..weights import load_weights
+        from ..weights import WeightsError, load_weights
 
         try:
-            self.model.load_state_dict(load_weights(path))
+            self.model.load_state_dict(load_weights(path, self.model))
+        except (WeightsError, FileNotFoundError) as e:  # names the file
+            raise RunError(f"--init: {e}") from None
         except (ValueError, TypeError) as e:
             raise RunError(f"--init {path}: {e}") from None
         self.log(f"starting from the weights in {path}")
