@@ -204,7 +204,7 @@ def _claiming(i: int, w: int, h: int, edits) -> bytes:
 
 
 @SETTINGS
-@given(data=st.one_of(IMAGES, st.builds(_claiming, st.integers(0, 5), st.integers(1, 70000), st.integers(1, 70000),
+@given(data=st.one_of(IMAGES, st.builds(_claiming, st.integers(0, 5), st.integers(1, 65535), st.integers(1, 65535),
                                         EDITS)),
        mode=st.sampled_from(["L", "RGB"]))
 def test_image_decoder_returns_bounded_pixels_or_raises_image_error(data, mode):
