@@ -3,7 +3,7 @@
 Docstrings cite the docs by their path under docs/: in a checkout that is the docs/ folder; an installed convprop
 carries the same files in <environment>/share/doc/convprop/ (with the README)."""
 
-from .functional._threads import get_num_threads, set_num_threads
+from .functional._schedule import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 __all__ = ["get_num_threads", "set_num_threads", "load_weights", "save_weights"]

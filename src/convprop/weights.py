@@ -11,7 +11,7 @@ twice refused), every tensor's dtype, shape and byte range checked (sizes exact,
 in the file, not overlapping) — and, given the model, its names, shapes and dtypes checked against
 the model's — before any tensor is read; then each tensor is read straight into its own array (memory:
 the model's tensors, whatever the file's size) and refused if any of its values is not finite.
-Writing (save_weights) uses the safetensors package (pip install 'convprop[safetensors]').
+Writing (save_weights) uses the safetensors package (the safetensors extra).
 """
 
 from __future__ import annotations

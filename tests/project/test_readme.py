@@ -17,3 +17,21 @@ def test_readme_python_examples_run():
 def test_readme_starts_with_the_two_commands_ci_runs():
     lines = [line.strip() for line in README.read_text().splitlines() if line.startswith("    python3 -m venv")]
     assert "convprop train" in lines[0] and "pytest" in lines[1]
+
+
+def test_the_article_is_named_never_called_the_seed():
+    """User-facing text names the article (vxnuaj, "Backprop for CNNs"), links it where the docs cite it, and never
+    calls it "the seed" (a word the reader meets as --seed, the random seed)."""
+    import pathlib
+
+    from runner import DOCS, ROOT
+
+    texts = [README, *DOCS.glob("*.md"), *(ROOT / "src").rglob("*.py"), *(ROOT / "src").rglob("*.html"),
+             *(ROOT / "src").rglob("*.js")]
+    for path in texts:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+        found = re.findall(r"(?i)\bthe seed\b(?!\s+(?:and|=|\d|value|of the random))|\bseed['’]s\b", text)
+        assert not found, f"{path}: {found} (name the article: vxnuaj, \"Backprop for CNNs\")"
+    for path in (README, DOCS / "math.md"):
+        text = path.read_text(encoding="utf-8")
+        assert "Backprop for CNNs" in text and "vxnuaj" in text and "](https://github.com/vxnuaj)" in text, path

@@ -4,15 +4,28 @@ global options, UsageError, and the option types."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
 from .. import distributed
+from ..run import CHECKPOINT_NAME
 from ..run.settings import problem
 
 
 class UsageError(ValueError):
     """A bad value on the command line."""
+
+
+def run_paths(path: str) -> tuple[str, str]:
+    """(run directory, checkpoint) from either: every command takes both, a run directory meaning its
+    checkpoint.npz and a checkpoint the directory it lies in."""
+    if os.path.isdir(path):
+        return path, os.path.join(path, CHECKPOINT_NAME)
+    return os.path.dirname(path) or ".", path
+
+
+CKPT_HELP = "a checkpoint.npz written by convprop train, or the run directory that holds it"
 
 
 def positive_int(text: str) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import checkpoint
-from ._options import UsageError
+from ._options import CKPT_HELP, UsageError, run_paths
 
 
 def add_parser(sub) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                        description="OUT.onnx: the model for ONNX Runtime and other ONNX tools (eval mode, dynamic "
                                    "batch). OUT.safetensors: the weights under torch's state_dict names, for "
                                    "torch_model.load_state_dict(safetensors.torch.load_file(OUT)).")
-    e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    e.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     e.add_argument("out", metavar="OUT", help="the file to write: *.onnx or *.safetensors")
     e.add_argument("--opset", type=int, default=None, metavar="N",
                    help="ONNX operator set version (default: 17; 13 up to the onnx package's newest)")
@@ -47,6 +47,7 @@ def _writing(out: str):
 
 
 def run(args) -> int:
+    args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     name = ckpt["meta"]["model"]["name"]

@@ -10,8 +10,9 @@ import numpy as np
 
 from .. import checkpoint
 from ..data import normalize
-from ..data.images import IMAGE_EXTENSIONS, class_names, display_name, read_digit
+from ..data.images import IMAGE_EXTENSIONS, ImageError, class_names, display_name, read_digit
 from ..train import predict
+from ._options import CKPT_HELP, UsageError, run_paths
 
 CHUNK = 256  # images read and classified at a time
 LOW_P = 0.5  # a top probability under this is worth a warning
@@ -26,10 +27,11 @@ def add_parser(sub) -> None:
                                    "image with no digit-like ink, a tiny or degenerate one, ink only in the "
                                    "alpha channel, or a top probability under 0.5. --show DIR writes the 28×28 "
                                    "image each file became, as the model saw it.")
-    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    r.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     r.add_argument("images", metavar="IMAGE", nargs="+",
                    help="image files, or directories of them (PNG, JPEG, BMP, GIF, WebP, TIFF; any size)")
-    r.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default: 3)")
+    r.add_argument("--top-k", type=int, default=3, metavar="K",
+                   help="how many classes to list, at most the model's (default: 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
     r.add_argument("--show", metavar="DIR", help="write the 28×28 digit each image became to DIR (PNG, one per image)")
 
@@ -50,26 +52,46 @@ def image_paths(items: list[str]) -> list[str]:
     return paths
 
 
+def _read(paths: list[str], debug: bool) -> list[tuple[str, tuple]]:
+    """(path, read_digit(path)) of every readable image; each unreadable one skipped with a one-line warning
+    (with --debug the first raises, traceback and all)."""
+    read = []
+    for path in paths:
+        try:
+            read.append((path, read_digit(path)))
+        except (ImageError, OSError) as e:
+            if debug:
+                raise
+            reason = " ".join(str(e).replace(display_name(path), "").lstrip(": ").split())
+            print(f"convprop: warning: {display_name(path)}: skipped: {reason}", file=sys.stderr)
+    return read
+
+
 def run(args) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
+    args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
     if first is not None and first.in_channels != 1:
         raise ValueError(f"{args.checkpoint}: the model takes {first.in_channels}-channel images; predict prepares "
                          "images as MNIST digits (1 channel, 28×28)")
+    classes = predict(model, np.zeros((1, 1, 28, 28), model.dtype)).shape[1]
+    if args.top_k > classes:
+        raise UsageError(f"--top-k: expected at most {classes} (the model's classes), got {args.top_k}")
+    saved = ckpt["meta"].get("args")
+    names = class_names(saved.get("data") if isinstance(saved, dict) else None, classes)
     paths = image_paths(args.images)
     show = Show(args.show) if args.show else None
-    names = None
+    readable = 0
     for start in range(0, len(paths), CHUNK):
-        chunk = paths[start:start + CHUNK]
-        read = [read_digit(p) for p in chunk]
-        probs = predict(model, normalize(np.stack([d for d, _ in read]), dtype=model.dtype))
-        if names is None:
-            saved = ckpt["meta"].get("args")
-            names = class_names(saved.get("data") if isinstance(saved, dict) else None, probs.shape[1])
-        for path, (digit, warnings), p in zip(chunk, read, probs):
+        read = _read(paths[start:start + CHUNK], args.debug)
+        if not read:
+            continue
+        readable += len(read)
+        probs = predict(model, normalize(np.stack([d for _, (d, _) in read]), dtype=model.dtype))
+        for (path, (digit, warnings)), p in zip(read, probs):
             top = np.argsort(-p, kind="stable")[:args.top_k]
             if p[top[0]] < LOW_P:
                 warnings.append(f"low confidence (p = {p[top[0]]:.2f} for the top class): the image may not hold "
@@ -88,6 +110,10 @@ def run(args) -> int:
             print(f"{display_name(path)}: {label}  (p = {p[top[0]]:.3f})")
             if args.top_k > 1:
                 print("    " + "  ".join(f"{names[c]}: {p[c]:.3f}" for c in top))
+    if readable < len(paths):
+        sys.stdout.flush()
+        skipped = len(paths) - readable
+        raise UsageError(f"{skipped} of {len(paths)} images could not be read (skipped, each named above)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""ONNX export and import of convprop models, built on the `onnx` package (pip install 'convprop[onnx]').
+"""ONNX export and import of convprop models, built on the `onnx` package (the onnx extra).
 
     convprop.onnx.export(model, "lenet5.onnx", input_shape=(1, 1, 28, 28))   # batch dimension dynamic
     model = convprop.onnx.load("lenet5.onnx")                                # an nn model, with its weights

@@ -28,8 +28,13 @@ from .. import random as _random
 from ..data import DataLoader, load_images, normalize
 from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_every_rank
 from .metrics import metrics, write_metrics
-from .rundir import CHECKPOINT_NAME, METRICS_NAME, claim
+from .rundir import CHECKPOINT_NAME, METRICS_NAME, claim, remove_created
 from .settings import Settings, default_out
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '15 epochs', '5,000 images'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,8 +76,11 @@ class Run:
         self.metrics_path = os.path.join(self.out, METRICS_NAME)
         try:
             self._build()
-        except BaseException:
+        except BaseException:  # (bad data, say): the run never started, so its new directory goes too
+            lock = getattr(self, "_lock", None)
             self.close()
+            if lock is not None:
+                remove_created(self.out, lock.created)
             raise
 
     @classmethod
@@ -176,9 +184,9 @@ class Run:
     def describe(self) -> str:
         s, w = self.settings, self.world
         n_params = sum(p.data.size for p in self.model.parameters())
-        return (f"training {s.model} ({n_params:,} parameters) on {len(self.labels):,} images, testing on "
-                f"{len(self.test_labels):,}; {s.epochs} epochs, batch {s.batch_size}, {s.optimizer} one-cycle lr "
-                f"{s.lr:g}, " + ("4 px random crops and flips" if self.colour else f"±{s.shift} px shifts")
+        return (f"training {s.model} ({n_params:,} parameters) on {count(len(self.labels), 'image')}, testing "
+                f"on {len(self.test_labels):,}; {count(s.epochs, 'epoch')}, batch {s.batch_size}, {s.optimizer} "
+                f"one-cycle lr {s.lr:g}, " + ("4 px random crops and flips" if self.colour else f"±{s.shift} px shifts")
                 + (f"; {w} MPI ranks" if w > 1 else ""))
 
     def train(self) -> list[dict]:
@@ -186,7 +194,8 @@ class Run:
         s = self.settings
         if self.ckpt is not None:
             if self.start_epoch >= s.epochs:
-                self.log(f"{self.resume_path}: the run already finished its {s.epochs} epochs; nothing to train")
+                self.log(f"{self.resume_path}: the run already finished its {count(s.epochs, 'epoch')}; "
+                         "nothing to train")
             else:
                 self.log(f"resuming {s.model} from epoch {self.start_epoch} of {s.epochs}")
         self.log(self.describe())
@@ -274,7 +283,7 @@ class Run:
         """The closing lines and the pictures; returns the pictures' paths."""
         m = self.metrics()
         if m["test_accuracy"] is not None:
-            self.log(f"test accuracy {m['test_accuracy']:.2%} after {len(self.history)} epochs "
+            self.log(f"test accuracy {m['test_accuracy']:.2%} after {count(len(self.history), 'epoch')} "
                      f"({self.seconds:.1f} s this run)")
         self.log(f"metrics:    {self.metrics_path}")
         self.log(f"checkpoint: {self.ckpt_path}")

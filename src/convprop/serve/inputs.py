@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from .._extras import install
 from .arrays import FORMATS
 
 SIZE = 28  # the models see 28×28 MNIST digits
@@ -82,7 +83,7 @@ def digit_from_image(data: bytes) -> np.ndarray:
     try:
         return read_digit(data, name="image", max_pixels=MAX_IMAGE_PIXELS)[0]  # no file, no name of the client's
     except ImportError:
-        raise InputError("image: decoding images needs Pillow (pip install 'convprop[serve]')") from None
+        raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
     except ImageError as e:
         raise InputError(str(e)) from None
 
