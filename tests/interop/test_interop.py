@@ -175,7 +175,8 @@ def test_predict_directory_top_k_json(ckpt, tmp_path):
     assert [row["image"] for row in rows] == [str(d / f"{i}.png") for i in range(4)]
     for row in rows:
         assert len(row["top"]) == 4 and row["top"][0]["class"] == row["class"] and row["name"] == str(row["class"])
-        assert row["p"] >= row["top"][1]["p"] >= row["top"][3]["p"] and row["warnings"] == []
+        assert row["p"] >= row["top"][1]["p"] >= row["top"][3]["p"]
+        assert [w[:14] for w in row["warnings"]] == ["low confidence"]  # an untrained model: p ≈ 0.1
     r = run_cli("predict", ckpt, str(d / "0.png"), str(d / "1.png"), "--top-k", "2")
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 4, r.stdout
 
@@ -260,7 +261,7 @@ def test_big_png_is_read_in_bounded_memory(ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     peak_mb = int(r.stderr.strip().splitlines()[-1])
     assert peak_mb < 500, f"peak RSS {peak_mb} MB"
-    assert json.loads(r.stdout)["warnings"] == []
+    assert [w for w in json.loads(r.stdout)["warnings"] if not w.startswith("low confidence")] == []
 
 
 def test_train_init_starts_from_torch_made_weights(tmp_path):

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
-import threading
 
 import numpy as np
 
@@ -21,7 +19,6 @@ SIZE = 28  # the models see 28×28 MNIST digits
 MAX_BODY = 2 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4_000_000
 BODY_SECONDS = 30.0  # a body must arrive whole within this (a client trickling it in holds no more than that)
-DECODES = threading.BoundedSemaphore(2)  # images decoded at once: memory bounded whatever many clients send
 
 
 class ClientGone(Exception):
@@ -112,32 +109,19 @@ def training_options(body: dict) -> tuple[float, bool]:
 
 # --------------------------------------------------------------------------- the digit
 def digit_from_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file.
+    """PNG/JPEG/… bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file, by the
+    one bounded decoder (data.images.open_image): at most MAX_IMAGE_PIXELS pixels, checked from the header
+    before decoding; at most data.images.MAX_DECODES images decoded at once however many requests come."""
+    from ..data.images import ImageError, read_digit
 
-    At most MAX_IMAGE_PIXELS (from the header, before decoding) and DECODES images decoded at once;
-    whatever Pillow raises on a damaged file is a 400, a MemoryError a 413."""
     try:
-        from PIL import Image
+        return read_digit(data, name="image", max_pixels=MAX_IMAGE_PIXELS)[0]  # no file, no name of the client's
     except ImportError:
         raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
-    from ..data.images import _open, read_digit
-
-    with DECODES:
-        try:
-            with _open(Image, io.BytesIO(data)) as im:  # reads the header only
-                w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
-                raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; send a "
-                                 "smaller one")
-            return read_digit(data, name="image")[0]  # from the bytes: no file, no name of the client's
-        except InputError:
-            raise
-        except MemoryError:
-            raise InputError("image: too big to decode in the memory this server has", 413) from None
-        except ValueError as e:  # ImageError: read_digit's one line
-            raise InputError(" ".join(str(e).split())[:300]) from None
-        except Exception as e:  # Pillow's decoders raise many kinds (OSError, SyntaxError, struct.error, …)
-            raise InputError(f"image: not a PNG or JPEG that can be decoded ({type(e).__name__})") from None
+    except ImageError as e:
+        raise InputError(str(e)) from None
+    except MemoryError:
+        raise InputError("image: too big to decode in the memory this server has", 413) from None
 
 
 def digit_from_pixels(pixels) -> np.ndarray:
