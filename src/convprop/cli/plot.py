@@ -23,9 +23,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     run, ckpt_path = run_paths(args.run_dir)
     metrics_path = os.path.join(run, METRICS_NAME)
-    if not os.path.isdir(run) or not os.path.exists(ckpt_path):
+    if not os.path.isdir(run):
         raise FileNotFoundError(f"{args.run_dir}: no such run directory or checkpoint")
-    history, saved = read_metrics(metrics_path)
+    history, saved = read_metrics(metrics_path)  # (first: the run's own record, then the checkpoint it names)
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.restore_model(ckpt, ckpt_path)
     images, labels = load_images(args.data or saved.data, train=False)
