@@ -318,6 +318,25 @@ def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, mo
     assert len(counts) == 8 and min(counts) > 1, counts  # 3 tile loops per conv2d, 2 per conv_transpose2d
 
 
+def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
+    """A first layer's patches, copied by columns (_schedule.by_columns), are tiled COLUMNS_TILE_SHARE
+    times finer (kept in L2 with the GEMM's thin output): LeNet-5's conv1 at batch 16, in float64,
+    is 2.5 MB of patches, one tile by TILE_BYTES alone, several here; the results still equal torch's."""
+    from convprop.functional import _schedule
+
+    monkeypatch.setattr(_schedule, "_count", 1)  # one block of the batch: its tiles alone
+    counts = []
+    tiles = _schedule.tiles
+    monkeypatch.setattr(_schedule, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((16, 1, 28, 28)), rng.standard_normal((6, 1, 5, 5)), rng.standard_normal(6)
+    check_op("conv2d", [x, w, b], padding=2)
+    assert sorted(counts) == [1, 6, 6], counts  # Z and ∂K by columns in 6 tiles; ∂A's scatter by TILE_BYTES in 1
+    counts.clear()
+    check_op("conv2d", [x[:, :, :10, :10], w, None], padding=2)  # small: one tile
+    assert max(counts) == 1, counts
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_an_empty_batch_goes_through_every_op(seed):
     """torch accepts a batch of 0 images; so do we, forward and backward, in either memory layout."""
