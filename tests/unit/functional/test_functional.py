@@ -337,6 +337,29 @@ def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
     assert max(counts) == 1, counts
 
 
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [(2, 2, 0, False), (3, 1, 1, False), (3, 2, 1, True)])
+def test_max_pool_in_tiles_equals_torch(kernel, stride, padding, ceil_mode, monkeypatch):
+    """max_pool2d gathers its windows' offsets a tile at a time into scratch: with tiles shrunk to
+    rows of one sample, the outputs, torch's indices and the gradients still equal torch's, NaN
+    winners included."""
+    from convprop.functional import _schedule
+
+    monkeypatch.setattr(_schedule, "TILE_BYTES", 1)
+    counts = []
+    tiles = _schedule.tiles
+    monkeypatch.setattr(_schedule, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    rng = np.random.default_rng(kernel)
+    x = tie_free(rng, (3, 6, 11, 11))
+    for seed in (0, 1):
+        check_op("max_pool2d", [x], kernel, stride, padding, ceil_mode=ceil_mode, seed=seed)
+        check_op("max_pool2d", [x], kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True, seed=seed)
+    assert counts and min(counts) > 1, counts
+    x[0, 1, 2, 3] = x[2, 5, 4, 4] = np.nan
+    out, cache = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    expected = torch.nn.functional.max_pool2d(torch.tensor(x), kernel, stride, padding, ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(out, expected.numpy())
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_an_empty_batch_goes_through_every_op(seed):
     """torch accepts a batch of 0 images; so do we, forward and backward, in either memory layout."""
