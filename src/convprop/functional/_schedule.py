@@ -44,7 +44,7 @@ T = TypeVar("T")
 MIN_WORK_PER_THREAD = 5 << 19
 FLOPS_PER_BYTE = 8
 TILE_BYTES = 2 << 20  # patches per tile (docs/performance.md, "Tiles")
-COLUMNS_TILE_SHARE = 4  # patches copied by columns: tiles of TILE_BYTES / 4 ("Patches by columns")
+COLUMNS_TILE_SHARE = 4  # patches copied by columns for few outputs: tiles of TILE_BYTES / 4 ("Patches by columns")
 
 
 # --------------------------------------------------------------------------- threads

@@ -319,9 +319,10 @@ def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, mo
 
 
 def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
-    """A first layer's patches, copied by columns (_schedule.by_columns), are tiled COLUMNS_TILE_SHARE
-    times finer (kept in L2 with the GEMM's thin output): LeNet-5's conv1 at batch 16, in float64,
-    is 2.5 MB of patches, one tile by TILE_BYTES alone, several here; the results still equal torch's."""
+    """A first layer's patches, copied by columns (_schedule.by_columns) for a GEMM of few outputs, are
+    tiled COLUMNS_TILE_SHARE times finer (kept in L2): LeNet-5's conv1 at batch 16, in float64, is
+    2.5 MB of patches, one tile by TILE_BYTES alone, several here; the results still equal torch's.
+    With 16 outputs the tiles stay TILE_BYTES."""
     from convprop.functional import _schedule
 
     monkeypatch.setattr(_schedule, "_count", 1)  # one block of the batch: its tiles alone
@@ -335,6 +336,9 @@ def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
     counts.clear()
     check_op("conv2d", [x[:, :, :10, :10], w, None], padding=2)  # small: one tile
     assert max(counts) == 1, counts
+    counts.clear()
+    check_op("conv2d", [x, rng.standard_normal((16, 1, 5, 5)), None], padding=2)  # 16 outputs: 2 MiB tiles
+    assert counts[0] == 1 and counts[-1] == 1, counts  # Z and ∂K (∂A between them)
 
 
 @pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [(2, 2, 0, False), (3, 1, 1, False), (3, 2, 1, True)])
