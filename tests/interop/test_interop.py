@@ -133,8 +133,10 @@ def test_export_command_writes_onnx_and_safetensors(ckpt, tmp_path):
     r = run_cli("export", ckpt, str(tmp_path / "m.onnx"), "--opset", "15")
     assert r.returncode == 0 and "opset 15" in r.stdout, r.stderr
     model = checkpoint.restore_model(checkpoint.load(ckpt), ckpt).eval()
-    x = normalize(load_mnist(train=False)[0][:16])
-    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    raw = load_mnist(train=False)[0][:16]
+    x = normalize(raw)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"pixels": raw[:, None].astype(np.float32)})[0]  # raw pixels: the graph normalises them
     assert close(got, model(x))
     r = run_cli("export", ckpt, str(tmp_path / "m.safetensors"))
     assert r.returncode == 0, r.stderr
@@ -143,7 +145,11 @@ def test_export_command_writes_onnx_and_safetensors(ckpt, tmp_path):
     with torch.no_grad():
         assert close(net.eval()(torch.tensor(x)).numpy(), model(x))
     for args, words in ((["m.txt"], "expected a file name ending in .onnx or .safetensors"),
-                        (["m.safetensors", "--opset", "13"], "--opset and --input-shape are for .onnx"),
+                        (["m.safetensors", "--opset", "13"], "--opset: for .onnx files; safetensors holds the weights"),
+                        (["m.safetensors", "--input-type", "uint8", "--no-normalize"],
+                         "--input-type, --no-normalize: for .onnx files"),
+                        (["m.onnx", "--input-type", "uint8", "--no-normalize"], "--input-type uint8 needs the "),
+                        (["m.onnx", "--input-type", "int8"], "argument --input-type: invalid choice"),
                         (["m.onnx", "--opset", "3"], "opset: expected an int from 13"),
                         (["m.onnx", "--input-shape", "1,x"], "--input-shape: expected C,H,W")):
         r = run_cli("export", ckpt, str(tmp_path / args[0]), *args[1:])

@@ -263,14 +263,15 @@ def test_limits_bodies_and_images_and_unknown_routes(server):
     from PIL import Image
 
     _, _, client = server
-    r = client.post("/api/predict", content=b" " * (MAX_BODY + 1))
+    json_type = {"Content-Type": "application/json"}
+    r = client.post("/api/predict", content=b" " * (MAX_BODY + 1), headers=json_type)
     assert r.status_code == 413 and r.json()["error"].startswith("body: expected at most")
 
     def chunks():  # no Content-Length: counted as it arrives
         for _ in range(MAX_BODY // 65536 + 2):
             yield b" " * 65536
 
-    r = client.post("/api/predict", content=chunks())
+    r = client.post("/api/predict", content=chunks(), headers=json_type)
     assert r.status_code == 413
     buf = io.BytesIO()
     Image.new("L", (2500, 2000)).save(buf, "PNG")  # 5 Mpx in a few kB: refused before it is decoded
@@ -304,7 +305,7 @@ def test_the_page_is_es_modules_served_as_javascript(server):
     for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/missing.js", "/app.js"):
         r = client.get(path)
         assert r.status_code == 404 and r.json()["error"].endswith("no such endpoint"), path
-    assert client.post("/static/main.js").status_code == 405
+    assert client.post("/static/main.js", headers={"Content-Type": "application/json"}).status_code == 405
 
 
 def test_the_server_imports_the_equations_of_explain_alone():
