@@ -44,6 +44,7 @@ T = TypeVar("T")
 MIN_WORK_PER_THREAD = 5 << 19
 FLOPS_PER_BYTE = 8
 TILE_BYTES = 2 << 20  # patches per tile (docs/performance.md, "Tiles")
+COLUMNS_TILE_SHARE = 4  # patches copied by columns for few outputs: tiles of TILE_BYTES / 4 ("Patches by columns")
 
 
 # --------------------------------------------------------------------------- threads
@@ -217,8 +218,9 @@ def each_tile(body: Callable[[Tile, T], None], n: int, oh: int, row_bytes: int, 
 _buffers = threading.local()
 
 
-def _scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """This thread's reused buffer for a tile's patches, grown as needed (docs/performance.md, "Scratch")."""
+def scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """This thread's reused buffer for a tile's patches (or a pooling tile's window offsets), grown as
+    needed (docs/performance.md, "Scratch")."""
     size = int(np.prod(shape))
     buf = getattr(_buffers, "d", {}).get(np.dtype(dtype).str)
     if buf is None or buf.size < size:
@@ -249,10 +251,10 @@ def patches(win: np.ndarray, t: Tile, groups: int) -> np.ndarray:
     src = part.reshape(nb, rb, ow, kh, kw, groups, c // groups)
     if by_columns(kw, c // groups):
         src = src.transpose(5, 3, 4, 6, 0, 1, 2)
-        cols = _scratch((groups, kh * kw * (c // groups), nb * rb * ow), win.dtype)
+        cols = scratch((groups, kh * kw * (c // groups), nb * rb * ow), win.dtype)
         np.copyto(cols.reshape(src.shape), src)
         return cols.transpose(0, 2, 1)
     src = src.transpose(5, 0, 1, 2, 3, 4, 6)
-    cols = _scratch((groups, nb * rb * ow, kh * kw * (c // groups)), win.dtype)
+    cols = scratch((groups, nb * rb * ow, kh * kw * (c // groups)), win.dtype)
     np.copyto(cols.reshape(src.shape), src)
     return cols

@@ -64,9 +64,12 @@ def _work(win: np.ndarray, cout: int) -> tuple[int, int]:
     return n * oh * ow * (c + cout) * win.itemsize, 2 * n * oh * ow * kh * kw * c * cout
 
 
-def _row_bytes(win: np.ndarray) -> int:
-    """The patches of one output row of one sample."""
-    return win.shape[2] * win.shape[3] * win.shape[4] * win.shape[5] * win.itemsize
+def _row_bytes(win: np.ndarray, groups: int, cout: int) -> int:
+    """The patches of one output row of one sample, as the tiles count them: patches copied by columns
+    (few channels) for a GEMM of few outputs (cout // groups < 16: LeNet-5's 1→6) count
+    COLUMNS_TILE_SHARE times, so that their tile stays in L2 (docs/performance.md, "Patches by columns")."""
+    thin = S.by_columns(win.shape[4], win.shape[5] // groups) and cout // groups < 16
+    return (S.COLUMNS_TILE_SHARE if thin else 1) * int(np.prod(win.shape[2:])) * win.itemsize
 
 
 def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pair, dilation: Pair,
@@ -87,7 +90,7 @@ def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair
             rows = zh[t.batch, t.rows].reshape(-1, bias.size)
             rows += bias  # + B
 
-    S.each_tile(tile, xh.shape[0], out_hw[0], _row_bytes(win), _work(win, w.shape[0]))
+    S.each_tile(tile, xh.shape[0], out_hw[0], _row_bytes(win, groups, w.shape[0]), _work(win, w.shape[0]))
     return zh, win
 
 
@@ -99,7 +102,7 @@ def _weight_grad(win: np.ndarray, dzh: np.ndarray, w_shape: tuple[int, ...], gro
         dk += S.patches(win, t, groups).transpose(0, 2, 1) @ S.rows(dzh, t, groups)  # A_patchᵀ ∂Z
 
     cols = (groups, w_shape[1] * w_shape[2] * w_shape[3], w_shape[0] // groups)
-    dk = S.each_tile(tile, dzh.shape[0], dzh.shape[1], _row_bytes(win), _work(win, dzh.shape[3]),
+    dk = S.each_tile(tile, dzh.shape[0], dzh.shape[1], _row_bytes(win, groups, dzh.shape[3]), _work(win, dzh.shape[3]),
                      start=lambda: np.zeros(cols, dzh.dtype))
     return _from_columns(sum(dk[1:], dk[0]), w_shape)
 
@@ -387,6 +390,6 @@ def conv_transpose2d_backward(dout: np.ndarray, cache: ConvTranspose2dCache, *, 
         np.matmul(patches, k, out=S.rows(dxh, t, g))  # ∂X = K * ∂Y
         dk += patches.transpose(0, 2, 1) @ S.rows(xh, t, g)  # ∂K = Σ_ij ∂Y_patch_ijᵀ X_ij
 
-    dk = S.each_tile(tile, xh.shape[0], xh.shape[1], _row_bytes(win), _work(win, c.w.shape[0] + xh.shape[3]),
-                     start=lambda: np.zeros(k.shape, dy.dtype))
+    dk = S.each_tile(tile, xh.shape[0], xh.shape[1], _row_bytes(win, g, xh.shape[3]),
+                     _work(win, c.w.shape[0] + xh.shape[3]), start=lambda: np.zeros(k.shape, dy.dtype))
     return (nchw(dxh) if input_grad else None), _from_columns(sum(dk[1:], dk[0]), c.w.shape), db

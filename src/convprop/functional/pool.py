@@ -124,12 +124,14 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
     out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, OH, OW, C)
     argmax = np.empty(out.shape, np.int16 if kh * kw < 2**15 else np.int64)
 
-    def window_max(block: slice) -> None:
-        best, arg = out[block], argmax[block]
-        offsets = [win[block, :, :, k // kw, k % kw] for k in range(kh * kw)]
-        best[...] = offsets[0]
-        for cand in offsets[1:]:
-            np.maximum(best, cand, out=best)  # Z_ij = max of the window (a NaN propagates)
+    def window_max(t: S.Tile, _) -> None:
+        best, arg = out[t.batch, t.rows], argmax[t.batch, t.rows]
+        # the window's kh·kw offsets gathered once into scratch, each a contiguous (nb, rb, OW, C) slab:
+        # the passes below then run over whole slabs, not over runs of C values (few channels)
+        offsets = S.scratch((kh * kw,) + best.shape, x.dtype)
+        for k in range(kh * kw):
+            offsets[k] = win[t.batch, t.rows, :, k // kw, k % kw]
+        np.max(offsets, axis=0, out=best)  # Z_ij = max of the window (a NaN propagates)
         # argmax = the first offset holding the max: K − max_k [A_k = Z]·(K − k), in small ints
         first = np.zeros_like(arg)
         for k, cand in enumerate(offsets):
@@ -140,7 +142,8 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
             for k, cand in enumerate(offsets):
                 arg += (nan & np.isnan(cand)) * (k - arg).astype(arg.dtype)
 
-    S.run(window_max, S.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
+    S.each_tile(window_max, x.shape[0], g.out[0], g.out[1] * x.shape[1] * kh * kw * x.itemsize,
+                (x.nbytes + out.nbytes + argmax.nbytes, 0))
     out, cache = nchw(out), MaxPool2dCache(nchw(argmax), g, x.dtype)
     return ((out, cache.indices) if return_indices else out), cache
 

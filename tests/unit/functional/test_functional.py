@@ -318,6 +318,52 @@ def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, mo
     assert len(counts) == 8 and min(counts) > 1, counts  # 3 tile loops per conv2d, 2 per conv_transpose2d
 
 
+def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
+    """A first layer's patches, copied by columns (_schedule.by_columns) for a GEMM of few outputs, are
+    tiled COLUMNS_TILE_SHARE times finer (kept in L2): LeNet-5's conv1 at batch 16, in float64, is
+    2.5 MB of patches, one tile by TILE_BYTES alone, several here; the results still equal torch's.
+    With 16 outputs the tiles stay TILE_BYTES."""
+    from convprop.functional import _schedule
+
+    monkeypatch.setattr(_schedule, "_count", 1)  # one block of the batch: its tiles alone
+    counts = []
+    tiles = _schedule.tiles
+    monkeypatch.setattr(_schedule, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((16, 1, 28, 28)), rng.standard_normal((6, 1, 5, 5)), rng.standard_normal(6)
+    check_op("conv2d", [x, w, b], padding=2)
+    assert sorted(counts) == [1, 6, 6], counts  # Z and ∂K by columns in 6 tiles; ∂A's scatter by TILE_BYTES in 1
+    counts.clear()
+    check_op("conv2d", [x[:, :, :10, :10], w, None], padding=2)  # small: one tile
+    assert max(counts) == 1, counts
+    counts.clear()
+    check_op("conv2d", [x, rng.standard_normal((16, 1, 5, 5)), None], padding=2)  # 16 outputs: 2 MiB tiles
+    assert counts[0] == 1 and counts[-1] == 1, counts  # Z and ∂K (∂A between them)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [(2, 2, 0, False), (3, 1, 1, False), (3, 2, 1, True)])
+def test_max_pool_in_tiles_equals_torch(kernel, stride, padding, ceil_mode, monkeypatch):
+    """max_pool2d gathers its windows' offsets a tile at a time into scratch: with tiles shrunk to
+    rows of one sample, the outputs, torch's indices and the gradients still equal torch's, NaN
+    winners included."""
+    from convprop.functional import _schedule
+
+    monkeypatch.setattr(_schedule, "TILE_BYTES", 1)
+    counts = []
+    tiles = _schedule.tiles
+    monkeypatch.setattr(_schedule, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    rng = np.random.default_rng(kernel)
+    x = tie_free(rng, (3, 6, 11, 11))
+    for seed in (0, 1):
+        check_op("max_pool2d", [x], kernel, stride, padding, ceil_mode=ceil_mode, seed=seed)
+        check_op("max_pool2d", [x], kernel, stride, padding, ceil_mode=ceil_mode, return_indices=True, seed=seed)
+    assert counts and min(counts) > 1, counts
+    x[0, 1, 2, 3] = x[2, 5, 4, 4] = np.nan
+    out, cache = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    expected = torch.nn.functional.max_pool2d(torch.tensor(x), kernel, stride, padding, ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(out, expected.numpy())
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_an_empty_batch_goes_through_every_op(seed):
     """torch accepts a batch of 0 images; so do we, forward and backward, in either memory layout."""
