@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..functional import normalize as affine
+from ..functional import standardize as affine
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # CIFAR-10: per-channel mean and standard deviation of the 50,000 training images (pixels / 255)
@@ -15,7 +15,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def normalize(images: np.ndarray, mean=None, std=None, dtype=np.float32) -> np.ndarray:
-    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype: F.normalize with
+    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype: F.standardize with
     scale 1/255, (x·(1/255) − mean)·(1/std) — nn.Normalize's arithmetic, so a model exported with its
     normalisation inside computes the same bits.
 

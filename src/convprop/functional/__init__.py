@@ -40,7 +40,14 @@ from .losses import (
     softmax_backward,
     softmax_cross_entropy,
 )
-from .normalization import batch_norm, batch_norm_backward, dropout, dropout_backward, normalize, normalize_backward
+from .normalization import (
+    batch_norm,
+    batch_norm_backward,
+    dropout,
+    dropout_backward,
+    standardize,
+    standardize_backward,
+)
 from .onedim import (
     avg_pool1d,
     avg_pool1d_backward,
@@ -73,6 +80,6 @@ __all__ = [
     "tanh", "tanh_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "cross_entropy", "cross_entropy_backward",
     "softmax_cross_entropy", "mse_loss", "flatten", "flatten_backward",
-    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward", "normalize", "normalize_backward",
+    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward", "standardize", "standardize_backward",
     "use_reference",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 from . import _checks as chk
 from ._windows import channel_sum, like
 
-__all__ = ["normalize", "normalize_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
+__all__ = ["standardize", "standardize_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +36,7 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray
               ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """y = (x·scale − mean) · (1/std) per channel (axis 1).  x (N, C, …) floating; mean, std, scale (C,)
     or (1,) in x's dtype.  Three IEEE operations in this order, 1/std rounded to x's dtype first, so
@@ -45,7 +45,7 @@ def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarra
     return (x * scale - mean) * inv_std, (scale, inv_std)
 
 
-def normalize_backward(dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def standardize_backward(dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """∂x = ∂y · scale · (1/std) (no parameters: mean and std are constants)."""
     scale, inv_std = cache
     return dout * (scale * inv_std)

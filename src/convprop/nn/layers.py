@@ -521,7 +521,7 @@ class Normalize(_Layer):
     mean and std are buffers (state_dict keys "mean", "std"), scale an attribute.  Exported to ONNX as
     Mul, Sub, Mul by (scale, mean, 1/std), and read back from them."""
 
-    _backward_fn = staticmethod(F.normalize_backward)
+    _backward_fn = staticmethod(F.standardize_backward)
 
     def __init__(self, mean, std, scale=1.0, dtype=None) -> None:
         super().__init__()
@@ -548,7 +548,7 @@ class Normalize(_Layer):
             raise ValueError(f"x: expected {self.num_channels} channels (dimension 1) for {self!r}, got shape "
                              f"{x.shape}")
         dt = x.dtype
-        out, self._cache = F.normalize(x, self.mean.astype(dt, copy=False), self.std.astype(dt, copy=False),
+        out, self._cache = F.standardize(x, self.mean.astype(dt, copy=False), self.std.astype(dt, copy=False),
                                        self.scale.astype(dt, copy=False))
         return out
 
