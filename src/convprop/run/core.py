@@ -6,9 +6,10 @@
     reused — an earlier run there is refused, or, for the default directory, the next number taken;
   - the data, the model, the optimizer and its one-cycle schedule — built from `Settings`, or
     restored from a checkpoint by `Run.resume`;
-  - after every epoch a checkpoint and metrics.json — only of finite weights with a finite loss —
-    so an interrupted or killed run is still a run that `convprop plot` draws and `--resume` continues;
-  - the pictures at the end.
+  - after every epoch a checkpoint (checkpoint.npz) and metrics.json — only of finite weights with a
+    finite loss — so an interrupted or killed run is still a run that `convprop plot` draws and
+    `--resume` continues; and checkpoint-best.npz, the epoch of the best validation accuracy so far;
+  - at the end, the test set evaluated once, on the checkpoint `final` names (best or last), and the pictures.
 Every failure a user can cause ends in `RunError` (one line); a run that diverges ends in
 `RunDiverged`, one saying exactly which checkpoint, if any, exists.
 """
@@ -24,19 +25,14 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import checkpoint, distributed, models, nn, optim
+from ..train import evaluate
 from .. import random as _random
-from ..data import DataLoader, load_images, normalize
+from ..data import DataLoader, normalize
 from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_every_rank
 from .metrics import metrics, write_metrics
-from .rundir import CHECKPOINT_NAME, METRICS_NAME, claim
+from .data import load_run_data
+from .rundir import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, claim
 from .settings import Settings, default_out
-
-
-def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if n is None or n >= len(labels):
-        return images, labels
-    idx = np.sort(np.random.default_rng([seed, 1234]).permutation(len(labels))[:n])
-    return images[idx], labels[idx]
 
 
 def make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
@@ -68,6 +64,8 @@ class Run:
         self.status = "running"
         self.out = self._claim(out)
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
+        self.best_path = os.path.join(self.out, BEST_NAME)
+        self.test_result: dict | None = None
         self.metrics_path = os.path.join(self.out, METRICS_NAME)
         try:
             self._build()
@@ -103,17 +101,23 @@ class Run:
 
     def _build(self) -> None:
         s = self.settings
-        images, labels = load_images(s.data, train=True)  # MNIST-style IDX, or CIFAR-10's binary batches
-        test_images, test_labels = load_images(s.data, train=False)
-        self.images, self.labels = _subset(images, labels, s.train_size, s.seed)
-        self.test_images, self.test_labels = _subset(test_images, test_labels, s.test_size, s.seed)
-        for what, ys in (("training", self.labels), ("test", self.test_labels)):
-            if len(ys) == 0:
-                raise RunError(f"--data {s.data or '(the bundled sample)'}: the {what} set has no images")
+        saved_input = checkpoint.input_spec(self.ckpt["meta"]) if self.ckpt is not None else None
+        if saved_input is not None and "input" not in self.ckpt["meta"]:
+            saved_input = None  # (a checkpoint from before the input was recorded: derived again from the data)
+        d = load_run_data(s.data, s.model, s.val_split, s.seed, s.train_size, s.test_size, saved_input)
+        self.data = d
+        self.images, self.labels = d.train
+        self.val_images, self.val_labels = d.val if d.val is not None else (None, None)
+        self.test_images, self.test_labels = d.test if d.test is not None else (None, None)
+        if len(self.labels) == 0:
+            raise RunError(f"--data {s.data or '(the bundled sample)'}: the training set has no images")
+        if d.test is not None and len(self.test_labels) == 0:
+            raise RunError(f"--data {s.data or '(the bundled sample)'}: the test set has no images")
+        self.input = d.input
         _random.manual_seed(s.seed)
-        self.config = {"num_classes": 10}
-        if self.colour:
-            self.config["in_channels"] = 3
+        self.config = {"num_classes": 10 if d.kind != "folder" else len(d.input["classes"])}
+        if d.input["channels"] != 1:
+            self.config["in_channels"] = d.input["channels"]
         if self.ckpt is None:
             self.model = models.build(s.model, **self.config)
             if s.init is not None:
@@ -124,20 +128,30 @@ class Run:
         dtype = self.model.dtype
         self._check_images_fit(dtype)
         # with K ranks, every rank draws the same order and shifts and takes its shard of each batch
-        augment = dict(crop_padding=4, hflip=True) if self.colour else dict(max_shift=s.shift)  # CIFAR's, or shifts
+        norm = dict(mean=d.input["mean"], std=d.input["std"], dtype=dtype)
+        if d.kind == "cifar":
+            augment = dict(crop_padding=4, hflip=True)
+        else:  # digits and folders: shifts, and rotation and scaling where asked for
+            augment = dict(max_shift=s.shift, max_rotation=s.rotate, max_scale=s.scale)
         self.train_loader = DataLoader(self.images, self.labels, s.batch_size, shuffle=True, seed=s.seed,
-                                       dtype=dtype, num_replicas=self.world, rank=self.rank, **augment)
-        self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, dtype=dtype)  # (evaluation shards it)
+                                       num_replicas=self.world, rank=self.rank, **augment, **norm)
+        self.val_loader = DataLoader(self.val_images, self.val_labels, 1000, **norm) if d.val is not None else None
+        self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, **norm) if d.test is not None \
+            else None
         self.optimizer = make_optimizer(s.optimizer, self.model.parameters(), s.lr)
         self.scheduler = optim.OneCycleLR(self.optimizer, max_lr=s.lr, epochs=s.epochs,
                                           steps_per_epoch=len(self.train_loader))
         self.loss_fn = nn.CrossEntropyLoss()
+        self.best_epoch, self.best_val = 0, -1.0
         if self.ckpt is not None:
             checkpoint.restore_training(self.ckpt, self.model, self.optimizer, self.scheduler, self.resume_path)
             meta = self.ckpt["meta"]
             self.start_epoch = self.saved_epoch = meta.get("epoch", 0)
             self.history = list(meta.get("history", []))
             self.train_loader.epoch = self.start_epoch
+            for row in self.history:  # the best so far, as the run before saw it
+                if isinstance(row.get("val_acc"), (int, float)) and row["val_acc"] > self.best_val:
+                    self.best_epoch, self.best_val = row.get("epoch", 0), row["val_acc"]
 
     def _load_init(self, path: str) -> None:
         """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""
@@ -152,7 +166,7 @@ class Run:
     def _check_images_fit(self, dtype) -> None:
         """One image through the model before training: a size it cannot take is one line now, not a
         traceback after an epoch."""
-        x = normalize(self.images[:1], dtype=dtype)
+        x = normalize(self.images[:1], self.input["mean"], self.input["std"], dtype=dtype)
         try:
             out = self.model.eval()(x)
         except (ValueError, TypeError) as e:
@@ -161,23 +175,27 @@ class Run:
         finally:
             self.model.train()
         k = out.shape[1]
-        top = int(max(self.labels.max(), self.test_labels.max()))
+        top = int(max(ys.max(initial=0) for ys in (self.labels, self.val_labels, self.test_labels) if ys is not None))
         if top >= k:
             raise RunError(f"--data: labels go up to {top}, but the model has {k} classes")
 
     # ----------------------------------------------------------------- training
-    @property
-    def colour(self) -> bool:
-        """Colour images (N, 3, H, W): CIFAR-10."""
-        return self.images.ndim == 4
-
     def describe(self) -> str:
-        s, w = self.settings, self.world
+        s, w, d = self.settings, self.world, self.data
         n_params = sum(p.data.size for p in self.model.parameters())
-        return (f"training {s.model} ({n_params:,} parameters) on {len(self.labels):,} images, testing on "
-                f"{len(self.test_labels):,}; {s.epochs} epochs, batch {s.batch_size}, {s.optimizer} one-cycle lr "
-                f"{s.lr:g}, " + ("4 px random crops and flips" if self.colour else f"±{s.shift} px shifts")
-                + (f"; {w} MPI ranks" if w > 1 else ""))
+        sets = f"{len(self.labels):,} images" + (f", validating on {len(self.val_labels):,}" if d.val else "") + (
+            f", testing on {len(self.test_labels):,}" if d.test else "")
+        if d.kind == "folder":
+            i = d.input
+            sets += f" ({len(i['classes'])} classes, {i['size'][0]}×{i['size'][1]}, {i['channels']} channel" + \
+                "s" * (i["channels"] != 1) + ")"
+        if d.kind == "cifar":
+            aug = "4 px random crops and flips"
+        else:
+            aug = ", ".join([f"±{s.shift} px shifts"] + [f"±{s.rotate:g}° rotations"] * bool(s.rotate)
+                            + [f"±{s.scale:.0%} scaling"] * bool(s.scale))
+        return (f"training {s.model} ({n_params:,} parameters) on {sets}; {s.epochs} epochs, batch {s.batch_size}, "
+                f"{s.optimizer} one-cycle lr {s.lr:g}, {aug}" + (f"; {w} MPI ranks" if w > 1 else ""))
 
     def train(self) -> list[dict]:
         """Epochs start_epoch+1 … settings.epochs; a checkpoint and metrics.json after each."""
@@ -194,7 +212,7 @@ class Run:
             with warnings.catch_warnings():  # overflow on the way to NaN: said once, by the Divergence below
                 warnings.simplefilter("ignore", RuntimeWarning)
                 self.history = distributed.fit(self.model, self.loss_fn, self.optimizer, self.train_loader,
-                                               s.epochs, self.test_loader, self.scheduler, start_epoch=self.start_epoch,
+                                               s.epochs, self.val_loader, self.scheduler, start_epoch=self.start_epoch,
                                                history=self.history, progress=self.progress,
                                                on_epoch_end=self._end_of_epoch, log=self.log)
         except (Divergence, nn.AnomalyError) as e:
@@ -240,7 +258,7 @@ class Run:
 
     def _end_of_epoch(self, epoch: int, history: list[dict]) -> None:
         self.history, row = history, history[-1]
-        bad = [k for k in ("train_loss", "test_loss") if k in row and not math.isfinite(row[k])]
+        bad = [k for k in ("train_loss", "val_loss") if k in row and not math.isfinite(row[k])]
         # (every rank holds the same history and weights: under MPI, every rank raises these together)
         if bad:
             raise mark_every_rank(Divergence(
@@ -252,33 +270,72 @@ class Run:
         if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
             self.saved_epoch = epoch
             return
-        try:
-            checkpoint.save(self.ckpt_path, self.model, self.settings.model, self.config, self.optimizer,
-                            self.scheduler, epoch, history=history, args=self.settings.dict())
-        except OSError as e:
-            raise RunError(f"could not save the checkpoint of epoch {epoch} to {self.ckpt_path} "
-                           f"({e.strerror or e}); {self.what_exists()}") from None
+        # the best: the highest validation accuracy (the earliest such epoch); without validation, none
+        best = bool("val_acc" in row and row["val_acc"] > self.best_val)
+        for path in (self.ckpt_path,) + (self.best_path,) * best:
+            try:
+                checkpoint.save(path, self.model, self.settings.model, self.config, self.optimizer,
+                                self.scheduler, epoch, history=history, args=self.settings.dict(), input=self.input)
+            except OSError as e:
+                raise RunError(f"could not save the checkpoint of epoch {epoch} to {path} "
+                               f"({e.strerror or e}); {self.what_exists()}") from None
+        if best:
+            self.best_epoch, self.best_val = epoch, row.get("val_acc", self.best_val)
         self.saved_epoch = epoch
         self.write_metrics()
 
     def metrics(self) -> dict:
-        return metrics(self.settings, self.status, self.history, self.seconds)
+        m = metrics(self.settings, self.status, self.history, self.seconds)
+        m.update(best_epoch=self.best_epoch or None, best_val_accuracy=self.best_val if self.best_val >= 0 else None,
+                 final=self.settings.final, input=self.input)
+        if self.test_result is not None:
+            m.update(self.test_result)
+        return m
 
     def write_metrics(self) -> None:
         write_metrics(self.metrics_path, self.metrics(), self.what_exists())
 
     # ----------------------------------------------------------------- the end
+    def final_model(self) -> tuple[nn.Module, str, int]:
+        """(model, path, epoch) of the checkpoint `final` names: the best validation epoch's or the last."""
+        path = self.best_path if self.settings.final == "best" and os.path.exists(self.best_path) else self.ckpt_path
+        if not os.path.exists(path):
+            return self.model, path, len(self.history)
+        ckpt = checkpoint.load(path)
+        return checkpoint.restore_model(ckpt, path), path, ckpt["meta"].get("epoch", 0)
+
+    def test(self) -> dict | None:
+        """The test set, evaluated once, on the final checkpoint (None without a test set)."""
+        if self.test_loader is None:
+            return None
+        model, path, epoch = self.final_model()
+        loss, acc = evaluate(model, self.test_loader, self.loss_fn)
+        self.test_result = {"test_accuracy": acc, "test_loss": loss, "test_checkpoint": path, "test_epoch": epoch}
+        self.final = model
+        return self.test_result
+
     def finish(self) -> list[str]:
-        """The closing lines and the pictures; returns the pictures' paths."""
-        m = self.metrics()
-        if m["test_accuracy"] is not None:
-            self.log(f"test accuracy {m['test_accuracy']:.2%} after {len(self.history)} epochs "
+        """The test, the closing lines and the pictures; returns the pictures' paths."""
+        result = self.test() if self.history else None
+        if result is not None:
+            which = f"{self.settings.final} epoch {result['test_epoch']}" if self.best_epoch else "last epoch"
+            self.log(f"test accuracy {result['test_accuracy']:.2%} after {len(self.history)} epochs "
+                     f"({self.seconds:.1f} s this run; {which}: {os.path.basename(result['test_checkpoint'])})")
+            self.write_metrics()
+        elif self.best_epoch and self.best_val >= 0:
+            self.log(f"validation accuracy {self.best_val:.2%} at epoch {self.best_epoch} of {len(self.history)} "
                      f"({self.seconds:.1f} s this run)")
         self.log(f"metrics:    {self.metrics_path}")
-        self.log(f"checkpoint: {self.ckpt_path}")
+        self.log(f"checkpoint: {self.ckpt_path} (last)" + (f", {self.best_path} (best)" if self.best_epoch else ""))
         from ..plots import pictures
 
-        return pictures(self.out, self.model, self.history, self.test_images, self.test_labels, self.log)
+        model = getattr(self, "final", self.model)
+        images, labels = (self.test_images, self.test_labels) if self.test_loader is not None else \
+            (self.val_images, self.val_labels)
+        if images is None:
+            images, labels = self.images, self.labels
+        return pictures(self.out, model, self.history, images, labels, self.log,
+                        mean=self.input["mean"], std=self.input["std"])
 
     def close(self) -> None:
         lock = getattr(self, "_lock", None)

@@ -25,6 +25,16 @@ def _whole(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+FINAL = ("best", "last")  # which checkpoint the test set is evaluated on at the end
+# Settings written before these existed: the run they describe had no validation split and no rotation
+# or scaling, so a resumed one has none either.
+BEFORE_VALIDATION = {"val_split": 0.0, "rotate": 0.0, "scale": 0.0, "final": "last"}
+
+
 # setting: (is this value allowed?, what is expected); None is also allowed for the OPTIONAL ones
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (lambda v: isinstance(v, str) and v in models.MODELS, f"one of {sorted(models.MODELS)}"),
@@ -37,6 +47,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_size": (lambda v: _whole(v) and v >= 1, "a positive integer"),
     "shift": (lambda v: _whole(v) and 0 <= v <= 4, "an integer from 0 to 4"),
     "seed": (lambda v: _whole(v) and 0 <= v < 2**63, "a non-negative integer below 2**63"),
+    "val_split": (lambda v: _number(v) and 0 <= v <= 0.9, "a fraction from 0 to 0.9"),
+    "final": (lambda v: v in FINAL, f"one of {list(FINAL)}"),
+    "rotate": (lambda v: _number(v) and 0 <= v <= 45, "degrees from 0 to 45"),
+    "scale": (lambda v: _number(v) and 0 <= v <= 0.5, "a fraction from 0 to 0.5"),
     "lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
            "a positive number"),
 }
@@ -66,6 +80,10 @@ class Settings:
     train_size: int | None = None
     test_size: int | None = None
     init: str | None = None  # a safetensors file of weights (torch's keys) the model starts from
+    val_split: float = 0.1  # of the training images, held out (stratified, seeded) to validate on
+    final: str = "best"  # the checkpoint the test set is evaluated on at the end: the best validation epoch's
+    rotate: float = 0.0  # random rotation augmentation, ± degrees
+    scale: float = 0.0  # random scaling augmentation, ± fraction
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in DEFAULT_LR:
@@ -89,6 +107,7 @@ class Settings:
         missing = [k for k in ("model", "epochs", "optimizer", "lr", "seed") if k not in saved]
         if missing:
             raise RunError(f"{where}: the run settings lack {', '.join(missing)}; cannot resume")
+        saved = {**BEFORE_VALIDATION, **saved}
         try:
             return cls(**{k: v for k, v in saved.items() if k in fields})
         except RunError as e:
