@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import checkpoint
 from ..data import normalize
-from ..data.images import IMAGE_EXTENSIONS, class_names, read_digit
+from ..data.folders import read_image
+from ..data.images import IMAGE_EXTENSIONS, ImageError, read_digit
 from ..train import predict
 
 CHUNK = 256  # images read and classified at a time
@@ -44,24 +45,31 @@ def image_paths(items: list[str]) -> list[str]:
     return paths
 
 
+def _read_whole(path: str, spec: dict) -> np.ndarray:
+    """An image as the model's training images were read (data/folders.py): C channels, resized to H×W."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        return read_image(path, tuple(spec["size"]), spec["channels"])
+    except ImageError as e:
+        raise ImageError(str(e)) from None
+
+
 def run(args) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
-    first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
-    if first is not None and first.in_channels != 1:
-        raise ValueError(f"{args.checkpoint}: the model takes {first.in_channels}-channel images; predict prepares "
-                         "images as MNIST digits (1 channel, 28×28)")
+    spec = checkpoint.input_spec(ckpt["meta"])  # the size, channels, normalisation and class names it was trained on
+    if spec["prepare"] == "digit" and spec["channels"] != 1:
+        raise ValueError(f"{args.checkpoint}: the model takes {spec['channels']}-channel images; predict prepares "
+                         "digits as MNIST's (1 channel, 28×28)")
     paths = image_paths(args.images)
-    names = None
+    names = spec["classes"]
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start:start + CHUNK]
-        read = [read_digit(p) for p in chunk]
-        probs = predict(model, normalize(np.stack([d for d, _ in read]), dtype=model.dtype))
-        if names is None:
-            saved = ckpt["meta"].get("args")
-            names = class_names(saved.get("data") if isinstance(saved, dict) else None, probs.shape[1])
+        read = [read_digit(p) if spec["prepare"] == "digit" else (_read_whole(p, spec), []) for p in chunk]
+        probs = predict(model, normalize(np.stack([d for d, _ in read]), spec["mean"], spec["std"], dtype=model.dtype))
         for path, (_, warnings), p in zip(chunk, read, probs):
             for w in warnings:
                 print(f"convprop: warning: {path}: {w}", file=sys.stderr)

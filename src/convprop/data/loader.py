@@ -98,9 +98,9 @@ class DataLoader:
     Augmentation: ±max_shift px random shifts (MNIST); with max_rotation (degrees) or max_scale (s in
     [1 − max_scale, 1 + max_scale]) also, one random affine warp per batch (data/augment.py) that
     rotates, scales and shifts (by up to max_shift px, not only whole pixels) each image; or random
-    crops of the image padded by crop_padding px and random horizontal flips (hflip) — CIFAR's.  The order and the draws of epoch e
-    come from a generator seeded by (seed, e): the same seed
-    gives the same batches, and a resumed run continues exactly where it stopped (set `epoch`).
+    crops of the image padded by crop_padding px and random horizontal flips (hflip) — CIFAR's.  The order
+    and the draws of epoch e come from a generator seeded by (seed, e): the same seed gives the same
+    batches, and a resumed run continues exactly where it stopped (set `epoch`).
 
     num_replicas K > 1, rank k (data parallelism, as torch's DistributedSampler; convprop.distributed):
     every process draws the same order and shifts, and yields only its shard of each batch — of a

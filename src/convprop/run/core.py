@@ -25,12 +25,12 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import checkpoint, distributed, models, nn, optim
-from ..train import evaluate
 from .. import random as _random
 from ..data import DataLoader, normalize
 from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_every_rank
-from .metrics import metrics, write_metrics
+from ..train import evaluate
 from .data import load_run_data
+from .metrics import metrics, write_metrics
 from .rundir import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, claim
 from .settings import Settings, default_out
 
@@ -62,6 +62,9 @@ class Run:
         self.start_epoch = self.saved_epoch = 0
         self.seconds = 0.0
         self.status = "running"
+        # what existed before the claim: a run that fails before training leaves no directory it made
+        self._made = [d for d in ((out,) if out else (default_out(settings), os.path.dirname(default_out(settings))))
+                      if d and not os.path.isdir(d)]
         self.out = self._claim(out)
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
         self.best_path = os.path.join(self.out, BEST_NAME)
@@ -71,6 +74,11 @@ class Run:
             self._build()
         except BaseException:
             self.close()
+            for d in [self.out] * (self.rank == 0 and self.out not in self._made) + self._made:
+                try:
+                    os.rmdir(d)  # (only while empty: nothing of anyone's is removed)
+                except OSError:
+                    pass
             raise
 
     @classmethod
@@ -142,7 +150,7 @@ class Run:
         self.scheduler = optim.OneCycleLR(self.optimizer, max_lr=s.lr, epochs=s.epochs,
                                           steps_per_epoch=len(self.train_loader))
         self.loss_fn = nn.CrossEntropyLoss()
-        self.best_epoch, self.best_val = 0, -1.0
+        self.best_epoch, self.best_loss = 0, math.inf  # the best validation epoch so far: the lowest loss
         if self.ckpt is not None:
             checkpoint.restore_training(self.ckpt, self.model, self.optimizer, self.scheduler, self.resume_path)
             meta = self.ckpt["meta"]
@@ -150,8 +158,8 @@ class Run:
             self.history = list(meta.get("history", []))
             self.train_loader.epoch = self.start_epoch
             for row in self.history:  # the best so far, as the run before saw it
-                if isinstance(row.get("val_acc"), (int, float)) and row["val_acc"] > self.best_val:
-                    self.best_epoch, self.best_val = row.get("epoch", 0), row["val_acc"]
+                if isinstance(row.get("val_loss"), (int, float)) and row["val_loss"] < self.best_loss:
+                    self.best_epoch, self.best_loss = row.get("epoch", 0), row["val_loss"]
 
     def _load_init(self, path: str) -> None:
         """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""
@@ -270,8 +278,9 @@ class Run:
         if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
             self.saved_epoch = epoch
             return
-        # the best: the highest validation accuracy (the earliest such epoch); without validation, none
-        best = bool("val_acc" in row and row["val_acc"] > self.best_val)
+        # the best: the lowest validation loss (Keras's ModelCheckpoint default; on a few hundred images the
+        # accuracy moves in steps and ties, the loss does not); without validation, none
+        best = bool("val_loss" in row and row["val_loss"] < self.best_loss)
         for path in (self.ckpt_path,) + (self.best_path,) * best:
             try:
                 checkpoint.save(path, self.model, self.settings.model, self.config, self.optimizer,
@@ -280,13 +289,15 @@ class Run:
                 raise RunError(f"could not save the checkpoint of epoch {epoch} to {path} "
                                f"({e.strerror or e}); {self.what_exists()}") from None
         if best:
-            self.best_epoch, self.best_val = epoch, row.get("val_acc", self.best_val)
+            self.best_epoch, self.best_loss = epoch, row["val_loss"]
         self.saved_epoch = epoch
         self.write_metrics()
 
     def metrics(self) -> dict:
         m = metrics(self.settings, self.status, self.history, self.seconds)
-        m.update(best_epoch=self.best_epoch or None, best_val_accuracy=self.best_val if self.best_val >= 0 else None,
+        best = next((h for h in self.history if h.get("epoch") == self.best_epoch), {})
+        m.update(best_epoch=self.best_epoch or None, best_val_loss=best.get("val_loss"),
+                 best_val_accuracy=best.get("val_acc"),
                  final=self.settings.final, input=self.input)
         if self.test_result is not None:
             m.update(self.test_result)
@@ -322,8 +333,10 @@ class Run:
             self.log(f"test accuracy {result['test_accuracy']:.2%} after {len(self.history)} epochs "
                      f"({self.seconds:.1f} s this run; {which}: {os.path.basename(result['test_checkpoint'])})")
             self.write_metrics()
-        elif self.best_epoch and self.best_val >= 0:
-            self.log(f"validation accuracy {self.best_val:.2%} at epoch {self.best_epoch} of {len(self.history)} "
+        elif self.best_epoch:
+            best = next(h for h in self.history if h.get("epoch") == self.best_epoch)
+            self.log(f"validation accuracy {best['val_acc']:.2%} at the best epoch, {self.best_epoch} of "
+                     f"{len(self.history)} "
                      f"({self.seconds:.1f} s this run)")
         self.log(f"metrics:    {self.metrics_path}")
         self.log(f"checkpoint: {self.ckpt_path} (last)" + (f", {self.best_path} (best)" if self.best_epoch else ""))

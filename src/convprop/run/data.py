@@ -132,3 +132,28 @@ def load_run_data(data: str | None, model: str, val_split: float, seed: int, tra
     kind = "cifar" if images.ndim == 4 else "mnist"
     return RunData(train, val if val is not None and len(val[1]) else None, test,
                    spec if spec is not None else builtin_spec(images, data), kind)
+
+
+def evaluation_data(data: str | None, spec: dict,
+                    warn: Callable[[str], None] = warn_to_stderr) -> tuple[np.ndarray, np.ndarray, str]:
+    """(images, labels, what they are) to evaluate a checkpoint of input `spec` on: the test split of IDX
+    or CIFAR data (the bundled sample's when data is None); of an image folder, its test/ (else val/)
+    where it is split, else every image of its class folders — read as the checkpoint's input."""
+    if data is not None and not os.path.isdir(data):
+        raise RunError(f"--data {data}: no such directory")
+    if is_image_folder(data):
+        layout = find_image_folder(data)
+        part = next((p for p in ("test", "val") if p in layout), "train")
+        try:
+            ds = ImageFolder(layout[part], size=tuple(spec["size"]), channels=spec["channels"],
+                             classes=spec["classes"], warn=warn)
+        except (ValueError, FileNotFoundError, ImageError) as e:
+            raise RunError(f"--data: {e}") from None
+        if ds.skipped:
+            warn(f"{len(ds.skipped)} unreadable image file{'s' * (len(ds.skipped) != 1)} skipped")
+        return ds.images, ds.targets, f"images in {layout[part]}"
+    images, labels = load_images(data, train=False)
+    if images.ndim == 3 and spec["channels"] != 1 or images.ndim == 4 and images.shape[1] != spec["channels"]:
+        raise RunError(f"--data {data}: {1 if images.ndim == 3 else images.shape[1]}-channel images, but the model "
+                       f"takes {spec['channels']} channels")
+    return images, labels, "test images"
