@@ -23,6 +23,7 @@ __all__ = ["ImageFolder", "find_image_folder", "read_image", "DEFAULT_VAL_SPLIT"
 
 DEFAULT_VAL_SPLIT = 0.1
 MAX_CLASSES = 10_000
+GREY_TOLERANCE = 24  # channels this close everywhere: a grey image (lossy formats shift grey by a few levels)
 
 
 def _escaped(path: str) -> str:
@@ -150,7 +151,9 @@ class ImageFolder(ArrayDataset):
             raise ValueError(f"{_escaped(root)}: none of its {len(self.samples)} image files could be read")
         x = np.stack([img for img, _ in read])
         if channels is None:  # grey images all: one channel, at the grey size unless one was given
-            colour = bool((x[:, 0] != x[:, 1]).any() or (x[:, 0] != x[:, 2]).any())
+            # (grey saved as RGB JPEG or WebP comes back with its channels a few levels apart: not colour)
+            spread = np.ptp(x.astype(np.int16), axis=1)
+            colour = bool(spread.max(initial=0) > GREY_TOLERANCE)
             channels = 3 if colour else 1
             if not colour:
                 x = x[:, :1]
