@@ -82,8 +82,8 @@ class Settings:
     init: str | None = None  # a safetensors file of weights (torch's keys) the model starts from
     val_split: float = 0.1  # of the training images, held out (stratified, seeded) to validate on
     final: str = "best"  # the checkpoint the test set is evaluated on at the end: the best validation epoch's
-    rotate: float = 0.0  # random rotation augmentation, ± degrees
-    scale: float = 0.0  # random scaling augmentation, ± fraction
+    rotate: float = 10.0  # random rotation augmentation, ± degrees
+    scale: float = 0.1  # random scaling augmentation, ± fraction
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in DEFAULT_LR:
