@@ -288,9 +288,9 @@ class Run:
             except OSError as e:
                 raise RunError(f"could not save the checkpoint of epoch {epoch} to {path} "
                                f"({e.strerror or e}); {self.what_exists()}") from None
+            self.saved_epoch = epoch if path == self.ckpt_path else self.saved_epoch
         if best:
             self.best_epoch, self.best_loss = epoch, row["val_loss"]
-        self.saved_epoch = epoch
         self.write_metrics()
 
     def metrics(self) -> dict:
