@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -208,14 +209,18 @@ def test_a_rank_killed_mid_epoch_ends_the_run_with_one_line_and_resume_on_1_and_
     out = tmp_path / "killed"
     proc, ranks = start_and_wait_for_epoch(out)
     assert sorted(ranks) == [0, 1], ranks
+    from mpi_faults import descendants, mpi_files
+
+    files = mpi_files(descendants(proc.pid))  # what MPI keeps in /dev/shm and /tmp while the run goes on
     os.kill(ranks[1], signal.SIGKILL)  # mid-epoch 2
     t = time.time()
     stdout, stderr = proc.communicate(timeout=30)
     assert time.time() - t < 30 and proc.returncode != 0
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines == [f"convprop: error: rank 1 of 2 (pid {ranks[1]}) ended abnormally: Killed (signal 9); "
-                     "every rank was stopped"], stderr
+    assert lines == [f"convprop: error: rank 1 of 2 (pid {ranks[1]} on {socket.gethostname()}) ended abnormally: "
+                     "Killed (signal 9); every rank was stopped"], stderr
     assert "BAD TERMINATION" not in stdout
+    assert not [f for f in files if os.path.exists(f)]  # an aborted run leaves none of it
     meta, _ = ckpt_state(out / "checkpoint.npz")  # the last good checkpoint is whole
     assert 1 <= meta["epoch"] < 3
     # resume it on 1 rank and on 3: both finish the run (3 epochs)

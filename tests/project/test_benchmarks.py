@@ -75,6 +75,26 @@ def test_distributed_benchmark_runs_at_smoke_size(tmp_path):
     assert all(row["step_ms"] > 0 and row["paired_speedup"] > 0 for row in result["independent"])
 
 
+def test_link_benchmark_runs_on_two_hosts(tmp_path):
+    import os
+
+    from twohosts import unavailable
+
+    reason = unavailable()
+    if reason and not os.environ.get("CI"):
+        pytest.skip(reason)
+    out = tmp_path / "link.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.link", "--rounds", "1", "--steps", "3", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    print(r.stdout)
+    result = json.loads(out.read_text())
+    assert len(result["allreduce"]) == 6
+    assert all(v["shared_memory_s"] > 0 and v["two_hosts_s"] > 0 for v in result["allreduce"].values())
+    assert sorted(result["lenet5_step"]) == ["step 1 host × 2 ranks", "step 1 rank", "step 2 hosts × 1 rank"]
+    assert "| 246,840 B |" in r.stdout  # (LeNet-5's gradients)
+
+
 def test_deploy_benchmark_runs_at_smoke_size():
     pytest.importorskip("onnxruntime")
     r = subprocess.run([sys.executable, "-m", "benchmarks.deploy", "--smoke"], cwd=ROOT, capture_output=True,

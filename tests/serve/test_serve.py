@@ -26,8 +26,9 @@ import convprop.random as R  # noqa: E402
 from convprop import checkpoint, models, nn  # noqa: E402
 from convprop.data import load_mnist, normalize  # noqa: E402
 from convprop.data.images import load_digit  # noqa: E402
-from convprop.serve.app import MAX_BODY, last_run_checkpoint, load_engine  # noqa: E402
 from convprop.serve.engine import Engine  # noqa: E402
+from convprop.serve.inputs import MAX_BODY  # noqa: E402
+from convprop.serve.server import last_run_checkpoint, load_engine  # noqa: E402
 
 TF = torch.nn.functional
 
@@ -277,8 +278,43 @@ def test_limits_bodies_and_images_and_unknown_routes(server):
     assert r.status_code == 400 and "expected at most 4,000,000 pixels, got 2500×2000" in r.json()["error"]
     assert client.get("/etc/passwd").status_code == 404 and client.get("/../README.md").status_code == 404
     assert client.get("/api/predict").status_code == 405
-    assert client.get("/").text.startswith("<!doctype html>") and "app.js" in client.get("/").text
+    assert client.get("/").text.startswith("<!doctype html>")
     assert client.get("/api/model").status_code == 200
+
+
+def test_the_page_is_es_modules_served_as_javascript(server):
+    """index.html loads main.js as a module; every module it imports, and theirs, is served as JavaScript (a
+    browser refuses a module of another MIME type) from the package's static folder, and nothing outside it."""
+    import re
+
+    _, _, client = server
+    page = client.get("/")
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="static/main.js">' in page.text
+    seen, todo = set(), ["main.js"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript"), (name, r.headers)
+        assert r.headers["cache-control"] == "no-cache"
+        todo += [m for m in re.findall(r'^import .* from "\./([\w-]+\.js)";$', r.text, re.M) if m not in seen]
+    assert {"main.js", "api.js", "draw.js", "layers.js", "train.js"} <= seen
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+    for path in ("/static/../app.py", "/static/%2e%2e/app.py", "/static/missing.js", "/app.js"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json()["error"].endswith("no such endpoint"), path
+    assert client.post("/static/main.js").status_code == 405
+
+
+def test_the_server_imports_the_equations_of_explain_alone():
+    """convprop serve shows explain's equations; it must not load the topics (their examples and checks)."""
+    code = ("import sys, convprop.serve.app, convprop.serve.server; "
+            "assert 'convprop.explain.equations' in sys.modules; "
+            "loaded = [m for m in ('convprop.explain.topics', 'convprop.explain.render') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_training_streams_curves_and_filters_and_stops(server):
@@ -295,6 +331,8 @@ def test_training_streams_curves_and_filters_and_stops(server):
     assert events[-1]["filters"]["shape"] == [6, 1, 5, 5] and "png" in events[-1]["filters"]
     s = client.post("/api/train/stop", json={}).json()
     assert not s["running"] and s["step"] >= 30 and s["error"] is None
+    *whole, last = s["epochs"]  # the epoch stopped in is a row too, evaluated, marked partial
+    assert last["step"] == s["step"] and 0 <= last["test_acc"] <= 1 and not any(e["partial"] for e in whole)
     assert not np.array_equal(engine.model[0].weight.data, before)
     assert client.post("/api/train/start", json={"lr": "fast"}).status_code == 400
     assert client.post("/api/train/restore", json={}).status_code == 200
@@ -381,7 +419,7 @@ def test_the_listening_socket_is_tcp_so_connections_get_nodelay():
     waited ~40 ms for the client's delayed ACK of its headers."""
     import socket
 
-    from convprop.serve.app import bind
+    from convprop.serve.server import bind
 
     with bind("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP

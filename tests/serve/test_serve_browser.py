@@ -19,7 +19,7 @@ from serve_helpers import png_data_url, start  # noqa: E402
 import convprop.random as R  # noqa: E402
 from convprop import checkpoint, models, nn, optim  # noqa: E402
 from convprop.data import DataLoader, load_mnist  # noqa: E402
-from convprop.serve.app import load_engine  # noqa: E402
+from convprop.serve.server import load_engine  # noqa: E402
 from convprop.train import fit  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -73,6 +73,15 @@ def server(tmp_path_factory):
     srv.close()
 
 
+def watch_errors(page) -> list[str]:
+    """The page's uncaught exceptions and console errors (a module that fails to load, a failed request), as
+    they happen."""
+    errors = []
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text} at {m.location}") if m.type == "error" else None)
+    return errors
+
+
 def non_blank(page, selector: str) -> list[dict]:
     pictures = page.eval_on_selector_all(selector, BLANK_JS)
     assert pictures, f"no pictures match {selector}"
@@ -99,8 +108,7 @@ def screenshot(page, name: str, tmp_path) -> None:
 
 def test_draw_see_every_layer_switch_class_and_train(browser, server, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    errors = watch_errors(page)
     page.goto(server.url + "/")
     page.wait_for_function("document.querySelector('#model-info').textContent.includes('lenet5')")
     assert "runs/lenet5-seed0/checkpoint.npz" in page.text_content("#model-info")
@@ -159,7 +167,9 @@ def test_draw_see_every_layer_switch_class_and_train(browser, server, tmp_path):
     stopped = int(page.get_attribute("#loss-chart", "data-points"))
     page.wait_for_timeout(800)
     assert int(page.get_attribute("#loss-chart", "data-points")) == stopped  # stopped means stopped
+    analyses = int(page.get_attribute("body", "data-analyses"))
     page.click("#train-restore")
+    page.wait_for_function(f"document.body.dataset.analyses > {analyses}")  # the digit redrawn, restored weights
     assert not errors, errors
     page.close()
 
@@ -168,6 +178,7 @@ def test_touch_drawing_and_a_dropped_image(browser, server):
     """A finger on a touch screen draws as the mouse does; an image file given to the page is classified."""
     context = browser.new_context(viewport={"width": 800, "height": 900}, has_touch=True)
     page = context.new_page()
+    errors = watch_errors(page)
     page.goto(server.url + "/")
     page.wait_for_function("document.querySelector('#model-info').textContent.includes('lenet5')")
     box = page.locator("#pad").bounding_box()
@@ -197,4 +208,5 @@ def test_touch_drawing_and_a_dropped_image(browser, server):
     page.dispatch_event("#pad", "drop", {"dataTransfer": drop})
     page.wait_for_function(f"document.body.dataset.analyses > {analyses}", timeout=60_000)
     assert y[3] == 0 and page.get_attribute("#bars", "data-predicted") == "0"
+    assert not errors, errors
     context.close()

@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 
-from convprop.serve.app import Server, bind, create_app
+from convprop.serve.app import create_app
+from convprop.serve.server import Server, bind
 
 
 def start(engine) -> Server:

@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     try:
-        from ..serve.app import serve
+        from ..serve.server import serve
     except ImportError:
         raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
     return serve(args.checkpoint, args.host, args.port)

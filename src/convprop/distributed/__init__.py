@@ -21,7 +21,8 @@ Needs mpi4py (`pip install 'convprop[mpi]'`, which brings an MPICH whose `mpiexe
 the Python).
 
 Faults: a collective that waits longer than `timeout` seconds (a rank stopped, hung or lost) stops
-every rank with one line (naming a rank of this machine found stopped); `init(abort_on_error=True)`
+every rank with one line (naming a rank of this machine found stopped, or the other hosts); a rank
+whose launcher (Hydra's proxy, its parent) dies stops by itself; `init(abort_on_error=True)`
 makes an exception that escapes on one rank print one line naming the rank and stop every rank
 (MPI_Abort) rather than leave the others waiting forever.
 """

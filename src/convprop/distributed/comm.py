@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,8 @@ SPIN_S = 0.02  # a waiting rank polls this long before it starts to sleep betwee
 _comm = None
 _rank, _size = 0, 1
 _timeout = DEFAULT_TIMEOUT_S
-_peers: list[tuple[str, int]] = []  # (host, pid) of every rank
+_peers: list[tuple[str, int, int]] = []  # (host, pid, parent's pid) of every rank
+WATCH_S = 0.5  # how often a rank checks that its launcher (its parent: Hydra's proxy) is still there
 
 
 def launched_size() -> int:
@@ -66,10 +68,13 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> tuple[int
         raise MPIError("started by mpiexec, but mpi4py is not installed: pip install 'convprop[mpi]'") from None
     _comm = MPI.COMM_WORLD
     _rank, _size = _comm.Get_rank(), _comm.Get_size()
-    _peers = _comm.allgather((socket.gethostname(), os.getpid()))
-    ranks_file = os.environ.get("CONVPROP_RANKS_FILE")  # for the --workers launcher: which pid is which rank
+    _peers = [tuple(p) for p in _comm.allgather((socket.gethostname(), os.getpid(), os.getppid()))]
+    _forget_files()  # (every rank has passed MPI_Init)
+    ranks_file = os.environ.get("CONVPROP_RANKS_FILE")  # for the --workers launcher: which rank is where
     if ranks_file and _rank == 0:
-        atomic_write(ranks_file, json.dumps({str(pid): r for r, (_, pid) in enumerate(_peers)}), durable=False)
+        atomic_write(ranks_file, json.dumps(_peers), durable=False)
+    if _size > 1:
+        _watch_launcher()
     if abort_on_error and _size > 1:
         previous = sys.excepthook
 
@@ -80,6 +85,55 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> tuple[int
 
         sys.excepthook = hook
     return _rank, _size
+
+
+def _forget_files() -> None:
+    """Unlink the files MPI keeps for this machine's ranks while they run: MPICH's shared memory in
+    /dev/shm (mpich_shm_*, mapped by every rank) and the topology file Hydra's proxy (this rank's
+    parent) wrote for them in /tmp (hydra_hwloc_xmlfile_*).  Once every rank has passed MPI_Init
+    neither is opened again; the ranks keep the memory, and a run that is killed or aborted, or whose
+    proxy dies, leaves no file behind (MPICH and Hydra remove them only when they end in order)."""
+    paths = set()
+    try:
+        with open("/proc/self/maps") as f:
+            paths |= {line.split(None, 5)[5].strip() for line in f if "/dev/shm/mpich_shm_" in line}
+        parent = os.getppid()
+        for fd in os.listdir(f"/proc/{parent}/fd"):
+            try:
+                path = os.readlink(f"/proc/{parent}/fd/{fd}")
+            except OSError:  # (closed meanwhile, or not ours to read)
+                continue
+            if os.path.basename(path).startswith("hydra_hwloc_xmlfile_"):
+                paths.add(path)
+    except OSError:  # (not Linux)
+        pass
+    for path in paths:
+        if not path.endswith("(deleted)"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _watch_launcher() -> None:
+    """Stop this rank, with one line, when the process that started it ends.  Under mpiexec that is
+    Hydra's proxy on this machine (hydra_pmi_proxy): if it dies (killed, as when a cluster's node agent
+    dies), MPI cannot end the rank, which would train on as an orphan and keep mpiexec waiting.  A
+    daemon thread checks every WATCH_S seconds whether the parent changed (an orphan is adopted by
+    init or a subreaper) and then exits."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCH_S)
+        try:  # (stderr led to the proxy: usually no one reads it any more)
+            print(f"convprop: rank {_rank} of {_size}: lost its launcher (pid {parent}, Hydra's proxy on "
+                  f"{socket.gethostname()}); stopping", file=sys.stderr, flush=True)
+        except Exception:
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="convprop-watch-launcher", daemon=True).start()
 
 
 def is_initialized() -> bool:
@@ -110,7 +164,7 @@ def abort(message: str, code: int = 1) -> None:
 def _stopped_peers() -> str:
     """Ranks on this machine that are stopped (SIGSTOP) or gone, as a phrase ('' if none is seen)."""
     host, found = socket.gethostname(), []
-    for r, (h, pid) in enumerate(_peers):
+    for r, (h, pid, _) in enumerate(_peers):
         if h != host or r == _rank:
             continue
         try:
@@ -140,8 +194,10 @@ def _wait(request, what: str) -> None:
             time.sleep(2e-4)
             if now > deadline:
                 seen = _stopped_peers()
+                elsewhere = sorted({h for h, _, _ in _peers} - {socket.gethostname()})
+                on = f" on {' or '.join(elsewhere)}" if elsewhere else ""
                 abort(f"no reply from the other ranks for {_timeout:g} s in {what}"
-                      + (f": {seen}" if seen else " (a rank stopped, hung or lost its connection)")
+                      + (f": {seen}" if seen else f" (a rank{on} stopped, hung or lost its connection)")
                       + "; stopping every rank (CONVPROP_MPI_TIMEOUT sets the limit)")
 
 

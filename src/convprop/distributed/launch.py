@@ -1,6 +1,7 @@
-"""Starting ranks: `convprop train --workers N` re-runs the command as N MPI ranks on this machine
-under the mpiexec next to this Python, which dies with its parent, and turns Hydra's report of a
-rank that died into one line naming the rank."""
+"""Starting ranks: `convprop train --workers N` re-runs the command as N MPI ranks under the mpiexec
+next to this Python (on this machine, or on the hosts Hydra's settings name), which dies with its
+parent, and turns what Hydra and ssh say when the run fails (a rank that died, a host lost or out of
+reach, a proxy that ended) into one line naming the rank or the host."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 
 from ..errors import MPIError
 
@@ -41,14 +44,46 @@ def _die_with_parent() -> None:
 
 
 _BANNER_PID = re.compile(r"^=\s+PID (\d+) RUNNING AT (\S+)")
-_BANNER_EXIT = re.compile(r"^YOUR APPLICATION TERMINATED WITH THE EXIT STRING: (.*)$")
+_BANNER_EXIT = re.compile(r"^(?:YOUR APPLICATION TERMINATED WITH THE EXIT STRING: (.*)|=\s+EXIT CODE: (\d+))$")
+_HYDRA = re.compile(r"^\[(?:mpiexec|proxy:[^@\]]*)@[^\]]*\] ")  # Hydra's own diagnostics: [mpiexec@host1] …
+# ssh (Hydra's launcher to other hosts) on a host it cannot reach or has lost: (what, host)
+_SSH = [(re.compile(r"^ssh: connect to host (\S+) port \d+: "), "could not reach"),
+        (re.compile(r"^ssh: Could not resolve hostname (\S+?): "), "could not reach"),
+        (re.compile(r"^(?:\S+@)?(\S+): Permission denied"), "could not log in to"),
+        (re.compile(r"^Connection closed by (\S+) port \d+"), "could not reach"),
+        (re.compile(r"^Connection to (\S+) closed by remote host"), "lost the connection to"),
+        (re.compile(r"^Timeout, server (\S+) not responding"), "lost the connection to")]
+
+
+def _phrase(ranks: list[int]) -> str:
+    return (f"rank {ranks[0]}" if len(ranks) == 1
+            else "ranks " + ", ".join(map(str, ranks[:-1])) + f" and {ranks[-1]}")
+
+
+def _lost_proxy(peers: list) -> str:
+    """Whose Hydra proxy ended, from the ranks' (host, pid, parent pid): a dead parent on this machine,
+    else one on another host (which this machine cannot see)."""
+    proxies: dict[tuple[str, int], list[int]] = {}
+    for r, (host, _, parent) in enumerate(peers):
+        proxies.setdefault((host, parent), []).append(r)
+    here = socket.gethostname()
+    dead = [key for key in proxies if key[0] == here and not os.path.exists(f"/proc/{key[1]}")]
+    elsewhere = [key for key in proxies if key[0] != here]
+    found = dead or (elsewhere if len(elsewhere) == 1 else [])
+    if not found:
+        hosts = " or ".join(sorted({h for h, _ in elsewhere})) or here
+        return f"an MPI proxy (hydra_pmi_proxy) on {hosts} ended: its ranks stopped, and so did every other"
+    return "; ".join(f"the MPI proxy (hydra_pmi_proxy, pid {pid}) of {_phrase(proxies[host, pid])} on {host} ended"
+                     for host, pid in found) + ": its ranks stopped, and so did every other"
 
 
 def launch(n: int, args: list[str]) -> int:
-    """Run `python -m convprop ARGS` as n ranks on this machine under mpiexec; return its exit code.
+    """Run `python -m convprop ARGS` as n ranks under mpiexec (on this machine, or where Hydra's own
+    settings say: HYDRA_HOST_FILE and the like); return its exit code.
 
-    Rank 0's output passes through.  When a rank dies (killed, say), mpiexec (MPICH's Hydra) stops
-    the others and prints a dozen lines naming a pid; those become one line naming the rank."""
+    Rank 0's output passes through, and every rank's error line.  When the run fails, what Hydra and
+    ssh say about it (a dozen lines) becomes one line: the rank that died (MPICH's Hydra then stops the
+    others), the host ssh could not reach or lost, or the proxy (Hydra's agent on a host) that ended."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise MPIError("no mpiexec found next to this Python or on PATH: pip install 'convprop[mpi]'")
@@ -58,7 +93,26 @@ def launch(n: int, args: list[str]) -> int:
         if sys.stderr.isatty():  # mpiexec forwards the ranks' stderr through a pipe: tell them it ends on a terminal
             env.update(CONVPROP_STDERR_TTY="1", COLUMNS=str(shutil.get_terminal_size().columns))
         proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, "-m", "convprop", *args],
-                                stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
+        seen = {"said": False, "ssh": None, "proxy": False, "hydra": None}
+
+        def errors() -> None:  # mpiexec's stderr: the ranks' (passed on) and Hydra's and ssh's (held back)
+            for raw in iter(proc.stderr.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\r\n")  # (ssh ends its lines with \r\n)
+                if _HYDRA.match(line):
+                    seen["proxy"] |= "control_cb" in line and "assert (!closed)" in line
+                    seen["hydra"] = seen["hydra"] or _HYDRA.sub("", line).split("): ", 1)[-1]
+                    continue
+                ssh = next(((what, m.group(1), line) for rx, what in _SSH if (m := rx.match(line))), None)
+                if ssh:
+                    seen["ssh"] = seen["ssh"] or ssh
+                    continue
+                seen["said"] |= line.startswith("convprop")
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+
+        reader = threading.Thread(target=errors, daemon=True)
+        reader.start()
         banner, pid, host, how, held = False, None, None, None, b""
         try:
             for raw in iter(proc.stdout.readline, b""):
@@ -69,7 +123,7 @@ def launch(n: int, args: list[str]) -> int:
                     m = _BANNER_PID.match(line)
                     pid, host = (int(m.group(1)), m.group(2)) if m else (pid, host)
                     m = _BANNER_EXIT.match(line)
-                    how = m.group(1) if m else how
+                    how = (m.group(1) or f"exit code {m.group(2)}") if m else how
                     continue
                 if not line.strip():  # (the banner starts with a blank line: hold blank lines back)
                     held += raw
@@ -81,14 +135,27 @@ def launch(n: int, args: list[str]) -> int:
         except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to the ranks; let them end
             code = proc.wait()
             raise
-        if banner:
-            try:
-                with open(ranks_file) as f:
-                    ranks = json.load(f)
-            except (OSError, ValueError):
-                ranks = {}
-            who = (f"rank {ranks[str(pid)]} of {n} (pid {pid})" if str(pid) in ranks
-                   else f"a rank (pid {pid})" if pid else "a rank")
-            print(f"convprop: error: {who} ended abnormally: {how or f'exit code {code}'}; every rank was stopped",
-                  file=sys.stderr, flush=True)
+        reader.join(timeout=2)  # (an ssh to a lost host may hold mpiexec's stderr open a while longer)
+        try:
+            with open(ranks_file) as f:
+                peers = json.load(f)
+        except (OSError, ValueError):
+            peers = []
+        message = None
+        if seen["said"] or code == 0:
+            pass  # a rank said what went wrong
+        elif banner:
+            rank = [r for r, (h, p, _) in enumerate(peers) if p == pid and (h == host or h.split(".")[0] == host)]
+            who = (f"rank {rank[0]} of {n} (pid {pid} on {host})" if rank
+                   else f"a rank (pid {pid} on {host})" if pid else "a rank")
+            message = f"{who} ended abnormally: {how or f'exit code {code}'}; every rank was stopped"
+        elif seen["ssh"]:
+            what, host, line = seen["ssh"]
+            message = f"{what} {host} ({line.rstrip('.')}); every rank was stopped"
+        elif seen["proxy"]:
+            message = _lost_proxy(peers)
+        elif seen["hydra"]:
+            message = f"mpiexec failed: {seen['hydra']}"
+        if message:
+            print(f"convprop: error: {message}", file=sys.stderr, flush=True)
         return code

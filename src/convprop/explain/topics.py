@@ -1,25 +1,24 @@
-"""`convprop explain TOPIC`: every equation of docs/math.md, worked on small numbers and checked.
+"""The topics of `convprop explain TOPIC`: every equation of docs/math.md, worked on small numbers and checked.
 
 Each topic builds an `Explanation`: steps (an equation and the arrays it produces) and checks (the
 hand-written gradient against central differences, against the library's fast kernels, or against a
 second route to the same value).  Convolution and pooling compute their steps with
 functional/reference.py — the sums as plain loops — so the numbers shown are the equations' own.
-The renderers turn it into 80-column text or markdown; tests assert on the arrays, not the text.
+render.py turns an explanation into 80-column text or markdown; tests assert on the arrays, not the text.
 """
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import functional as F
-from .functional import reference as R
-from .gradcheck import numeric_gradient
+from .. import functional as F
+from ..functional import reference as R
+from ..gradcheck import numeric_gradient
+from .equations import EQUATIONS, LAYER_RULES
 
 TOPICS = ("conv", "transposed-conv", "maxpool", "avgpool", "linear", "network", "residual")
-WIDTH = 80
 MAX_SIZE = 16  # --size, --kernel, --stride, --padding: every example prints in full and checks in a second
 RTOL = 1e-6  # a check agrees within RTOL × max(1, the largest value compared)
 
@@ -91,30 +90,6 @@ def _ints(rng, low, high, shape, nonzero=False) -> np.ndarray:
     if nonzero:
         a[a == 0] = 1.0
     return a
-
-
-def _sq(a) -> np.ndarray:
-    """Drop the singleton batch and channel axes of the tiny examples for display."""
-    a = np.asarray(a, dtype=np.float64)
-    while a.ndim > 2 and a.shape[0] == 1:
-        a = a[0]
-    return a
-
-
-# The equations of the steps that `convprop serve` also shows next to its pictures (one place for both).
-EQUATIONS = {
-    "conv.forward": "Z_ij = Σ_ab K_ab · A_(i·s+a, j·s+b) + B   (cross-correlation, as torch)",
-    "conv.dA": "∂A = K ⋆ᵀ ∂Z   (conv2d_backward)",
-    "conv.dW": "O_ij = A_patch_ij ⊙ ∂Z_ij,   ∂W = Σ_ij O_ij",
-    "conv.dB": "∂B = Σ_ij ∂Z_ij",
-    "maxpool.unpool": "mask = 0;  mask[indices] += ∂Z^l",
-    "maxpool.act": "∂Z^(l-1) = max-unpool(∂Z^l) ⊙ act'(Z^(l-1))",
-    "avgpool.divide": "∂Z_ij / r",
-    "avgpool.spread": "window ij gets ∂Z_ij / r in each of its cells",
-    "avgpool.sum": "∂A = Σ_windows spread",
-    "loss": "L = −log softmax(z)_y,   ∂L/∂z = softmax(z) − onehot(y)",
-}
-
 
 def _fast_checks(pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Check]:
     """The library's fast kernels (tiles, layouts, threads) against the plain sums shown."""
@@ -331,7 +306,7 @@ def explain_linear(size: int = 4, seed: int = 0) -> Explanation:
 
 # --------------------------------------------------------------------------- network
 def explain_network(size: int = 6, seed: int = 0) -> Explanation:
-    from . import nn
+    from .. import nn
 
     rng = np.random.default_rng(seed)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
@@ -422,14 +397,6 @@ def explain_residual(size: int = 4, kernel: int = 3, seed: int = 0, **_) -> Expl
     return e
 
 
-LAYER_RULES = {
-    "Linear": "∂A = ∂Z W  (= Wᵀ ∂Z as columns),  ∂W = ∂Zᵀ A,  ∂b = Σ ∂Z",
-    "Flatten": "∂ reshaped back to (C, H, W)",
-    "MaxPool2d": "max-unpool: each ∂ goes to its window's argmax",
-    "ReLU": "∂Z = ∂A ⊙ [Z > 0]",
-    "Conv2d": "∂A = K ⋆ᵀ ∂Z,  ∂K = Σ A_patch ⊙ ∂Z_ij,  ∂B = Σ ∂Z",
-}
-
 BUILDERS = {"conv": explain_conv, "transposed-conv": explain_transposed_conv, "maxpool": explain_maxpool,
             "avgpool": explain_avgpool, "linear": explain_linear, "network": explain_network,
             "residual": explain_residual}
@@ -460,80 +427,3 @@ def explain(topic: str, **options) -> Explanation:
             raise ValueError(f"--{name}: expected {low} to {MAX_SIZE} (the examples print every value and are "
                              f"checked one by one), got {value}")
     return BUILDERS[topic](**accepted(topic, options))
-
-
-# --------------------------------------------------------------------------- rendering
-def _fmt(v: float) -> str:
-    if float(v).is_integer():
-        return str(int(v))
-    return f"{v:.3f}".rstrip("0").rstrip(".")
-
-
-def _matrix(name: str, a: np.ndarray) -> list[str]:
-    a = _sq(a)
-    if a.ndim == 0:
-        a = a.reshape(1, 1)
-    if a.ndim == 1:
-        a = a[None, :]
-    if a.ndim == 3:  # channels stacked vertically
-        rows = [r for c in a for r in list(c) + [None]][:-1]
-    else:
-        rows = list(a)
-    cells = [[_fmt(v) for v in r] if r is not None else None for r in rows]
-    w = max((len(c) for r in cells if r for c in r), default=1)
-    lines = [" ".join(c.rjust(w) for c in r) if r else "" for r in cells]
-    width = max(len(name), max(len(line) for line in lines))
-    return [name.ljust(width)] + [line.ljust(width) for line in lines]
-
-
-def _side_by_side(blocks: list[list[str]], indent: str = "   ") -> list[str]:
-    out, row, row_width = [], [], len(indent)
-    for b in blocks:
-        bw = max(len(line) for line in b)
-        if row and row_width + bw + 3 > WIDTH:
-            out += _join(row, indent) + [""]
-            row, row_width = [], len(indent)
-        row.append(b)
-        row_width += bw + 3
-    if row:
-        out += _join(row, indent)
-    return out
-
-
-def _join(row, indent):
-    height = max(len(b) for b in row)
-    widths = [max(len(line) for line in b) for b in row]
-    return [indent + "   ".join((b[i] if i < len(b) else "").ljust(w) for b, w in zip(row, widths)).rstrip()
-            for i in range(height)]
-
-
-def render_text(e: Explanation) -> str:
-    wrap = textwrap.TextWrapper(WIDTH, initial_indent="", subsequent_indent="")
-    lines = [f"== {e.topic}: {e.title} ==", *wrap.wrap(e.intro), ""]
-    for n, step in enumerate(e.steps, 1):
-        lines.append(f"-- {n}. {step.title}")
-        lines += textwrap.wrap(step.equation, WIDTH, initial_indent="   ", subsequent_indent="     ")
-        lines.append("")
-        lines += _side_by_side([_matrix(name, a) for name, a in step.arrays.items()])
-        if step.note:
-            lines += textwrap.wrap(step.note, WIDTH, initial_indent="   ", subsequent_indent="   ")
-        lines.append("")
-    lines.append("-- checks")
-    for c in e.checks:
-        lines += textwrap.wrap(f"{c.name}: vs {c.method}, max error {c.max_error:.1e} — {c.verdict}", WIDTH,
-                               initial_indent="   ", subsequent_indent="     ")
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def render_markdown(e: Explanation) -> str:
-    lines = [f"## {e.topic}: {e.title}", "", e.intro, ""]
-    for n, step in enumerate(e.steps, 1):
-        lines += [f"### {n}. {step.title}", "", f"`{step.equation}`", "", "```"]
-        lines += _side_by_side([_matrix(name, a) for name, a in step.arrays.items()], indent="")
-        lines += ["```", ""]
-        if step.note:
-            lines += [step.note, ""]
-    lines += ["### Checks", "", "| check | against | max error | verdict |", "|---|---|---:|---|"]
-    for c in e.checks:
-        lines.append(f"| {c.name} | {c.method} | {c.max_error:.1e} | {c.verdict} |")
-    return "\n".join(line.rstrip() for line in lines) + "\n"

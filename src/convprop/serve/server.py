@@ -1,0 +1,144 @@
+"""`convprop serve` the command: the engine for a checkpoint (or a first training run), a listening
+socket, and uvicorn serving the app on it."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import sys
+
+from .app import create_app, require
+from .engine import Engine
+
+
+def last_run_checkpoint(root: str = "runs") -> str | None:
+    """The checkpoint.npz of the most recent `convprop train` run under root (by modification time)."""
+    found = glob.glob(os.path.join(root, "*", "checkpoint.npz"))
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine:
+    """The engine for CKPT; without one, the last `convprop train` run's, or train first: the default run
+    (LeNet-5, `convprop train`'s Run, with its progress bar), or one of `train_settings` (a run.Settings)."""
+    from .. import checkpoint
+
+    if ckpt_path is None:
+        ckpt_path = last_run_checkpoint()
+        if ckpt_path is None:
+            from ..run import Settings, run_training
+
+            log("convprop serve: no checkpoint given and no runs/*/checkpoint.npz here: training the default "
+                "LeNet-5 first, as convprop train does")
+            ckpt_path = run_training(train_settings or Settings(), log=log).ckpt_path
+        else:
+            log(f"convprop serve: using the last training run's checkpoint, {ckpt_path}")
+    ckpt = checkpoint.load(ckpt_path)
+    model = checkpoint.restore_model(ckpt, ckpt_path)
+    meta = ckpt["meta"]
+    history = meta.get("history") or []
+    return Engine(model, ckpt_path, {"model": meta["model"]["name"], "config": meta["model"].get("config", {}),
+                                     "epoch": meta.get("epoch"),
+                                     "test_accuracy": history[-1].get("test_acc") if history else None})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free one); a one-line error if it cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host!r}: cannot resolve ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    # proto IPPROTO_TCP, so that asyncio sets TCP_NODELAY on each connection: without it a response's body
+    # waits for the client's (delayed, ~40 ms) ACK of its headers
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror})") from None
+    sock.listen(128)
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    """uvicorn serving an app on a bound socket, in this thread (`run`) or another (`start`/`stop`)."""
+
+    def __init__(self, app, sock: socket.socket) -> None:
+        import uvicorn
+
+        self.app, self.sock = app, sock
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def run(self) -> None:
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.close()
+
+    def start(self) -> Server:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def close(self) -> None:
+        self.app.state.closing = True
+        self.app.state.trainer.stop()
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(10)
+        self.sock.close()
+
+
+def serve(ckpt_path: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> int:
+    """`convprop serve`: load (or train) a model and serve the page until Ctrl-C."""
+    require()
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port: expected 0..65535, got {port}")
+    sock = bind(host, port)  # before loading or training: a busy port fails at once
+    try:
+        engine = load_engine(ckpt_path)
+    except BaseException:
+        sock.close()
+        raise
+    server = Server(create_app(engine), sock)
+    model = engine.meta.get("model", "model")
+    acc = engine.meta.get("test_accuracy")
+    print(f"convprop serve: {model} from {engine.source}" + (f" (test accuracy {acc:.2%})" if acc else ""))
+    if not is_loopback(host):
+        print(f"convprop serve: listening on {host}, not only this machine's loopback (--host {host}): anyone who "
+              "can reach this address can use the page and start training", file=sys.stderr)
+    print(f"convprop serve: open {server.url}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again
+        pass
+    print("convprop serve: stopped")
+    return 0
