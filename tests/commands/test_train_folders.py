@@ -114,3 +114,13 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
     if case in ("val-split", "final", "rotate", "empty", "val-class"):
         one_line(r) if case != "final" else None
     assert not out.exists()  # no half-made run directory
+
+
+def test_resnet8_has_its_own_default_recipe():
+    from convprop.run import Settings
+
+    assert Settings.recipe() == Settings()
+    r = Settings.recipe(model="resnet8")
+    assert (r.epochs, r.batch_size, r.optimizer, r.lr) == (30, 128, "sgd", 0.1)
+    assert Settings.recipe(model="resnet8", optimizer="adam").lr == 0.005  # the optimizer's own rate
+    assert Settings.recipe(model="resnet8", epochs=3).epochs == 3

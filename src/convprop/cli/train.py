@@ -8,6 +8,7 @@ import sys
 from .. import distributed, models
 from ..functional._threads import get_num_threads, set_num_threads
 from ..run import DEFAULT_LR, OPTIMIZERS, Run, Settings
+from ..run.settings import RECIPES
 from ._options import positive_int, setting
 
 
@@ -18,7 +19,9 @@ def add_parser(sub) -> None:
                                    "tested on the official 10,000 test images.")
     d = Settings()
     t.add_argument("--model", choices=sorted(models.MODELS), default=None,
-                   help=f"architecture (default: {d.model})")
+                   help=f"architecture (default: {d.model}); " + "; ".join(
+                       f"{m}'s own defaults: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in r.items())
+                       for m, r in RECIPES.items()))
     t.add_argument("--data", metavar="DIR", default=None,
                    help="directory of MNIST / Fashion-MNIST IDX files, .gz or raw, also torchvision's "
                         "MNIST/raw layout; or of CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin); or "
@@ -93,7 +96,7 @@ def run(args) -> int:
         if args.resume:
             run = Run.resume(args.resume, args.out, given=given, data=args.data, **options)
         else:
-            run = Run(Settings(data=args.data, **given), args.out, **options)
+            run = Run(Settings.recipe(data=args.data, **given), args.out, **options)
     with run:
         run.train()
         if rank == 0:

@@ -65,6 +65,12 @@ def problem(name: str, value: Any) -> str | None:
     return None if allowed(value) else expected + (" or None" if name in OPTIONAL else "")
 
 
+# A model's own default recipe, where it differs from the dataclass's (LeNet-5's): what `convprop train
+# --model NAME` uses for the flags not given.  ResNet-8: SGD with Nesterov momentum at one-cycle peak 0.1,
+# batch 128, 30 epochs (a BatchNorm net takes the larger rate and batch; see docs/residual.md).
+RECIPES: dict[str, dict[str, Any]] = {"resnet8": {"epochs": 30, "batch_size": 128, "optimizer": "sgd", "lr": 0.1}}
+
+
 @dataclasses.dataclass
 class Settings:
     """What a run trains; a checkpoint keeps them, so that `--resume` continues with the same."""
@@ -112,6 +118,15 @@ class Settings:
             return cls(**{k: v for k, v in saved.items() if k in fields})
         except RunError as e:
             raise RunError(f"{where}: saved run setting {e}") from None
+
+    @classmethod
+    def recipe(cls, **given: Any) -> Settings:
+        """Settings of the given values, the rest from the model's recipe (RECIPES), then the defaults; an
+        optimizer given without a learning rate gets its own default rate, not the recipe's."""
+        base = dict(RECIPES.get(given.get("model") or cls.model, {}))
+        if "optimizer" in given and "lr" not in given:
+            base.pop("lr", None)
+        return cls(**{**base, **given})
 
     def dict(self) -> dict:
         return dataclasses.asdict(self)
