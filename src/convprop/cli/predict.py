@@ -11,7 +11,7 @@ import numpy as np
 from .. import checkpoint
 from ..data import normalize
 from ..data.folders import read_image
-from ..data.images import IMAGE_EXTENSIONS, ImageError, read_digit
+from ..data.images import IMAGE_EXTENSIONS, read_digit
 from ..train import predict
 
 CHUNK = 256  # images read and classified at a time
@@ -19,10 +19,12 @@ CHUNK = 256  # images read and classified at a time
 
 def add_parser(sub) -> None:
     r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint",
-                       description="Each image is converted as MNIST was made (grayscale, white ink on black, "
-                                   "the ink scaled into 20×20 and centred) and classified. A warning goes to "
-                                   "stderr for an image that is blank, almost uniform, or whose ink is only in "
-                                   "its alpha channel.")
+                       description="For a model trained on digits (MNIST-style data), each image is converted "
+                                   "as MNIST was made (grayscale, white ink on black, the ink scaled into 20×20 and "
+                                   "centred) and classified; a warning goes to stderr for an image that is blank, "
+                                   "almost uniform, or whose ink is only in its alpha channel. For a model trained "
+                                   "on a folder of images, each is read as its training images were (channels, size, "
+                                   "normalisation, as the checkpoint records) and named by the folder's classes.")
     r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
     r.add_argument("images", metavar="IMAGE", nargs="+",
                    help="image files, or directories of them (PNG, JPEG, BMP, GIF, WebP, TIFF; any size)")
@@ -49,10 +51,7 @@ def _read_whole(path: str, spec: dict) -> np.ndarray:
     """An image as the model's training images were read (data/folders.py): C channels, resized to H×W."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        return read_image(path, tuple(spec["size"]), spec["channels"])
-    except ImageError as e:
-        raise ImageError(str(e)) from None
+    return read_image(path, tuple(spec["size"]), spec["channels"])
 
 
 def run(args) -> int:

@@ -109,9 +109,8 @@ class Run:
 
     def _build(self) -> None:
         s = self.settings
-        saved_input = checkpoint.input_spec(self.ckpt["meta"]) if self.ckpt is not None else None
-        if saved_input is not None and "input" not in self.ckpt["meta"]:
-            saved_input = None  # (a checkpoint from before the input was recorded: derived again from the data)
+        # a resumed run reads its data as it did (a checkpoint from before "input" existed: as the data says)
+        saved_input = self.ckpt["meta"].get("input") if self.ckpt is not None else None
         d = load_run_data(s.data, s.model, s.val_split, s.seed, s.train_size, s.test_size, saved_input)
         self.data = d
         self.images, self.labels = d.train
@@ -322,7 +321,7 @@ class Run:
         model, path, epoch = self.final_model()
         loss, acc = evaluate(model, self.test_loader, self.loss_fn)
         self.test_result = {"test_accuracy": acc, "test_loss": loss, "test_checkpoint": path, "test_epoch": epoch}
-        self.final = model
+        self.tested_model = model
         return self.test_result
 
     def finish(self) -> list[str]:
@@ -342,7 +341,7 @@ class Run:
         self.log(f"checkpoint: {self.ckpt_path} (last)" + (f", {self.best_path} (best)" if self.best_epoch else ""))
         from ..plots import pictures
 
-        model = getattr(self, "final", self.model)
+        model = getattr(self, "tested_model", self.model)
         images, labels = (self.test_images, self.test_labels) if self.test_loader is not None else \
             (self.val_images, self.val_labels)
         if images is None:
