@@ -1,4 +1,7 @@
-"""convprop: CNNs with hand-written, PyTorch-checked backward passes, in NumPy."""
+"""convprop: CNNs with hand-written, PyTorch-checked backward passes, in NumPy.
+
+Docstrings cite the docs as docs/NAME.md: in a checkout that is the docs/ folder; an installed convprop
+carries the same files in <environment>/share/doc/convprop/ (with the README)."""
 
 from .functional._threads import get_num_threads, set_num_threads
 

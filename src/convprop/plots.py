@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import nn
+from . import nn, steps
 from ._extras import require
 from .data import normalize
 from .train import confusion_matrix, predict
@@ -57,36 +57,56 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
     raise ValueError("model: expected a network with a Conv2d layer, found none")
 
 
+PER_ROW = 8  # tiles per row of the filters and feature maps: ≤ 1,000 px wide at 100 dpi
+
+
 def filters(model: nn.Module, path: str) -> str:
-    """The learned kernels of the first convolution, one tile per (output, input) channel pair."""
+    """The learned kernels of the first convolution, one tile per (output, input) channel pair, in rows of 8."""
     plt = _plt()
     w = _first_conv(model).weight.data
     cout, cin = w.shape[:2]
-    fig, axes = plt.subplots(cin, cout, figsize=(1.6 * cout, 1.8 * cin), squeeze=False)
+    tiles = [(o, i) for o in range(cout) for i in range(cin)]
+    cols = min(PER_ROW, len(tiles))
+    rows = -(-len(tiles) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.3 * rows + 0.5), squeeze=False)
     lim = float(np.abs(w).max()) or 1.0
-    for i in range(cin):
-        for o in range(cout):
-            ax = axes[i][o]
-            ax.imshow(w[o, i], cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(f"filter {o}", fontsize=8)
-            ax.axis("off")
-    fig.suptitle("first-layer filters (red +, blue −)")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for (o, i), ax in zip(tiles, axes.ravel()):
+        ax.imshow(w[o, i], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"filter {o}" + (f", in {i}" if cin > 1 else ""), fontsize=8)
+    fig.suptitle(f"first-layer filters {cout}×{cin}×{w.shape[2]}×{w.shape[3]} (red +, blue −, ±{lim:.2g})")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def feature_maps(model: nn.Sequential, image: np.ndarray, path: str, max_channels: int = 8) -> str:
-    """The input and the output of every conv and pooling layer for one image (1, C, H, W)."""
-    plt = _plt()
+PICTURED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+
+def feature_rows(model: nn.Module, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """What feature_maps draws of one image (1, C, H, W), as (title, maps (C, H, W)): the input, the output of
+    every conv and pooling layer outside residual blocks, and of every residual block (convprop.steps: the
+    block's last layer, after its join) — at least one row per block, however deep the network.  Outputs of
+    1×1 (a global pooling) are left out: one pixel per map."""
     model.eval()
+    walk, _ = steps.forward(model, image)
     rows = [("input", image[0])]
-    h = image
-    for k, layer in enumerate(model):
-        h = layer(h)
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-            rows.append((f"{k}: {type(layer).__name__}", h[0]))
+    for k, s in enumerate(walk):
+        last_of_block = s.block is not None and (k + 1 == len(walk) or walk[k + 1].block != s.block)
+        pictured = s.kind == "layer" and s.block is None and isinstance(s.module, PICTURED)
+        if (pictured or last_of_block) and s.output.ndim == 4 and s.output.shape[2] * s.output.shape[3] > 1:
+            what = f"block {s.block}: relu(f(x) + shortcut(x))" if last_of_block else f"{s.path}: {s.name}"
+            rows.append((f"{what} → {'×'.join(map(str, s.output.shape[1:]))}", s.output[0]))
+    return rows
+
+
+def feature_maps(model: nn.Sequential, image: np.ndarray, path: str, max_channels: int = PER_ROW) -> str:
+    """The first max_channels maps of each row of feature_rows, one row each."""
+    plt = _plt()
+    rows = feature_rows(model, image)
     cols = min(max_channels, max(r[1].shape[0] for r in rows))
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.6 * len(rows)), squeeze=False)
+    height = 1.45 * len(rows) + 0.5
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, height), squeeze=False)
     for r, (name, maps) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -94,50 +114,89 @@ def feature_maps(model: nn.Sequential, image: np.ndarray, path: str, max_channel
             if c < maps.shape[0]:
                 ax.imshow(maps[c], cmap="viridis")
         axes[r][0].set_title(name, fontsize=8, loc="left")
-    fig.suptitle("feature maps of one test image")
-    fig.tight_layout()
+    fig.suptitle(f"feature maps of one test image (the first {cols} channels of each)")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / height, wspace=0.06, hspace=0.3)
     return _save(fig, path)
 
 
-def saliency(model: nn.Sequential, images: np.ndarray, labels: np.ndarray, path: str) -> np.ndarray:
-    """|∂L/∂x| for each image, through the hand-written backward pass, input gradient included.
-    Returns the saliency maps (N, H, W) and writes image/saliency pairs."""
-    plt = _plt()
+def smoothgrad(model: nn.Sequential, images: np.ndarray, classes: np.ndarray, samples: int = 32,
+               noise: float = 0.15, seed: int = 0) -> np.ndarray:
+    """SmoothGrad (Smilkov et al., 2017): ∂z_c/∂x, the gradient of each image's class logit z_c through the
+    hand-written backward pass, averaged over `samples` noisy copies x + ε, ε ~ N(0, (noise·(max x − min x))²).
+    One gradient is speckled by the ReLUs' and max-pools' switching; the mean is smooth.  The logit rather than
+    the loss: at p ≈ 1 the loss's gradient (p − 1)·∂z_c/∂x is ~0 for an image the model is sure of.
+    images (N, C, H, W) → (N, C, H, W); samples=1, noise=0 gives the plain gradient."""
+    rng = np.random.default_rng(seed)
     model.eval()
-    loss_fn = nn.CrossEntropyLoss()
+    spread = images.max(axis=(1, 2, 3), keepdims=True) - images.min(axis=(1, 2, 3), keepdims=True)
+    total = np.zeros(images.shape)
+    for _ in range(samples):
+        x = (images + noise * spread * rng.standard_normal(images.shape)).astype(images.dtype)
+        z = model(x)
+        dz = np.zeros_like(z)
+        dz[np.arange(len(images)), classes] = 1  # ∂z_c/∂z
+        model.zero_grad()
+        total += model.backward(dz, input_grad=True)
     model.zero_grad()
-    _, dlogits = loss_fn(model(images), labels)
-    dx = model.backward(dlogits * len(labels), input_grad=True)  # per-image ∂L_n/∂x_n
-    model.zero_grad()
-    maps = np.abs(dx).max(axis=1)
+    return total / samples
+
+
+def saliency(model: nn.Sequential, images: np.ndarray, labels: np.ndarray,
+             path: str) -> tuple[np.ndarray, np.ndarray]:
+    """For each image: SmoothGrad's |∂z_c/∂x| (where a change of the pixel moves the class's logit most) and
+    SmoothGrad's ∂z_c/∂x × (x − black) (each pixel's ink: red for the class, blue against it), c the label.
+    Writes the picture (rows: image, |gradient|, gradient × ink) and returns the last two rows' maps (N, H, W)."""
+    plt = _plt()
+    grads = smoothgrad(model, images, labels)
+    maps = np.abs(grads).max(axis=1)
+    black = images.min(axis=(1, 2, 3), keepdims=True)  # the background, normalised
+    ink = (grads * (images - black)).sum(axis=1)
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(1.7 * n, 5.4), squeeze=False)
     for i in range(n):
         axes[0][i].imshow(images[i, 0], cmap="gray")
         axes[0][i].set_title(f"label {labels[i]}", fontsize=8)
-        axes[1][i].imshow(maps[i], cmap="hot")
-        for r in range(2):
+        axes[1][i].imshow(maps[i], cmap="hot", vmin=0)
+        lim = float(np.abs(ink[i]).max()) or 1.0
+        axes[2][i].imshow(ink[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        for r in range(3):
             axes[r][i].axis("off")
-    fig.suptitle("saliency |∂L/∂x| (bottom) of test images (top)")
+    axes[1][0].set_title("|∂z/∂x|", fontsize=8, loc="left")
+    axes[2][0].set_title("∂z/∂x × ink", fontsize=8, loc="left")
+    fig.suptitle("saliency of the label's logit z (SmoothGrad, 32 noisy copies): where it is sensitive (middle),\n"
+                 "what ink it comes from (bottom: red for the label, blue against)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
-    return maps
+    return maps, ink
+
+
+def confusion_figure(matrix: np.ndarray):
+    """The confusion matrix as a matplotlib (figure, axes): the diagonal (right answers) in greens on its own
+    scale, the mistakes in reds on theirs (0 to the largest mistake count), so that a few mistakes among hundreds of
+    right answers still show; every non-zero count printed in its cell."""
+    plt = _plt()
+    k = matrix.shape[0]
+    eye = np.eye(k, dtype=bool)
+    off, diag = np.ma.masked_where(eye, matrix), np.ma.masked_where(~eye, matrix)
+    worst, best = max(int(off.max() or 0), 1), max(int(diag.max() or 0), 1)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ax.imshow(diag, cmap="Greens", vmin=0, vmax=1.5 * best)
+    im = ax.imshow(off, cmap="Reds", vmin=0, vmax=worst)
+    for i in range(k):
+        for j in range(k):
+            if matrix[i, j]:
+                dark = matrix[i, j] > (0.75 * best if i == j else worst / 2)
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(k), yticks=range(k),
+           title=f"confusion matrix — accuracy {np.trace(matrix) / max(matrix.sum(), 1):.2%}")
+    fig.colorbar(im, label="mistakes (off the diagonal; the diagonal in green, on its own scale)")
+    fig.tight_layout()
+    return fig, ax
 
 
 def confusion(matrix: np.ndarray, path: str) -> str:
-    plt = _plt()
-    k = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    im = ax.imshow(matrix, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", xticks=range(k), yticks=range(k),
-           title=f"confusion matrix — accuracy {np.trace(matrix) / max(matrix.sum(), 1):.2%}")
-    fig.colorbar(im)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(confusion_figure(matrix)[0], path)
 
 
 def plot_run(run_dir: str, model: nn.Sequential, history: list[dict], test_x: np.ndarray,

@@ -71,7 +71,7 @@ def test_mpich_talks_tcp_over_the_link_between_the_hosts(hosts):
     code = "from mpi4py import MPI; import numpy as np; MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, np.ones(9))"
     r = hosts.run(MPIEXEC, "-n", "2", sys.executable, "-c", code, env={"UCX_LOG_LEVEL": "info"})
     assert r.returncode == 0, r.stderr
-    chosen = re.findall(r"\[(host\d):\d+:\d+\].*inter-node cfg#\d+ (.*)", r.stdout + r.stderr)
+    chosen = re.findall(r"\[(host\d):\d+ *:\d+\].*inter-node cfg#\d+ (.*)", r.stdout + r.stderr)
     assert sorted(h for h, _ in chosen) == ["host1", "host2"], r.stderr
     for _, transports in chosen:
         assert set(re.findall(r"\(([^)]*)\)", transports)) == {f"tcp/{hosts.device}"}, transports

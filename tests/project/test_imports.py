@@ -98,3 +98,51 @@ def test_no_source_file_is_over_600_lines():
     assert not new, f"over {MAX_LINES} lines: {new}"
     if over:
         pytest.xfail(f"over {MAX_LINES} lines, being split: {over}")
+
+
+# docs/architecture.md, room by room: what each room of src/convprop may import (besides the leaves)
+LEAVES = {"errors", "_files", "_extras", "safe_json", "random", "allocator"}
+ALLOWED = {
+    "functional": set(),
+    "gradcheck": set(),
+    "nn": {"functional"},
+    "optim": {"nn"},
+    "models": {"nn"},
+    "data": set(),
+    "train": {"nn", "optim", "functional"},
+    "distributed": {"train", "nn", "optim"},
+    "checkpoint": {"nn", "optim", "models"},
+    "weights": {"nn"},
+    "run": {"train", "distributed", "checkpoint", "weights", "data", "models", "nn", "optim", "plots"},
+    "plots": {"nn", "train", "data", "steps", "functional"},
+    "steps": {"nn"},
+    "explain": {"functional", "nn", "gradcheck"},
+    "onnx": {"nn", "functional"},
+    "serve": {"run", "train", "explain", "checkpoint", "data", "models", "nn", "optim", "functional", "steps"},
+    "cli": None,  # the top: anything
+    "__main__": {"cli"},
+    "convprop": {"functional", "weights", "onnx"},  # the package's own __init__ (lazy attributes)
+}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "convprop"
+
+
+def test_each_room_imports_only_what_docs_architecture_allows():
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    problems = []
+    for m, targets in sorted(import_graph().items()):
+        r = room(m)
+        if r in LEAVES:
+            problems += [f"{m} (a leaf) imports {t}" for t in sorted(targets)]
+            continue
+        assert r in ALLOWED, f"{r} is a room docs/architecture.md does not describe: add its paragraph"
+        if r not in ("convprop", "__main__"):
+            assert f"**{r}" in doc, f"docs/architecture.md has no paragraph on {r}"
+        allowed = ALLOWED[r]
+        if allowed is not None:
+            problems += [f"{m} imports {t}" for t in sorted(targets)
+                         if room(t) != r and room(t) not in LEAVES and room(t) not in allowed]
+    assert not problems, "imports docs/architecture.md does not allow: " + "; ".join(problems)

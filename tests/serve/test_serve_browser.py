@@ -19,6 +19,7 @@ from serve_helpers import png_data_url, start  # noqa: E402
 import convprop.random as R  # noqa: E402
 from convprop import checkpoint, models, nn, optim  # noqa: E402
 from convprop.data import DataLoader, load_mnist  # noqa: E402
+from convprop.serve.engine import Engine  # noqa: E402
 from convprop.serve.server import load_engine  # noqa: E402
 from convprop.train import fit  # noqa: E402
 
@@ -90,6 +91,27 @@ def non_blank(page, selector: str) -> list[dict]:
     return pictures
 
 
+# every picture and caption of a layer's row inside its own column: [what spills over] (empty: none)
+SPILL_JS = """() => { const bad = [];
+  for (const cols of document.querySelectorAll('#layers .cols')) {
+    const [f, b] = cols.children, fr = f.getBoundingClientRect(), br = b.getBoundingClientRect();
+    for (const e of f.querySelectorAll('img, figcaption')) if (e.getBoundingClientRect().right > fr.right + 1)
+      bad.push('forward ' + cols.parentElement.querySelector('h3').textContent);
+    for (const e of b.querySelectorAll('img, figcaption')) if (e.getBoundingClientRect().right > br.right + 1)
+      bad.push('backward ' + cols.parentElement.querySelector('h3').textContent);
+  } return bad; }"""
+
+
+def no_overlap(page) -> None:
+    """The layer rows' forward pictures stay out of the backward column, at the widths people use."""
+    for width in (1400, 1920):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(100)
+        spills = page.evaluate(SPILL_JS)
+        assert not spills, f"at {width} px: {spills[:3]}"
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
 def draw_seven(page) -> None:
     box = page.locator("#pad").bounding_box()
     points = [(80, 70), (200, 70), (190, 110), (150, 180), (130, 232)]
@@ -119,7 +141,11 @@ def test_draw_see_every_layer_switch_class_and_train(browser, server, tmp_path):
     assert page.locator("#bars .bar").count() == 10
     predicted = int(page.get_attribute("#bars", "data-predicted"))
     assert predicted == 7, "a drawn 7 after two epochs of training"
-    assert page.get_attribute("#layers", "data-class") == str(predicted)
+    shown = [float(t[:-1]) for t in page.locator("#bars .bar .p").all_text_contents()]  # "15.4%" per class
+    cls = int(page.get_attribute("#layers", "data-class"))  # the default class: the runner-up
+    assert cls != predicted and shown[cls] == max(p for k, p in enumerate(shown) if k != predicted)
+    assert page.locator("#bars .bar.selected").get_attribute("data-k") == str(cls)
+    assert "not the predicted class" in page.text_content("#layers .layer h3")
     layers = page.locator("#layers .layer[data-type]")
     assert layers.count() == 12
     titles = page.locator("#layers .layer h3").all_text_contents()
@@ -134,6 +160,9 @@ def test_draw_see_every_layer_switch_class_and_train(browser, server, tmp_path):
     text = page.text_content("#layers")
     for eq in ("∂A = K ⋆ᵀ ∂Z", "O_ij = A_patch_ij ⊙ ∂Z_ij", "mask = 0;  mask[indices] += ∂Z^l", "∂Z = ∂A ⊙ [Z > 0]"):
         assert eq in text
+    assert "black 0 0" not in text and "black 0 … white" in text  # captions say what the colours mean
+    assert "the largest |∂L/∂x| is" in page.text_content("#layers .layer h3")  # the gradient's scale
+    no_overlap(page)
     saliency_before = page.get_attribute("#layers figure.panel img >> nth=2", "src")
 
     # switch the class of the backward pass: click the bar of another digit
@@ -210,3 +239,46 @@ def test_touch_drawing_and_a_dropped_image(browser, server):
     assert y[3] == 0 and page.get_attribute("#bars", "data-predicted") == "0"
     assert not errors, errors
     context.close()
+
+
+@pytest.fixture(scope="module")
+def resnet_server():
+    """A ResNet-8, trained briefly (300 steps' worth would take minutes: 40 steps on the bundled sample)."""
+    R.manual_seed(0)
+    model = models.resnet8()
+    images, labels = load_mnist(train=True)
+    fit(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=3e-3),
+        DataLoader(images[:1280], labels[:1280], 32, shuffle=True), 1, progress=False, log=None)
+    srv = start(Engine(model, "a ResNet-8 trained for 40 steps", {"model": "resnet8"}))
+    yield srv
+    srv.close()
+
+
+def test_a_resnet_is_drawn_block_by_block_with_its_forks_and_joins(browser, resnet_server, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = watch_errors(page)
+    page.goto(resnet_server.url + "/")
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('resnet8')")
+    draw_seven(page)
+    page.wait_for_selector("#layers[data-state=ready]", timeout=120_000)
+    blocks = page.locator("#layers .block")
+    assert blocks.count() == 3
+    assert [blocks.nth(i).get_attribute("data-block") for i in range(3)] == ["layer1.0", "layer2.0", "layer3.0"]
+    for i in range(3):  # each block: its fork, its join, both lanes named
+        block = blocks.nth(i)
+        assert block.locator(".layer.fork[data-type=fork]").count() == 1
+        assert block.locator(".layer.join[data-type=join]").count() == 1
+        assert block.locator(".diagram .lane-f").text_content().startswith("branch f: conv1 → bn1 → relu1")
+    assert "identity" in blocks.nth(0).locator(".diagram .lane-s").text_content()
+    assert blocks.nth(1).locator(".layer.branch-shortcut").count() == 2  # downsample.0, downsample.1
+    assert page.locator("#layers .layer[data-type=Sequential], #layers .layer[data-type=BasicBlock]").count() == 0
+    non_blank(page, "#layers .layer.fork .panels.grad figure.panel img")  # ∂x via f, via the shortcut, the sum
+    non_blank(page, "#layers .layer.join .col:first-child figure.panel img")  # f(x), shortcut(x), s
+    text = page.text_content("#layers")
+    assert "∂x = ∂x|_f + ∂x|_shortcut" in text and "∂f(x) = ∂shortcut(x) = ∂s" in text
+    no_overlap(page)
+    page.locator("#layers .block[data-block='layer2.0']").scroll_into_view_if_needed()
+    page.evaluate("document.querySelector(\"#layers .block[data-block='layer2.0']\").scrollIntoView()")
+    screenshot(page, "serve-resnet.png", tmp_path)
+    assert not errors, errors
+    page.close()

@@ -24,4 +24,6 @@ LAYER_RULES = {
     "MaxPool2d": "max-unpool: each ∂ goes to its window's argmax",
     "ReLU": "∂Z = ∂A ⊙ [Z > 0]",
     "Conv2d": "∂A = K ⋆ᵀ ∂Z,  ∂K = Σ A_patch ⊙ ∂Z_ij,  ∂B = Σ ∂Z",
+    "fork": "∂x = ∂x|_f + ∂x|_shortcut   (x fed both branches: their ∂ add)",
+    "join": "∂f(x) = ∂shortcut(x) = ∂s   (a sum hands its ∂ to both branches unchanged)",
 }

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import inputs
 from .arrays import encode
-from .engine import Engine, describe_layer
+from .engine import Engine, step_info
 from .inputs import InputError
 from .trainer import Busy, Trainer
 
@@ -81,11 +81,11 @@ def create_app(engine: Engine):
     def forward(body):
         fmt, digit = inputs.output_format(body), inputs.digit(body)
         x = engine.input(digit)
-        outs, probs = engine.forward(x)
+        walk, probs = engine.forward(x)
         return {"probs": _floats(probs), "predicted": int(probs.argmax()), "digit": digit.tolist(),
                 "input": encode(x[0], fmt, "gray"),
-                "layers": [{"index": k, "type": type(layer).__name__, "label": describe_layer(k, layer),
-                            "output": encode(o[0], fmt)} for (k, layer), o in zip(enumerate(engine.model), outs)]}
+                "layers": [{**step_info(k, s), "output": encode(s.output[0], fmt),
+                            "parts": [encode(p[0], fmt) for p in s.parts]} for k, s in enumerate(walk)]}
 
     def backward(body):
         fmt, digit = inputs.output_format(body), inputs.digit(body)
@@ -163,7 +163,8 @@ def create_app(engine: Engine):
 
 def _layer_gradients(e: dict, fmt: str) -> dict:
     """One layer of Engine.backward's answer, its arrays encoded in fmt."""
-    entry = {k: e[k] for k in ("index", "type", "label", "equation")}
+    entry = {k: e[k] for k in ("index", "type", "label", "block", "branch", "equation")}
+    entry["grad_parts"] = [encode(g[0], fmt) for g in e.get("grad_parts", [])]
     entry["grad_output"] = encode(e["grad_output"][0], fmt)
     entry["grad_input"] = encode(e["grad_input"][0], fmt)
     entry["parameters"] = {n: {"value": encode(p["value"], fmt), "grad": encode(p["grad"], fmt, "signed")}

@@ -15,15 +15,15 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .. import nn
+from .. import nn, steps
 from ..data import normalize
 from ..explain.equations import EQUATIONS, LAYER_RULES
 from ..functional import conv_transpose2d, log_softmax
 from .inputs import SIZE, InputError, target_class
 
 
-def describe_layer(k: int, layer: nn.Module) -> str:
-    """'3: Conv2d 6→16, 5×5' — the label the page prints above a layer's pictures."""
+def describe_layer(k: int | str, layer: nn.Module) -> str:
+    """'3: Conv2d 6→16, 5×5' — the label the page prints above a layer's pictures (k: its index or dotted name)."""
     name = type(layer).__name__
     if isinstance(layer, nn.Conv2d):
         kh, kw = layer.kernel_size
@@ -34,6 +34,21 @@ def describe_layer(k: int, layer: nn.Module) -> str:
     if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
         return f"{k}: {name} {layer.kernel_size}×{layer.kernel_size}"
     return f"{k}: {name}"
+
+
+def describe_step(s: steps.Step) -> str:
+    """A step's label: its layer's, or what a block's fork and join do."""
+    if s.kind == "fork":
+        return f"{s.path}: fork — x feeds the residual branch f and the shortcut"
+    if s.kind == "join":
+        return f"{s.path}: join — s = f(x) + shortcut(x)"
+    return describe_layer(s.path, s.module)
+
+
+def step_info(k: int, s: steps.Step) -> dict:
+    """What the page shows of step k besides its arrays: index, type, label, block, branch, equation."""
+    return {"index": k, "type": s.name, "label": describe_step(s), "block": s.block, "branch": s.branch,
+            "equation": LAYER_RULES.get(s.name)}
 
 
 class Engine:
@@ -80,15 +95,11 @@ class Engine:
 
     def describe(self) -> dict:
         x = np.zeros((1, 1, SIZE, SIZE), self.dtype)
-        layers = []
-        with self.locked():
-            h = x
-            for k, layer in enumerate(self.model):
-                h = layer(h)
-                layers.append({"index": k, "type": type(layer).__name__, "label": describe_layer(k, layer),
-                               "output_shape": list(h.shape[1:]),
-                               "parameters": {n: list(p.shape) for n, p in layer.named_parameters()},
-                               "equation": LAYER_RULES.get(type(layer).__name__)})
+        with self.locked() as model:
+            walk, h = steps.forward(model, x)
+        layers = [{**step_info(k, s), "output_shape": list(s.output.shape[1:]),
+                   "parameters": {n: list(p.shape) for n, p in s.module.named_parameters()
+                                  if s.kind == "layer"}} for k, s in enumerate(walk)]
         return {"source": self.source, **self.meta, "input_shape": [1, SIZE, SIZE], "classes": int(h.shape[1]),
                 "layers": layers, "equations": {"loss": EQUATIONS["loss"]}}
 
@@ -100,56 +111,62 @@ class Engine:
                     return layer.weight.data.copy()
         raise InputError("model: has no Conv2d layer to show filters of")
 
-    def forward(self, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Every layer's output for one input (1, 1, 28, 28), and the class probabilities."""
-        outs, h = [], x
+    def forward(self, x: np.ndarray) -> tuple[list[steps.Step], np.ndarray]:
+        """Every step's output for one input (1, 1, 28, 28) — every layer, residual blocks opened with their
+        fork and join (convprop.steps) — and the class probabilities."""
         with self._evaluating() as model:
-            for layer in model:
-                h = layer(h)
-                outs.append(h)
-        return outs, np.exp(log_softmax(outs[-1].astype(np.float64), 1)[0])[0]
+            walk, logits = steps.forward(model, x)
+        return walk, np.exp(log_softmax(logits.astype(np.float64), 1)[0])[0]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)[1]
+        with self._evaluating() as model:
+            return np.exp(log_softmax(model(x).astype(np.float64), 1)[0])[0]
 
     def backward(self, x: np.ndarray, target: int | None = None) -> dict:
-        """The backward pass of L = cross-entropy(model(x), target) (default: the predicted class), layer
-        by layer through each layer's own backward.  Returns the loss, the probabilities, ∂L/∂x and for
-        every layer k: ∂L/∂(output of k), ∂L/∂(input of k), its parameters' gradients, and the pieces of
-        its rule (pooling: where the gradient goes; conv: K ⋆ᵀ ∂Z by channel and patch ⊙ ∂Z_ij)."""
+        """The backward pass of L = cross-entropy(model(x), target) (default: the runner-up class, the
+        most likely after the predicted one: at p ≈ 1 the predicted class's gradients are ~1e-6, the runner-up's
+        say what would make the digit more like it), step by step through each layer's own backward.
+        Returns the loss, the probabilities, ∂L/∂x and for every step k (convprop.steps: layers, and a
+        block's fork and join): ∂L/∂(output of k), ∂L/∂(input of k), its parameters' gradients, the pieces
+        of its rule (pooling: where the gradient goes; conv: K ⋆ᵀ ∂Z by channel and patch ⊙ ∂Z_ij)."""
         with self._evaluating() as model:
             return _backward(model, x, target)
 
 
+def default_class(probs: np.ndarray) -> int:
+    """The class the page's backward pass shows unless one is chosen: the runner-up (the most likely after the
+    predicted one), whose loss is large enough for gradients a learner can see; the only class of a 1-class model."""
+    order = np.argsort(-probs, kind="stable")
+    return int(order[1] if len(order) > 1 else order[0])
+
+
 def _backward(model: nn.Sequential, x: np.ndarray, target: int | None) -> dict:
     """Engine.backward's pass, on the model it holds locked."""
-    layers = list(model)
-    acts, h = [x], x
-    for layer in layers:
-        h = layer(h)
-        acts.append(h)
-    logits = h
+    walk, logits = steps.forward(model, x)
     probs = np.exp(log_softmax(logits.astype(np.float64), 1)[0])[0]
     target = target_class(target, logits.shape[1])
     if target is None:
-        target = int(probs.argmax())
+        target = default_class(probs)
     loss, d = nn.CrossEntropyLoss()(logits, np.array([target]))  # L and ∂L/∂z
     model.zero_grad()
+    dx = steps.backward(model, walk, d)  # the model's own backward; every step's gradients recorded
     out = []
-    for k in range(len(layers) - 1, -1, -1):
-        layer = layers[k]
-        entry = {"index": k, "type": type(layer).__name__, "label": describe_layer(k, layer),
-                 "equation": LAYER_RULES.get(type(layer).__name__), "grad_output": d}
-        pieces = _conv_pieces(layer, acts[k], d) if isinstance(layer, nn.Conv2d) else None
-        d = layer.backward(d)  # the layer's own backward: ∂L/∂(its input), parameter gradients into .grad
-        entry["grad_input"] = d
+    for k, s in enumerate(walk):
+        layer = s.module
+        entry = {**step_info(k, s), "grad_output": s.grad_output, "grad_input": s.grad_input, "parameters": {}}
+        if s.kind != "layer":
+            entry["parts"] = s.parts
+            entry["grad_parts"] = s.grad_parts
+            out.append(entry)
+            continue
         entry["parameters"] = {n: {"value": p.data.copy(), "grad": p.grad.copy()}
                                for n, p in layer.named_parameters()}
         if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-            layer(acts[k])  # the same forward again, then its backward of ones: where each ∂ goes
-            entry["routing"] = layer.backward(np.ones_like(acts[k + 1]))
+            layer(s.input)  # the same forward again, then its backward of ones: where each ∂ goes
+            entry["routing"] = layer.backward(np.ones_like(s.output))
             key = "maxpool.unpool" if isinstance(layer, nn.MaxPool2d) else "avgpool.spread"
             entry["routing_equation"] = EQUATIONS[key]
+        pieces = _conv_pieces(layer, s.input, s.grad_output) if isinstance(layer, nn.Conv2d) else None
         if pieces is not None:
             pieces["sum_check"] = float(np.abs(pieces.pop("patch_sum") - entry["parameters"]["weight"]["grad"]
                                                [pieces["channel"]]).max())
@@ -157,7 +174,7 @@ def _backward(model: nn.Sequential, x: np.ndarray, target: int | None) -> dict:
         out.append(entry)
     model.zero_grad()
     return {"class": target, "loss": float(loss), "probs": probs, "predicted": int(probs.argmax()),
-            "input_grad": d, "layers": out[::-1]}
+            "input_grad": dx, "layers": out}
 
 
 def _conv_pieces(layer: nn.Conv2d, a: np.ndarray, dz: np.ndarray, top: int = 4) -> dict | None:

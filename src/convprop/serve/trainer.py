@@ -16,6 +16,24 @@ class Busy(RuntimeError):
     """A request the trainer's state forbids now (HTTP 409): start while running, restore while training."""
 
 
+def epochs_done(rows: list[dict], steps_per_epoch: int) -> float:
+    """How many epochs the rows of the curves hold: 1 for each whole one, the share of its steps for each
+    epoch training stopped in (a row marked "partial", whose "step" counts every step so far)."""
+    done, before = 0.0, 0
+    for row in rows:
+        done += min((row["step"] - before) / steps_per_epoch, 1.0) if row.get("partial") else 1.0
+        before = row["step"]
+    return done
+
+
+def progress_text(done: float) -> str:
+    """'6 epochs', '1 epoch', or '6 epochs + 40 % of epoch 7' (never rounded up to a whole epoch not done)."""
+    whole = int(done + 1e-9)
+    part = int(100 * (done - whole))
+    text = f"{whole} epoch{'' if whole == 1 else 's'}"
+    return text + (f" + {part} % of epoch {whole + 1}" if done - whole > 1e-9 else "")
+
+
 class Trainer:
     """Trains the engine's model in a background thread, with `train.fit` one epoch at a time: each step holds
     the engine's lock, fit's on_step hook records the curves the page draws (`points`, `epochs`), yields the
@@ -35,6 +53,7 @@ class Trainer:
         self.run = 0  # counts resets: the curves start again
         self.started = 0.0
         self._data = None
+        self.steps_per_epoch = 1  # the training loader's batches, once training started
 
     @property
     def running(self) -> bool:
@@ -94,6 +113,7 @@ class Trainer:
             images, labels, test_x, test_y = self.data()
             loader = DataLoader(images, labels, self.BATCH, shuffle=True, seed=seed, max_shift=2, dtype=engine.dtype)
             loader.epoch = len(self.epochs)
+            self.steps_per_epoch = len(loader)
             test_loader = DataLoader(test_x, test_y, 500, dtype=engine.dtype)
             optimizer = optim.Adam(model.parameters(), lr=lr)
             while not self.stop_event.is_set():
@@ -119,6 +139,10 @@ class Trainer:
         return self.stop_event.is_set()
 
     def state(self, since: int = 0) -> dict:
+        rows = self.epochs  # and the epoch running now, as far as it got
+        rows = rows + [{"step": self.step, "partial": True}] if self.step > (rows[-1]["step"] if rows else 0) else rows
+        done = epochs_done(rows, self.steps_per_epoch)
         return {"running": self.running, "run": self.run, "step": self.step, "epoch": len(self.epochs),
+                "epochs_done": done, "progress": progress_text(done),
                 "error": self.error, "points": self.points[since:], "next": len(self.points),
                 "epochs": list(self.epochs), "seconds": (time.time() - self.started) if self.started else 0.0}

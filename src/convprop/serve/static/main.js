@@ -10,7 +10,7 @@ import { equation, renderLayers } from "./layers.js";
 import { followTraining, setupTraining } from "./train.js";
 
 const state = {
-  cls: "auto",        // the class of the backward pass: "auto" follows the prediction
+  cls: "auto",        // the class of the backward pass: "auto" is the runner-up (the server's default)
   predictBusy: false, predictAgain: false,
   analyzeBusy: false, analyzeAgain: false,
   analyses: 0,
@@ -39,8 +39,12 @@ function pick(k) {
   analyze();
 }
 
-function selectedClass(predicted) {
-  return state.cls === "auto" ? predicted : Number(state.cls);
+// The runner-up, the most likely class after the predicted one: at p ≈ 1 the predicted class's gradients are
+// ~1e-6 (speckle); the runner-up's show what would make the drawing more like it.
+function selectedClass(probs) {
+  if (state.cls !== "auto") return Number(state.cls);
+  const order = probs.map((p, k) => [p, k]).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  return order[Math.min(1, order.length - 1)][1];
 }
 
 // ------------------------------------------------------------------ the passes
@@ -51,7 +55,7 @@ async function predict() {
   try {
     const j = await api("/api/predict", pad.input());
     showDigit(j.digit);
-    showBars(j.probs, j.predicted, selectedClass(j.predicted), pick);
+    showBars(j.probs, j.predicted, selectedClass(j.probs), pick);
     showError(null);
   } catch (err) {
     showError(err);

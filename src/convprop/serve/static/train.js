@@ -70,7 +70,7 @@ function onTrainState(s) {
   $("#train-restore").disabled = s.running;
   const e = s.epochs[s.epochs.length - 1];
   $("#train-status").textContent = (s.running ? "Training: " : "Not training. ") + `step ${s.step}, `
-    + `${s.epoch} epoch${s.epoch === 1 ? "" : "s"} done` + (e ? `, test accuracy ${(100 * e.test_acc).toFixed(1)} %` : "")
+    + `${s.progress} done` + (e ? `, test accuracy ${(100 * e.test_acc).toFixed(1)} %` : "")
     + (s.error ? ` — stopped: ${s.error}` : "");
   if (s.filters) {
     const f = $("#filters");
