@@ -121,6 +121,6 @@ def test_resnet8_has_its_own_default_recipe():
 
     assert Settings.recipe() == Settings()
     r = Settings.recipe(model="resnet8")
-    assert (r.epochs, r.batch_size, r.optimizer, r.lr) == (30, 128, "sgd", 0.1)
-    assert Settings.recipe(model="resnet8", optimizer="adam").lr == 0.005  # the optimizer's own rate
+    assert (r.epochs, r.batch_size, r.optimizer, r.lr) == (30, 128, "adam", 0.005)
+    assert Settings.recipe(model="resnet8", optimizer="sgd").lr == 0.05  # the optimizer's own rate
     assert Settings.recipe(model="resnet8", epochs=3).epochs == 3
