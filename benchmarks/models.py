@@ -111,7 +111,8 @@ def convolutions_alone(np, torch, layers: list, batch: int) -> tuple:
 
     convs = [(m, x) for m, x, _, _ in layers if isinstance(m, nn.Conv2d)]
     args = [(m.weight.data, m.stride, m.padding) for m, _ in convs]
-    douts = [np.ones(shape, np.float32) for m, _, shape, _ in layers if isinstance(m, nn.Conv2d)]
+    # ∂Z in the memory layout the step's ∂Z has: that of the forward's output (channels-last)
+    douts = [np.ones_like(F.conv2d(x, w, None, s, p)[0]) for (_, x), (w, s, p) in zip(convs, args)]
 
     def ours():
         for i, ((_, x), (w, s, p), dz) in enumerate(zip(convs, args, douts)):
@@ -139,7 +140,7 @@ def batch_norms_alone(np, torch, model, batch: int) -> tuple:
     from convprop import nn
 
     bns = [(m, x) for m, x, _, _ in traced_layers(model, batch, 32, nn.BatchNorm2d)]
-    douts = [np.ones(x.shape, np.float32) for _, x in bns]
+    douts = [np.ones_like(x) for _, x in bns]  # in x's memory layout, as in the step
 
     def ours():
         for (m, x), dy in zip(bns, douts):
@@ -176,7 +177,7 @@ def traced_layers(model, n: int, hw: int, kinds=None) -> list[tuple]:
             out = forward(x)
             per_output = (m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
                           if isinstance(m, nn.Conv2d) else getattr(m, "in_features", 0))
-            seen.append((m, x.copy(), out.shape, per_output))
+            seen.append((m, x.copy(order="K"), out.shape, per_output))  # in the layout the step gives it
             return out
         m.forward = traced
     try:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from convprop.functional import _threads
+from convprop.functional import _schedule
 
 from .timing import interleaved
 
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="few rounds, small arrays: checks that it runs (CI)")
     args = p.parse_args(argv)
     rounds, n = (5, 8) if args.smoke else (300, 256)
-    if _threads._blas is not None:
-        _threads._blas[1](1)  # one OpenBLAS thread per caller, as convprop runs with its own threads
+    _schedule._pin_blas()  # one BLAS thread per caller, as convprop runs with its own threads
     for gap in (0.0, 0.001, 0.005):
         print(f"wake-up after {gap * 1e3:.0f} ms idle: {wake_up_us(gap, rounds):7.1f} µs a round trip")
 

@@ -1,9 +1,9 @@
 """convprop: CNNs with hand-written, PyTorch-checked backward passes, in NumPy.
 
-Docstrings cite the docs as docs/NAME.md: in a checkout that is the docs/ folder; an installed convprop
+Docstrings cite the docs by their path under docs/: in a checkout that is the docs/ folder; an installed convprop
 carries the same files in <environment>/share/doc/convprop/ (with the README)."""
 
-from .functional._threads import get_num_threads, set_num_threads
+from .functional._schedule import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 __all__ = ["get_num_threads", "set_num_threads", "load_weights", "save_weights"]

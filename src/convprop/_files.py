@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
@@ -21,6 +22,25 @@ def checked_size(path: str, kind: str, error: type[Exception], max_bytes: int) -
     if size > max_bytes:
         raise error(f"{path}: {size:,} bytes, over the limit of {max_bytes:,} for {kind}")
     return size
+
+
+def open_regular(path: str, kind: str, error: type[Exception], max_bytes: int) -> tuple[BinaryIO, int]:
+    """`path` open for reading, and its size, if it is a regular file of at most max_bytes — checked with
+    checked_size, then again on the file opened (without waiting: a name swapped for a fifo in between is
+    refused, not waited on).  Otherwise FileNotFoundError or `error`, in one line."""
+    checked_size(path, kind, error, max_bytes)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (expected {kind})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot open {kind} ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
+        got = f"a file of {st.st_size:,} bytes" if stat.S_ISREG(st.st_mode) else "a special file"
+        raise error(f"{path}: expected {kind} of at most {max_bytes:,} bytes, got {got}")
+    return os.fdopen(fd, "rb"), st.st_size
 
 
 def umask() -> int:

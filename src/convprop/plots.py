@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import nn, steps
-from ._extras import require
+from ._extras import install, require
 from .data import normalize
 from .train import confusion_matrix, predict
 
@@ -224,7 +224,7 @@ def pictures(out: str, model, history, test_images, test_labels, log: Callable[[
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        log("(matplotlib is not installed: no pictures; pip install 'convprop[train]')")
+        log(f"(matplotlib is not installed: no pictures; {install('train')})")
         return []
     paths = plot_run(out, model, history, normalize(test_images, mean, std, dtype=model.dtype), test_labels)
     log("pictures:   " + "\n            ".join(paths))

@@ -209,7 +209,7 @@ def test_version_help_and_global_flags_after_the_command():
 
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"convprop {__version__}"
-    r = run_cli()
+    r = run_cli("--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: convprop") and r.stderr == ""
     parser = cli.build_parser()
     for argv, threads, debug in ((["--threads", "2", "explain", "conv"], 2, False),
@@ -268,3 +268,24 @@ def test_a_flag_and_its_run_setting_are_checked_by_one_rule(capsys, flag, value,
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", flag, value])
     assert f"argument {flag}: expected {expected}, got" in capsys.readouterr().err
+
+
+def test_train_reference_runs_the_loop_kernels_to_the_same_numbers(tmp_path, monkeypatch):
+    """`convprop train --reference`: conv and pooling on functional/reference.py's loops; the same run
+    (seed, data, steps) as on the fast kernels, up to float32 rounding."""
+    from convprop.functional import reference
+
+    calls = []
+    loops = reference.conv2d_backward
+    monkeypatch.setattr(reference, "conv2d_backward", lambda *a: calls.append(1) or loops(*a))
+    tiny = ["--train-size", "8", "--test-size", "4", "--batch-size", "4", "--epochs", "1", "--workers", "1",
+            "--no-progress", "--shift", "0"]
+    rows = []
+    for flag in ([], ["--reference"]):
+        assert cli.main(["train", *tiny, *flag, "--out", str(tmp_path / f"run{len(rows)}")]) == 0
+        rows.append(json.loads((tmp_path / f"run{len(rows)}" / "metrics.json").read_text())["epochs"][-1])
+        assert len(calls) == (4 if flag else 0)  # 2 steps × LeNet-5's 2 convolutions, with the flag only
+    assert not reference.active()  # off again after the run
+    fast, loops_ = rows
+    for key in ("train_loss", "test_loss"):
+        assert abs(fast[key] - loops_[key]) <= 1e-4 * abs(fast[key]), (key, fast[key], loops_[key])

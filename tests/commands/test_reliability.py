@@ -302,8 +302,7 @@ def test_predict_on_an_unreadable_image_exits_2(good_ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(p=1.5), "p: expected a dropout probability in [0, 1)"),
-    (dict(p=1.0), "p: expected a dropout probability in [0, 1)"),
+    (dict(p=1.5), "p: expected a dropout probability in [0, 1]"),
     (dict(p=-0.1), "p: expected"),
 ])
 def test_dropout_p_outside_0_1(kw, words):

@@ -1,6 +1,6 @@
 """Data parallelism on MPI (convprop.distributed): K ranks under mpiexec train exactly as one process
 on the whole batches; the loader's shards; SyncBatchNorm's sums.  MPI tests start mpiexec from the
-test environment's bin/ (pip install 'convprop[mpi]' puts it there; the test extra includes it)."""
+test environment's bin/ (the mpi extra puts it there; the test extra includes it)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
 def mpirun(k: int, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    assert os.path.exists(MPIEXEC), f"{MPIEXEC}: no mpiexec (pip install 'convprop[mpi]')"
+    assert os.path.exists(MPIEXEC), f"{MPIEXEC}: no mpiexec (pip install '.[mpi]')"
     return subprocess.run([MPIEXEC, "-n", str(k), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 

@@ -108,8 +108,8 @@ def test_bad_input_raises_a_clear_error(call, exc, words):
 
 @pytest.mark.parametrize("module, call, exc, extra", [
     ("onnx", lambda tmp: __import__("convprop.onnx").onnx.load(str(tmp / "m.onnx")), ImportError, "onnx"),
-    ("safetensors.numpy", lambda tmp: __import__("convprop").load_weights(str(tmp / "w.safetensors")), ImportError,
-     "safetensors"),
+    ("safetensors.numpy", lambda tmp: __import__("convprop").save_weights({}, str(tmp / "w.safetensors")),
+     ImportError, "safetensors"),
     ("matplotlib", lambda tmp: __import__("convprop.plots").plots.confusion(np.eye(2), str(tmp / "c.png")),
      ValueError, "train"),
     ("PIL.Image", lambda tmp: __import__("convprop.data.images").data.images.load_digit(str(tmp / "d.png")),
@@ -120,4 +120,16 @@ def test_a_missing_extra_says_in_one_line_how_to_install_it(monkeypatch, tmp_pat
     with pytest.raises(exc) as info:
         call(tmp_path)
     message = str(info.value)
-    assert "\n" not in message and f"pip install 'convprop[{extra}]'" in message and f"'.[{extra}]'" in message
+    assert "\n" not in message and f"pip install '.[{extra}]' in convprop's checkout" in message
+    assert "convprop[" not in message  # convprop is not on PyPI: only the checkout's install works
+
+
+def test_no_message_or_doc_says_to_install_convprop_from_pypi():
+    """convprop is installed from its checkout (it is not on PyPI): every install hint says pip install '.[extra]'."""
+    import pathlib
+
+    from runner import DOCS, README, ROOT
+
+    texts = [README, *DOCS.glob("*.md"), *(ROOT / "src").rglob("*.py")]
+    offenders = [str(p) for p in texts if "convprop[" in pathlib.Path(p).read_text(encoding="utf-8")]
+    assert not offenders, offenders

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def layout(a, batch_last: bool):
-    """The same (N, C, H, W) values, stored batch-last in memory when asked (other ndims unchanged)."""
-    if a is None or a.ndim != 4 or not batch_last:
+def layout(a, channels_last: bool):
+    """The same (N, C, H, W) values, stored channels-last (N, H, W, C) in memory when asked (other
+    ndims unchanged)."""
+    if a is None or a.ndim != 4 or not channels_last:
         return a
-    return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
 def random_dtype(rng):
@@ -71,15 +72,18 @@ def random_pool(seed, kind):
 
 
 def small_tiles_and_blocks(seed, monkeypatch):
-    """Seeds 0 mod 4: tiles of one output row (of one sample, or of 16 batch-last samples).
-    Seeds 1 mod 4: the batch split over 3 threads however small the work (_threads)."""
-    from convprop.functional import _threads, _tiling
+    """Seeds 0 mod 4: tiles of one output row of one sample.
+    Seeds 1 mod 4: the batch split over 3 threads however small the work (_schedule).
+    Seeds 2 and 3 mod 4: im2col by rows and by columns whatever the channels (_schedule.by_columns)."""
+    from convprop.functional import _schedule
 
     if seed % 4 == 0:
-        monkeypatch.setattr(_tiling, "TILE_BYTES", 1)
+        monkeypatch.setattr(_schedule, "TILE_BYTES", 1)
     if seed % 4 == 1:
-        monkeypatch.setattr(_threads, "_count", 3)
-        monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)
+        monkeypatch.setattr(_schedule, "_count", 3)
+        monkeypatch.setattr(_schedule, "MIN_WORK_PER_THREAD", 1)
+    if seed % 4 in (2, 3):
+        monkeypatch.setattr(_schedule, "by_columns", lambda kw, cg, cols=seed % 4 == 3: cols)
 
 
 def routes_taken(monkeypatch) -> list[str]:
@@ -93,7 +97,7 @@ def routes_taken(monkeypatch) -> list[str]:
 
 def random_same_conv(seed):
     """'Same'-padded stride-1 convolutions with as many input as output channels: the shapes whose
-    backward-data takes the full-correlation route (conv._same_route)."""
+    backward-data takes the full-correlation route ("same" in conv._data_grad)."""
     rng = np.random.default_rng(10_000 + seed)
     g = int(rng.choice([1, 2]))
     c = g * int(rng.integers(1, 5))

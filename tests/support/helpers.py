@@ -38,7 +38,7 @@ def check_op(name, arrays, *args, dtype=np.float64, seed=0, torch_name=None, tor
     random mask: the same mask applied in torch).
     return_indices=True: the forward's (out, indices) against torch's pair, the indices exactly;
     the gradient is out's.
-    Odd seeds store inputs and dout batch-last in memory: every op must accept either layout."""
+    Odd seeds store inputs and dout channels-last in memory: every op must accept either layout."""
     bl = seed % 2 == 1
     arrays = [None if a is None else np.asarray(a) if np.asarray(a).dtype.kind in "iub"
               else layout(np.asarray(a, dtype=dtype), bl) for a in arrays]

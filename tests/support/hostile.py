@@ -150,3 +150,78 @@ def make_tiny(root) -> None:
              log=lambda *_: None) as run:
         run.train()
     Image.fromarray(x[0]).save(root / "digit.png")
+
+
+def run_many_capped(argvs: list[list[str]], workdir, readers: bool = False) -> list[dict]:
+    """Many `convprop` command lines in one process with at most CAP bytes of address space (fuzz_probe.py):
+    one {"rc", "stderr", "escaped"} per command line; with readers, [reader, path] pairs through
+    fuzz_probe's READERS: one {"outcome", "message", "escaped"} each."""
+    import json
+
+    cases, results = os.path.join(workdir, "cases.json"), os.path.join(workdir, "results.json")
+    with open(cases, "w") as f:
+        json.dump(argvs, f)
+    probe = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_probe.py")
+    r = subprocess.run([sys.executable, probe, *(["--readers"] if readers else []), cases, results],
+                       capture_output=True, text=True, timeout=900, cwd=workdir, preexec_fn=limit_address_space,
+                       env=capped_env())
+    assert r.returncode == 0, f"the probe died: {r.stderr[-3000:]}"
+    with open(results) as f:
+        return json.load(f)
+
+
+def one_line_failure(result: dict, words: str = "") -> str | None:
+    """Why a probe result is not one line `convprop: error: …` (containing words) with exit code 2, or None."""
+    if result["escaped"]:
+        return "traceback:\n" + result["escaped"][-1500:]
+    err = result["stderr"]
+    if result["rc"] != 2 or not err.startswith("convprop: error: ") or err.count("\n") != 1:
+        return f"exit {result['rc']}, stderr {err[-1500:]!r}"
+    if words not in err:
+        return f"{words!r} not in {err!r}"
+    return None
+
+
+def safetensors_bytes(header: dict, data: bytes = b"", raw_header: bytes | None = None) -> bytes:
+    """A safetensors file: the 8-byte little-endian length, the JSON header (or raw_header), the data."""
+    import json
+
+    text = raw_header if raw_header is not None else json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def safetensors_of(state: dict, edit=None, dtype: str = "F32") -> bytes:
+    """The state_dict's arrays as a safetensors file written here (not by the safetensors package), every
+    float array as `dtype`; edit(header, data) may change the header dict and the data bytearray first."""
+    header, data = {}, bytearray()
+    codes = {"F32": "<f4", "F64": "<f8", "F16": "<f2"}
+    for k, v in state.items():
+        a = np.asarray(v)
+        code, raw = ("I64", a.astype("<i8").tobytes()) if a.dtype.kind in "iu" else (dtype, a.astype(
+            codes[dtype]).tobytes() if dtype != "BF16" else (a.astype("<f4").view("<u4") >> 16).astype("<u2").tobytes())
+        header[k] = {"dtype": code, "shape": list(a.shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    if edit is not None:
+        edit(header, data)
+    return safetensors_bytes(header, bytes(data))
+
+
+def raised_within(fn, seconds: float = 20.0) -> BaseException | None:
+    """What fn() raised (None if nothing), run in a daemon thread; AssertionError if it is still running
+    after `seconds` (a reader waiting on a fifo, say: the thread is left blocked, the test goes on)."""
+    import threading
+
+    out: list = []
+
+    def call():
+        try:
+            fn()
+            out.append(None)
+        except BaseException as e:  # noqa: BLE001 — handed to the test
+            out.append(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"still running after {seconds} s (waiting on a fifo?)"
+    return out[0]

@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__, checkpoint, distributed, nn
 from ..data import IDXError
-from ..functional._threads import set_num_threads
+from ..functional._schedule import set_num_threads
 from ..run import RunDiverged, RunError, RunInterrupted
 from ..train import Divergence
 from . import evaluate, explain, export, plot, predict, serve, train
@@ -41,11 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if code == 130 and distributed.is_initialized():  # a rank stopped by Ctrl-C: its line is said; MPI's
+        sys.stdout.flush()  # finalisation would add its own about the collectives cut short, so end here
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     command, argv = argv is None, sys.argv[1:] if argv is None else list(argv)
-    if not argv:  # bare `convprop`: what it can do, not an error
-        parser.print_help()
-        return 0
+    if not argv:  # bare `convprop`: no command given, a usage error (as git's, pip's): what it can do, on stderr
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.threads is not None:
         set_num_threads(args.threads)

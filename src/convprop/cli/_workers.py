@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .. import distributed
-from ..functional._threads import get_num_threads
+from .._extras import install
+from ..functional._schedule import get_num_threads
 from ._options import UsageError
 
 
@@ -23,5 +24,5 @@ def launch_workers(args, argv: list[str], command: bool) -> int | None:
         return None
     if not distributed.available():
         raise UsageError(f"--workers {workers}: training on several processes needs MPI: "
-                         "pip install 'convprop[mpi]'")
+                         f"{install('mpi')}")
     return distributed.launch(workers, argv)

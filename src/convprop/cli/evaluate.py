@@ -8,18 +8,19 @@ from .. import checkpoint
 from ..data import normalize
 from ..run.data import evaluation_data
 from ..train import confusion_matrix, predict
-from ._options import UsageError
+from ._options import CKPT_HELP, UsageError, run_paths
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    e.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     e.add_argument("--data", metavar="DIR", default=None,
                    help="IDX or CIFAR-10 directory (its test split), or a folder of class folders of images (its "
                         "test/ or val/ where it is split, else all of it) (default: the bundled sample)")
 
 
 def run(args) -> int:
+    args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     spec = checkpoint.input_spec(ckpt["meta"])

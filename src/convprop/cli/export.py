@@ -3,7 +3,10 @@ weights for torch (torch's state_dict keys and layouts)."""
 
 from __future__ import annotations
 
+import contextlib
+
 from .. import checkpoint
+from ._options import CKPT_HELP, UsageError, run_paths
 
 
 def add_parser(sub) -> None:
@@ -11,7 +14,7 @@ def add_parser(sub) -> None:
                        description="OUT.onnx: the model for ONNX Runtime and other ONNX tools (eval mode, dynamic "
                                    "batch). OUT.safetensors: the weights under torch's state_dict names, for "
                                    "torch_model.load_state_dict(safetensors.torch.load_file(OUT)).")
-    e.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    e.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     e.add_argument("out", metavar="OUT", help="the file to write: *.onnx or *.safetensors")
     e.add_argument("--opset", type=int, default=None, metavar="N",
                    help="ONNX operator set version (default: 17; 13 up to the onnx package's newest)")
@@ -32,7 +35,19 @@ def _input_shape(text: str | None, model) -> tuple[int, ...]:
     return (1, *dims)
 
 
+@contextlib.contextmanager
+def _writing(out: str):
+    """An OSError while OUT is written (a directory in the way, no such directory, a read-only one, a full
+    disk) as one line: OUT is not written, no temporary is left (atomic_write removes it), and an older
+    file of that name stays whole."""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write it ({e.strerror or e})") from None
+
+
 def run(args) -> int:
+    args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     name = ckpt["meta"]["model"]["name"]
@@ -42,13 +57,15 @@ def run(args) -> int:
             raise ValueError("--opset and --input-shape are for .onnx files; safetensors holds the weights only")
         from ..weights import save_weights
 
-        save_weights(model, out, metadata={"convprop_model": ckpt["meta"]["model"]})
+        with _writing(out):
+            save_weights(model, out, metadata={"convprop_model": ckpt["meta"]["model"]})
         print(f"{out}: {name} weights ({len(model.state_dict())} tensors, torch's state_dict keys)")
     elif out.endswith(".onnx"):
         from .. import onnx as conv_onnx
 
         shape = _input_shape(args.input_shape, model)
-        conv_onnx.export(model, out, shape, opset=args.opset or conv_onnx.DEFAULT_OPSET)
+        with _writing(out):
+            conv_onnx.export(model, out, shape, opset=args.opset or conv_onnx.DEFAULT_OPSET)
         print(f"{out}: {name} as ONNX (opset {args.opset or conv_onnx.DEFAULT_OPSET}, input (batch, "
               f"{', '.join(map(str, shape[1:]))}))")
     else:

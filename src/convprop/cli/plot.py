@@ -1,4 +1,4 @@
-"""`convprop plot RUN_DIR`: the five pictures of a training run, drawn again into its directory."""
+"""`convprop plot RUN`: the five pictures of a training run, drawn again into its directory."""
 
 from __future__ import annotations
 
@@ -6,25 +6,25 @@ import os
 
 from .. import checkpoint
 from ..plots import pictures
-from ..run import CHECKPOINT_NAME, METRICS_NAME, _subset, read_metrics
+from ..run import METRICS_NAME, _subset, read_metrics
 from ..run.data import evaluation_data
-from ._options import UsageError
+from ._options import UsageError, run_paths
 
 
 def add_parser(sub) -> None:
     pl = sub.add_parser("plot", help="draw the five pictures of a training run into its directory",
                         description="Training curves, first-layer filters, feature maps, saliency maps and the "
                                     "confusion matrix of the run in RUN_DIR (its metrics.json and checkpoint.npz).")
-    pl.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of convprop train")
+    pl.add_argument("run_dir", metavar="RUN", help="the --out directory of convprop train, or its checkpoint.npz")
     pl.add_argument("--data", metavar="DIR", default=None,
                     help="IDX directory for the test images (default: the run's own, else the bundled sample)")
 
 
 def run(args) -> int:
-    run = args.run_dir
-    metrics_path, ckpt_path = os.path.join(run, METRICS_NAME), os.path.join(run, CHECKPOINT_NAME)
-    if not os.path.isdir(run):
-        raise FileNotFoundError(f"{run}: no such run directory")
+    run, ckpt_path = run_paths(args.run_dir)
+    metrics_path = os.path.join(run, METRICS_NAME)
+    if not os.path.isdir(run) or not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"{args.run_dir}: no such run directory or checkpoint")
     history, saved = read_metrics(metrics_path)
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.restore_model(ckpt, ckpt_path)

@@ -11,8 +11,9 @@ import numpy as np
 from .. import checkpoint
 from ..data import normalize
 from ..data.folders import read_image
-from ..data.images import IMAGE_EXTENSIONS, read_digit
+from ..data.images import IMAGE_EXTENSIONS, ImageError, read_digit
 from ..train import predict
+from ._options import CKPT_HELP, UsageError, run_paths
 
 CHUNK = 256  # images read and classified at a time
 
@@ -25,10 +26,11 @@ def add_parser(sub) -> None:
                                    "almost uniform, or whose ink is only in its alpha channel. For a model trained "
                                    "on a folder of images, each is read as its training images were (channels, size, "
                                    "normalisation, as the checkpoint records) and named by the folder's classes.")
-    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint.npz written by convprop train")
+    r.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     r.add_argument("images", metavar="IMAGE", nargs="+",
                    help="image files, or directories of them (PNG, JPEG, BMP, GIF, WebP, TIFF; any size)")
-    r.add_argument("--top-k", type=int, default=3, metavar="K", help="how many classes to list (default: 3)")
+    r.add_argument("--top-k", type=int, default=3, metavar="K",
+                   help="how many classes to list, at most the model's (default: 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
 
 
@@ -47,31 +49,58 @@ def image_paths(items: list[str]) -> list[str]:
     return paths
 
 
-def _read_whole(path: str, spec: dict) -> np.ndarray:
-    """An image as the model's training images were read (data/folders.py): C channels, resized to H×W."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such image file")
-    return read_image(path, tuple(spec["size"]), spec["channels"])
+def shown(path: str) -> str:
+    """A file name on one line: its control characters (a newline, say) escaped as Python writes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
+def _read(paths: list[str], debug: bool, spec: dict) -> list[tuple[str, tuple]]:
+    """(path, (image, warnings)) of every readable image, read as the checkpoint's input says: MNIST's digit
+    preparation (read_digit), or the whole image in its channels resized to its size, as its training images
+    were (data/folders.py); each unreadable one skipped with a one-line warning (with --debug the first
+    raises, traceback and all)."""
+    read = []
+    for path in paths:
+        try:
+            if spec["prepare"] == "digit":
+                read.append((path, read_digit(path)))
+            elif not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no such image file")
+            else:
+                read.append((path, (read_image(path, tuple(spec["size"]), spec["channels"]), [])))
+        except (ImageError, OSError) as e:
+            if debug:
+                raise
+            reason = " ".join(str(e).replace(path, "").lstrip(": ").split())
+            print(f"convprop: warning: {shown(path)}: skipped: {reason}", file=sys.stderr)
+    return read
 
 
 def run(args) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k: expected a positive integer, got {args.top_k}")
+    args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     spec = checkpoint.input_spec(ckpt["meta"])  # the size, channels, normalisation and class names it was trained on
     if spec["prepare"] == "digit" and spec["channels"] != 1:
         raise ValueError(f"{args.checkpoint}: the model takes {spec['channels']}-channel images; predict prepares "
                          "digits as MNIST's (1 channel, 28×28)")
-    paths = image_paths(args.images)
     names = spec["classes"]
+    if args.top_k > len(names):
+        raise UsageError(f"--top-k: expected at most {len(names)} (the model's classes), got {args.top_k}")
+    paths = image_paths(args.images)
+    readable = 0
     for start in range(0, len(paths), CHUNK):
-        chunk = paths[start:start + CHUNK]
-        read = [read_digit(p) if spec["prepare"] == "digit" else (_read_whole(p, spec), []) for p in chunk]
-        probs = predict(model, normalize(np.stack([d for d, _ in read]), spec["mean"], spec["std"], dtype=model.dtype))
-        for path, (_, warnings), p in zip(chunk, read, probs):
+        read = _read(paths[start:start + CHUNK], args.debug, spec)
+        if not read:
+            continue
+        readable += len(read)
+        x = normalize(np.stack([d for _, (d, _) in read]), spec["mean"], spec["std"], dtype=model.dtype)
+        probs = predict(model, x)
+        for (path, (_, warnings)), p in zip(read, probs):
             for w in warnings:
-                print(f"convprop: warning: {path}: {w}", file=sys.stderr)
+                print(f"convprop: warning: {shown(path)}: {w}", file=sys.stderr)
             top = np.argsort(-p, kind="stable")[:args.top_k]
             if args.json:
                 print(json.dumps({"image": path, "class": int(top[0]), "name": names[top[0]],
@@ -80,7 +109,11 @@ def run(args) -> int:
                                           for c in top], "warnings": warnings}))
                 continue
             label = names[top[0]] if names[top[0]] == str(top[0]) else f"{names[top[0]]} (class {top[0]})"
-            print(f"{path}: {label}  (p = {p[top[0]]:.3f})")
+            print(f"{shown(path)}: {label}  (p = {p[top[0]]:.3f})")
             if args.top_k > 1:
                 print("    " + "  ".join(f"{names[c]}: {p[c]:.3f}" for c in top))
+    if readable < len(paths):
+        sys.stdout.flush()
+        skipped = len(paths) - readable
+        raise UsageError(f"{skipped} of {len(paths)} images could not be read (skipped, each named above)")
     return 0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._options import UsageError
+from .._extras import install
+from ._options import UsageError, run_paths
 
 
 def add_parser(sub) -> None:
@@ -10,7 +11,8 @@ def add_parser(sub) -> None:
                        description="Serve a page (the `serve` extra) that draws every layer's output and gradient "
                                    "for a digit you draw, and trains the model live. JSON endpoints: docs/serve.md.")
     v.add_argument("checkpoint", metavar="CKPT", nargs="?", default=None,
-                   help="a checkpoint.npz (default: the last convprop train run's, else train LeNet-5 first)")
+                   help="a checkpoint.npz, or the run directory that holds it (default: the last convprop train "
+                        "run's, else train LeNet-5 first)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
 
@@ -19,5 +21,5 @@ def run(args) -> int:
     try:
         from ..serve.server import serve
     except ImportError:
-        raise UsageError("serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
-    return serve(args.checkpoint, args.host, args.port)
+        raise UsageError(f"serve needs Starlette and uvicorn: {install('serve')}") from None
+    return serve(None if args.checkpoint is None else run_paths(args.checkpoint)[1], args.host, args.port)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from .. import distributed, models
-from ..functional._threads import get_num_threads, set_num_threads
+from ..functional import use_reference
+from ..functional._schedule import get_num_threads, set_num_threads
 from ..run import DEFAULT_LR, OPTIMIZERS, Run, Settings
 from ..run.settings import RECIPES
-from ._options import positive_int, setting
+from ._options import positive_int, run_paths, setting
 
 
 def add_parser(sub) -> None:
@@ -64,14 +66,18 @@ def add_parser(sub) -> None:
                    help="start from the weights in a safetensors file with torch's state_dict keys (one written "
                         "by torch, or by convprop export)")
     t.add_argument("--resume", metavar="CKPT", default=None,
-                   help="continue the run saved in CKPT with its own settings, up to its epochs (the settings "
-                        "flags are refused with it; --data may point at the same data moved)")
+                   help="continue the run saved in CKPT (or in the run directory CKPT) with its own settings, up "
+                        "to its epochs (the settings flags are refused with it; --data may point at the same data "
+                        "moved)")
     t.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="train on N MPI ranks on this machine, each batch split over them (re-runs itself under "
                         "mpiexec; default: the thread count if mpi4py is installed, else 1); see docs/distributed.md")
     t.add_argument("--no-progress", action="store_true", help="no progress bar, only the per-epoch lines")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="check every layer's output and gradients; name the first that is not finite")
+    t.add_argument("--reference", action="store_true",
+                   help="compute convolutions and pooling with the plain loops of convprop.functional.reference "
+                        "instead of the fast kernels (slow: to check them on a whole run; see docs/math.md)")
 
 
 # --------------------------------------------------------------------------- train
@@ -90,15 +96,20 @@ def run(args) -> int:
         set_num_threads(max(1, threads // int(os.environ.get("MPI_LOCALNRANKS", world))))
         if rank != 0:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+            # Ctrl-C is rank 0's to handle (it keeps the last checkpoint and says so, in one line); this rank
+            # trains on until rank 0 has ended, and mpiexec then ends it (had it stopped first, mpiexec could
+            # end rank 0 before it spoke)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     given = {k: getattr(args, k) for k in SETTINGS_FLAGS if getattr(args, k) is not None}
     options = dict(progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
     with distributed.together("setting up the run"):  # (an error on any rank: said once, every rank stops)
         if args.resume:
-            run = Run.resume(args.resume, args.out, given=given, data=args.data, **options)
+            run = Run.resume(run_paths(args.resume, last=True)[1], args.out, given=given, data=args.data, **options)
         else:
             run = Run(Settings.recipe(data=args.data, **given), args.out, **options)
     with run:
-        run.train()
+        with use_reference(args.reference):  # the training and its tests on the loop kernels, not the pictures
+            run.train()
         if rank == 0:
             set_num_threads(threads)  # the other ranks are done: the pictures get every core
             run.finish()

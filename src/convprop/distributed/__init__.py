@@ -17,7 +17,7 @@ statistics are the whole batch's (`sync_batch_norm`: SyncBatchNorm semantics).
 
 `distributed.fit` is train.fit with this module's `step` and `evaluate` (train.fit itself knows
 nothing of MPI); an explicit loop uses `DistributedOptimizer` (Horovod's) or `train_step`.
-Needs mpi4py (`pip install 'convprop[mpi]'`, which brings an MPICH whose `mpiexec` lands next to
+Needs mpi4py (the `mpi` extra, which brings an MPICH whose `mpiexec` lands next to
 the Python).
 
 Faults: a collective that waits longer than `timeout` seconds (a rank stopped, hung or lost) stops

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from .._extras import install
 from .._files import atomic_write
 from ..errors import MPIError, mark_every_rank
 from ..nn import Parameter
@@ -65,7 +66,7 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> tuple[int
     try:
         from mpi4py import MPI
     except ImportError:
-        raise MPIError("started by mpiexec, but mpi4py is not installed: pip install 'convprop[mpi]'") from None
+        raise MPIError(f"started by mpiexec, but mpi4py is not installed: {install('mpi')}") from None
     _comm = MPI.COMM_WORLD
     _rank, _size = _comm.Get_rank(), _comm.Get_size()
     _peers = [tuple(p) for p in _comm.allgather((socket.gethostname(), os.getpid(), os.getppid()))]
@@ -250,7 +251,8 @@ def allreduce_gradients(params: Iterable[Parameter], extra=None, weight: float =
 @contextmanager
 def together(what: str = "setting up") -> Iterator[None]:
     """A block every rank runs (loading data, building the model): an error on any rank is raised
-    on every rank after it — rank 0's copy names the failing rank when not every rank failed —
+    on every rank after it — rank 0's copy names the failing rank when that is another rank and not every
+    rank failed (an error of rank 0's own, such as its claim of --out, is the user's, with no rank in it) —
     and marked as raised everywhere, so the job ends in order (rank 0 reporting it once) rather
     than leave the other ranks waiting.  A rank that takes longer than the timeout stops the job."""
     error = None
@@ -271,7 +273,7 @@ def together(what: str = "setting up") -> Iterator[None]:
     if not failed:
         return
     e = error if error is not None else errors[failed[0]]
-    if len(failed) < _size and e.args and isinstance(e.args[0], str):
-        r = _rank if error is not None else failed[0]
+    r = _rank if error is not None else failed[0]
+    if len(failed) < _size and r != 0 and e.args and isinstance(e.args[0], str):
         e.args = (f"rank {r} of {_size}: {e.args[0]}", *e.args[1:])
     raise mark_every_rank(e)

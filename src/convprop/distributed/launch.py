@@ -15,11 +15,12 @@ import sys
 import tempfile
 import threading
 
+from .._extras import install
 from ..errors import MPIError
 
 
 def find_mpiexec() -> str | None:
-    """The mpiexec next to this Python (where pip install 'convprop[mpi]' puts MPICH's), else on PATH."""
+    """The mpiexec next to this Python (where the mpi extra puts MPICH's), else on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
 
@@ -81,12 +82,13 @@ def launch(n: int, args: list[str]) -> int:
     """Run `python -m convprop ARGS` as n ranks under mpiexec (on this machine, or where Hydra's own
     settings say: HYDRA_HOST_FILE and the like); return its exit code.
 
-    Rank 0's output passes through, and every rank's error line.  When the run fails, what Hydra and
-    ssh say about it (a dozen lines) becomes one line: the rank that died (MPICH's Hydra then stops the
-    others), the host ssh could not reach or lost, or the proxy (Hydra's agent on a host) that ended."""
+    Rank 0's output passes through, and every rank's error line, without MPICH's own notes ("[mpiexec@host]
+    Sending Ctrl-C …": on Ctrl-C rank 0 alone says what happened, in one line).  When the run fails, what
+    Hydra and ssh say about it (a dozen lines) becomes one line: the rank that died (MPICH's Hydra then stops
+    the others), the host ssh could not reach or lost, or the proxy (Hydra's agent on a host) that ended."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
-        raise MPIError("no mpiexec found next to this Python or on PATH: pip install 'convprop[mpi]'")
+        raise MPIError(f"no mpiexec found next to this Python or on PATH: {install('mpi')}")
     with tempfile.TemporaryDirectory(prefix="convprop-ranks-") as tmp:
         ranks_file = os.path.join(tmp, "ranks.json")
         env = {**os.environ, "CONVPROP_RANKS_FILE": ranks_file, "PYTHONUNBUFFERED": "1"}
@@ -114,9 +116,13 @@ def launch(n: int, args: list[str]) -> int:
         reader = threading.Thread(target=errors, daemon=True)
         reader.start()
         banner, pid, host, how, held = False, None, None, None, b""
-        try:
+
+        def pump() -> None:
+            nonlocal banner, pid, host, how, held
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode(errors="replace").rstrip("\n")
+                if line.startswith("[mpiexec@"):  # MPICH's own notes, e.g. on Ctrl-C
+                    continue
                 if line.startswith("=" * 20) and not banner:
                     banner, held = True, b""
                 if banner:
@@ -131,10 +137,12 @@ def launch(n: int, args: list[str]) -> int:
                 sys.stdout.buffer.write(held + raw)
                 sys.stdout.flush()
                 held = b""
-            code = proc.wait()
-        except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to the ranks; let them end
-            code = proc.wait()
-            raise
+
+        try:
+            pump()
+        except KeyboardInterrupt:  # Ctrl-C reached mpiexec and the ranks too: rank 0 says it; let them end quietly
+            pump()
+        code = proc.wait()
         reader.join(timeout=2)  # (an ssh to a lost host may hold mpiexec's stderr open a while longer)
         try:
             with open(ranks_file) as f:

@@ -155,7 +155,8 @@ def explain_conv(size: int = 4, kernel: int = 2, stride: int = 1, padding: int =
                         EQUATIONS["conv.dW"], patches))
     e.steps.append(Step("∂B: the sum of ∂Z over positions", EQUATIONS["conv.dB"], {"∂B": dB}))
     wrong, _ = F.conv_transpose2d(dZ, KF, stride=s, padding=p, output_padding=size + 2 * p - ((oh - 1) * s + k))
-    e.steps.append(Step("The seed read literally: flip K *and* transpose", "(K^F) ⋆ᵀ ∂Z   — flips twice",
+    e.steps.append(Step("vxnuaj's \"Backprop for CNNs\" read literally: flip K *and* transpose",
+                        "(K^F) ⋆ᵀ ∂Z   — flips twice",
                         {"(K^F) ⋆ᵀ ∂Z": wrong, "true ∂A": dA}, "This differs from ∂A: the double flip is wrong."))
     nA, nK, nB = numeric_gradient(lambda a, w, b: F.conv2d(a, w, b, stride=s, padding=p)[0], [A, K, B], dZ)
     e.checks += [Check("∂A", dA, nA), Check("∂W", dK, nK), Check("∂B", dB, nB),

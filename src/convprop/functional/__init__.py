@@ -59,6 +59,7 @@ from .pool import (
     max_unpool2d,
     max_unpool2d_backward,
 )
+from .reference import use_reference
 from .shape import flatten, flatten_backward
 
 __all__ = [
@@ -72,5 +73,5 @@ __all__ = [
     "tanh", "tanh_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "cross_entropy", "cross_entropy_backward",
     "softmax_cross_entropy", "mse_loss", "flatten", "flatten_backward",
-    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward",
+    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward", "use_reference",
 ]

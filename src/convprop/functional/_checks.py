@@ -15,8 +15,11 @@ import numpy as np
 MAX_INT = 2**31 - 1  # the largest stride, padding, kernel or dilation taken (torch's C int)
 
 
-def pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each in [minimum, MAX_INT], as torch's `_pair`."""
+def pair(value: Any, name: str, minimum: int, single: bool = True) -> tuple[int, int]:
+    """An int or a pair of ints, each in [minimum, MAX_INT], as torch's `_pair`; with `single`, also a
+    one-element sequence (both values), as torch's kernels take one."""
+    if single and isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (int(value), int(value))
     elif (
@@ -52,6 +55,12 @@ def fits_in_memory(shape: tuple[int, ...], dtype, name: str, detail: str) -> Non
 def positive_int(value: Any, name: str) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def nonzero_int(value: Any, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value == 0:
+        raise ValueError(f"{name}: expected a non-zero int, got {value!r}")
     return int(value)
 
 

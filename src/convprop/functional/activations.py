@@ -14,7 +14,7 @@ from functools import partial
 import numpy as np
 
 from . import _checks as chk
-from . import _threads
+from . import _schedule
 from ._windows import like
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
@@ -30,11 +30,12 @@ class ActivationCache:
     negative_slope: float = 0.0
 
 
-def _forward(op: str, value, x, saved: str, slope: float = 0.0) -> tuple[np.ndarray, ActivationCache]:
+def _forward(op: str, value, x, saved: str, slope: float = 0.0, inplace: bool = False,
+             ) -> tuple[np.ndarray, ActivationCache]:
     """A = value(Z) element-wise (the batch split over convprop's threads); the cache keeps Z or A,
-    whichever act' is written in (saved = "z" or "a")."""
+    whichever act' is written in (saved = "z" or "a").  inplace: A written over Z (as torch's inplace=True)."""
     chk.float_array(x, "x", tuple(range(0, 33)))
-    a = _threads.elementwise(value, np.empty_like(x), x)
+    a = _schedule.elementwise(value, x if chk.flag(inplace, "inplace") else np.empty_like(x), x)
     return a, ActivationCache(op, x if saved == "z" else a, slope)
 
 
@@ -44,7 +45,7 @@ def _backward(op: str, grad, dout, cache) -> np.ndarray:
     if cache.op != op:
         raise TypeError(f"cache: expected the cache returned by {op}, got one from {cache.op}")
     da = like(chk.grad_output(dout, cache.saved.shape, cache.saved.dtype), cache.saved)
-    return _threads.elementwise(grad, np.empty_like(da), da, cache.saved)
+    return _schedule.elementwise(grad, np.empty_like(da), da, cache.saved)
 
 
 # Each activation: two element-wise formulas, value(z, out) for A and grad(da, saved, out) for ∂Z.
@@ -59,6 +60,8 @@ def _relu_grad(da, a, out):
 
 
 def _leaky_relu(z, out, slope):
+    if np.may_share_memory(z, out):  # in place: only the negative values change, A = slope·Z
+        return np.multiply(z, z.dtype.type(slope), out=out, where=z < 0)
     np.multiply(z, z.dtype.type(slope), out=out)
     # A = Z if Z > 0 else slope·Z, i.e. the larger of Z and slope·Z for slope ≤ 1 (the smaller for slope > 1)
     return (np.maximum if slope <= 1 else np.minimum)(z, out, out=out)
@@ -91,9 +94,9 @@ def _tanh_grad(da, a, out):
     return np.multiply(da, out, out=out)  # ∂Z = ∂A ⊙ (1 − A²)
 
 
-def relu(x: np.ndarray) -> tuple[np.ndarray, ActivationCache]:
-    """A = max(Z, 0).   any shape -> same shape (the subgradient at 0 is 0, as torch)."""
-    return _forward("relu", _relu, x, "a")
+def relu(x: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, ActivationCache]:
+    """A = max(Z, 0).   any shape -> same shape (the subgradient at 0 is 0, as torch); inplace: into x."""
+    return _forward("relu", _relu, x, "a", inplace=inplace)
 
 
 def relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
@@ -101,9 +104,15 @@ def relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:
     return _backward("relu", _relu_grad, dout, cache)
 
 
-def leaky_relu(x: np.ndarray, negative_slope: float = 0.01) -> tuple[np.ndarray, ActivationCache]:
-    """A = Z if Z > 0 else slope·Z."""
-    return _forward("leaky_relu", partial(_leaky_relu, slope=float(negative_slope)), x, "z", float(negative_slope))
+def leaky_relu(x: np.ndarray, negative_slope: float = 0.01, inplace: bool = False,
+               ) -> tuple[np.ndarray, ActivationCache]:
+    """A = Z if Z > 0 else slope·Z.  inplace (into x, as torch) needs slope >= 0, where A > 0 ⇔ Z > 0 lets the
+    backward read A in place of the Z it overwrote (torch refuses a negative slope in place too)."""
+    slope = float(negative_slope)
+    if chk.flag(inplace, "inplace"):
+        if slope < 0:
+            raise ValueError(f"negative_slope: in place, expected a slope >= 0 (as torch), got {negative_slope!r}")
+    return _forward("leaky_relu", partial(_leaky_relu, slope=slope), x, "z", slope, inplace=inplace)
 
 
 def leaky_relu_backward(dout: np.ndarray, cache: ActivationCache) -> np.ndarray:

@@ -31,7 +31,7 @@ def _output_size(x: np.ndarray, output_size) -> tuple[int, int]:
     h, w = x.shape[-2:]
     if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
         output_size = tuple(s if s is not None else d for s, d in zip(output_size, (h, w)))
-    return chk.pair(output_size, "output_size", 1)
+    return chk.pair(output_size, "output_size", 1, single=False)
 
 
 def _averaging(size: int, out: int, dtype) -> np.ndarray:
@@ -91,7 +91,7 @@ def adaptive_max_pool2d(x: np.ndarray, output_size, return_indices: bool = False
     indices = np.empty(lead + (oh, ow), np.int64)
     for i, (h0, h1) in enumerate(_bounds(h, oh)):
         for j, (w0, w1) in enumerate(_bounds(w, ow)):
-            window = x[..., h0:h1, w0:w1].reshape(lead + (-1,))
+            window = x[..., h0:h1, w0:w1].reshape(lead + ((h1 - h0) * (w1 - w0),))
             k = window.argmax(axis=-1)  # the first maximum (NaN counts as the maximum)
             out[..., i, j] = np.take_along_axis(window, k[..., None], -1)[..., 0]
             indices[..., i, j] = (h0 + k // (w1 - w0)) * w + w0 + k % (w1 - w0)  # flat h·W + w

@@ -11,9 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _checks as chk
-from . import _threads
+from . import _schedule
 
 __all__ = ["linear", "linear_backward"]
+
+
+def _rows(x: np.ndarray) -> int:
+    """The rows of x (*, in) as a matrix: the product of its leading dimensions."""
+    return int(np.prod(x.shape[:-1], dtype=np.int64))
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,9 +41,9 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> tuple[n
         if b is not None:
             out2[block] += b  # + B
 
-    x2 = x.reshape(-1, w.shape[1])
+    x2 = x.reshape(_rows(x), w.shape[1])  # (explicit sizes: an empty batch or no features reshape too)
     out2 = np.empty((x2.shape[0], w.shape[0]), x.dtype)
-    _threads.run(affine, _threads.parts(x2.shape[0], x2.nbytes + out2.nbytes, 2 * x2.size * w.shape[0]))
+    _schedule.run(affine, _schedule.parts(x2.shape[0], x2.nbytes + out2.nbytes, 2 * x2.size * w.shape[0]))
     return out2.reshape(x.shape[:-1] + (w.shape[0],)), LinearCache(x, w, b is not None)
 
 
@@ -52,7 +57,7 @@ def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = 
     chk.cache_of(cache, LinearCache, "linear")
     x, w = cache.x, cache.w
     dz = chk.grad_output(dout, x.shape[:-1] + (w.shape[0],), w.dtype)
-    dz2, x2 = dz.reshape(-1, w.shape[0]), x.reshape(-1, w.shape[1])
+    dz2, x2 = dz.reshape(_rows(x), w.shape[0]), x.reshape(_rows(x), w.shape[1])
     dx2 = np.empty_like(x2) if input_grad else None
 
     def grads(block: slice) -> np.ndarray:
@@ -60,7 +65,7 @@ def linear_backward(dout: np.ndarray, cache: LinearCache, *, input_grad: bool = 
             np.matmul(dz2[block], w, out=dx2[block])  # ∂A = ∂Z • W
         return dz2[block].T @ x2[block]  # this block's share of ∂W = ∂Zᵀ • A
 
-    dw_parts = _threads.run(grads, _threads.parts(x2.shape[0], 2 * x2.nbytes + dz2.nbytes, 4 * x2.size * w.shape[0]))
+    dw_parts = _schedule.run(grads, _schedule.parts(x2.shape[0], 2 * x2.nbytes + dz2.nbytes, 4 * x2.size * w.shape[0]))
     dw = sum(dw_parts[1:], dw_parts[0])
     db = dz2.sum(axis=0) if cache.has_bias else None
     return (None if dx2 is None else dx2.reshape(x.shape)), dw, db

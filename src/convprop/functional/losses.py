@@ -24,6 +24,7 @@ class SoftmaxCache:
     op: str  # "softmax" or "log_softmax"
     out: np.ndarray  # what the forward returned: softmax(Z) or log softmax(Z)
     dim: int
+    input_dtype: np.dtype  # ∂Z's (the forward's `dtype` casts Z first, as torch)
 
 
 def _dim(x: np.ndarray, dim) -> int:
@@ -34,17 +35,34 @@ def _dim(x: np.ndarray, dim) -> int:
 
 
 def _log_softmax(z: np.ndarray, dim: int) -> np.ndarray:
-    """log softmax(Z) = Z − max Z − log Σ e^{Z − max Z}, stable for any finite logits."""
+    """log softmax(Z) = Z − max Z − log Σ e^{Z − max Z}, stable for any finite logits (empty stays empty)."""
+    if not z.size:
+        return np.empty_like(z)
     shifted = z - z.max(axis=dim, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
 
-def softmax(x: np.ndarray, dim: int) -> tuple[np.ndarray, SoftmaxCache]:
-    """S = e^{Z} / Σ_dim e^{Z}  (computed as exp(log softmax)).   any shape -> same shape."""
+def _cast(x: np.ndarray, dtype) -> np.ndarray:
+    """torch's `dtype=`: the input cast to it before the op (a floating dtype), or as it is for None."""
+    if dtype is None:
+        return x
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"dtype: expected a floating dtype (float32 or float64) or None, got {dtype!r}")
+    return x.astype(dt, copy=False)
+
+
+def softmax(x: np.ndarray, dim: int, dtype=None) -> tuple[np.ndarray, SoftmaxCache]:
+    """S = e^{Z} / Σ_dim e^{Z}  (computed as exp(log softmax)).   any shape -> same shape;
+    dtype: cast Z to it first (as torch), ∂Z comes back in Z's own dtype."""
     chk.float_array(x, "x", tuple(range(0, 33)))
     d = _dim(x, dim)
-    out = np.exp(_log_softmax(x, d)) if x.ndim else np.ones_like(x)
-    return out, SoftmaxCache("softmax", out, d)
+    z = _cast(x, dtype)
+    out = np.exp(_log_softmax(z, d)) if z.ndim else np.ones_like(z)
+    return out, SoftmaxCache("softmax", out, d, x.dtype)
 
 
 def softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
@@ -52,16 +70,17 @@ def softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     c = _softmax_cache(cache, "softmax")
     ds = chk.grad_output(dout, c.out.shape, c.out.dtype)
     if not ds.ndim:
-        return np.zeros_like(ds)
-    return c.out * (ds - (ds * c.out).sum(axis=c.dim, keepdims=True))
+        return np.zeros_like(ds, dtype=c.input_dtype)
+    return (c.out * (ds - (ds * c.out).sum(axis=c.dim, keepdims=True))).astype(c.input_dtype, copy=False)
 
 
-def log_softmax(x: np.ndarray, dim: int) -> tuple[np.ndarray, SoftmaxCache]:
-    """log S = Z − log Σ_dim e^{Z}.   any shape -> same shape."""
+def log_softmax(x: np.ndarray, dim: int, dtype=None) -> tuple[np.ndarray, SoftmaxCache]:
+    """log S = Z − log Σ_dim e^{Z}.   any shape -> same shape; dtype as softmax's."""
     chk.float_array(x, "x", tuple(range(0, 33)))
     d = _dim(x, dim)
-    out = _log_softmax(x, d) if x.ndim else np.zeros_like(x)
-    return out, SoftmaxCache("log_softmax", out, d)
+    z = _cast(x, dtype)
+    out = _log_softmax(z, d) if z.ndim else np.zeros_like(z)
+    return out, SoftmaxCache("log_softmax", out, d, x.dtype)
 
 
 def log_softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
@@ -69,8 +88,8 @@ def log_softmax_backward(dout: np.ndarray, cache: SoftmaxCache) -> np.ndarray:
     c = _softmax_cache(cache, "log_softmax")
     dl = chk.grad_output(dout, c.out.shape, c.out.dtype)
     if not dl.ndim:
-        return np.zeros_like(dl)
-    return dl - np.exp(c.out) * dl.sum(axis=c.dim, keepdims=True)
+        return np.zeros_like(dl, dtype=c.input_dtype)
+    return (dl - np.exp(c.out) * dl.sum(axis=c.dim, keepdims=True)).astype(c.input_dtype, copy=False)
 
 
 def _softmax_cache(cache, op: str) -> SoftmaxCache:
@@ -89,6 +108,7 @@ class CrossEntropyCache:
     reduction: str
     shape: tuple[int, ...]  # the logits' shape as given (unbatched (C,) too)
     target_grad: np.ndarray | None  # ∂L_n/∂t_nc for probability targets, else None
+    kept: np.ndarray | None  # class-index targets: the rows not ignored (N, 1, *); their ∂ alone can be nan
 
 
 def _targets(logits: np.ndarray, target, weight, ignore_index: int, label_smoothing: float):
@@ -106,10 +126,13 @@ def _targets(logits: np.ndarray, target, weight, ignore_index: int, label_smooth
     if target.dtype.kind == "f":  # probabilities, one row per sample (and position)
         if target.shape != logits.shape:
             raise ValueError(f"target: expected probabilities of the logits' shape {logits.shape}, got {target.shape}")
+        if ignore_index != -100:
+            raise ValueError(f"ignore_index: applies to class-index targets only (as torch), got ignore_index="
+                             f"{ignore_index} with probability targets")
         q = target.astype(logits.dtype, copy=False) * logits.dtype.type(1 - label_smoothing) \
             + logits.dtype.type(label_smoothing / k)  # (1 − ε) t + ε/C
         r = q if w is None else q * w
-        return r, float(logits.size // k), True
+        return r, float(logits.size // k), None
     if target.dtype.kind not in "iu":
         raise TypeError(f"target: expected integer class indices or floating probabilities, got {target.dtype}")
     want = logits.shape[:1] + logits.shape[2:]
@@ -127,7 +150,7 @@ def _targets(logits: np.ndarray, target, weight, ignore_index: int, label_smooth
     if label_smoothing:
         smooth = np.expand_dims(keep, 1) * logits.dtype.type(label_smoothing / k)  # + w_c ε / C
         r = r + (smooth if w is None else smooth * w)
-    return r, float(wy.sum()), False
+    return r, float(wy.sum()), np.expand_dims(keep, 1)
 
 
 def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | None = None, *,
@@ -154,7 +177,7 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | N
         if weight.shape != (z.shape[1],):
             raise ValueError(f"weight: expected shape ({z.shape[1]},) (one per class), got {weight.shape}")
         weight = weight.astype(z.dtype, copy=False)
-    r, denominator, probabilities = _targets(z, target, weight, ignore_index, float(label_smoothing))
+    r, denominator, kept = _targets(z, target, weight, ignore_index, float(label_smoothing))
     logp = _log_softmax(z, 1)
     losses = -(r * logp).sum(axis=1)  # L_n = −Σ_c r_nc log S_nc   (N, d1, …)
     if reduction == "none":
@@ -164,10 +187,10 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, weight: np.ndarray | N
         with np.errstate(divide="ignore", invalid="ignore"):  # as torch: 0/0 = nan when every row is ignored
             out = np.asarray(losses.sum() / z.dtype.type(denominator), dtype=z.dtype)
     target_grad = None
-    if probabilities:  # ∂L_n/∂t_nc = −(1 − ε) w_c log S_nc
+    if kept is None:  # probabilities: ∂L_n/∂t_nc = −(1 − ε) w_c log S_nc
         target_grad = -logp * z.dtype.type(1 - label_smoothing)
         target_grad = target_grad if weight is None else target_grad * weight.reshape((1, -1) + (1,) * (z.ndim - 2))
-    return out, CrossEntropyCache(logp, r, denominator, reduction, shape, target_grad)
+    return out, CrossEntropyCache(logp, r, denominator, reduction, shape, target_grad, kept)
 
 
 def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache,
@@ -189,6 +212,8 @@ def cross_entropy_backward(dout: np.ndarray | float, cache: CrossEntropyCache,
             d = chk.grad_output(np.asarray(dout, dtype), (), dtype) / dtype.type(c.denominator)
     with np.errstate(invalid="ignore"):
         dz = (np.exp(c.logp) * c.r.sum(axis=1, keepdims=True) - c.r) * d  # (S Σ_c r − r) ⊙ dout
+    if c.kept is not None and not np.isfinite(d).all():  # 'mean' over no weight: ignored rows still get 0, as torch
+        dz = np.where(c.kept, dz, dtype.type(0))
     dt = None if c.target_grad is None else c.target_grad * d
     if len(c.shape) == 1:
         return dz[0], (None if dt is None else dt[0])
@@ -215,11 +240,22 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, *, label_smoo
     return float(loss), cross_entropy_backward(1.0, cache)[0]
 
 
-def mse_loss(pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-    """L = mean((ŷ − y)²) over every element;  ∂L/∂ŷ = 2(ŷ − y) / numel."""
+def mse_loss(pred: np.ndarray, target: np.ndarray, *, reduction: str = "mean",
+             ) -> tuple[float | np.ndarray, np.ndarray]:
+    """L = (ŷ − y)² per element, reduced: 'mean' -> Σ L / numel (a float; nan for no elements, as torch),
+    'sum' -> Σ L (a float), 'none' -> L (pred's shape).   ∂(Σ L)/∂ŷ = 2(ŷ − y), over numel for 'mean'."""
     chk.float_array(pred, "pred", tuple(range(0, 33)))
     chk.float_array(target, "target", tuple(range(0, 33)))
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
     if pred.shape != target.shape:
         raise ValueError(f"target: expected the shape of pred {pred.shape}, got {target.shape}")
     diff = pred - target.astype(pred.dtype, copy=False)
-    return float((diff * diff).mean()), diff * pred.dtype.type(2.0 / max(diff.size, 1))
+    grad = diff * pred.dtype.type(2.0)
+    if reduction == "none":
+        return diff * diff, grad
+    if reduction == "sum":
+        return float((diff * diff).sum()), grad
+    if not diff.size:
+        return float("nan"), grad
+    return float((diff * diff).mean()), grad / pred.dtype.type(diff.size)

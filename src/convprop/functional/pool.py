@@ -8,20 +8,23 @@ Symbols (docs/math.md): Z^{l-1} = x (N, C, H, W) the pooling input, Z^l = out (N
           ∂Z^{l-1} = every ∂Z^l_ij / r_size spread over its window          (overlaps sum)
 
 The activation factor ⊙ act'(Z^{l-1}) of docs/math.md belongs to the activation's own backward.
+Outputs and gradients are channels-last in memory (_windows.py): a window's slice at one kernel
+offset is an (N, OH, OW, C) run of whole channel rows.  Loop twins (reference.py, which
+`use_reference` switches to): max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from . import _checks as chk
-from . import _threads
+from . import _schedule as S
+from . import reference as R
 from ._unbatched import unbatched, unbatched_backward
-from ._windows import Pair, col2im, is_batch_last, out_size, pad, unpad, windows
+from ._windows import Col2im, Pair, nchw, nhwc, out_size, pad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
            "avg_pool2d", "avg_pool2d_backward"]
@@ -38,29 +41,27 @@ class _Geometry:
     dilation: Pair
     out: Pair
     extra: Pair  # bottom/right padding that ceil_mode's last window needs
-    batch_last: bool  # the input's memory layout, which the gradient keeps
-
-    @property
-    def padded_shape(self) -> tuple[int, int, int, int]:
-        n, c, h, w = self.x_shape
-        return (n, c, h + 2 * self.padding[0] + self.extra[0], w + 2 * self.padding[1] + self.extra[1])
 
     def view(self, x: np.ndarray, fill: float) -> np.ndarray:
-        """(N, C, H, W) -> the window view (N, C, kh, kw, OH, OW) of x padded with `fill`."""
-        return windows(pad(x, self.padding, self.extra, fill), self.kernel, self.stride, self.dilation, self.out)
+        """(N, C, H, W) -> the window view (N, OH, OW, kh, kw, C) of x padded with `fill`, channels-last."""
+        return windows(pad(nhwc(x), self.padding, self.extra, fill), self.kernel, self.stride, self.dilation,
+                       self.out)
 
-    def scatter(self, piece: Callable[[slice, slice, int, int], np.ndarray], dtype) -> np.ndarray:
-        """col2im: Σ over kernel offsets (i, j) of piece(batch, rows, i, j) put back where window ij
-        read it, cropped to the input (N, C, H, W)."""
-        dxp = col2im(piece, self.padded_shape, dtype, self.kernel, self.stride, self.dilation, self.out,
-                     self.batch_last)
-        return unpad(dxp, self.padding, self.x_shape[2:])
+    def scatter(self, piece, dtype) -> np.ndarray:
+        """col2im: Σ over kernel offsets (i, j) of piece(batch, i, j) (nb, OH, OW, C) put back where
+        window ij read it, the batch in blocks on convprop's threads; cropped to the input (N, C, H, W)."""
+        (n, c, h, w), (ph, pw), (eh, ew) = self.x_shape, self.padding, self.extra
+        da = Col2im((n, h + 2 * ph + eh, w + 2 * pw + ew, c), dtype, self.kernel, self.stride, self.dilation,
+                    self.out)
+        S.run(lambda b: da.add(lambda i, j: piece(b, i, j), b, slice(None)), S.parts(n, 2 * da.dxp.nbytes))
+        return nchw(da.dxp[:, ph: ph + h, pw: pw + w])
 
 
 def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry:
     chk.float_array(x, "x", 4, "N, C, H, W; or C, H, W unbatched")
     kernel = chk.pair(kernel_size, "kernel_size", 1)
-    stride = kernel if stride is None else chk.pair(stride, "stride", 1)
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
+        else chk.pair(stride, "stride", 1)  # None or (): the kernel size, as torch
     padding = chk.pair(padding, "padding", 0)
     dilation = chk.pair(dilation, "dilation", 1)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
@@ -73,7 +74,7 @@ def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry
         for k, size in enumerate((h, w)))
     extra = tuple(max(0, (out[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 - (size + 2 * padding[k]))
                   for k, size in enumerate((h, w)))
-    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra, is_batch_last(x))
+    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra)
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -102,6 +103,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
                return_indices: bool = False,
                ) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], MaxPool2dCache]:
     """Z^l_ij = max of window ij (padding counts as −inf), as torch.nn.functional.max_pool2d.
+    Loop twin: reference.max_pool2d.
 
     x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW), or with return_indices ((out, indices), cache):
     indices (N, C, OH, OW) int64, torch's flat y·W + x per input plane, as max_unpool2d takes them
@@ -110,14 +112,21 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
     """
     return_indices = chk.flag(return_indices, "return_indices")
     g = _geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    win = g.view(x, -np.inf)
     kh, kw = g.kernel
-    out = np.empty_like(win[:, :, 0, 0])  # empty_like keeps the input's memory layout
-    argmax = np.empty_like(out, dtype=np.int16 if kh * kw < 2**15 else np.int64)
+    if R.active():
+        z, arg = R.max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation, bool(ceil_mode))
+        rows = arg[..., 0] + g.padding[0] - (np.arange(g.out[0]) * g.stride[0])[:, None]  # i·dh
+        cols = arg[..., 1] + g.padding[1] - np.arange(g.out[1]) * g.stride[1]  # j·dw
+        cache = MaxPool2dCache((rows // g.dilation[0] * kw + cols // g.dilation[1]).astype(np.int64), g, x.dtype)
+        out = z.astype(x.dtype)
+        return ((out, cache.indices) if return_indices else out), cache
+    win = g.view(x, -np.inf)
+    out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, OH, OW, C)
+    argmax = np.empty(out.shape, np.int16 if kh * kw < 2**15 else np.int64)
 
     def window_max(block: slice) -> None:
         best, arg = out[block], argmax[block]
-        offsets = [win[block, :, k // kw, k % kw] for k in range(kh * kw)]
+        offsets = [win[block, :, :, k // kw, k % kw] for k in range(kh * kw)]
         best[...] = offsets[0]
         for cand in offsets[1:]:
             np.maximum(best, cand, out=best)  # Z_ij = max of the window (a NaN propagates)
@@ -131,29 +140,32 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
             for k, cand in enumerate(offsets):
                 arg += (nan & np.isnan(cand)) * (k - arg).astype(arg.dtype)
 
-    _threads.run(window_max, _threads.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
-    cache = MaxPool2dCache(argmax, g, x.dtype)
+    S.run(window_max, S.parts(x.shape[0], x.nbytes + out.nbytes + argmax.nbytes))
+    out, cache = nchw(out), MaxPool2dCache(nchw(argmax), g, x.dtype)
     return ((out, cache.indices) if return_indices else out), cache
 
 
 @unbatched_backward
 def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     """∂Z^{l-1} = max-unpool(∂Z^l): each ∂Z^l_ij lands on its window's argmax in a zero mask.
+    Loop twin: reference.max_pool2d_backward.
 
     dout (N, C, OH, OW) -> dx (N, C, H, W); where windows overlap, gradients sum.
     """
     chk.cache_of(cache, MaxPool2dCache, "max_pool2d")
     g = cache.geometry
     dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
-    return g.scatter(partial(_unpool_piece, dz, cache.argmax, g.kernel[1]), dz.dtype)
+    if R.active():
+        rows_cols = np.stack(np.divmod(cache.indices, g.x_shape[3]), axis=-1)
+        return R.max_pool2d_backward(dz, g.x_shape, rows_cols).astype(dz.dtype)
+    return g.scatter(partial(_unpool_piece, nhwc(dz), nhwc(cache.argmax), g.kernel[1]), dz.dtype)
 
 
-def _unpool_piece(dz: np.ndarray, argmax: np.ndarray, kw: int, batch: slice, rows: slice, i: int, j: int,
-                  ) -> np.ndarray:
+def _unpool_piece(dzh: np.ndarray, argmax: np.ndarray, kw: int, batch: slice, i: int, j: int) -> np.ndarray:
     """Max-unpool at kernel offset (i, j): ∂A_(y·s+i·d, x·s+j·d) += ∂Z_yx · [argmax_yx = (i, j)] —
     each window's gradient goes to the one input cell that won its max, nothing to the others.
-    dz, argmax (N, C, OH, OW) -> the piece for the positions (batch, rows)."""
-    return dz[batch, :, rows] * (argmax[batch, :, rows] == i * kw + j)
+    dzh, argmax (N, OH, OW, C) -> the piece for the samples `batch`."""
+    return dzh[batch] * (argmax[batch] == i * kw + j)
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,6 +258,7 @@ class AvgPool2dCache:
     divisor: np.ndarray
     geometry: _Geometry
     dtype: np.dtype
+    include_pad: bool = True
 
 
 def _window_counts(size: int, k: int, s: int, p: int, n_out: int, include_pad: bool) -> np.ndarray:
@@ -261,47 +274,64 @@ def _window_counts(size: int, k: int, s: int, p: int, n_out: int, include_pad: b
 def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None = None,
                padding: int | Pair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: int | None = None) -> tuple[np.ndarray, AvgPool2dCache]:
-    """Z^l_ij = Σ window ij / r_size, as torch.nn.functional.avg_pool2d.
+    """Z^l_ij = Σ window ij / r_size, as torch.nn.functional.avg_pool2d.  Loop twin: reference.avg_pool2d
+    (which has no divisor_override: with one, the switch leaves this function on its fast kernel).
 
     x (N, C, H, W) or (C, H, W) -> out (N, C, OH, OW).  r_size counts the zero padding when
     count_include_pad; divisor_override replaces it for every window.
     """
     g = _geometry(x, kernel_size, stride, padding, 1, ceil_mode)
-    win = g.view(x, 0.0)
     kh, kw = g.kernel
     if divisor_override is not None:
-        divisor = np.full(g.out, chk.positive_int(divisor_override, "divisor_override"), x.dtype)
+        divisor = np.full(g.out, chk.nonzero_int(divisor_override, "divisor_override"), x.dtype)
     else:
         counts = [_window_counts(x.shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a],
                                  bool(count_include_pad)) for a in range(2)]
         divisor = np.outer(*counts).astype(x.dtype)  # r_size (OH, OW)
-    out = np.empty_like(win[:, :, 0, 0])
+    if R.active() and divisor_override is None:
+        return (R.avg_pool2d(x, g.kernel, g.stride, g.padding, bool(ceil_mode), bool(count_include_pad))
+                .astype(x.dtype), AvgPool2dCache(divisor, g, x.dtype, bool(count_include_pad)))
+    win = g.view(x, 0.0)
+    out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, OH, OW, C)
+    per_cell = divisor[:, :, None]
 
     def window_mean(block: slice) -> None:
         total = out[block]
-        total[...] = win[block, :, 0, 0]
+        total[...] = win[block, :, :, 0, 0]
         for k in range(1, kh * kw):
-            total += win[block, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
-        total /= divisor
+            total += win[block, :, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
+        total /= per_cell
 
-    _threads.run(window_mean, _threads.parts(x.shape[0], x.nbytes + out.nbytes))
-    return out, AvgPool2dCache(divisor, g, x.dtype)
+    S.run(window_mean, S.parts(x.shape[0], x.nbytes + out.nbytes))
+    return nchw(out), AvgPool2dCache(divisor, g, x.dtype, bool(count_include_pad))
 
 
 @unbatched_backward
 def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     """∂Z^{l-1} = Σ_windows ∂Z^l_ij / r_size spread evenly over window ij (overlaps sum).
+    Loop twin: reference.avg_pool2d_backward.
 
     dout (N, C, OH, OW) -> dx (N, C, H, W).
     """
     chk.cache_of(cache, AvgPool2dCache, "avg_pool2d")
     g = cache.geometry
     dz = chk.grad_output(dout, g.x_shape[:2] + g.out, cache.dtype)
-    share = _threads.elementwise(np.divide, np.empty_like(dz), dz, np.broadcast_to(cache.divisor, dz.shape))
+    if R.active():
+        return R.avg_pool2d_backward(dz * (np.outer(*cache_counts(cache)) / cache.divisor), np.empty(g.x_shape),
+                                     g.kernel, g.stride, g.padding, cache.include_pad).astype(dz.dtype)
+    dzh = nhwc(dz)
+    share = S.elementwise(np.divide, np.empty_like(dzh), dzh, np.broadcast_to(cache.divisor[:, :, None], dzh.shape))
     return g.scatter(partial(_even_spread_piece, share), dz.dtype)
 
 
-def _even_spread_piece(share: np.ndarray, batch: slice, rows: slice, i: int, j: int) -> np.ndarray:
+def cache_counts(cache: AvgPool2dCache) -> list[np.ndarray]:
+    """r_size along each axis, as the loop twin counts it (the divisor without divisor_override)."""
+    g = cache.geometry
+    return [_window_counts(g.x_shape[2 + a], g.kernel[a], g.stride[a], g.padding[a], g.out[a], cache.include_pad)
+            for a in range(2)]
+
+
+def _even_spread_piece(share: np.ndarray, batch: slice, i: int, j: int) -> np.ndarray:
     """The even spread at kernel offset (i, j): ∂A_(y·s+i, x·s+j) += ∂Z_yx / r_size — every cell of a
-    window gets the same share, so the piece is share = ∂Z / r_size (N, C, OH, OW) at every offset."""
-    return share[batch, :, rows]
+    window gets the same share, so the piece is share = ∂Z / r_size (N, OH, OW, C) at every offset."""
+    return share[batch]

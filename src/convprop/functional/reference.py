@@ -3,6 +3,12 @@
 No tiles, layouts or threads: slow, and meant to be read.  `convprop explain` computes with these,
 and the tests hold every fast route of conv.py and pool.py to them (a second oracle beside torch).
 All arrays are NCHW; results are float64.  Symbols: A input, K kernel (Cout, C/G, kh, kw), Z output.
+
+The reference switch, as llm.c keeps its naive kernels beside the fast ones: inside
+`use_reference()` (or after `use_reference(True)`, until `use_reference(False)`) conv2d,
+conv_transpose2d, max_pool2d, avg_pool2d (and the 1-D ones built on them), forward and backward,
+compute with these loops instead, so that whole models run on them (`convprop train --reference`).
+The other ops (linear, BatchNorm, activations, losses, adaptive pooling) have no second kernel.
 """
 
 from __future__ import annotations
@@ -10,6 +16,30 @@ from __future__ import annotations
 import numpy as np
 
 from ._windows import out_size
+
+
+class use_reference:  # noqa: N801 (a switch that reads as a function, as torch.no_grad)
+    """Run conv and pooling on the loops of this module: on from the call, until the `with` block
+    ends (back to what was before) or `use_reference(False)`."""
+
+    def __init__(self, on: bool = True) -> None:
+        global _on
+        self._before, _on = _on, bool(on)
+
+    def __enter__(self) -> use_reference:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _on
+        _on = self._before
+
+
+_on = False
+
+
+def active() -> bool:
+    """Whether the reference switch is on."""
+    return _on
 
 
 def _pad(a, p, extra=(0, 0), fill=0.0):
@@ -53,6 +83,13 @@ def conv2d_backward(dz, a, k, stride=(1, 1), padding=(0, 0), dilation=(1, 1), gr
         dap[patch] += k[o] * dz[ni, o, y, x]
     h, w = a.shape[2:]
     return dap[:, :, padding[0]: padding[0] + h, padding[1]: padding[1] + w], dk, dz.sum(axis=(0, 2, 3))
+
+
+def conv_transpose2d(x, k, out_hw, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """Y = K ⋆ᵀ X, conv2d's ∂A for ∂Z = X: every X[n, c, y, x] times K[c] (unflipped) added back onto
+    window (y, x) of an (out_hw) output."""
+    a = np.zeros((x.shape[0], k.shape[1] * groups) + tuple(out_hw))
+    return conv2d_backward(x, a, k, stride, padding, dilation, groups)[0]
 
 
 def _pool_geometry(a, kernel, stride, padding, dilation, ceil_mode):

@@ -147,7 +147,9 @@ class ConvTranspose2d(_ConvNd):
     _backward_fn = staticmethod(F.conv_transpose2d_backward)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
-                 groups: int = 1, bias: bool = True, dilation=1, dtype=None) -> None:
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", dtype=None) -> None:
+        if padding_mode != "zeros":  # torch's transposed convolutions take only 'zeros' too
+            raise ValueError(f"padding_mode: only 'zeros' is supported for ConvTranspose2d, got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, dtype,
                          transposed=True)
         self.output_padding = output_padding
@@ -181,8 +183,18 @@ class Linear(_Affine):
 
 
 def _window_repr(self) -> str:
-    """extra_repr of the pooling and unpooling layers: their window."""
-    return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+    """extra_repr of the pooling and unpooling layers: their window, as torch prints it (the stride a None
+    stride stands for; MaxUnpool and the 1-D average pool as tuples, torch's _pair and _single)."""
+    n = getattr(self, "_repr_tuple", 0)
+    k, s, p = (_tuple(v, n) for v in (self.kernel_size, self.stride, self.padding))
+    text = f"kernel_size={k}, stride={s}, padding={p}"
+    if isinstance(self, MaxPool2d):
+        text += f", dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+    return text
+
+
+def _tuple(v, n: int):
+    return v if not n or isinstance(v, tuple) else tuple(v) if isinstance(v, list) else (v,) * n
 
 
 class MaxPool2d(_Layer):
@@ -193,7 +205,8 @@ class MaxPool2d(_Layer):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
                  ceil_mode: bool = False) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.kernel_size, self.padding, self.dilation = kernel_size, padding, dilation
+        self.stride = kernel_size if stride is None else stride  # as torch: None means the kernel size
         self.return_indices, self.ceil_mode = chk.flag(return_indices, "return_indices"), ceil_mode
 
     def forward(self, x: np.ndarray):
@@ -209,9 +222,12 @@ class MaxUnpool2d(_Layer):
 
     _backward_fn = staticmethod(F.max_unpool2d_backward)
 
+    _repr_tuple = 2
+
     def __init__(self, kernel_size, stride=None, padding=0) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = kernel_size if stride is None else stride  # as torch: None means the kernel size
 
     def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
         out, self._cache = F.max_unpool2d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
@@ -227,7 +243,8 @@ class AvgPool2d(_Layer):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: int | None = None) -> None:
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride = kernel_size if stride is None else stride  # as torch: None means the kernel size
         self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -316,6 +333,7 @@ class MaxUnpool1d(MaxUnpool2d):
     """forward(x, indices, output_size=None): the partial inverse of MaxPool1d, (N, C, L') or (C, L')."""
 
     _backward_fn = staticmethod(F.max_unpool1d_backward)
+    _repr_tuple = 1
 
     def forward(self, x: np.ndarray, indices: np.ndarray, output_size=None) -> np.ndarray:
         out, self._cache = F.max_unpool1d(x, indices, self.kernel_size, stride=self.stride, padding=self.padding,
@@ -327,6 +345,7 @@ class AvgPool1d(AvgPool2d):
     """Average pooling along a sequence (N, C, L) or (C, L)."""
 
     _backward_fn = staticmethod(F.avg_pool1d_backward)
+    _repr_tuple = 1
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out, self._cache = F.avg_pool1d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
@@ -421,8 +440,8 @@ class Dropout(_Layer):
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
-        if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"p: expected a dropout probability in [0, 1), got {p!r}")
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a dropout probability in [0, 1], got {p!r}")
         self.p = float(p)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -438,13 +457,15 @@ class _BatchNorm(_Layer):
     allreduce = None  # SyncBatchNorm when set: see F.batch_norm and convprop.distributed.sync_batch_norm
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, dtype=None) -> None:
+                 track_running_stats: bool = True, dtype=None, bias: bool = True) -> None:
         super().__init__()
         dtype = _dtype(dtype)
         self.num_features = chk.positive_int(num_features, "num_features")
         self.eps, self.momentum = eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
         self.register_parameter("weight", Parameter(np.ones(num_features, dtype)) if affine else None)
-        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine else None)
+        # bias=False (torch 2.13): γ without β
+        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype)) if affine and bias else None)
         if track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, dtype))
             self.register_buffer("running_var", np.ones(num_features, dtype))
@@ -475,7 +496,8 @@ class _BatchNorm(_Layer):
         return dx if input_grad else None
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):

@@ -27,9 +27,6 @@ class CrossEntropyLoss:
         self.label_smoothing = label_smoothing
 
     def __call__(self, logits: np.ndarray, targets: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
-        if (self.weight is None and self.reduction == "mean" and getattr(logits, "ndim", 0) == 2
-                and getattr(targets, "ndim", 0) == 1):  # the training loss: its own checks and messages
-            return F.softmax_cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         weight = None if self.weight is None else np.asarray(self.weight, dtype=getattr(logits, "dtype", None))
         loss, cache = F.cross_entropy(logits, targets, weight, ignore_index=self.ignore_index,
                                       reduction=self.reduction, label_smoothing=self.label_smoothing)
@@ -43,10 +40,19 @@ class CrossEntropyLoss:
 
 
 class MSELoss:
-    """Mean squared error over every element."""
+    """Squared error (ŷ − y)² per element, reduced as torch's `reduction` 'mean' | 'sum' | 'none'.
 
-    def __call__(self, pred: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
-        return F.mse_loss(pred, target)
+    Returns (loss, ∂loss/∂pred): loss a float for 'mean' and 'sum'; for 'none' the array of squared
+    errors, with the gradient of their sum.
+    """
+
+    def __init__(self, *, reduction: str = "mean") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        self.reduction = reduction
+
+    def __call__(self, pred: np.ndarray, target: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
+        return F.mse_loss(pred, target, reduction=self.reduction)
 
     def __repr__(self) -> str:
-        return "MSELoss()"
+        return "MSELoss()" if self.reduction == "mean" else f"MSELoss(reduction={self.reduction!r})"

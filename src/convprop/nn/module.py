@@ -169,15 +169,18 @@ class Module:
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
-        if strict and (missing or unexpected):
-            raise ValueError(f"state_dict: keys do not match this {type(self).__name__}: "
-                             f"missing {missing}, unexpected {unexpected}")
+        other = [(k, own[k].shape, np.shape(state_dict[k])) for k in own if k in state_dict
+                 and np.shape(state_dict[k]) != own[k].shape]
+        if len(other) == 1 and not (strict and (missing or unexpected)):
+            key, want, got = other[0]
+            raise ValueError(f"state_dict[{key!r}]: expected shape {want}, got {got}")
+        if other or (strict and (missing or unexpected)):
+            raise ValueError(f"state_dict: does not fit this {type(self).__name__}: "
+                             + _key_summary(missing if strict else [], unexpected if strict else [], other))
         for key, target in own.items():
             if key not in state_dict:
                 continue
             value = np.asarray(state_dict[key])
-            if value.shape != target.shape:
-                raise ValueError(f"state_dict[{key!r}]: expected shape {target.shape}, got {value.shape}")
             if not np.issubdtype(value.dtype, np.number):
                 raise TypeError(f"state_dict[{key!r}]: expected a numeric array, got dtype {value.dtype}")
             target[...] = value
@@ -318,3 +321,17 @@ def no_grad() -> Iterator[None]:
 def is_grad_enabled() -> bool:
     """False inside no_grad() (as torch.is_grad_enabled)."""
     return _Grad.enabled
+
+
+def _key_summary(missing: list[str], unexpected: list[str], other: list[tuple], first: int = 3) -> str:
+    """How many keys are missing, unexpected and of another shape, with the first few of each: one short line
+    however large the models."""
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:first]) + (", …" if len(items) > first else "")
+
+    parts = [f"{len(missing)} missing ({some(missing)})" if missing else "",
+             f"{len(unexpected)} unexpected ({some(unexpected)})" if unexpected else "",
+             f"{len(other)} of another shape ({some([f'{k} {got} for {want}' for k, want, got in other])})"
+             if other else ""]
+    return "; ".join(p for p in parts if p)
+

@@ -1,4 +1,4 @@
-"""ONNX export and import of convprop models, built on the `onnx` package (pip install 'convprop[onnx]').
+"""ONNX export and import of convprop models, built on the `onnx` package (the onnx extra).
 
     convprop.onnx.export(model, "lenet5.onnx", input_shape=(1, 1, 28, 28))   # batch dimension dynamic
     model = convprop.onnx.load("lenet5.onnx")                                # an nn model, with its weights
@@ -13,9 +13,11 @@ Add and Shape torch.onnx.export writes around MaxPool's Indices) into an nn.Sequ
 `nn.Graph` where the graph forks and joins, ready to evaluate, fine-tune with convprop's backward and
 export again.
 
-Files are untrusted: import parses the protobuf only (no external data files, no custom operator
-domains), checks every tensor's declared shape against the bytes it carries and against a size limit
-before converting it, and fails with one `OnnxError` line naming the node, operator and attribute.
+Files are untrusted: import parses the protobuf only (no custom operator domains), reads external data
+only from regular files of the model's own directory (links resolved first), checks every tensor's
+declared shape against the bytes it carries and the bytes of all tensors together against a limit
+before converting it, checks every attribute's type before using it, and fails with one `OnnxError`
+line naming the node, operator and attribute.
 
 Layout: errors (OnnxError, the onnx extra), rules (each layer's export as ONNX nodes), trace (the
 forward pass that calls the rules, through nn.call_hook), exporter (export), tensors (TensorProtos as
@@ -26,6 +28,7 @@ Indices into MaxUnpool, both ways), loader (load: the walk over the nodes, Seque
 from .errors import OnnxError
 from .exporter import DEFAULT_OPSET, MIN_OPSET, export
 from .loader import load
-from .tensors import MAX_FILE_BYTES, MAX_TENSOR_ELEMENTS
+from .tensors import MAX_FILE_BYTES, MAX_NODES, MAX_TENSOR_BYTES, MAX_TENSOR_ELEMENTS
 
-__all__ = ["export", "load", "OnnxError", "DEFAULT_OPSET", "MIN_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS"]
+__all__ = ["export", "load", "OnnxError", "DEFAULT_OPSET", "MIN_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS",
+           "MAX_TENSOR_BYTES", "MAX_NODES"]

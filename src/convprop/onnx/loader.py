@@ -5,40 +5,60 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from .._files import checked_size
+from .._files import open_regular
 from .errors import OnnxError, one_line, onnx_module
 from .indices import feeds_unpool_shape, import_indices, is_iota
 from .reader import IMPORTERS, WALKED, Reader, load_weights, to_float
-from .tensors import FLOATS, MAX_FILE_BYTES, MAX_TENSOR_ELEMENTS, tensor, type_name
+from .tensors import FLOATS, MAX_FILE_BYTES, MAX_NODES, MAX_TENSOR_BYTES, MAX_TENSOR_ELEMENTS, Budget, tensor, type_name
 
 
-def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = MAX_TENSOR_ELEMENTS) -> nn.Module:
+def _read(path: str, max_bytes: int) -> bytes:
+    f, size = open_regular(path, "an ONNX file", OnnxError, max_bytes)
+    try:
+        with f:
+            return f.read(size)  # its size is checked (read() of a file that grew would allocate more)
+    except OSError as e:
+        raise OnnxError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
+         max_tensor_bytes: int = MAX_TENSOR_BYTES) -> nn.Module:
     """An ONNX file as a convprop model with its weights: an nn.Sequential for a chain of layers, a
     Graph where it forks and joins.  Raises OnnxError (one line: node, operator, attribute) for
-    what convprop cannot represent or for a damaged or hostile file; never reads another file."""
+    what convprop cannot represent or for a damaged or hostile file.  Bounded: the file's size, each
+    tensor's elements, all tensors' bytes together (inline, external and Constant nodes), the nodes;
+    external data only from regular files of the model's own directory."""
     onnx = onnx_module()
-    checked_size(path, "an ONNX file", OnnxError, max_bytes)
-    with open(path, "rb") as f:
-        data = f.read()  # its size is checked above (read(n) would allocate n bytes first)
     try:
-        proto = onnx.ModelProto.FromString(data)
-    except Exception as e:  # protobuf's DecodeError, or a recursion limit
-        raise OnnxError(f"{path}: not an ONNX model ({one_line(e)})") from None
-    if not proto.HasField("graph") or not proto.graph.node:
-        raise OnnxError(f"{path}: not an ONNX model (no graph nodes)")
-    for op in proto.opset_import:
-        if op.domain not in ("", "ai.onnx"):
-            raise OnnxError(f"{path}: operator set {op.domain!r} is not supported (standard ONNX operators only)")
-    try:
-        return _build(onnx, proto, path, max_tensor_elements)
+        try:
+            proto = onnx.ModelProto.FromString(_read(path, max_bytes))  # the file's bytes freed once parsed
+        except (OnnxError, MemoryError):
+            raise
+        except Exception as e:  # protobuf's DecodeError, or a recursion limit
+            raise OnnxError(f"{path}: not an ONNX model ({one_line(e)})") from None
+        if not proto.HasField("graph") or not proto.graph.node:
+            raise OnnxError(f"{path}: not an ONNX model (no graph nodes)")
+        for op in proto.opset_import:
+            if op.domain not in ("", "ai.onnx"):
+                raise OnnxError(f"{path}: operator set {op.domain[:100]!r} is not supported (standard ONNX operators "
+                                "only)")
+        for what in ("node", "initializer", "input", "output", "value_info"):
+            count = len(getattr(proto.graph, what))
+            if count > MAX_NODES:
+                what = {"node": "nodes", "initializer": "initializers", "input": "graph inputs",
+                        "output": "graph outputs"}.get(what, "value_info entries")
+                raise OnnxError(f"{path}: {count:,} {what}, more than the {MAX_NODES:,} convprop imports")
+        return _build(onnx, proto, path, Budget(max_tensor_bytes, max_tensor_elements))
     except OnnxError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+    except MemoryError:
+        raise OnnxError(f"{path}: importing it needs more memory than is free") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as e:
         raise OnnxError(f"{path}: cannot import ({one_line(e)})") from None
 
 
-def _build(onnx, proto, path: str, limit: int) -> nn.Module:
-    r = Reader(onnx, proto, path, limit)
+def _build(onnx, proto, path: str, budget: Budget) -> nn.Module:
+    r = Reader(onnx, proto, path, budget)
     g = proto.graph
     data_inputs = [i.name for i in g.input if i.name not in r.raw_consts]
     if len(data_inputs) != 1 or len(g.output) != 1:
@@ -49,9 +69,17 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
         raise OnnxError(f"{path}: input {data_inputs[0]!r} has element type {type_name(elem)}; "
                         "expected float32 or float64")
     consumers: dict[str, int] = {g.output[0].name: 1}
+    made = {i.name for i in g.input} | set(r.raw_consts)
     for node in g.node:
         for i in node.input:
             consumers[i] = consumers.get(i, 0) + 1
+        if not node.output or not node.output[0]:
+            raise OnnxError(f"{r.where(node)}: it has no output")
+        for o in node.output:
+            if o and o in made:
+                raise OnnxError(f"{r.where(node)}: its output {o[:100]!r} is computed twice (or is a graph input "
+                                "or an initializer)")
+            made.add(o)
     r.consumers = consumers
     kinds: dict[str, tuple[str, str]] = {}  # index tensors and shapes: name -> (kind, the pool's input)
     alias = {data_inputs[0]: data_inputs[0]}  # tensor name -> the step output that holds it
@@ -68,8 +96,8 @@ def _build(onnx, proto, path: str, limit: int) -> nn.Module:
             at = r.attrs(node, dict(value=None, value_ints=None))
             if at["value"] is None and at["value_ints"] is None:
                 raise OnnxError(f"{r.where(node)}: only the 'value' and 'value_ints' attributes are supported")
-            r.consts[node.output[0]] = (tensor(at["value"], r.where(node), limit) if at["value"] is not None
-                                        else np.array(at["value_ints"], np.int64))
+            r.consts[node.output[0]] = (tensor(at["value"], f"{r.where(node)}: attribute 'value'", budget)
+                                        if at["value"] is not None else np.array(at["value_ints"], np.int64))
             continue
         data = [i for i in node.input if i and not r.is_const(i)]
         if op == "Identity" and not data:  # a constant under another name (torch's shared weights)

@@ -11,22 +11,76 @@ import numpy as np
 
 from .. import nn
 from .errors import OnnxError, one_line
-from .tensors import tensor
+from .tensors import FLOATS, Budget, tensor
+from .tensors import INTS as INT_DTYPES
+
+# Every attribute an importer reads, by name, with its ONNX type (AttributeProto.AttributeType): a value
+# of another type (a graph where an int belongs, ints where one int belongs, …) is refused before use.
+INT, FLOAT, STRING, TENSOR, INTS = 2, 1, 3, 4, 7
+ATTRIBUTE_TYPES = {
+    "auto_pad": STRING, "dilations": INTS, "group": INT, "kernel_shape": INTS, "pads": INTS, "strides": INTS,
+    "output_padding": INTS, "output_shape": INTS, "ceil_mode": INT, "count_include_pad": INT, "storage_order": INT,
+    "alpha": FLOAT, "beta": FLOAT, "transA": INT, "transB": INT, "epsilon": FLOAT, "momentum": FLOAT,
+    "training_mode": INT, "spatial": INT, "axis": INT, "allowzero": INT, "ratio": FLOAT, "seed": INT, "is_test": INT,
+    "axes": INTS, "keepdims": INT, "noop_with_empty_axes": INT, "value": TENSOR, "value_ints": INTS, "to": INT,
+    "saturate": INT,
+}
+MAX_INTS = 64  # an INTS attribute's length (Constant's value_ints: counted in the tensor budget instead)
+
+
+def _declared(t) -> tuple[int, int]:
+    """(elements, bytes per element) an initializer's dims and data type declare; (0, 0) where they are
+    invalid (refused when it is read)."""
+    dtype = {**FLOATS, **INT_DTYPES}.get(t.data_type)
+    if dtype is None or len(t.dims) > 8 or min(t.dims, default=0) < 0:
+        return 0, 0
+    return math.prod(t.dims), np.dtype(dtype).itemsize
+
+
+def _skeleton(onnx, proto):
+    """The model for shape inference: its nodes and types, its initializers' names, types and dims, but the
+    values only of small integer ones (the shapes a Reshape takes) — not a second copy of the weights."""
+    m = onnx.ModelProto(ir_version=proto.ir_version)
+    m.opset_import.extend(proto.opset_import)
+    g, src = m.graph, proto.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(g, field).extend(getattr(src, field))
+    for t in src.initializer:
+        if (t.data_type in INT_DTYPES and len(t.dims) <= 8 and min(t.dims, default=0) >= 0 and math.prod(t.dims) <= 1024
+                and not t.external_data):
+            g.initializer.append(t)
+        else:
+            g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+    return m
 
 
 class Reader:
     """The graph's tensors by name: constants (initializers, Constant nodes) and data (the rest)."""
 
-    def __init__(self, onnx, proto, path: str, limit: int):
-        self.onnx, self.path, self.limit = onnx, path, limit
+    def __init__(self, onnx, proto, path: str, budget: Budget):
+        self.onnx, self.path, self.budget = onnx, path, budget
         self.graph = proto.graph
-        self.raw_consts = {t.name: t for t in self.graph.initializer}
+        self.raw_consts = {}
+        for t in self.graph.initializer:
+            if t.name in self.raw_consts:
+                raise OnnxError(f"{path}: initializer {t.name[:100]!r} appears twice")
+            self.raw_consts[t.name] = t
+        declared = 0
+        for t in self.graph.initializer:
+            n, itemsize = _declared(t)
+            if n > budget.max_elements:
+                raise OnnxError(f"{path}: tensor {t.name[:100]!r} declares shape {list(t.dims)} ({n:,} elements), "
+                                f"over the limit of {budget.max_elements:,}")
+            declared += n * itemsize
+        if declared > budget.total:  # before any is read (each is also counted as it is converted)
+            raise OnnxError(f"{path}: its {len(self.raw_consts):,} initializers declare {declared:,} bytes in all, "
+                            f"over the limit of {budget.total:,}")
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.consts: dict[str, np.ndarray] = {}
         self.shapes: dict[str, list] = {}
         self.consumers: dict[str, int] = {}  # how many nodes (and the graph output) read each tensor
         try:
-            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False).graph
+            inferred = onnx.shape_inference.infer_shapes(_skeleton(onnx, proto), strict_mode=False).graph
             infos = list(inferred.value_info) + list(inferred.input) + list(inferred.output)
         except Exception:
             infos = list(self.graph.input) + list(self.graph.output)
@@ -46,8 +100,8 @@ class Reader:
             if name not in self.raw_consts:
                 raise OnnxError(f"{self.where(node)}: input {index} ({what}) {name!r} must be a constant "
                                 "(an initializer), not computed in the graph")
-            self.consts[name] = tensor(self.raw_consts[name], self.where(node), self.limit,
-                                        os.path.dirname(os.path.abspath(self.path)))
+            self.consts[name] = tensor(self.raw_consts[name], self.where(node), self.budget,
+                                       os.path.dirname(os.path.abspath(self.path)))
         return self.consts[name]
 
     def optional_const(self, node, index: int, what: str) -> np.ndarray | None:
@@ -57,13 +111,42 @@ class Reader:
         return f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type})"
 
     def attrs(self, node, allowed: dict[str, Any]) -> dict[str, Any]:
-        """The node's attributes over `allowed`'s defaults; any other attribute is refused."""
-        out = dict(allowed)
+        """The node's attributes over `allowed`'s defaults; any other attribute, one given twice, one of
+        another type than ONNX gives it (ATTRIBUTE_TYPES), a float that is not finite, a list of more than
+        MAX_INTS or text that is not UTF-8 is refused, naming the node and the attribute."""
+        out, seen = dict(allowed), set()
+        names = self.onnx.AttributeProto.AttributeType
         for a in node.attribute:
             if a.name not in allowed:
-                raise OnnxError(f"{self.where(node)}: attribute {a.name!r} is not supported")
-            value = self.onnx.helper.get_attribute_value(a)
-            out[a.name] = value.decode() if isinstance(value, bytes) else value
+                raise OnnxError(f"{self.where(node)}: attribute {a.name[:100]!r} is not supported")
+            if a.name in seen:
+                raise OnnxError(f"{self.where(node)}: attribute {a.name!r} is given twice")
+            seen.add(a.name)
+            want = ATTRIBUTE_TYPES[a.name]
+            if a.type != want:
+                got = names.Name(a.type) if a.type in names.values() else str(a.type)
+                raise OnnxError(f"{self.where(node)}: attribute {a.name!r}: expected {names.Name(want)}, got {got}")
+            if want == INT:
+                value = int(a.i)
+            elif want == FLOAT:
+                value = float(a.f)
+                if not math.isfinite(value):
+                    raise OnnxError(f"{self.where(node)}: attribute {a.name!r} = {value}: expected a finite number")
+            elif want == STRING:
+                try:
+                    value = a.s.decode()
+                except UnicodeDecodeError:
+                    raise OnnxError(f"{self.where(node)}: attribute {a.name!r}: not UTF-8 text") from None
+            elif want == INTS:
+                if a.name == "value_ints":
+                    self.budget.take(8 * len(a.ints), self.where(node), f"attribute {a.name!r}")
+                elif len(a.ints) > MAX_INTS:
+                    raise OnnxError(f"{self.where(node)}: attribute {a.name!r} has {len(a.ints):,} values; "
+                                    f"expected at most {MAX_INTS}")
+                value = [int(v) for v in a.ints]
+            else:
+                value = a.t
+            out[a.name] = value
         return out
 
     def refuse(self, node, attr: str, value, why: str = "") -> OnnxError:

@@ -81,9 +81,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
-        _positive(lr, "lr")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum: expected a value in [0, 1), got {momentum}")
+        _learning_rate(lr)
+        _non_negative(momentum, "momentum")  # as torch: any μ >= 0 (μ >= 1 diverges, but is the user's to try)
         _non_negative(weight_decay, "weight_decay")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov: expected momentum > 0 and dampening == 0, "
@@ -118,7 +117,7 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False) -> None:
-        _positive(lr, "lr")
+        _learning_rate(lr)
         for k, b in enumerate(betas):
             if not 0.0 <= b < 1.0:
                 raise ValueError(f"betas[{k}]: expected a value in [0, 1), got {b}")
@@ -160,9 +159,10 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
-def _positive(v: float, name: str) -> None:
-    if not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-        raise ValueError(f"{name}: expected a positive number, got {v!r}")
+def _learning_rate(v: float) -> None:
+    """lr >= 0 and finite, as torch (0 is a step that changes nothing)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or not math.isfinite(v):
+        raise ValueError(f"lr: expected a finite number >= 0, got {v!r}")
 
 
 def _non_negative(v: float, name: str) -> None:

@@ -31,8 +31,13 @@ from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_eve
 from ..train import evaluate
 from .data import load_run_data
 from .metrics import metrics, write_metrics
-from .rundir import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, claim
+from .rundir import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, claim, remove_created
 from .settings import Settings, default_out
+
+
+def count(n: int, noun: str) -> str:
+    """'1 epoch', '15 epochs', '5,000 images'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
@@ -62,9 +67,6 @@ class Run:
         self.start_epoch = self.saved_epoch = 0
         self.seconds = 0.0
         self.status = "running"
-        # what existed before the claim: a run that fails before training leaves no directory it made
-        self._made = [d for d in ((out,) if out else (default_out(settings), os.path.dirname(default_out(settings))))
-                      if d and not os.path.isdir(d)]
         self.out = self._claim(out)
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
         self.best_path = os.path.join(self.out, BEST_NAME)
@@ -72,13 +74,11 @@ class Run:
         self.metrics_path = os.path.join(self.out, METRICS_NAME)
         try:
             self._build()
-        except BaseException:
+        except BaseException:  # (bad data, say): the run never started, so its new directory goes too
+            lock = getattr(self, "_lock", None)
             self.close()
-            for d in [self.out] * (self.rank == 0 and self.out not in self._made) + self._made:
-                try:
-                    os.rmdir(d)  # (only while empty: nothing of anyone's is removed)
-                except OSError:
-                    pass
+            if lock is not None:
+                remove_created(self.out, lock.created)
             raise
 
     @classmethod
@@ -162,10 +162,12 @@ class Run:
 
     def _load_init(self, path: str) -> None:
         """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""
-        from ..weights import load_weights
+        from ..weights import WeightsError, load_weights
 
         try:
-            self.model.load_state_dict(load_weights(path))
+            self.model.load_state_dict(load_weights(path, self.model))
+        except (WeightsError, FileNotFoundError) as e:  # names the file
+            raise RunError(f"--init: {e}") from None
         except (ValueError, TypeError) as e:
             raise RunError(f"--init {path}: {e}") from None
         self.log(f"starting from the weights in {path}")
@@ -190,7 +192,7 @@ class Run:
     def describe(self) -> str:
         s, w, d = self.settings, self.world, self.data
         n_params = sum(p.data.size for p in self.model.parameters())
-        sets = f"{len(self.labels):,} images" + (f", validating on {len(self.val_labels):,}" if d.val else "") + (
+        sets = count(len(self.labels), "image") + (f", validating on {len(self.val_labels):,}" if d.val else "") + (
             f", testing on {len(self.test_labels):,}" if d.test else "")
         if d.kind == "folder":
             i = d.input
@@ -201,15 +203,16 @@ class Run:
         else:
             aug = ", ".join([f"±{s.shift} px shifts"] + [f"±{s.rotate:g}° rotations"] * bool(s.rotate)
                             + [f"±{s.scale:.0%} scaling"] * bool(s.scale))
-        return (f"training {s.model} ({n_params:,} parameters) on {sets}; {s.epochs} epochs, batch {s.batch_size}, "
-                f"{s.optimizer} one-cycle lr {s.lr:g}, {aug}" + (f"; {w} MPI ranks" if w > 1 else ""))
+        return (f"training {s.model} ({n_params:,} parameters) on {sets}; {count(s.epochs, 'epoch')}, "
+                f"batch {s.batch_size}, {s.optimizer} one-cycle lr {s.lr:g}, {aug}" + (f"; {w} MPI ranks" if w > 1 else ""))
 
     def train(self) -> list[dict]:
         """Epochs start_epoch+1 … settings.epochs; a checkpoint and metrics.json after each."""
         s = self.settings
         if self.ckpt is not None:
             if self.start_epoch >= s.epochs:
-                self.log(f"{self.resume_path}: the run already finished its {s.epochs} epochs; nothing to train")
+                self.log(f"{self.resume_path}: the run already finished its {count(s.epochs, 'epoch')}; "
+                         "nothing to train")
             else:
                 self.log(f"resuming {s.model} from epoch {self.start_epoch} of {s.epochs}")
         self.log(self.describe())
@@ -329,7 +332,7 @@ class Run:
         result = self.test() if self.history else None
         if result is not None:
             which = f"{self.settings.final} epoch {result['test_epoch']}" if self.best_epoch else "last epoch"
-            self.log(f"test accuracy {result['test_accuracy']:.2%} after {len(self.history)} epochs "
+            self.log(f"test accuracy {result['test_accuracy']:.2%} after {count(len(self.history), 'epoch')} "
                      f"({self.seconds:.1f} s this run; {which}: {os.path.basename(result['test_checkpoint'])})")
             self.write_metrics()
         elif self.best_epoch:

@@ -18,8 +18,12 @@ def holds_run(directory: str) -> bool:
     return any(os.path.exists(os.path.join(directory, n)) for n in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME))
 
 
-def make_directory(path: str) -> None:
-    """Create `path` (and its parents) or raise RunError saying why it cannot hold a run."""
+def make_directory(path: str) -> str | None:
+    """Create `path` (and its parents) or raise RunError saying why it cannot hold a run.  Returns the
+    outermost directory this created (path or a parent of it), None if path existed."""
+    created, up = None, os.path.abspath(path)
+    while not os.path.exists(up) and os.path.dirname(up) != up:
+        created, up = up, os.path.dirname(up)
     if os.path.exists(path) and not os.path.isdir(path):
         raise RunError(f"--out {path}: expected a directory, got an existing file")
     try:
@@ -30,6 +34,23 @@ def make_directory(path: str) -> None:
         raise RunError(f"--out {path}: cannot create the directory ({e.strerror or e})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise RunError(f"--out {path}: the directory is not writable")
+    return created
+
+
+def remove_created(path: str, created: str | None) -> None:
+    """Undo make_directory for a run that never started: path and its parents up to `created`, each only if
+    empty (so a run that failed before its first file leaves nothing behind)."""
+    if created is None:
+        return
+    here = os.path.abspath(path)
+    while True:
+        try:
+            os.rmdir(here)
+        except OSError:
+            return
+        if here == created or os.path.dirname(here) == here:
+            return
+        here = os.path.dirname(here)
 
 
 def _lock(fd: int) -> None:
@@ -56,6 +77,7 @@ class DirectoryLock:
     def __init__(self, directory: str) -> None:
         self.path = os.path.join(directory, LOCK_NAME)
         self.fd: int | None = None
+        self.created: str | None = None  # what claim's make_directory created (removed if the run never starts)
 
     def acquire(self) -> DirectoryLock:
         while True:
@@ -103,8 +125,9 @@ def claim(out: str | None, default: str, resume_path: str | None = None,
     (other than the one resumed from resume_path); or, without out, `default`, `default-2`, … the first
     that holds no run and no other run has locked.  Returns (the directory, its lock)."""
     if out is not None:
-        make_directory(out)
+        created = make_directory(out)
         lock = DirectoryLock(out).acquire()
+        lock.created = created
         resuming_here = resume_path and os.path.samefile(os.path.dirname(os.path.abspath(resume_path)), out)
         if holds_run(out) and not resuming_here:
             lock.release()
@@ -115,11 +138,12 @@ def claim(out: str | None, default: str, resume_path: str | None = None,
         path = default if k == 1 else f"{default}-{k}"
         if holds_run(path):
             continue
-        make_directory(path)
+        created = make_directory(path)
         try:
             lock = DirectoryLock(path).acquire()
         except RunError:
             continue  # another run is starting there
+        lock.created = created
         if holds_run(path):
             lock.release()
             continue

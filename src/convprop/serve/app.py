@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._extras import install
 from . import inputs
 from .arrays import encode
 from .engine import Engine, step_info
@@ -28,7 +29,7 @@ def require() -> None:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
-        raise ImportError("convprop serve needs Starlette and uvicorn: pip install 'convprop[serve]'") from None
+        raise ImportError(f"convprop serve needs Starlette and uvicorn: {install('serve')}") from None
 
 
 def _floats(a) -> list:

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from .._extras import install
 from .arrays import FORMATS
 
 SIZE = 28  # the models see 28×28 MNIST digits
@@ -79,7 +80,7 @@ def digit_from_image(data: bytes) -> np.ndarray:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise InputError("image: decoding images needs Pillow (pip install 'convprop[serve]')") from None
+        raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
             w, h = im.size

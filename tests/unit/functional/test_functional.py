@@ -282,31 +282,34 @@ def test_first_layer_can_skip_the_input_gradient():
 @pytest.mark.parametrize("n, h, k, s, p, g", [(20, 12, 3, 1, 0, 1), (32, 14, 5, 1, 0, 2), (17, 9, 3, 2, 1, 1),
                                               (24, 28, 5, 1, 2, 1), (16, 10, 4, 2, 1, 2)])
 def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
-    """Large batches with short rows switch to the batch-last layout on NCHW inputs."""
+    """Training batch sizes, NCHW inputs (seed 0) and channels-last ones (seed 1, in check_op)."""
     rng = np.random.default_rng(n)
     x, w, b = rng.standard_normal((n, 2 * g, h, h)), rng.standard_normal((4, 2, k, k)), rng.standard_normal(4)
     check_op("conv2d", [x, w, b], stride=s, padding=p, groups=g)
-    check_op("conv2d", [x, w, b], dtype=np.float32, stride=s, padding=p, groups=g)
+    check_op("conv2d", [x, w, b], dtype=np.float32, stride=s, padding=p, groups=g, seed=1)
     check_op("conv_transpose2d", [x, rng.standard_normal((2 * g, 3, k, k)), None], stride=s, padding=p, groups=g)
+    check_op("conv_transpose2d", [x, rng.standard_normal((2 * g, 3, k, k)), None], stride=s, padding=p, groups=g,
+             seed=1)
     check_op("max_pool2d", [tie_free(rng, (n, 3, h, h))], 2)
+    check_op("max_pool2d", [tie_free(rng, (n, 3, h, h))], 2, seed=1)
 
 
 @pytest.mark.parametrize("n, c, h, k, s, p, tile_bytes", [
-    (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 64),  # batch-last: all 32 samples, blocks of rows ('same' route)
-    (20, 4, 9, 3, 2, 0, 1),                      # batch-last: two chunks of 10 samples, a row each; scatter
-    (3, 2, 20, 4, 2, 1, 2 * 16 * 10 * 4),        # per-sample: rows of one sample (sub-pixel route)
-    (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 4 * 2),  # per-sample: whole samples, one or two a tile
+    (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 12),   # whole samples, a few a tile ('same' route)
+    (20, 4, 9, 3, 2, 0, 1),                      # one output row of one sample a tile; scatter
+    (3, 2, 20, 4, 2, 1, 2 * 16 * 10 * 4),        # rows of one sample (sub-pixel route)
+    (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 4 * 2),  # whole samples, one or two a tile
 ])
 def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, monkeypatch):
-    """im2col, the GEMMs and col2im run a tile of output positions at a time (_tiling.TILE_BYTES):
+    """im2col, the GEMMs and col2im run a tile of output positions at a time (_schedule.TILE_BYTES):
     shrunk so that every core runs several tiles, the results still equal torch's."""
-    from convprop.functional import _threads, _tiling
+    from convprop.functional import _schedule
 
-    monkeypatch.setattr(_tiling, "TILE_BYTES", tile_bytes)
-    monkeypatch.setattr(_threads, "_count", 1)  # one block of the batch: its tiles alone
+    monkeypatch.setattr(_schedule, "TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_schedule, "_count", 1)  # one block of the batch: its tiles alone
     counts = []
-    tiles = _tiling.tiles
-    monkeypatch.setattr(_tiling, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
+    tiles = _schedule.tiles
+    monkeypatch.setattr(_schedule, "tiles", lambda *a: counts.append(len(t := tiles(*a))) or t)
     rng = np.random.default_rng(n)
     x, w, b = rng.standard_normal((n, c, h, h)), rng.standard_normal((c, c, k, k)), rng.standard_normal(c)
     check_op("conv2d", [x, w, b], stride=s, padding=p)
@@ -372,3 +375,27 @@ def test_dropout_random(seed):
                         torch_fn=lambda x, p, cache: x if cache.mask is None else x * torch.tensor(cache.mask))
     assert cache.mask is None or np.isin(cache.mask, [0, cache.mask.dtype.type(1 / (1 - p))]).all()
     check_op("dropout", [x], p, False, seed=seed)  # eval: the identity, as torch
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_and_pooling_put_their_outputs_in_channels_last_memory(channels_last):
+    """torch's channels_last: (N, C, H, W) shapes, (N, H, W, C) memory.  Conv, pooling and their
+    gradients land channels-last whatever the input's layout; BatchNorm and ReLU keep their input's;
+    a Flatten reads the values in NCHW order (torch's, what a Linear's weights expect)."""
+    from convprop.functional._windows import is_channels_last
+
+    rng = np.random.default_rng(0)
+    x = layout(rng.standard_normal((2, 3, 6, 6)), channels_last)
+    z, cz = F.conv2d(x, rng.standard_normal((4, 3, 3, 3)), None, padding=1)
+    p, cp = F.max_pool2d(z, 2)
+    a, ca = F.avg_pool2d(p, 2, padding=1)
+    t, ct = F.conv_transpose2d(a, rng.standard_normal((4, 2, 2, 2)), None, stride=2)
+    r, _ = F.relu(t)
+    bn, _ = F.batch_norm(t, None, None, training=True)
+    assert all(is_channels_last(v) for v in (z, p, a, t, r, bn))
+    assert is_channels_last(F.conv2d_backward(np.ones(z.shape), cz)[0])
+    assert is_channels_last(F.max_pool2d_backward(np.ones(p.shape), cp))
+    assert is_channels_last(F.avg_pool2d_backward(np.ones(a.shape), ca))
+    assert is_channels_last(F.conv_transpose2d_backward(np.ones(t.shape), ct)[0])
+    flat, _ = F.flatten(z, 1)
+    np.testing.assert_array_equal(flat, np.ascontiguousarray(z).reshape(2, -1))

@@ -1,6 +1,6 @@
 """Every fast route of conv.py and pool.py held to functional/reference.py — the sums of docs/math.md
 as plain loops, a second oracle that needs no torch.  The switches of cases.py force every route:
-tiles of one output row (seeds 0 mod 4), the batch split over 3 threads (1 mod 4), batch-last
+tiles of one output row (seeds 0 mod 4), the batch split over 3 threads (1 mod 4), channels-last
 inputs (odd seeds), and the 'same' and sub-pixel routes of ∂A."""
 
 from __future__ import annotations
@@ -156,3 +156,60 @@ def test_non_finite_values_one_policy():
         models.lenet5()(x)
     doc = " ".join(F.__doc__.split())
     assert "NaN and ±inf propagate" in doc and "nn.detect_anomaly()" in doc and nn.detect_anomaly
+
+
+def test_whole_models_train_the_same_on_the_loop_kernels(monkeypatch):
+    """The reference switch: a few training steps of a small network (conv with stride, padding, groups
+    and bias; BatchNorm; max and average pooling; a transposed convolution) on the fast engine and on
+    reference.py's loops, from the same weights and data, reach the same losses and weights."""
+    from convprop import nn, optim
+    from convprop.random import manual_seed
+    from convprop.train import train_step
+
+    def run(reference: bool):
+        manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2), nn.ReLU(),
+            nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.AvgPool2d(2, padding=1), nn.Flatten(),
+            nn.Linear(6 * 3 * 3, 3)).to(np.float64)
+        opt, loss_fn = optim.SGD(model.parameters(), lr=0.1, momentum=0.9), nn.CrossEntropyLoss()
+        rng = np.random.default_rng(0)
+        x, y = rng.standard_normal((3, 2, 8, 8)), rng.integers(0, 3, 3)
+        with F.use_reference(reference):
+            losses = [train_step(model, loss_fn, opt, x, y)[0] for _ in range(3)]
+        return losses, [p.data.copy() for p in model.parameters()]
+
+    ran = set()
+
+    def counted(name, loops):
+        return lambda *a, **k: ran.add(name) or loops(*a, **k)
+
+    for name in ("conv2d", "conv2d_backward", "conv_transpose2d", "max_pool2d", "max_pool2d_backward",
+                 "avg_pool2d", "avg_pool2d_backward"):
+        monkeypatch.setattr(R, name, counted(name, getattr(R, name)))
+    fast, fast_w = run(False)
+    assert not ran  # the fast engine alone
+    loops, loops_w = run(True)
+    assert len(ran) == 7  # every loop twin ran
+    assert not R.active()  # the with block turned it off again
+    np.testing.assert_allclose(fast, loops, rtol=1e-9)
+    assert fast[-1] != fast[0]  # it trained
+    for a, b in zip(fast_w, loops_w):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_the_switch_is_on_from_the_call_until_turned_off():
+    x = np.random.default_rng(1).standard_normal((1, 1, 4, 4))
+    calls = []
+    loops = R.conv2d
+    try:
+        R.conv2d = lambda *a: calls.append(1) or loops(*a)
+        F.use_reference(True)
+        F.conv2d(x, np.ones((1, 1, 3, 3)))
+        F.use_reference(False)
+        F.conv2d(x, np.ones((1, 1, 3, 3)))
+    finally:
+        R.conv2d = loops
+        F.use_reference(False)
+    assert calls == [1]

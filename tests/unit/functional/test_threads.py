@@ -1,4 +1,4 @@
-"""convprop's own threads (functional/_threads.py): same numbers as torch on any thread count,
+"""convprop's own threads (functional/_schedule.py): same numbers as torch on any thread count,
 reproducible for a given count, errors from any thread surface, a clear message for bad counts."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twins import batch, compare_network
 import convprop
 import convprop.functional as F
 from convprop import models
-from convprop.functional import _threads
+from convprop.functional import _schedule as _threads
 from convprop.random import manual_seed
 
 
@@ -114,23 +114,35 @@ def test_cli_threads_flag(capsys):
         convprop.set_num_threads(before)
 
 
-@pytest.mark.skipif(_threads._blas is None, reason="needs NumPy's OpenBLAS")
+@pytest.mark.skipif(not _threads._blas, reason="needs a BLAS that threadpoolctl can set")
 @pytest.mark.parametrize("n", [1, 2])
-def test_convprop_runs_openblas_on_one_thread_from_its_first_kernel(n, threads, monkeypatch):
-    get, put = _threads._blas
-    before = get()
-    monkeypatch.setattr(_threads, "_blas_pinned", False)  # as in a fresh process
-    try:
-        put(2)
+def test_convprop_runs_the_blas_on_one_thread_from_its_first_kernel(n, threads, monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(2, user_api="blas"):  # restores the caller's setting at the end
+        monkeypatch.setattr(_threads, "_blas_pinned", False)  # as in a fresh process
         threads(n)
-        assert get() == 2  # setting the thread count alone changes nothing outside convprop
+        assert blas_threads() == {2}  # setting the thread count alone changes nothing outside convprop
         F.relu(np.ones((4, 4)))  # any kernel
-        assert get() == 1  # n threads are n cores: convprop's, never OpenBLAS's beside them
-        put(2)  # code of the user's own may take them back; convprop does not set them again
+        assert blas_threads() == {1}  # n threads are n cores: convprop's, never the BLAS's beside them
+        threadpool_limits(2, user_api="blas")  # code of the user's own may take them back
         F.relu(np.ones((4, 4)))
-        assert get() == 2
+        assert blas_threads() == {2}  # convprop does not set them again
+
+
+def test_without_a_settable_blas_convprop_stays_on_one_thread(monkeypatch):
+    """macOS's Accelerate, or no threadpoolctl: convprop cannot keep the BLAS off its cores, so it uses one."""
+    before = convprop.get_num_threads()
+    monkeypatch.setattr(_threads, "_blas", False)
+    try:
+        convprop.set_num_threads(2)
+        assert convprop.get_num_threads() == 1
     finally:
-        put(before)
+        monkeypatch.setattr(_threads, "_blas", True)
+        convprop.set_num_threads(before)
 
 
 def test_both_runs_two_kernels_at_once_only_where_the_batch_does_not_split(threads):

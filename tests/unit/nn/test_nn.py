@@ -58,7 +58,7 @@ def test_load_state_dict_names_the_mismatched_key_and_shapes():
     with pytest.raises(ValueError, match=r"0\.weight.*\(6, 1, 5, 5\).*\(6, 1, 3, 3\)"):
         ours.load_state_dict(sd)
     del sd["0.weight"]
-    with pytest.raises(ValueError, match=r"missing \['0\.weight'\]"):
+    with pytest.raises(ValueError, match=r"1 missing \(0\.weight\)"):
         ours.load_state_dict(sd)
     missing, unexpected = ours.load_state_dict({**sd, "extra": np.zeros(1)}, strict=False)
     assert missing == ["0.weight"] and unexpected == ["extra"]
@@ -177,3 +177,18 @@ def test_call_hook_sees_every_module_call_in_its_own_thread_only_and_is_undone()
     seen.clear()
     assert_close(net(x), other[0], np.float32, "no hook after an error")
     assert seen == []
+
+
+def test_load_state_dict_of_another_model_summarises_the_keys_in_one_short_line():
+    """Counts of missing, unexpected and reshaped keys with the first few of each, not every key of both models."""
+    from convprop import models
+
+    with pytest.raises(ValueError) as info:
+        models.lenet5().load_state_dict(models.resnet8().state_dict())
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 300, message
+    assert "10 missing (0.weight, 0.bias, 3.weight, …)" in message and "56 unexpected (conv1.weight" in message
+    state = models.lenet5().state_dict()
+    state["11.weight"], state["11.bias"] = np.zeros((5, 84)), np.zeros(5)
+    with pytest.raises(ValueError, match=r"2 of another shape \(11.weight \(5, 84\) for \(10, 84\), 11.bias"):
+        models.lenet5().load_state_dict(state)
