@@ -204,7 +204,8 @@ class Run:
             aug = ", ".join([f"±{s.shift} px shifts"] + [f"±{s.rotate:g}° rotations"] * bool(s.rotate)
                             + [f"±{s.scale:.0%} scaling"] * bool(s.scale))
         return (f"training {s.model} ({n_params:,} parameters) on {sets}; {count(s.epochs, 'epoch')}, "
-                f"batch {s.batch_size}, {s.optimizer} one-cycle lr {s.lr:g}, {aug}" + (f"; {w} MPI ranks" if w > 1 else ""))
+                f"batch {s.batch_size}, {s.optimizer} one-cycle lr {s.lr:g}, {aug}"
+                + (f"; {w} MPI ranks" if w > 1 else ""))
 
     def train(self) -> list[dict]:
         """Epochs start_epoch+1 … settings.epochs; a checkpoint and metrics.json after each."""
