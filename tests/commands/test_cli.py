@@ -287,5 +287,5 @@ def test_train_reference_runs_the_loop_kernels_to_the_same_numbers(tmp_path, mon
         assert len(calls) == (4 if flag else 0)  # 2 steps × LeNet-5's 2 convolutions, with the flag only
     assert not reference.active()  # off again after the run
     fast, loops_ = rows
-    for key in ("train_loss", "test_loss"):
+    for key in ("train_loss", "val_loss"):
         assert abs(fast[key] - loops_[key]) <= 1e-4 * abs(fast[key]), (key, fast[key], loops_[key])
