@@ -42,11 +42,15 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
          optimizer: optim.Optimizer | None = None, scheduler: optim.LRScheduler | None = None, epoch: int = 0,
          **extra: Any) -> str:
     """Write a checkpoint atomically: a temporary file in the same directory, flushed, fsync'ed,
-    then renamed over `path` — the previous checkpoint stays whole until the new one is."""
+    then renamed over `path` — the previous checkpoint stays whole until the new one is.
+
+    `model_config`: the arguments `models.MODELS[model_name]` was built with; a "dtype" among them
+    (any spelling NumPy takes) must be the model's and is kept as the header's model dtype.  A config
+    that `load` would refuse is a ValueError here, before anything is written."""
+    config = _saved_config(model, model_name, model_config)
     arrays = {f"model/{k}": np.asarray(v) for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "epoch": epoch,
-                            "model": {"name": model_name, "config": model_config or {},
-                                      "dtype": model.dtype.name},
+                            "model": {"name": model_name, "config": config, "dtype": model.dtype.name},
                             "rng": _random.get_state(), **extra}
     if optimizer is not None:
         sd = optimizer.state_dict()
@@ -69,6 +73,25 @@ def save(path: str, model: Module, model_name: str, model_config: dict | None = 
 
 
 TMP_PREFIX = ".ckpt-"
+DTYPES = ("float32", "float64")
+
+
+def _saved_config(model: Module, model_name: str, model_config: dict | None) -> dict:
+    """The config as a checkpoint holds it: JSON values (NumPy scalars unwrapped), no dtype (the header
+    has the model's), and one that load accepts."""
+    config = {k: v.item() if isinstance(v, np.generic) else v for k, v in (model_config or {}).items()}
+    if "dtype" in config:
+        given = config.pop("dtype")
+        try:
+            dtype = np.dtype(given)
+        except TypeError:
+            raise ValueError(f"config: dtype: expected one of {', '.join(DTYPES)}, got {given!r}") from None
+        if dtype != model.dtype:
+            raise ValueError(f"config: dtype {dtype.name}, but the model's is {model.dtype.name}")
+    if model.dtype.name not in DTYPES:
+        raise ValueError(f"model dtype: expected one of {', '.join(DTYPES)}, got {model.dtype.name}")
+    models.check_config(model_name, config)
+    return config
 
 
 MAX_HEADER_BYTES, MAX_MEMBERS, MAX_EPOCH = 16 << 20, 4096, 10**6
@@ -205,7 +228,7 @@ def _check_meta(meta: Any, path: str) -> None:
     m = meta.get("model")
     if not isinstance(m, dict) or not isinstance(m.get("name"), str):
         raise CheckpointError(f"{path}: checkpoint header names no model")
-    if m.get("dtype", "float32") not in ("float32", "float64"):
+    if m.get("dtype", "float32") not in DTYPES:
         raise CheckpointError(f"{path}: model dtype: expected 'float32' or 'float64', got {m.get('dtype')!r}")
     try:
         models.check_config(m["name"], m.get("config", {}))

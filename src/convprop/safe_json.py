@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 MAX_DEPTH = 64
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# a string, or an unterminated one up to the end: every match attempt succeeds at once, so the scan is
+# linear (with a closing quote required, `"\"\"\"…` unterminated was tried from each quote: quadratic)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*\\?(?:"|\Z)', re.DOTALL)
 
 
 def nesting_depth(text: bytes) -> int:

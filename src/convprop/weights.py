@@ -26,6 +26,7 @@ from . import safe_json
 from ._extras import require
 from ._files import atomic_write, open_regular
 from .nn import Module
+from .nn.module import _key_summary
 
 __all__ = ["save_weights", "load_weights", "read_header", "read_metadata", "WeightsError", "Header", "TensorInfo",
            "MAX_FILE_BYTES", "MAX_HEADER_BYTES"]
@@ -196,9 +197,8 @@ def _check_against(path: str, tensors: dict[str, TensorInfo], model: Module) -> 
     missing = [k for k in own if k not in tensors]
     unexpected = [k for k in tensors if k not in own]
     if missing or unexpected:
-        show = lambda keys: "[" + ", ".join(_name(k) for k in keys[:5]) + (", …" if len(keys) > 5 else "") + "]"  # noqa: E731
-        raise WeightsError(f"{path}: tensor names do not match this {type(model).__name__}: missing "
-                           f"{len(missing)} {show(missing)}, unexpected {len(unexpected)} {show(unexpected)}")
+        raise WeightsError(f"{path}: tensor names do not match this {type(model).__name__}: "
+                           + _key_summary([_name(k) for k in missing], [_name(k) for k in unexpected], []))
     for key, target in own.items():
         t = tensors[key]
         if t.shape != target.shape:

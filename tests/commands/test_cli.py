@@ -270,6 +270,35 @@ def test_a_flag_and_its_run_setting_are_checked_by_one_rule(capsys, flag, value,
     assert f"argument {flag}: expected {expected}, got" in capsys.readouterr().err
 
 
+def test_predict_shows_what_the_model_saw_warns_and_escapes_names(one_epoch_run, tmp_path):
+    import os
+
+    from PIL import Image
+
+    from convprop.data.images import read_digit
+
+    out, _ = one_epoch_run
+    images, _ = load_mnist(train=False)
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(255 - images[0]).resize((200, 200)).save(d / "a.png")
+    evil = d / "b\nconvprop: 7 (p = 1.000).png"  # a name that would forge a line of output
+    Image.fromarray(255 - images[1]).save(evil)
+    Image.new("L", (60, 60), 128).save(d / "blank.png")
+    seen = tmp_path / "seen"
+    r = run_cli("predict", str(out / "checkpoint.npz"), str(d / "a.png"), str(evil), str(d / "blank.png"),
+                "--top-k", "1", "--show", str(seen))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3 and lines[1].startswith(str(d / "b\\nconvprop: 7 (p = 1.000).png: ")), lines
+    assert all(line.startswith("convprop: warning: ") for line in r.stderr.splitlines()), r.stderr
+    assert f"{d / 'blank.png'}: blank or almost uniform" in r.stderr
+    assert sorted(os.listdir(seen)) == ["a.png", "b\\nconvprop: 7 (p = 1.000).png", "blank.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(seen / "a.png")), read_digit(str(d / "a.png"))[0])
+    r = run_cli("predict", str(out / "checkpoint.npz"), str(d / "a.png"), "--show", str(d / "a.png"))
+    assert r.returncode == 2 and "--show" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_train_reference_runs_the_loop_kernels_to_the_same_numbers(tmp_path, monkeypatch):
     """`convprop train --reference`: conv and pooling on functional/reference.py's loops; the same run
     (seed, data, steps) as on the fast kernels, up to float32 rounding."""

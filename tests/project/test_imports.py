@@ -108,7 +108,7 @@ ALLOWED = {
     "nn": {"functional"},
     "optim": {"nn"},
     "models": {"nn"},
-    "data": set(),
+    "data": {"functional"},
     "train": {"nn", "optim", "functional"},
     "distributed": {"train", "nn", "optim"},
     "checkpoint": {"nn", "optim", "models", "data"},  # (data: the input an old checkpoint implies)
@@ -118,6 +118,7 @@ ALLOWED = {
     "steps": {"nn"},
     "explain": {"functional", "nn", "gradcheck"},
     "onnx": {"nn", "functional"},
+    "deploy": {"nn", "data", "onnx", "weights"},
     "serve": {"run", "train", "explain", "checkpoint", "data", "models", "nn", "optim", "functional", "steps"},
     "cli": None,  # the top: anything
     "__main__": {"cli"},

@@ -197,6 +197,32 @@ def test_image_reader_reads_or_raises_image_error(data):
         _one_line(e)
 
 
+def _claiming(i: int, w: int, h: int, edits) -> bytes:
+    from hostile import image_claiming
+
+    return mutate(image_claiming(("PNG", "GIF", "BMP", "PPM", "JPEG", "TIFF")[i % 6], w, h), edits)
+
+
+@SETTINGS
+@given(data=st.one_of(IMAGES, st.builds(_claiming, st.integers(0, 5), st.integers(1, 65535), st.integers(1, 65535),
+                                        EDITS)),
+       mode=st.sampled_from(["L", "RGB"]))
+def test_image_decoder_returns_bounded_pixels_or_raises_image_error(data, mode):
+    """open_image, the decoder the data loaders and the server use: headers claiming any size in every format,
+    damaged; at most max_pixels come back, and Pillow warns nothing."""
+    import warnings
+
+    from convprop.data.images import ImageError, open_image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            a = open_image(data, name="fuzz", mode=mode, max_pixels=1_000_000)
+            assert a.dtype == np.uint8 and a.ndim == (2 if mode == "L" else 3) and a.shape[0] * a.shape[1] <= 1_000_000
+        except ImageError as e:
+            _one_line(e)
+
+
 # --------------------------------------------------------------------------- end to end, under a memory cap
 CASES = int(os.environ.get("CONVPROP_FUZZ_EXAMPLES", "250"))  # inputs per class
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]

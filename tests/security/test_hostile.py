@@ -12,7 +12,19 @@ import sys
 
 import numpy as np
 import pytest
-from hostile import GIB, MIB, gzip_of_zeros, idx_header, make_tiny, npy_header, rewrite_npz, run_capped, sparse_file
+from hostile import (
+    GIB,
+    MIB,
+    gzip_of_zeros,
+    idx_header,
+    image_claiming,
+    make_tiny,
+    npy_header,
+    png_with_text,
+    rewrite_npz,
+    run_capped,
+    sparse_file,
+)
 
 from convprop import checkpoint, models
 from convprop.run import Settings
@@ -238,3 +250,155 @@ def test_the_hostile_cases_did_need_the_checks():
     assert len(bomb) < 5 * MIB
     d = gzip.GzipFile(fileobj=__import__("io").BytesIO(bomb))
     assert len(d.read(100 * MIB)) == 100 * MIB  # it really expands (checked to 100 MiB here)
+
+
+# --------------------------------------------------------------------------- images: one bounded decoder
+FORMATS = ("PNG", "GIF", "BMP", "PPM", "JPEG", "TIFF")
+IMAGE_CASES = {
+    **{f"{fmt} claiming 20000×20000": (lambda fmt=fmt: image_claiming(fmt, 20000, 20000), "over the limit")
+       for fmt in FORMATS},
+    "PNG text chunks of 7 MiB in 7 KB": (lambda: png_with_text(8, 900_000), "text chunks"),
+    "PNG cut in half": (lambda: _digit_png()[:len(_digit_png()) // 2], "truncated or damaged"),
+    "PNG signature, then nothing": (lambda: b"\x89PNG\r\n\x1a\n", "not an image convprop can read"),
+    "a Photoshop file (a format Pillow reads, convprop does not)": (lambda: b"8BPS" + bytes(60),
+                                                                    "not an image convprop can read"),
+}
+
+
+def _digit_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    from convprop.data import load_mnist
+
+    buf = io.BytesIO()
+    Image.fromarray(255 - load_mnist(train=False)[0][0]).resize((280, 280)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(IMAGE_CASES))
+def test_hostile_images_end_in_one_line_under_1_gib(tiny, tmp_path, case):
+    make, words = IMAGE_CASES[case]
+    path = tmp_path / "photo.img"
+    path.write_bytes(make())
+    skipped(run_capped("predict", str(tiny / "run" / "checkpoint.npz"), str(path)), words)
+
+
+def skipped(r, words=""):
+    """predict on one unreadable image: a warning line naming it and why, then one error line, exit 2."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-300:], r.stderr[-2000:])
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("convprop: warning: ") and words in lines[0], r.stderr[-2000:]
+    assert lines[1].startswith("convprop: error: ") and "could not be read" in lines[1], r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pillows_own_bomb_warning_never_reaches_the_user(tiny, tmp_path, fmt):
+    """9500×9500 is over Pillow's warning threshold (89.5 million) and under convprop's limit: the header-
+    only file is one line of convprop's (or, for JPEG, whose decoder fills what is missing, a prediction),
+    never Pillow's DecompressionBombWarning."""
+    path = tmp_path / f"big.{fmt.lower()}"
+    path.write_bytes(image_claiming(fmt, 9500, 9500))
+    r = run_capped("predict", str(tiny / "run" / "checkpoint.npz"), str(path))
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    if r.returncode != 0:
+        skipped(r, "truncated or damaged")
+
+
+def test_image_decodes_are_bounded_in_number_and_leave_warnings_as_they_were(monkeypatch):
+    import threading
+    import time
+    import warnings
+
+    from convprop.data import images
+
+    active, most, lock = [0], [0], threading.Lock()
+    real = images._decode
+
+    def slow(*a, **k):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(*a, **k)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", slow)
+    before = list(warnings.filters)
+    data = _digit_png()
+    threads = [threading.Thread(target=images.open_image, args=(data,)) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == images.MAX_DECODES and warnings.filters == before
+
+
+def test_only_the_first_frame_is_read(tmp_path):
+    """An animated GIF whose second frame claims 60000×60000: the first frame is what is decoded."""
+    import io
+    import struct
+    import warnings
+
+    from PIL import Image
+
+    from convprop.data.images import open_image
+
+    frames = [Image.new("L", (40, 30), 200), Image.new("L", (40, 30), 10)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    b = bytearray(buf.getvalue())
+    second = b.index(b"\x2c", b.index(b"\x2c", 13) + 10)  # the second image descriptor
+    b[second + 5:second + 9] = struct.pack("<HH", 60000, 60000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Pillow warning either
+        a = open_image(bytes(b), max_pixels=10_000)
+    assert a.shape == (30, 40) and abs(int(a.mean()) - 200) <= 2
+
+
+def test_file_names_are_printed_escaped():
+    from convprop.data.images import ImageError, display_name, open_image
+
+    assert display_name("a\nconvprop: 7 (p = 1.000)\r\x1b[2K.png") == "a\\nconvprop: 7 (p = 1.000)\\r\\x1b[2K.png"
+    assert display_name("Ziffer-ä 7.png") == "Ziffer-ä 7.png" and display_name(b"x\xff.png") == "x\\udcff.png"
+    with pytest.raises(ImageError) as e:
+        open_image(b"not an image", name="evil\n.png")
+    assert "\n" not in str(e.value) and str(e.value).startswith("evil\\n.png: ")
+
+
+def test_the_server_decodes_through_the_bounded_decoder(monkeypatch):
+    """Many requests' images at once: the server holds at most MAX_DECODES decoded images."""
+    import threading
+    import time
+
+    from convprop.data import images
+    from convprop.serve import inputs
+
+    active, most, lock = [0], [0], threading.Lock()
+    real = images._decode
+
+    def slow(*a, **k):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(*a, **k)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", slow)
+    data = _digit_png()
+    threads = [threading.Thread(target=inputs.digit_from_image, args=(data,)) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == images.MAX_DECODES
+    with pytest.raises(inputs.InputError, match="over the limit of 4,000,000"):
+        inputs.digit_from_image(image_claiming("TIFF", 3000, 3000))

@@ -152,6 +152,53 @@ def make_tiny(root) -> None:
     Image.fromarray(x[0]).save(root / "digit.png")
 
 
+# --------------------------------------------------------------------------- images
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def image_claiming(fmt: str, w: int, h: int) -> bytes:
+    """A small file of format fmt (PNG, GIF, BMP, PPM, JPEG, TIFF) whose header claims w×h pixels."""
+    import io
+
+    from PIL import Image
+
+    if fmt == "PNG":
+        return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + \
+            _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
+    if fmt == "PPM":
+        return f"P5\n{w} {h}\n255\n".encode() + bytes(64)
+    if fmt == "TIFF":  # little-endian, one IFD, one strip of 8-bit grey
+        entries = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+                   (278, 4, h), (279, 4, min(w * h, 2**32 - 1))]
+        data_at = 8 + 2 + 12 * len(entries) + 4
+        ifd = struct.pack("<H", len(entries)) + b"".join(
+            struct.pack("<HHI", tag, kind, 1) + (struct.pack("<H2x", value) if kind == 3 else
+                                                 struct.pack("<I", data_at if tag == 273 else value))
+            for tag, kind, value in entries) + struct.pack("<I", 0)
+        return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(64)
+    buf = io.BytesIO()
+    Image.new("L" if fmt != "GIF" else "P", (8, 8)).save(buf, fmt)
+    b = bytearray(buf.getvalue())
+    if fmt == "GIF":  # the logical screen and the first image's descriptor
+        b[6:10] = struct.pack("<HH", w, h)
+        i = b.index(b"\x2c", 13)
+        b[i + 5:i + 9] = struct.pack("<HH", w, h)
+    elif fmt == "BMP":
+        b[18:26] = struct.pack("<ii", w, h)
+    elif fmt == "JPEG":  # the start-of-frame segment: precision, height, width
+        i = b.index(b"\xff\xc0")
+        b[i + 5:i + 9] = struct.pack(">HH", h, w)
+    return bytes(b)
+
+
+def png_with_text(chunks: int, each: int) -> bytes:
+    """An 8×8 PNG carrying `chunks` compressed text chunks of `each` bytes of zeros apiece (tiny on disk)."""
+    text = [_png_chunk(b"zTXt", f"k{i}".encode() + b"\0\0" + zlib.compress(bytes(each), 9)) for i in range(chunks)]
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0)) + \
+        b"".join(text) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 72)) + _png_chunk(b"IEND", b"")
+
+
 def run_many_capped(argvs: list[list[str]], workdir, readers: bool = False) -> list[dict]:
     """Many `convprop` command lines in one process with at most CAP bytes of address space (fuzz_probe.py):
     one {"rc", "stderr", "escaped"} per command line; with readers, [reader, path] pairs through

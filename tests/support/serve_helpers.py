@@ -37,3 +37,80 @@ def sse_events(client, url: str, until, timeout: float = 60.0) -> list[dict]:
                 if until(events):
                     break
     return events
+
+
+class ServeProcess:
+    """`convprop serve CKPT --port 0 *args` in its own process (address space capped at `cap` bytes if given);
+    `url`, `port`, `log()` (its stderr so far), `alive()`, `stop()`."""
+
+    def __init__(self, ckpt, *args: str, cap: int | None = None, cwd=None) -> None:
+        import os
+        import re
+        import resource
+        import subprocess
+        import sys
+        import tempfile
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+        self.err = tempfile.TemporaryFile()
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "convprop", "serve", str(ckpt), "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=cwd, env=env,
+                                     preexec_fn=limit if cap else None)
+        for line in self.proc.stdout:
+            m = re.search(r"open (http://\S+)/ ", line)
+            if m:
+                self.url = m.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return
+        self.proc.wait(10)
+        raise RuntimeError(f"convprop serve did not start: {self.log()}")
+
+    def log(self) -> str:
+        self.err.seek(0)
+        return self.err.read().decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> str:
+        """Ctrl-C, then its stderr."""
+        import signal
+
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        return self.log()
+
+
+def raw_request(port: int, data: bytes, timeout: float = 10.0, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """Send raw bytes to the server and read its answer until it closes or times out: (status or 0, bytes)."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before all was sent
+            pass
+        got = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+                if b"\r\n\r\n" in got and b"content-length:" in got.lower():
+                    head, _, rest = got.partition(b"\r\n\r\n")
+                    n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(rest) >= n:
+                        break
+        except (TimeoutError, ConnectionResetError):
+            pass
+    status = int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.") else 0
+    return status, got

@@ -3,6 +3,8 @@ compares a whole network's forward, loss and every gradient with torch's (float6
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 from helpers import assert_close, torch
 
@@ -50,6 +52,44 @@ def torch_twin(model: nn.Sequential) -> tnn.Sequential:
         else:
             layers.append(getattr(tnn, name)())
     return tnn.Sequential(*layers)
+
+
+class TorchBlock(tnn.Module):
+    """torchvision's BasicBlock, written out (torchvision is not a dependency)."""
+
+    def __init__(self, inplanes, planes, stride, downsample):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = tnn.BatchNorm2d(planes)
+        self.relu = tnn.ReLU()
+        self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = tnn.BatchNorm2d(planes)
+        self.downsample = tnn.Sequential(tnn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                         tnn.BatchNorm2d(planes)) if downsample else None
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def torch_resnet(ours: nn.Sequential) -> tnn.Sequential:
+    layers = OrderedDict()
+    for name, m in ours._modules.items():
+        if isinstance(m, nn.Sequential):
+            layers[name] = tnn.Sequential(*[TorchBlock(b.conv1.in_channels, b.conv1.out_channels, b.stride,
+                                                       b.downsample is not None) for b in m])
+        elif isinstance(m, nn.Conv2d):
+            layers[name] = tnn.Conv2d(m.in_channels, m.out_channels, 3, 1, 1, bias=False)
+        elif isinstance(m, nn.BatchNorm2d):
+            layers[name] = tnn.BatchNorm2d(m.num_features)
+        elif isinstance(m, nn.Linear):
+            layers[name] = tnn.Linear(m.in_features, m.out_features)
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            layers[name] = tnn.AdaptiveAvgPool2d(1)
+        else:
+            layers[name] = getattr(tnn, type(m).__name__)()
+    return tnn.Sequential(layers)
 
 
 def to_torch_state(sd):

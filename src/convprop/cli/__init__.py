@@ -1,5 +1,5 @@
-"""The `convprop` command: one module per command (train, evaluate, predict, export, explain, plot,
-serve), each with its add_parser(sub) and run(args); here the parser is assembled and every error
+"""The `convprop` command: one module per command (train, evaluate, predict, export, summary, explain,
+plot, serve), each with its add_parser(sub) and run(args); here the parser is assembled and every error
 becomes one line.
 
 User errors print one line `convprop: error: …` and exit with code 2 (--debug shows the traceback);
@@ -17,14 +17,14 @@ from ..data import IDXError
 from ..functional._schedule import set_num_threads
 from ..run import RunDiverged, RunError, RunInterrupted
 from ..train import Divergence
-from . import evaluate, explain, export, plot, predict, serve, train
+from . import evaluate, explain, export, plot, predict, serve, summary, train
 from ._options import Parser, UsageError, global_options, positive_int, setting
 from ._workers import launch_workers
 
 __all__ = ["main", "build_parser", "UsageError", "positive_int", "setting", "COMMANDS"]
 
 COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "plot": plot, "explain": explain,
-            "serve": serve, "export": export}
+            "serve": serve, "export": export, "summary": summary}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print convprop's version and exit")
     global_options(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for name in ("train", "evaluate", "plot", "explain", "predict", "export", "serve"):  # (the order of --help)
+    for name in ("train", "evaluate", "plot", "explain", "predict", "export", "summary", "serve"):  # --help order
         COMMANDS[name].add_parser(sub)
     for command in sub.choices.values():  # every command (keep this last): --debug/--threads after it too
         global_options(command, argparse.SUPPRESS)

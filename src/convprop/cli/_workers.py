@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from .. import distributed
 from .._extras import install
-from ..functional._schedule import get_num_threads
+from ..functional._schedule import available_cpus, get_num_threads
 from ._options import UsageError
 
 
@@ -19,7 +21,13 @@ def launch_workers(args, argv: list[str], command: bool) -> int | None:
             raise UsageError(f"--workers: this run was started by mpiexec with {world} ranks, got --workers "
                              f"{args.workers} (give one or the other)")
         return None
-    workers = args.workers or (get_num_threads() if command and distributed.available() else 1)
+    # N ranks on fewer CPUs only wait for each other: at most one per CPU this process may use, unless Hydra's
+    # host file spreads them over other machines
+    cpus = None if os.environ.get("HYDRA_HOST_FILE") else available_cpus()
+    if cpus is not None and args.workers is not None and args.workers > cpus:
+        raise UsageError(f"--workers {args.workers}: this process may use {cpus} CPU{'s' * (cpus > 1)} "
+                         f"(its affinity), so at most --workers {cpus}")
+    workers = args.workers or min(get_num_threads() if command and distributed.available() else 1, cpus or 1 << 30)
     if workers == 1:
         return None
     if not distributed.available():

@@ -1,38 +1,48 @@
-"""`convprop export CKPT OUT.onnx|OUT.safetensors`: a checkpoint's model for ONNX Runtime, or its
-weights for torch (torch's state_dict keys and layouts)."""
+"""`convprop export CKPT OUT.onnx|OUT.safetensors`: a checkpoint's model for ONNX Runtime — taking raw
+pixels and normalising them itself, its metadata saying what it wants — or its weights for torch
+(torch's state_dict keys and layouts)."""
 
 from __future__ import annotations
 
 import contextlib
 
 from .. import checkpoint
+from ..deploy import export_checkpoint
 from ._options import CKPT_HELP, UsageError, run_paths
 
 
 def add_parser(sub) -> None:
     e = sub.add_parser("export", help="write a checkpoint's model as ONNX or its weights as safetensors",
                        description="OUT.onnx: the model for ONNX Runtime and other ONNX tools (eval mode, dynamic "
-                                   "batch). OUT.safetensors: the weights under torch's state_dict names, for "
-                                   "torch_model.load_state_dict(safetensors.torch.load_file(OUT)).")
+                                   "batch), taking raw pixels 0-255 (N, C, H, W) under the name 'pixels' and "
+                                   "normalising them as training did; its metadata_props convprop.input, "
+                                   "convprop.classes and convprop.model (JSON) say what it takes and answers. "
+                                   "OUT.safetensors: the weights under torch's state_dict names, for "
+                                   "torch_model.load_state_dict(safetensors.torch.load_file(OUT)), with the "
+                                   "same metadata.")
     e.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     e.add_argument("out", metavar="OUT", help="the file to write: *.onnx or *.safetensors")
     e.add_argument("--opset", type=int, default=None, metavar="N",
                    help="ONNX operator set version (default: 17; 13 up to the onnx package's newest)")
     e.add_argument("--input-shape", default=None, metavar="C,H,W",
-                   help="one input's shape for ONNX (default: the model's channels, 28×28)")
+                   help="one input's shape for ONNX (default: the checkpoint's channels and size, e.g. 1,28,28)")
+    e.add_argument("--input-type", default=None, choices=("float32", "uint8"),
+                   help="the ONNX input's element type: float32 pixel values 0-255 (default) or uint8 bytes")
+    e.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="leave the normalisation out: the ONNX input 'input' must be (pixels/255 - mean)/std, "
+                        "as convprop's own (the mean and std are in the metadata)")
 
 
-def _input_shape(text: str | None, model) -> tuple[int, ...]:
+def _input_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
-        first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
-        return (1, getattr(first, "in_channels", 1), 28, 28)
+        return None
     try:
         dims = tuple(int(v) for v in text.split(","))
     except ValueError:
         dims = ()
     if len(dims) not in (1, 3) or min(dims) < 1:
         raise ValueError(f"--input-shape: expected C,H,W (or F) of positive integers, got {text!r}")
-    return (1, *dims)
+    return dims
 
 
 @contextlib.contextmanager
@@ -47,27 +57,16 @@ def _writing(out: str):
 
 
 def run(args) -> int:
+    onnx_only = [f for f, v in (("--opset", args.opset), ("--input-shape", args.input_shape),
+                                ("--input-type", args.input_type), ("--no-normalize", not args.normalize or None))
+                 if v is not None]
+    if args.out.endswith(".safetensors") and onnx_only:
+        raise ValueError(f"{', '.join(onnx_only)}: for .onnx files; safetensors holds the weights only")
     args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
-    name = ckpt["meta"]["model"]["name"]
-    out = args.out
-    if out.endswith(".safetensors"):
-        if args.opset is not None or args.input_shape is not None:
-            raise ValueError("--opset and --input-shape are for .onnx files; safetensors holds the weights only")
-        from ..weights import save_weights
-
-        with _writing(out):
-            save_weights(model, out, metadata={"convprop_model": ckpt["meta"]["model"]})
-        print(f"{out}: {name} weights ({len(model.state_dict())} tensors, torch's state_dict keys)")
-    elif out.endswith(".onnx"):
-        from .. import onnx as conv_onnx
-
-        shape = _input_shape(args.input_shape, model)
-        with _writing(out):
-            conv_onnx.export(model, out, shape, opset=args.opset or conv_onnx.DEFAULT_OPSET)
-        print(f"{out}: {name} as ONNX (opset {args.opset or conv_onnx.DEFAULT_OPSET}, input (batch, "
-              f"{', '.join(map(str, shape[1:]))}))")
-    else:
-        raise ValueError(f"OUT: expected a file name ending in .onnx or .safetensors, got {out!r}")
+    with _writing(args.out):
+        line = export_checkpoint(ckpt, model, args.out, opset=args.opset, input_shape=_input_shape(args.input_shape),
+                                 input_type=args.input_type or "float32", normalize=args.normalize)
+    print(line)
     return 0

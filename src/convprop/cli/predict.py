@@ -11,20 +11,24 @@ import numpy as np
 from .. import checkpoint
 from ..data import normalize
 from ..data.folders import read_image
-from ..data.images import IMAGE_EXTENSIONS, ImageError, read_digit
+from ..data.images import IMAGE_EXTENSIONS, ImageError, display_name, read_digit
 from ..train import predict
 from ._options import CKPT_HELP, UsageError, run_paths
 
 CHUNK = 256  # images read and classified at a time
+LOW_P = 0.5  # a top probability under this is worth a warning
 
 
 def add_parser(sub) -> None:
     r = sub.add_parser("predict", help="classify PNG/JPEG images of digits with a checkpoint",
-                       description="For a model trained on digits (MNIST-style data), each image is converted "
-                                   "as MNIST was made (grayscale, white ink on black, the ink scaled into 20×20 and "
-                                   "centred) and classified; a warning goes to stderr for an image that is blank, "
-                                   "almost uniform, or whose ink is only in its alpha channel. For a model trained "
-                                   "on a folder of images, each is read as its training images were (channels, size, "
+                       description="Each image is converted as MNIST was made (grayscale, white ink on black, "
+                                   "the ink scaled into 20×20 and centred) and classified. Photos of a digit on "
+                                   "paper work: the paper's uneven light, a table's edge and the frame around "
+                                   "the digit are left out. A warning goes to stderr (and into --json) for an "
+                                   "image with no digit-like ink, a tiny or degenerate one, ink only in the "
+                                   "alpha channel, or a top probability under 0.5. --show DIR writes the 28×28 "
+                                   "image each file became, as the model saw it. For a model trained on a folder "
+                                   "of images, each is read as its training images were (channels, size, "
                                    "normalisation, as the checkpoint records) and named by the folder's classes.")
     r.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     r.add_argument("images", metavar="IMAGE", nargs="+",
@@ -32,6 +36,7 @@ def add_parser(sub) -> None:
     r.add_argument("--top-k", type=int, default=3, metavar="K",
                    help="how many classes to list, at most the model's (default: 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
+    r.add_argument("--show", metavar="DIR", help="write the 28×28 digit each image became to DIR (PNG, one per image)")
 
 
 def image_paths(items: list[str]) -> list[str]:
@@ -42,16 +47,12 @@ def image_paths(items: list[str]) -> list[str]:
             found = sorted(os.path.join(item, f) for f in os.listdir(item)
                            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, f)))
             if not found:
-                raise FileNotFoundError(f"{item}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this directory")
+                raise FileNotFoundError(f"{display_name(item)}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+                                        "this directory")
             paths += found
         else:
             paths.append(item)
     return paths
-
-
-def shown(path: str) -> str:
-    """A file name on one line: its control characters (a newline, say) escaped as Python writes them."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in path)
 
 
 def _read(paths: list[str], debug: bool, spec: dict) -> list[tuple[str, tuple]]:
@@ -71,8 +72,8 @@ def _read(paths: list[str], debug: bool, spec: dict) -> list[tuple[str, tuple]]:
         except (ImageError, OSError) as e:
             if debug:
                 raise
-            reason = " ".join(str(e).replace(path, "").lstrip(": ").split())
-            print(f"convprop: warning: {shown(path)}: skipped: {reason}", file=sys.stderr)
+            reason = " ".join(str(e).replace(display_name(path), "").lstrip(": ").split())
+            print(f"convprop: warning: {display_name(path)}: skipped: {reason}", file=sys.stderr)
     return read
 
 
@@ -90,6 +91,7 @@ def run(args) -> int:
     if args.top_k > len(names):
         raise UsageError(f"--top-k: expected at most {len(names)} (the model's classes), got {args.top_k}")
     paths = image_paths(args.images)
+    show = Show(args.show) if args.show else None
     readable = 0
     for start in range(0, len(paths), CHUNK):
         read = _read(paths[start:start + CHUNK], args.debug, spec)
@@ -98,10 +100,15 @@ def run(args) -> int:
         readable += len(read)
         x = normalize(np.stack([d for _, (d, _) in read]), spec["mean"], spec["std"], dtype=model.dtype)
         probs = predict(model, x)
-        for (path, (_, warnings)), p in zip(read, probs):
-            for w in warnings:
-                print(f"convprop: warning: {shown(path)}: {w}", file=sys.stderr)
+        for (path, (digit, warnings)), p in zip(read, probs):
             top = np.argsort(-p, kind="stable")[:args.top_k]
+            if p[top[0]] < LOW_P:
+                warnings.append(f"low confidence (p = {p[top[0]]:.2f} for the top class): the image may not hold "
+                                "a digit the model knows; --show DIR shows what it saw")
+            for w in warnings:
+                print(f"convprop: warning: {display_name(path)}: {w}", file=sys.stderr)
+            if show is not None and digit.ndim == 2:  # (the digits; a folder model's images are not drawn)
+                show.write(path, digit)
             if args.json:
                 print(json.dumps({"image": path, "class": int(top[0]), "name": names[top[0]],
                                   "p": round(float(p[top[0]]), 6),
@@ -109,7 +116,7 @@ def run(args) -> int:
                                           for c in top], "warnings": warnings}))
                 continue
             label = names[top[0]] if names[top[0]] == str(top[0]) else f"{names[top[0]]} (class {top[0]})"
-            print(f"{shown(path)}: {label}  (p = {p[top[0]]:.3f})")
+            print(f"{display_name(path)}: {label}  (p = {p[top[0]]:.3f})")
             if args.top_k > 1:
                 print("    " + "  ".join(f"{names[c]}: {p[c]:.3f}" for c in top))
     if readable < len(paths):
@@ -117,3 +124,30 @@ def run(args) -> int:
         skipped = len(paths) - readable
         raise UsageError(f"{skipped} of {len(paths)} images could not be read (skipped, each named above)")
     return 0
+
+
+class Show:
+    """--show DIR: the 28×28 digits as PNG files named after the images (NAME.png; NAME-2.png … where
+    two images share a name)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.used = folder, set()
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--show {display_name(folder)}: cannot make this directory ({e.strerror or e})") \
+                from None
+
+    def write(self, path: str, digit: np.ndarray) -> None:
+        from PIL import Image
+
+        stem = display_name(os.path.splitext(os.path.basename(path))[0]) or "image"
+        name, n = f"{stem}.png", 1
+        while name in self.used:
+            n += 1
+            name = f"{stem}-{n}.png"
+        self.used.add(name)
+        try:
+            Image.fromarray(digit).save(os.path.join(self.folder, name))
+        except OSError as e:
+            raise ValueError(f"--show {display_name(self.folder)}: cannot write {name} ({e.strerror or e})") from None

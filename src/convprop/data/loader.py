@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..functional import normalize as affine
 from .augment import random_affine
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -15,7 +16,9 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def normalize(images: np.ndarray, mean=None, std=None, dtype=np.float32) -> np.ndarray:
-    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype.
+    """uint8 (N, H, W) or (N, C, H, W) -> (x/255 − mean)/std as (N, C, H, W) of dtype: F.normalize with
+    scale 1/255, (x·(1/255) − mean)·(1/std) — nn.Normalize's arithmetic, so a model exported with its
+    normalisation inside computes the same bits.
 
     mean and std: numbers, or one per channel; None: MNIST's for one channel, CIFAR-10's for three."""
     c = 1 if images.ndim == 3 else images.shape[1]
@@ -24,12 +27,12 @@ def normalize(images: np.ndarray, mean=None, std=None, dtype=np.float32) -> np.n
         mean = MNIST_MEAN if c == 1 else CIFAR10_MEAN
     if std is None:
         std = MNIST_STD if c == 1 else CIFAR10_STD
-    per_channel = (1, -1, 1, 1) if images.ndim == 4 else (-1, 1, 1)
-    mean = np.asarray(mean, dtype).reshape(per_channel) if np.ndim(mean) else dtype(mean)
-    std = np.asarray(std, dtype).reshape(per_channel) if np.ndim(std) else dtype(std)
-    x = images.astype(dtype) * dtype(1 / 255.0)
-    x = (x - mean) * (dtype(1) / std)
-    return x[:, None] if x.ndim == 3 else x
+    x = images.astype(dtype)
+    x = x[:, None] if x.ndim == 3 else x
+    one = np.ones(1, dtype)
+    out, _ = affine(x, np.asarray(mean, dtype).reshape(-1), np.asarray(std, dtype).reshape(-1),
+                    one * dtype(1 / 255.0))
+    return out
 
 
 def class_labels(labels, name: str = "labels") -> np.ndarray:

@@ -22,12 +22,18 @@ from ..nn import Parameter
 
 _ENV_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
 _ENV_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
-DEFAULT_TIMEOUT_S = 120.0  # CONVPROP_MPI_TIMEOUT overrides it
+# How long a rank waits in a collective before it stops the job (CONVPROP_MPI_TIMEOUT overrides both).  Training's
+# collectives wait only for the other ranks' share of the same step, so silence past 20 s is a lost rank or a
+# partition (a network partition gives no error, only silence: the run must end, not hang); setting up (loading
+# the data, building the model: `together`) may take longer on one rank than another, so it waits up to 120 s.
+DEFAULT_TIMEOUT_S = 20.0
+SETUP_TIMEOUT_S = 120.0
 SPIN_S = 0.02  # a waiting rank polls this long before it starts to sleep between polls
 
 _comm = None
 _rank, _size = 0, 1
 _timeout = DEFAULT_TIMEOUT_S
+_setup_timeout = SETUP_TIMEOUT_S
 _peers: list[tuple[str, int, int]] = []  # (host, pid, parent's pid) of every rank
 WATCH_S = 0.5  # how often a rank checks that its launcher (its parent: Hydra's proxy) is still there
 
@@ -52,15 +58,17 @@ def init(timeout: float | None = None, abort_on_error: bool = True) -> tuple[int
     """Join the MPI job this process was started in; returns (rank, world size).
 
     Outside mpiexec this is a job of one (rank 0 of 1) and needs no MPI at all.  timeout: seconds a
-    collective may wait before the run is stopped (default CONVPROP_MPI_TIMEOUT, else 120).
+    collective may wait before the run is stopped (default CONVPROP_MPI_TIMEOUT, else 20 in training and
+    120 while setting up).
     abort_on_error: an uncaught exception on any rank prints one line and stops every rank.
     """
-    global _comm, _rank, _size, _timeout, _peers
-    if timeout is None:
-        timeout = float(os.environ.get("CONVPROP_MPI_TIMEOUT", DEFAULT_TIMEOUT_S))
+    global _comm, _rank, _size, _timeout, _setup_timeout, _peers
+    given = timeout if timeout is not None else os.environ.get("CONVPROP_MPI_TIMEOUT")
+    timeout = DEFAULT_TIMEOUT_S if given is None else float(given)
     if not timeout > 0:
         raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
     _timeout = float(timeout)
+    _setup_timeout = _timeout if given is not None else SETUP_TIMEOUT_S
     if _comm is not None or launched_size() == 1:
         return _rank, _size
     try:
@@ -181,14 +189,16 @@ def _stopped_peers() -> str:
     return "; ".join(found)
 
 
-def _wait(request, what: str) -> None:
-    """Wait for a nonblocking collective; stop the job if it takes longer than the timeout."""
+def _wait(request, what: str, setup: bool = False) -> None:
+    """Wait for a nonblocking collective; stop the job if it takes longer than the timeout (the setting-up
+    one where setup is true)."""
     if request.Test():
         return
+    limit = _setup_timeout if setup else _timeout
     start = time.perf_counter()
     spin_until = start + SPIN_S
     # every rank times out about together; the lowest rank still running speaks first (its abort ends the others)
-    deadline = start + _timeout + 0.5 * _rank
+    deadline = start + limit + 0.5 * _rank
     while not request.Test():
         now = time.perf_counter()
         if now > spin_until:
@@ -197,7 +207,7 @@ def _wait(request, what: str) -> None:
                 seen = _stopped_peers()
                 elsewhere = sorted({h for h, _, _ in _peers} - {socket.gethostname()})
                 on = f" on {' or '.join(elsewhere)}" if elsewhere else ""
-                abort(f"no reply from the other ranks for {_timeout:g} s in {what}"
+                abort(f"no reply from the other ranks for {limit:g} s in {what}"
                       + (f": {seen}" if seen else f" (a rank{on} stopped, hung or lost its connection)")
                       + "; stopping every rank (CONVPROP_MPI_TIMEOUT sets the limit)")
 
@@ -264,7 +274,7 @@ def together(what: str = "setting up") -> Iterator[None]:
         error = e
     if _comm is None or _size == 1:
         return
-    _wait(_comm.Ibarrier(), f"waiting for every rank to finish {what}")
+    _wait(_comm.Ibarrier(), f"waiting for every rank to finish {what}", setup=True)
     try:
         errors = _comm.allgather(error)
     except Exception:  # an exception that does not pickle: its message does

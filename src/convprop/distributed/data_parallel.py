@@ -24,7 +24,7 @@ def broadcast_parameters(model: Module, root: int = 0) -> None:
         return
     for value in [p.data for p in model.parameters()] + [b for _, b in model.named_buffers() if b is not None]:
         box = np.ascontiguousarray(value).reshape(-1).copy()
-        _wait(comm._comm.Ibcast(box, root=root), "the broadcast of the parameters")
+        _wait(comm._comm.Ibcast(box, root=root), "the broadcast of the parameters", setup=True)
         value[...] = box.reshape(value.shape)
 
 

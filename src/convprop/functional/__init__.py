@@ -40,7 +40,7 @@ from .losses import (
     softmax_backward,
     softmax_cross_entropy,
 )
-from .normalization import batch_norm, batch_norm_backward, dropout, dropout_backward
+from .normalization import batch_norm, batch_norm_backward, dropout, dropout_backward, normalize, normalize_backward
 from .onedim import (
     avg_pool1d,
     avg_pool1d_backward,
@@ -73,5 +73,6 @@ __all__ = [
     "tanh", "tanh_backward",
     "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "cross_entropy", "cross_entropy_backward",
     "softmax_cross_entropy", "mse_loss", "flatten", "flatten_backward",
-    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward", "use_reference",
+    "batch_norm", "batch_norm_backward", "dropout", "dropout_backward", "normalize", "normalize_backward",
+    "use_reference",
 ]

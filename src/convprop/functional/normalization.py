@@ -1,7 +1,9 @@
-"""Batch normalisation and dropout: the two layers whose behaviour depends on train/eval mode.
+"""Input normalisation, batch normalisation and dropout.
 
-Batch norm normalises every channel c over all axes but the channel axis (N for (N, C); N, H, W
-for (N, C, H, W)); m = the number of values per channel.
+normalize is the fixed per-channel affine map a model's input goes through ((x·scale − mean)/std,
+e.g. raw pixels 0–255 to zero mean and unit variance); batch norm and dropout are the two layers whose
+behaviour depends on train/eval mode.  Batch norm normalises every channel c over all axes but the
+channel axis (N for (N, C); N, H, W for (N, C, H, W)); m = the number of values per channel.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from . import _checks as chk
 from ._windows import channel_sum, like
 
-__all__ = ["batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
+__all__ = ["normalize", "normalize_backward", "batch_norm", "batch_norm_backward", "dropout", "dropout_backward"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,6 +34,21 @@ class BatchNormCache:
 def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
     """(C,) -> broadcastable against (N, C, ...)."""
     return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray
+              ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """y = (x·scale − mean) · (1/std) per channel (axis 1).  x (N, C, …) floating; mean, std, scale (C,)
+    or (1,) in x's dtype.  Three IEEE operations in this order, 1/std rounded to x's dtype first, so
+    that ONNX's Mul, Sub, Mul by (scale, mean, 1/std) give the same bits.  cache: (scale, 1/std)."""
+    scale, mean, inv_std = (_channel_view(v, x.ndim) for v in (scale, mean, np.reciprocal(std)))
+    return (x * scale - mean) * inv_std, (scale, inv_std)
+
+
+def normalize_backward(dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """∂x = ∂y · scale · (1/std) (no parameters: mean and std are constants)."""
+    scale, inv_std = cache
+    return dout * (scale * inv_std)
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

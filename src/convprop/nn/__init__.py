@@ -21,6 +21,7 @@ from .layers import (
     MaxPool2d,
     MaxUnpool1d,
     MaxUnpool2d,
+    Normalize,
     ReLU,
     Sigmoid,
     Softmax,
@@ -45,5 +46,5 @@ __all__ = [
     "Conv2d", "ConvTranspose2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear",
     "Flatten", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d", "BatchNorm2d",
     "Softmax", "LogSoftmax", "BasicBlock", "Conv1d", "MaxPool1d", "MaxUnpool1d", "AvgPool1d",
-    "AdaptiveMaxPool2d", "CrossEntropyLoss", "MSELoss",
+    "AdaptiveMaxPool2d", "CrossEntropyLoss", "MSELoss", "Normalize",
 ]

@@ -18,7 +18,7 @@ from .module import Module, Parameter, _Grad
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d", "MaxUnpool2d", "AvgPool1d", "AvgPool2d",
            "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Linear",
            "Flatten", "Softmax", "LogSoftmax", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Dropout", "BatchNorm1d",
-           "BatchNorm2d"]
+           "BatchNorm2d", "Normalize"]
 
 
 def _dtype(dtype) -> np.dtype:
@@ -510,3 +510,50 @@ class BatchNorm2d(_BatchNorm):
     """Normalises (N, C, H, W) per channel."""
 
     ndims = (4,)
+
+
+class Normalize(_Layer):
+    """y = (x·scale − mean) / std per channel: a fixed input normalisation inside the model (no parameters).
+
+    Normalize(MNIST_MEAN, MNIST_STD, scale=1/255) takes raw pixels 0–255 where the rest of the model
+    was trained on normalised ones — exactly convprop.data.normalize's arithmetic, (x·scale − mean)
+    times 1/std rounded to x's dtype.  mean, std and scale: a number or one per channel (dimension 1);
+    mean and std are buffers (state_dict keys "mean", "std"), scale an attribute.  Exported to ONNX as
+    Mul, Sub, Mul by (scale, mean, 1/std), and read back from them."""
+
+    _backward_fn = staticmethod(F.normalize_backward)
+
+    def __init__(self, mean, std, scale=1.0, dtype=None) -> None:
+        super().__init__()
+        dtype = _dtype(dtype)
+        values = {}
+        for name, v in (("mean", mean), ("std", std), ("scale", scale)):
+            a = np.asarray(v, np.float64).reshape(-1)
+            if a.size == 0 or not np.isfinite(a).all() or (name != "mean" and (a == 0).any()):
+                raise ValueError(f"{name}: expected finite numbers{'' if name == 'mean' else ', none zero'} "
+                                 f"(one, or one per channel), got {v!r}")
+            values[name] = a.astype(dtype)
+        sizes = {a.size for a in values.values()} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"mean, std, scale: expected one value or one per channel each, got lengths "
+                             f"{[values[k].size for k in ('mean', 'std', 'scale')]}")
+        self.register_buffer("mean", values["mean"])
+        self.register_buffer("std", values["std"])
+        self.scale = values["scale"]
+        self.num_channels = sizes.pop() if sizes else None  # None: the same for any number of channels
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        chk.float_array(x, "x", (2, 3, 4), "N, C, … with channels at dimension 1")
+        if self.num_channels is not None and x.shape[1] != self.num_channels:
+            raise ValueError(f"x: expected {self.num_channels} channels (dimension 1) for {self!r}, got shape "
+                             f"{x.shape}")
+        dt = x.dtype
+        out, self._cache = F.normalize(x, self.mean.astype(dt, copy=False), self.std.astype(dt, copy=False),
+                                       self.scale.astype(dt, copy=False))
+        return out
+
+    def extra_repr(self) -> str:
+        def short(a: np.ndarray) -> str:
+            text = ", ".join(f"{float(v):.6g}" for v in a)
+            return text if a.size == 1 else f"[{text}]"
+        return f"mean={short(self.mean)}, std={short(self.std)}, scale={short(self.scale)}"

@@ -187,6 +187,32 @@ class Module:
         return missing, unexpected
 
     # ----------------------------------------------------------------- printing
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        """torchinfo's table for a forward pass on zeros of input_shape (N, C, H, W): every layer (nested
+        containers indented), its output shape, parameters and multiply-adds; totals and sizes in MB."""
+        return str(self.summarize(input_shape))
+
+    def summarize(self, input_shape: tuple[int, ...], dtype=None):
+        """summary()'s numbers, a convprop.nn.summary.Summary (rows, totals, sizes): one forward pass on
+        zeros of input_shape in the model's dtype (or dtype), in eval mode under no_grad, every Module call
+        recorded through call_hook; train/eval modes are restored, BatchNorm's statistics untouched.
+        ValueError (one line) for a shape the model does not take."""
+        from .summary import Recorder, checked_shape, tally
+
+        x = np.zeros(checked_shape(input_shape), self.dtype if dtype is None else dtype)
+        recorder = Recorder({id(m): n for n, m in self.named_modules()})
+        modes = [m.training for m in self.modules()]
+        self.eval()
+        try:
+            with no_grad(), call_hook(recorder):
+                self(x)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"input_shape {list(x.shape)}: the {type(self).__name__} does not take it ({e})") from None
+        finally:
+            for m, mode in zip(self.modules(), modes):
+                object.__setattr__(m, "training", mode)
+        return tally(self, recorder.rows, x)
+
     def extra_repr(self) -> str:
         return ""
 

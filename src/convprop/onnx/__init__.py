@@ -3,6 +3,11 @@
     convprop.onnx.export(model, "lenet5.onnx", input_shape=(1, 1, 28, 28))   # batch dimension dynamic
     model = convprop.onnx.load("lenet5.onnx")                                # an nn model, with its weights
 
+A deployable export takes raw pixels and normalises them itself: an nn.Normalize first in the model
+(convprop.deploy.with_normalization), `input_dtype="uint8"` for bytes in, and `metadata` (the
+keys of convprop.deploy) for what the file wants; import reads such a graph back (Cast, then Mul, Sub,
+Div, Add by constants) into a model whose first layer is that nn.Normalize.
+
 Export writes each layer as the ONNX operator torch.onnx.export writes for it (Conv, ConvTranspose,
 MaxPool, AveragePool, GlobalAveragePool, Gemm, Flatten, Relu, LeakyRelu, Sigmoid, Tanh,
 BatchNormalization, Add for a residual join; MaxPool's Indices into MaxUnpool for MaxPool2d /
@@ -26,9 +31,9 @@ Indices into MaxUnpool, both ways), loader (load: the walk over the nodes, Seque
 """
 
 from .errors import OnnxError
-from .exporter import DEFAULT_OPSET, MIN_OPSET, export
+from .exporter import DEFAULT_OPSET, MIN_OPSET, export, metadata
 from .loader import load
 from .tensors import MAX_FILE_BYTES, MAX_NODES, MAX_TENSOR_BYTES, MAX_TENSOR_ELEMENTS
 
-__all__ = ["export", "load", "OnnxError", "DEFAULT_OPSET", "MIN_OPSET", "MAX_FILE_BYTES", "MAX_TENSOR_ELEMENTS",
-           "MAX_TENSOR_BYTES", "MAX_NODES"]
+__all__ = ["export", "load", "metadata", "OnnxError", "DEFAULT_OPSET", "MIN_OPSET", "MAX_FILE_BYTES",
+           "MAX_TENSOR_ELEMENTS", "MAX_TENSOR_BYTES", "MAX_NODES"]

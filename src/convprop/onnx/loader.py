@@ -8,7 +8,7 @@ from .. import nn
 from .._files import open_regular
 from .errors import OnnxError, one_line, onnx_module
 from .indices import feeds_unpool_shape, import_indices, is_iota
-from .reader import IMPORTERS, WALKED, Reader, load_weights, to_float
+from .reader import IMPORTERS, WALKED, Reader, fuse_normalize, import_normalize, load_weights, to_float
 from .tensors import FLOATS, MAX_FILE_BYTES, MAX_NODES, MAX_TENSOR_BYTES, MAX_TENSOR_ELEMENTS, Budget, tensor, type_name
 
 
@@ -24,30 +24,16 @@ def _read(path: str, max_bytes: int) -> bytes:
 def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = MAX_TENSOR_ELEMENTS,
          max_tensor_bytes: int = MAX_TENSOR_BYTES) -> nn.Module:
     """An ONNX file as a convprop model with its weights: an nn.Sequential for a chain of layers, a
-    Graph where it forks and joins.  Raises OnnxError (one line: node, operator, attribute) for
-    what convprop cannot represent or for a damaged or hostile file.  Bounded: the file's size, each
-    tensor's elements, all tensors' bytes together (inline, external and Constant nodes), the nodes;
-    external data only from regular files of the model's own directory."""
+    Graph where it forks and joins.  A graph that takes raw pixels (a uint8 input Cast to float, or
+    floats) and normalises them (Mul, Sub, Div, Add by per-channel constants: convprop's own exports)
+    gives a model whose first layer is an nn.Normalize, taking the same pixel values as floats.
+    Raises OnnxError (one line: node, operator, attribute) for what convprop cannot represent or for
+    a damaged or hostile file.  Bounded: the file's size, each tensor's elements, all tensors' bytes
+    together (inline, external and Constant nodes), the nodes; external data only from regular files
+    of the model's own directory."""
     onnx = onnx_module()
     try:
-        try:
-            proto = onnx.ModelProto.FromString(_read(path, max_bytes))  # the file's bytes freed once parsed
-        except (OnnxError, MemoryError):
-            raise
-        except Exception as e:  # protobuf's DecodeError, or a recursion limit
-            raise OnnxError(f"{path}: not an ONNX model ({one_line(e)})") from None
-        if not proto.HasField("graph") or not proto.graph.node:
-            raise OnnxError(f"{path}: not an ONNX model (no graph nodes)")
-        for op in proto.opset_import:
-            if op.domain not in ("", "ai.onnx"):
-                raise OnnxError(f"{path}: operator set {op.domain[:100]!r} is not supported (standard ONNX operators "
-                                "only)")
-        for what in ("node", "initializer", "input", "output", "value_info"):
-            count = len(getattr(proto.graph, what))
-            if count > MAX_NODES:
-                what = {"node": "nodes", "initializer": "initializers", "input": "graph inputs",
-                        "output": "graph outputs"}.get(what, "value_info entries")
-                raise OnnxError(f"{path}: {count:,} {what}, more than the {MAX_NODES:,} convprop imports")
+        proto = read_proto(path, max_bytes)
         return _build(onnx, proto, path, Budget(max_tensor_bytes, max_tensor_elements))
     except OnnxError:
         raise
@@ -55,6 +41,31 @@ def load(path: str, max_bytes: int = MAX_FILE_BYTES, max_tensor_elements: int = 
         raise OnnxError(f"{path}: importing it needs more memory than is free") from None
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as e:
         raise OnnxError(f"{path}: cannot import ({one_line(e)})") from None
+
+
+def read_proto(path: str, max_bytes: int = MAX_FILE_BYTES):
+    """The file's ModelProto (its size checked first, its bytes freed once parsed); OnnxError for what is
+    not an ONNX model of standard operators, or has more nodes, initializers, … than convprop imports."""
+    onnx = onnx_module()
+    try:
+        proto = onnx.ModelProto.FromString(_read(path, max_bytes))
+    except (OnnxError, MemoryError):
+        raise
+    except Exception as e:  # protobuf's DecodeError, or a recursion limit
+        raise OnnxError(f"{path}: not an ONNX model ({one_line(e)})") from None
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise OnnxError(f"{path}: not an ONNX model (no graph nodes)")
+    for op in proto.opset_import:
+        if op.domain not in ("", "ai.onnx"):
+            raise OnnxError(f"{path}: operator set {op.domain[:100]!r} is not supported (standard ONNX operators "
+                            "only)")
+    for what in ("node", "initializer", "input", "output", "value_info"):
+        count = len(getattr(proto.graph, what))
+        if count > MAX_NODES:
+            what = {"node": "nodes", "initializer": "initializers", "input": "graph inputs",
+                    "output": "graph outputs"}.get(what, "value_info entries")
+            raise OnnxError(f"{path}: {count:,} {what}, more than the {MAX_NODES:,} convprop imports")
+    return proto
 
 
 def _build(onnx, proto, path: str, budget: Budget) -> nn.Module:
@@ -65,9 +76,16 @@ def _build(onnx, proto, path: str, budget: Budget) -> nn.Module:
         raise OnnxError(f"{path}: expected one data input and one output, got inputs {data_inputs[:5]} and "
                         f"{len(g.output)} outputs (weights must be initializers)")
     elem = g.input[[i.name for i in g.input].index(data_inputs[0])].type.tensor_type.elem_type
-    if elem not in FLOATS:
+    if elem == onnx.TensorProto.UINT8:  # raw pixels: the first node must make them floats
+        first = g.node[0]
+        to = next((a.i for a in first.attribute if a.name == "to"), None)
+        if first.op_type != "Cast" or list(first.input) != data_inputs[:1] or to not in FLOATS:
+            raise OnnxError(f"{path}: input {data_inputs[0]!r} is uint8, but the first node is not a Cast of it "
+                            "to float32 or float64")
+        elem = to
+    elif elem not in FLOATS:
         raise OnnxError(f"{path}: input {data_inputs[0]!r} has element type {type_name(elem)}; "
-                        "expected float32 or float64")
+                        "expected float32 or float64 (or uint8 cast to float first)")
     consumers: dict[str, int] = {g.output[0].name: 1}
     made = {i.name for i in g.input} | set(r.raw_consts)
     for node in g.node:
@@ -122,7 +140,23 @@ def _build(onnx, proto, path: str, budget: Budget) -> nn.Module:
             else:
                 alias[node.output[0]] = step  # the same convprop tensor under another ONNX name
             continue
-        if op == "Add" and len(data) == 2:
+        if op == "Cast" and data == data_inputs[:1]:  # uint8 → float (checked above), or float → float
+            at = r.attrs(node, dict(to=elem, saturate=1))
+            if at["to"] != elem:
+                raise r.refuse(node, "to", at["to"], f"the input is cast to the model's {type_name(elem)} only")
+            alias[node.output[0]] = ins[0]
+            continue
+        if op in ("Mul", "Sub", "Div", "Add") and len(data) == 1:  # by a constant: an input normalisation
+            m = import_normalize(r, node, data[0])
+            prev = steps[-1] if steps else None
+            if prev is not None and isinstance(prev[1], nn.Normalize) and prev[0] == ins[0] and \
+                    consumers.get(prev[0]) == 1 and prev[0] != alias.get(data_inputs[0]):
+                both = fuse_normalize(prev[1], m)
+                if both is not None:  # (x·scale − mean)·(1/std) in one layer, the same arithmetic
+                    steps[-1] = (node.output[0], both, prev[2])
+                    alias[node.output[0]] = node.output[0]
+                    continue
+        elif op == "Add" and len(data) == 2:
             r.attrs(node, {})
             m = nn.Add()
         elif op == "MatMul":
@@ -140,6 +174,10 @@ def _build(onnx, proto, path: str, budget: Budget) -> nn.Module:
                 if is_iota(node) and not r.consumers.get(node.output[0]):
                     continue  # only its indices are used (for the plane offsets): no step
                 outs = (node.output[0], node.output[1])
+        elif op == "Cast":
+            raise OnnxError(f"{r.where(node)}: only a Cast of the graph's input (to its float type) is supported")
+        elif op in ("Mul", "Sub", "Div"):
+            raise OnnxError(f"{r.where(node)}: only {op} of the data by a constant is supported")
         else:
             raise OnnxError(f"{r.where(node)}: operator {op!r} is not supported (supported: "
                             f"{', '.join(sorted([*IMPORTERS, *WALKED]))})")

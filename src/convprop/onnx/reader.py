@@ -427,6 +427,69 @@ def _import_reduce_mean(r: Reader, node) -> nn.Module:
     return nn.AdaptiveAvgPool2d(1)
 
 
+def import_normalize(r: Reader, node, data: str) -> nn.Normalize:
+    """Mul, Sub, Add or Div of the data by a constant of one value or one per channel (shape (1, C, 1, 1),
+    (C, 1, 1), …): an nn.Normalize doing just that step — Mul c as scale c, Sub c as mean c, Add c as
+    mean −c (the same IEEE results), Div c as std c (a multiplication by 1/c: the same up to rounding)."""
+    r.attrs(node, {})
+    k = list(node.input).index(data)
+    if k != 0 and node.op_type in ("Sub", "Div"):
+        raise OnnxError(f"{r.where(node)}: only data {'−' if node.op_type == 'Sub' else '÷'} constant is supported")
+    c = to_float(r, node, r.const(node, 1 - k, "the constant"), "the constant")
+    rank = len(r.shapes.get(data) or [])
+    if c.size > 1:
+        dims = [i for i, n in enumerate(c.shape) if n != 1]
+        if not rank or c.ndim > rank or len(dims) != 1 or rank - c.ndim + dims[0] != 1:
+            raise OnnxError(f"{r.where(node)}: a constant of shape {list(c.shape)}; expected one value or one per "
+                            "channel (shape (1, C, 1, 1))")
+    values = dict(Mul={"scale": c}, Div={"std": c}, Sub={"mean": c}, Add={"mean": -c})[node.op_type]
+    args = {"mean": 0.0, "std": 1.0, "scale": 1.0, **{key: v.reshape(-1) for key, v in values.items()}}
+    try:
+        return nn.Normalize(**args, dtype=c.dtype)
+    except ValueError as e:
+        raise OnnxError(f"{r.where(node)}: {one_line(e)}") from None
+
+
+def _std_of_reciprocal(c: np.ndarray) -> np.ndarray | None:
+    """s with 1/s, rounded to c's dtype, equal to c entry by entry (so that Normalize's ·(1/std) is a Mul
+    by c exactly), or None where no such s is found next to 1/c."""
+    one = c.dtype.type(1)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        s = (1.0 / c.astype(np.float64)).astype(c.dtype)
+        for _ in range(4):
+            got = one / s
+            if (got == c).all():
+                return s if np.isfinite(s).all() and (s != 0).all() else None
+            s = np.where(got == c, s, np.nextafter(s, np.where(got > c, np.inf, -np.inf).astype(c.dtype)))
+    return None
+
+
+def fuse_normalize(first: nn.Normalize, then: nn.Normalize) -> nn.Normalize | None:
+    """first then `then` (one step: a Mul, Sub/Add or Div) as one Normalize where that is the same
+    arithmetic, (x·scale − mean)·(1/std) in that order (x·1, x − 0 and x·1 are exact): a Sub after a Mul,
+    a Mul after a Mul or Sub as the 1/std step (convprop's export), a Div after a Mul or Sub.  Else None."""
+    order = ("scale", "mean", "std")
+    a, b = ({k: bool((getattr(m, k) == v).all()) for k, v in zip(order, (1, 0, 1))} for m in (first, then))
+    steps = [k for k in order if not b[k]]
+    if len(steps) != 1:
+        return None
+    mean, std, scale = first.mean, first.std, first.scale
+    if steps[0] == "scale":  # x·c after the first: Normalize's ·(1/std) step, if some std gives exactly c
+        std = _std_of_reciprocal(then.scale) if a["std"] else None
+    elif steps[0] == "mean" and a["mean"] and a["std"]:
+        mean = then.mean
+    elif steps[0] == "std" and a["std"]:
+        std = then.std
+    else:
+        return None
+    if std is None:
+        return None
+    try:
+        return nn.Normalize(mean, std, scale, dtype=first.mean.dtype)
+    except ValueError:  # per-channel lengths that differ
+        return None
+
+
 IMPORTERS: dict[str, Callable] = {
     "Conv": _import_conv, "ConvTranspose": _import_conv, "MaxPool": _import_pool, "AveragePool": _import_pool,
     "GlobalAveragePool": _import_global_pool, "ReduceMean": _import_reduce_mean, "Gemm": _import_gemm,
@@ -436,5 +499,6 @@ IMPORTERS: dict[str, Callable] = {
     "LeakyRelu": _simple(nn.LeakyReLU, alpha=0.01), "GlobalMaxPool": _import_global_max_pool,
     "Softmax": _import_softmax, "LogSoftmax": _import_softmax,
 }
-# handled in the walk itself: Identity, Constant, Add (a join, or a bias after MatMul), MatMul, MaxUnpool
-WALKED = ["Add", "MatMul", "Identity", "Constant", "MaxUnpool"]
+# handled in the walk itself: Identity, Constant, Add (a join, a bias after MatMul, or by a constant), MatMul,
+# MaxUnpool, Cast (of the input), Mul, Sub, Div (by constants)
+WALKED = ["Add", "MatMul", "Identity", "Constant", "MaxUnpool", "Cast", "Mul", "Sub", "Div"]

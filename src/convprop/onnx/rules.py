@@ -210,6 +210,20 @@ def _softmax(op: str) -> Callable:
     return emit
 
 
+def _normalize(b: Builder, m, x: str, xa: np.ndarray, label: str) -> str:
+    """(x·scale − mean)·(1/std) as Mul, Sub, Mul by per-channel constants (1, C, 1, …), 1/std rounded to
+    the dtype as convprop rounds it: the same three IEEE operations, so ONNX Runtime gives the same bits;
+    a neutral step (×1, −0) is left out."""
+    shape = (1, -1) + (1,) * (xa.ndim - 2)
+    dt = xa.dtype
+    steps = (("Mul", "scale", np.asarray(m.scale, dt), 1), ("Sub", "mean", np.asarray(m.mean, dt), 0),
+             ("Mul", "inv_std", np.reciprocal(np.asarray(m.std, dt)), 1))
+    for op, key, value, neutral in steps:
+        if (value != neutral).any():
+            x = b.node(op, [x, b.const(f"{label}.{key}", value.reshape(shape))], f"{label}.{key}")
+    return x
+
+
 EXPORTERS: dict[type, Callable] = {
     nn.Conv2d: _conv, nn.ConvTranspose2d: _conv, nn.MaxPool2d: _maxpool, nn.AvgPool2d: _avgpool,
     nn.AdaptiveAvgPool2d: _adaptive_avgpool, nn.Linear: _linear, nn.Flatten: _flatten,
@@ -217,6 +231,6 @@ EXPORTERS: dict[type, Callable] = {
     nn.ReLU: _activation("Relu"), nn.Sigmoid: _activation("Sigmoid"), nn.Tanh: _activation("Tanh"),
     nn.LeakyReLU: _activation("LeakyRelu", alpha=lambda m: float(m.negative_slope)),
     nn.Conv1d: _conv1d, nn.MaxPool1d: _pool1d, nn.AvgPool1d: _pool1d, nn.AdaptiveMaxPool2d: _adaptive_maxpool,
-    nn.Softmax: _softmax("Softmax"), nn.LogSoftmax: _softmax("LogSoftmax"),
+    nn.Softmax: _softmax("Softmax"), nn.LogSoftmax: _softmax("LogSoftmax"), nn.Normalize: _normalize,
     nn.Add: lambda b, m, names, xa, label: b.node("Add", names, label),  # a join: its two inputs' names
 }

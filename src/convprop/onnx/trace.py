@@ -46,14 +46,15 @@ def _trace(value: np.ndarray, name: str, pooled: tuple[str, tuple[int, ...], str
 _current: ContextVar[_Tracer | None] = ContextVar("convprop_onnx_tracer", default=None)
 
 
-def trace_model(model: nn.Module, builder: Builder, x: np.ndarray):
-    """model(x) with every layer's nodes written into builder; the output traced (its onnx_name set)
-    where it is a layer's output or a sum of two.  Only this thread's (and task's) calls are traced."""
+def trace_model(model: nn.Module, builder: Builder, x: np.ndarray, name: str = "input"):
+    """model(x) with every layer's nodes written into builder, x being ONNX tensor `name`; the output
+    traced (its onnx_name set) where it is a layer's output or a sum of two.  Only this thread's (and
+    task's) calls are traced."""
     tracer = _Tracer(builder, {id(m): n for n, m in model.named_modules()})
     token = _current.set(tracer)
     try:
         with nn.call_hook(tracer):
-            return model(_trace(x, "input"))
+            return model(_trace(x, name))
     finally:
         _current.reset(token)
 

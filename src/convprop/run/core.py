@@ -130,6 +130,7 @@ class Run:
             if s.init is not None:
                 self._load_init(s.init)
         else:
+            self._check_resumed_model()
             self.model = checkpoint.restore_model(self.ckpt, self.resume_path)
             self.config = dict(self.ckpt["meta"]["model"].get("config", {}))
         dtype = self.model.dtype
@@ -159,6 +160,30 @@ class Run:
             for row in self.history:  # the best so far, as the run before saw it
                 if isinstance(row.get("val_loss"), (int, float)) and row["val_loss"] < self.best_loss:
                     self.best_epoch, self.best_loss = row.get("epoch", 0), row["val_loss"]
+
+    def _check_resumed_model(self) -> None:
+        """The checkpoint's weights are those of the model its settings name, for this data (its classes
+        and channels): the same keys, shapes and dtypes, else one line naming the first difference."""
+        m = self.ckpt["meta"]["model"]
+        where = f"--resume {self.resume_path}"
+        if m["name"] != self.settings.model:
+            raise RunError(f"{where}: its weights are a {m['name']}'s, but its run settings name model "
+                           f"{self.settings.model}")
+        state = _random.get_state()  # (building a model draws its initial weights)
+        try:
+            want = models.build(self.settings.model, **self.config).to(m.get("dtype", "float32")).state_dict()
+        finally:
+            _random.set_state(state)
+        got = self.ckpt["model"]
+        for key in [*want, *(k for k in got if k not in want)]:
+            if key not in got or key not in want:
+                raise RunError(f"{where}: its weights do not fit {self.settings.model}: "
+                               f"{'missing' if key not in got else 'unexpected'} {key!r}")
+            a, b = np.asarray(got[key]), np.asarray(want[key])
+            if a.shape != b.shape or a.dtype != b.dtype:
+                raise RunError(f"{where}: its weights do not fit {self.settings.model} on this data "
+                               f"({', '.join(f'{k} {v}' for k, v in self.config.items())}): {key!r} has shape "
+                               f"{a.shape} and dtype {a.dtype}, expected {b.shape} and {b.dtype}")
 
     def _load_init(self, path: str) -> None:
         """Start from weights made elsewhere (torch's state_dict keys and layouts, e.g. by torch)."""

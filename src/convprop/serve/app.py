@@ -17,10 +17,12 @@ from .._extras import install
 from . import inputs
 from .arrays import encode
 from .engine import Engine, step_info
+from .guard import HostOriginGuard
 from .inputs import InputError
 from .trainer import Busy, Trainer
 
 STATIC = Path(__file__).parent / "static"
+DIGIT = ("image", "pixels")  # the fields of a digit (inputs.digit)
 
 
 def require() -> None:
@@ -36,11 +38,13 @@ def _floats(a) -> list:
     return [float(v) for v in np.asarray(a).ravel()]
 
 
-def create_app(engine: Engine):
-    """The ASGI app for one engine, with its trainer (`app.state.trainer`)."""
+def create_app(engine: Engine, allow_hosts: tuple[str, ...] | list[str] = ()):
+    """The ASGI app for one engine, with its trainer (`app.state.trainer`), behind the Host and Origin
+    checks of `guard` (which also answer the names in allow_hosts)."""
     require()
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
@@ -58,16 +62,23 @@ def create_app(engine: Engine):
 
     trainer = Trainer(engine)
 
-    def endpoint(fn, needs_body=True):
-        """fn(body) run in a worker thread; InputError → its 4xx, Busy → 409, one line each."""
+    def endpoint(fn, fields: tuple[str, ...] | None = None):
+        """fn(body) run in a worker thread: a POST's JSON body with no keys but `fields` (None: a GET, its
+        query with no keys but "format" where fn takes it); InputError → its 4xx, Busy → 409, one line each."""
         async def handler(request):
             try:
-                body = await inputs.json_body(request) if needs_body else dict(request.query_params)
+                if fields is None:
+                    body = dict(request.query_params)
+                    inputs.check_fields(body, ("format",) if fn is filters else (), "query")
+                else:
+                    body = await inputs.json_body(request, fields)
                 result = await run_in_threadpool(fn, body)
             except InputError as e:
                 return JSONResponse({"error": str(e)}, status_code=e.status)
             except Busy as e:  # the trainer's state forbids it now (already running, …)
                 return JSONResponse({"error": str(e)}, status_code=409)
+            except inputs.ClientGone:  # nobody to answer
+                return Response(status_code=400)
             return JSONResponse(result)
         return handler
 
@@ -83,6 +94,7 @@ def create_app(engine: Engine):
         fmt, digit = inputs.output_format(body), inputs.digit(body)
         x = engine.input(digit)
         walk, probs = engine.forward(x)
+        inputs.target_class(body.get("class"), probs.shape[-1])  # checked as backward checks it, not used
         return {"probs": _floats(probs), "predicted": int(probs.argmax()), "digit": digit.tolist(),
                 "input": encode(x[0], fmt, "gray"),
                 "layers": [{**step_info(k, s), "output": encode(s.output[0], fmt),
@@ -135,15 +147,16 @@ def create_app(engine: Engine):
 
     routes = [Route("/", lambda _: FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})),
               Route("/favicon.ico", lambda _: Response(status_code=204)),
-              Route("/api/model", endpoint(model_info, False)),
-              Route("/api/predict", endpoint(predict), methods=["POST"]),
-              Route("/api/forward", endpoint(forward), methods=["POST"]),
-              Route("/api/backward", endpoint(backward), methods=["POST"]),
-              Route("/api/filters", endpoint(filters, False)),
-              Route("/api/train/start", endpoint(train_start), methods=["POST"]),
-              Route("/api/train/stop", endpoint(train_stop), methods=["POST"]),
-              Route("/api/train/restore", endpoint(train_restore), methods=["POST"]),
-              Route("/api/train/status", endpoint(train_status, False)),
+              Route("/api/model", endpoint(model_info)),
+              Route("/api/predict", endpoint(predict, DIGIT), methods=["POST"]),
+              # (forward takes backward's "class" and ignores it: the page sends both passes one body)
+              Route("/api/forward", endpoint(forward, DIGIT + ("format", "class")), methods=["POST"]),
+              Route("/api/backward", endpoint(backward, DIGIT + ("format", "class")), methods=["POST"]),
+              Route("/api/filters", endpoint(filters)),
+              Route("/api/train/start", endpoint(train_start, ("lr", "reset")), methods=["POST"]),
+              Route("/api/train/stop", endpoint(train_stop, ()), methods=["POST"]),
+              Route("/api/train/restore", endpoint(train_restore, ()), methods=["POST"]),
+              Route("/api/train/status", endpoint(train_status)),
               Route("/api/train/events", train_events),
               Mount("/static", Static(directory=STATIC))]
 
@@ -156,7 +169,9 @@ def create_app(engine: Engine):
     async def server_error(request, exc):
         return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error},
+                    middleware=[Middleware(HostOriginGuard, allow_hosts=tuple(allow_hosts))])
+    app.router.redirect_slashes = False  # /api/predict/ is not an endpoint: 404, not a 307 to another URL
     app.state.closing = False
     app.state.engine, app.state.trainer = engine, trainer
     return app

@@ -5,19 +5,24 @@ Anything wrong is an InputError with a one-line message, which the app answers w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import io
-import json
 
 import numpy as np
 
+from .. import safe_json
 from .._extras import install
 from .arrays import FORMATS
 
 SIZE = 28  # the models see 28×28 MNIST digits
 MAX_BODY = 2 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4_000_000
+BODY_SECONDS = 30.0  # a body must arrive whole within this (a client trickling it in holds no more than that)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request was whole: nothing to answer, nothing to log."""
 
 
 class InputError(ValueError):
@@ -28,24 +33,52 @@ class InputError(ValueError):
         self.status = status
 
 
-async def json_body(request) -> dict:
-    """The request's JSON object, read up to MAX_BODY bytes (413 beyond, 400 if it is not JSON)."""
+async def json_body(request, fields: tuple[str, ...] = ()) -> dict:
+    """The request's JSON object (an empty body: {}), with no keys but `fields`.
+
+    Content-Type application/json or 415; at most MAX_BODY bytes, counted as they arrive and never
+    more held (413); the whole body within BODY_SECONDS (408); parsed by the project's bounded JSON
+    reader (nesting, duplicate keys: 400).  A client that goes away mid-body is a ClientGone."""
+    from starlette.requests import ClientDisconnect
+
+    from .guard import is_json
+
+    if not is_json(request.headers.get("content-type")):
+        raise InputError(f"Content-Type: expected application/json, got {request.headers.get('content-type')!r}",
+                         415)
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise InputError(f"body: expected at most {MAX_BODY:,} bytes, got {length}", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise InputError(f"body: expected at most {MAX_BODY:,} bytes, got more", 413)
-        chunks.append(chunk)
+    if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
+        raise InputError(f"body: expected at most {MAX_BODY:,} bytes, got {length[:20]}", 413)
+    body = bytearray()
+
+    async def read() -> None:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > MAX_BODY:
+                raise InputError(f"body: expected at most {MAX_BODY:,} bytes, got more", 413)
+            body.extend(chunk)
+
     try:
-        body = json.loads(b"".join(chunks) or b"{}")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"body: not valid JSON ({str(e).splitlines()[0]})") from None
-    if not isinstance(body, dict):
-        raise InputError(f"body: expected a JSON object, got {type(body).__name__}")
-    return body
+        await asyncio.wait_for(read(), BODY_SECONDS)
+    except ClientDisconnect:
+        raise ClientGone() from None
+    except asyncio.TimeoutError:
+        raise InputError(f"body: not all sent within {BODY_SECONDS} s", 408) from None
+    try:
+        value = safe_json.loads(bytes(body) or b"{}", "body", unique_keys=True)
+    except ValueError as e:
+        raise InputError(" ".join(str(e).split())[:300]) from None
+    if not isinstance(value, dict):
+        raise InputError(f"body: expected a JSON object, got {type(value).__name__}")
+    check_fields(value, fields, "body")
+    return value
+
+
+def check_fields(given: dict, fields: tuple[str, ...], what: str) -> None:
+    """InputError naming the first key of `given` that is not one of `fields`."""
+    for key in given:
+        if key not in fields:
+            takes = f"takes {', '.join(map(repr, fields))}" if fields else "takes none"
+            raise InputError(f"{what}: unknown field {key[:100]!r} ({takes})")
 
 
 def output_format(body: dict) -> str:
@@ -76,31 +109,26 @@ def training_options(body: dict) -> tuple[float, bool]:
 
 # --------------------------------------------------------------------------- the digit
 def digit_from_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"image: not a PNG or JPEG that can be decoded ({type(e).__name__})") from None
-    if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
-        raise InputError(f"image: expected at most {MAX_IMAGE_PIXELS:,} pixels, got {w}×{h}; send a smaller one")
-    from ..data.images import read_digit
+    """PNG/JPEG/… bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file, by the
+    one bounded decoder (data.images.open_image): at most MAX_IMAGE_PIXELS pixels, checked from the header
+    before decoding; at most data.images.MAX_DECODES images decoded at once however many requests come."""
+    from ..data.images import ImageError, read_digit
 
     try:
-        return read_digit(data, name="image")[0]  # from the bytes: no file, no name of the client's
-    except (ValueError, OSError) as e:
+        return read_digit(data, name="image", max_pixels=MAX_IMAGE_PIXELS)[0]  # no file, no name of the client's
+    except ImportError:
+        raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
+    except ImageError as e:
         raise InputError(str(e)) from None
+    except MemoryError:
+        raise InputError("image: too big to decode in the memory this server has", 413) from None
 
 
 def digit_from_pixels(pixels) -> np.ndarray:
     """A 28×28 nested list of numbers in [0, 255] (white ink on black, as MNIST) → uint8."""
     try:
         a = np.asarray(pixels, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # (an integer of 400 digits: OverflowError)
         raise InputError(f"pixels: expected a {SIZE}×{SIZE} array of numbers, got a ragged or non-numeric value") \
             from None
     if a.shape != (SIZE, SIZE):

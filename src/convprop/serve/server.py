@@ -11,6 +11,8 @@ import sys
 from .app import create_app, require
 from .engine import Engine
 
+MAX_HEAD = 64 * 1024  # bytes of a request line and headers
+
 
 def last_run_checkpoint(root: str = "runs") -> str | None:
     """The checkpoint of the most recent `convprop train` run under root (by its checkpoint.npz's modification
@@ -104,7 +106,9 @@ class Server:
         import uvicorn
 
         self.app, self.sock = app, sock
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
+        # h11, whose parser holds at most MAX_HEAD bytes of a request's head (httptools holds any size)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off", http="h11",
+                                h11_max_incomplete_event_size=MAX_HEAD)
         self.server = uvicorn.Server(config)
         self.thread = None
 
@@ -141,18 +145,27 @@ class Server:
         self.sock.close()
 
 
-def serve(ckpt_path: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """`convprop serve`: load (or train) a model and serve the page until Ctrl-C."""
+def serve(ckpt_path: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          allow_hosts: tuple[str, ...] | list[str] = ()) -> int:
+    """`convprop serve`: load (or train) a model and serve the page until Ctrl-C.  It answers requests
+    that name it (Host) as localhost, 127.0.0.1, [::1], the address they reached, `host` or one of
+    `allow_hosts`, and only its own page's requests that change something (`guard`)."""
     require()
     if not 0 <= port <= 65535:
         raise ValueError(f"--port: expected 0..65535, got {port}")
+    from .guard import host_name
+
+    for name in allow_hosts:
+        if host_name(name) is None:
+            raise ValueError(f"--allow-host: expected a host name or IP address (no port), got {name!r}")
+    names = (*allow_hosts, host) if host_name(host) is not None else tuple(allow_hosts)
     sock = bind(host, port)  # before loading or training: a busy port fails at once
     try:
         engine = load_engine(ckpt_path)
     except BaseException:
         sock.close()
         raise
-    server = Server(create_app(engine), sock)
+    server = Server(create_app(engine, names), sock)
     model = engine.meta.get("model", "model")
     acc = engine.meta.get("test_accuracy")
     print(f"convprop serve: {model} from {engine.source}" + (f" (test accuracy {acc:.2%})" if acc else ""))
