@@ -32,37 +32,17 @@ def _escaped(path: str) -> str:
 
 
 def read_image(path: str, size: tuple[int, int], channels: int = 3) -> np.ndarray:
-    """One image file as uint8 (channels, H, W) at size (H, W): decoded within images.MAX_PIXELS (a JPEG
-    reduced while decoding), transparency drawn over white, converted to grey (1) or RGB (3), resized
-    bilinearly.  Raises images.ImageError (one line naming the file) for what it cannot read."""
+    """One image file as uint8 (channels, H, W) at size (H, W): decoded by the one bounded decoder
+    (images.open_image: the pixel limit checked from the header, a big image reduced as it decodes,
+    transparency drawn over white), in grey (1) or RGB (3), resized bilinearly.  Raises images.ImageError
+    (one line naming the file) for what it cannot read."""
     Image = _images._pillow()
-    name = _escaped(path)
-    if not os.path.isfile(path):
-        raise _images.ImageError(f"{name}: not a file")
     h, w = size
     try:
-        with _images._open(Image, path) as im:
-            W, H = im.size
-            if W * H > _images.MAX_PIXELS:
-                raise _images.ImageError(f"{name}: {W}×{H} pixels, over the limit of {_images.MAX_PIXELS:,}")
-            if W < 1 or H < 1:
-                raise _images.ImageError(f"{name}: an image of {W}×{H} pixels")
-            if im.format == "JPEG":
-                im.draft(im.mode, (max(w, 2 * w), max(h, 2 * h)))  # the decoder itself scales by 1/2 … 1/8
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                im = Image.fromarray(np.round(_images._gray(im, name, [])).astype(np.uint8))
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = im.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
-            a = np.asarray(im, dtype=np.uint8)
-    except _images.ImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-        text = " ".join(str(e).split())[:160]
-        raise _images.ImageError(f"{name}: not an image Pillow can read ({text})") from None
+        a = _images.open_image(path, mode="L" if channels == 1 else "RGB", max_side=4 * max(h, w))
+    except FileNotFoundError as e:
+        raise _images.ImageError(str(e)) from None
+    a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
