@@ -1,7 +1,8 @@
 """Checkpoints without pickle: one .npz of plain arrays plus a JSON header, written atomically.
 
 Layout: 'meta' (UTF-8 JSON as uint8: format version, model name and config, epoch, optimizer and
-scheduler hyper-parameters, RNG state, history, run arguments), 'model/<state_dict key>' arrays,
+scheduler hyper-parameters, RNG state, history, run arguments, and the model's `input` — see
+input_spec), 'model/<state_dict key>' arrays,
 'optim/<param index>/<name>' optimizer state arrays.  Loading uses allow_pickle=False, so a file
 can carry data only, never code.
 """
@@ -241,6 +242,66 @@ def _check_meta(meta: Any, path: str) -> None:
                                   f"{type(meta[key]).__name__}")
     if not all(isinstance(h, dict) for h in meta.get("history", [])):
         raise CheckpointError(f"{path}: history: expected one object per epoch")
+    if "input" in meta:
+        problem = _input_problem(meta["input"], m.get("config", {}))
+        if problem:
+            raise CheckpointError(f"{path}: input: {problem}")
+
+
+PREPARE = ("digit", "resize")
+
+
+def _input_problem(spec: Any, config: dict) -> str | None:
+    """What is wrong with a header's "input" (see input_spec), or None."""
+    if not isinstance(spec, dict):
+        return f"expected a JSON object, got {type(spec).__name__}"
+    c, k = config.get("in_channels", 1), config.get("num_classes", 10)
+
+    def numbers(v, n, positive=False):
+        return isinstance(v, list) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+            for x in v)
+
+    size = spec.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_whole(v, 1, 4096) for v in size)):
+        return f"size: expected [height, width] from 1 to 4096, got {size!r}"
+    if spec.get("channels") != c:
+        return f"channels: expected {c} (the model's in_channels), got {spec.get('channels')!r}"
+    if not numbers(spec.get("mean"), c) or not numbers(spec.get("std"), c, positive=True):
+        return f"mean and std: expected {c} finite numbers each (std > 0)"
+    if spec.get("range") != [0, 255]:
+        return f"range: expected [0, 255], got {spec.get('range')!r}"
+    names = spec.get("classes")
+    if not (isinstance(names, list) and len(names) == k and all(isinstance(n, str) and len(n) <= 256 for n in names)):
+        return f"classes: expected {k} names (the model's num_classes), up to 256 characters each"
+    if spec.get("prepare") not in PREPARE:
+        return f"prepare: expected one of {list(PREPARE)}, got {spec.get('prepare')!r}"
+    return None
+
+
+def input_spec(meta: dict) -> dict:
+    """What the checkpoint's model takes, as its header's "input" records it:
+
+        {"size": [H, W], "channels": C, "mean": [C numbers], "std": [C numbers], "range": [0, 255],
+         "classes": [num_classes names], "prepare": "digit" | "resize"}
+
+    The input is N×C×H×W of (pixel / 255 − mean[c]) / std[c] for pixels in range; classes name the
+    outputs; prepare says how an arbitrary image file becomes one: "digit", MNIST's digit preparation
+    (data/images.py); "resize", the whole image in C channels resized to H×W.  A checkpoint written
+    before "input" existed gets the one its model implies: MNIST's 28×28 grey digits, or CIFAR-10's."""
+    if isinstance(meta.get("input"), dict):
+        return dict(meta["input"])
+    from .data import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD
+    from .data.images import class_names
+
+    config = meta.get("model", {}).get("config", {})
+    c, k = config.get("in_channels", 1), config.get("num_classes", 10)
+    args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
+    grey = c == 1
+    mean = [MNIST_MEAN] if grey else list(CIFAR10_MEAN) if c == 3 else [0.5] * c
+    std = [MNIST_STD] if grey else list(CIFAR10_STD) if c == 3 else [0.25] * c
+    return {"size": [28, 28] if grey else [32, 32], "channels": c, "mean": mean, "std": std, "range": [0, 255],
+            "classes": class_names(args.get("data"), k), "prepare": "digit" if grey else "resize"}
 
 
 def restore_model(ckpt: dict, path: str = "checkpoint") -> Module:

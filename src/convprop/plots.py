@@ -31,15 +31,16 @@ def _save(fig, path: str) -> str:
 
 
 def training_curves(history: list[dict], path: str) -> str:
-    """Loss and accuracy per epoch, train against test."""
+    """Loss and accuracy per epoch, train against validation."""
     plt = _plt()
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     b.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    if history and "test_loss" in history[0]:
-        a.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
-        b.plot(epochs, [100 * h["test_acc"] for h in history], "o-", label="test")
+    for key, label in (("val", "validation"), ("test", "test")):  # (runs before the validation split: test)
+        if history and f"{key}_loss" in history[0]:
+            a.plot(epochs, [h[f"{key}_loss"] for h in history], "o-", label=label)
+            b.plot(epochs, [100 * h[f"{key}_acc"] for h in history], "o-", label=label)
     a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
     b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (a, b):
@@ -217,13 +218,14 @@ def plot_run(run_dir: str, model: nn.Sequential, history: list[dict], test_x: np
     return paths
 
 
-def pictures(out: str, model, history, test_images, test_labels, log: Callable[[str], None] = print) -> list[str]:
+def pictures(out: str, model, history, test_images, test_labels, log: Callable[[str], None] = print,
+             mean=None, std=None) -> list[str]:
     """The five pictures of a run into `out` from its raw test images (none, with a note, without matplotlib)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         log(f"(matplotlib is not installed: no pictures; {install('train')})")
         return []
-    paths = plot_run(out, model, history, normalize(test_images, dtype=model.dtype), test_labels)
+    paths = plot_run(out, model, history, normalize(test_images, mean, std, dtype=model.dtype), test_labels)
     log("pictures:   " + "\n            ".join(paths))
     return paths

@@ -109,7 +109,7 @@ def fit(model: Module, loss_fn, optimizer: Optimizer, train_loader: Iterable, ep
         log: Callable[[str], None] | None = print, *, step: Callable = train_step, evaluate: Callable = evaluate,
         on_step: Callable[[StepInfo], bool | None] | None = None) -> list[dict]:
     """Train for epochs start_epoch+1 … epochs; return the history, one dict per epoch:
-    epoch, train_loss, train_acc, [test_loss, test_acc], lr, seconds, images_per_s.
+    epoch, train_loss, train_acc, [val_loss, val_acc], lr, seconds, images_per_s.
 
     A OneCycleLR scheduler steps every batch, any other every epoch.  on_epoch_end(epoch, history)
     runs after each whole epoch (checkpointing, say).
@@ -160,10 +160,10 @@ def fit(model: Module, loss_fn, optimizer: Optimizer, train_loader: Iterable, ep
         if stop:
             row["partial"] = True
         if val_loader is not None:
-            row["test_loss"], row["test_acc"] = evaluate(model, val_loader, loss_fn)
+            row["val_loss"], row["val_acc"] = evaluate(model, val_loader, loss_fn)
         history.append(row)
         if log:
-            test = f"  test loss {row['test_loss']:.4f} acc {row['test_acc']:.2%}" if val_loader is not None else ""
+            test = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}" if val_loader is not None else ""
             log(f"epoch {epoch:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}{test}"
                 f"  {seconds:.1f}s ({row['images_per_s']:.0f} img/s)" + (" (stopped)" if stop else ""))
         if stop:

@@ -31,9 +31,9 @@ def test_train_writes_complete_metrics_checkpoint_and_curves(one_epoch_run):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 1
     row = metrics["epochs"][0]
-    for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"):
+    for key in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"):
         assert isinstance(row[key], (int, float)), key
-    assert 0.1 < metrics["test_accuracy"] <= 1.0 and metrics["test_accuracy"] == row["test_acc"]
+    assert 0.1 < metrics["test_accuracy"] <= 1.0 and metrics["best_epoch"] == 1  # (tested once, at the end)
     png = (out / "training-curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     for name in ("metrics.json", "checkpoint.npz", "training-curves.png"):
@@ -316,5 +316,5 @@ def test_train_reference_runs_the_loop_kernels_to_the_same_numbers(tmp_path, mon
         assert len(calls) == (4 if flag else 0)  # 2 steps × LeNet-5's 2 convolutions, with the flag only
     assert not reference.active()  # off again after the run
     fast, loops_ = rows
-    for key in ("train_loss", "test_loss"):
+    for key in ("train_loss", "val_loss"):
         assert abs(fast[key] - loops_[key]) <= 1e-4 * abs(fast[key]), (key, fast[key], loops_[key])

@@ -119,12 +119,12 @@ def test_divergence_after_a_good_epoch_keeps_that_checkpoint_and_says_so(tmp_pat
 
 def test_an_epoch_with_a_non_finite_test_loss_or_weights_is_never_saved(tmp_path):
     with _run(tmp_path) as run:
-        row = {"epoch": 1, "train_loss": 0.5, "test_loss": float("nan"), "test_acc": 0.1}
-        with pytest.raises(Divergence, match="test loss of nan"):
+        row = {"epoch": 1, "train_loss": 0.5, "val_loss": float("nan"), "val_acc": 0.1}
+        with pytest.raises(Divergence, match="val loss of nan"):
             run._end_of_epoch(1, [row])
         next(run.model.parameters()).data[0, 0, 0, 0] = np.inf
         with pytest.raises(Divergence, match="weights that are not finite"):
-            run._end_of_epoch(1, [{**row, "test_loss": 0.5}])
+            run._end_of_epoch(1, [{**row, "val_loss": 0.5}])
         assert "no checkpoint was saved" in run.what_exists()
     assert not os.path.exists(run.ckpt_path) and not os.path.exists(run.metrics_path)
 
@@ -264,7 +264,8 @@ def test_concurrent_runs_on_one_out_one_trains_the_others_get_one_line(tmp_path)
             assert p.returncode == 2 and err.count("\n") == 1 and "Traceback" not in err, err
             assert "another convprop run (pid" in err or "holds an earlier run" in err, err
     assert checkpoint.load(str(out / "checkpoint.npz"))["meta"]["epoch"] == 2
-    assert sorted(os.listdir(out))[:3] == ["checkpoint.npz", "confusion-matrix.png", "feature-maps.png"]
+    assert sorted(os.listdir(out))[:4] == ["checkpoint-best.npz", "checkpoint.npz", "confusion-matrix.png",
+                                           "feature-maps.png"]
 
 
 def test_fit_calls_on_step_after_every_step_and_stops_when_it_says_so():
@@ -291,5 +292,5 @@ def test_fit_calls_on_step_after_every_step_and_stops_when_it_says_so():
     assert all(i.steps == 3 and np.isfinite(i.loss) and 0 <= i.correct <= i.batch_size and i.lr == 0.01
                for i in seen)
     assert [h["epoch"] for h in history] == [1, 2] and ended == [1]  # the partial epoch: a row, no on_epoch_end
-    assert history[1]["partial"] and "partial" not in history[0] and "test_acc" in history[1]
+    assert history[1]["partial"] and "partial" not in history[0] and "val_acc" in history[1]
     assert history[1]["train_loss"] == pytest.approx((seen[3].loss + seen[4].loss) / 2)

@@ -157,9 +157,9 @@ def test_mpiexec_two_ranks_train_end_to_end_as_one_process(two_rank_run):
     assert r2.stdout.count("epoch   2/2") == 1 and "Traceback" not in r2.stderr
     one, two = (json.loads((out / d / "metrics.json").read_text()) for d in ("one", "two"))
     for a, b in zip(one["epochs"], two["epochs"]):  # float32: the sums are added in another order
-        for key in ("train_loss", "test_loss"):  # (float64 agrees to 1e-10: the first test)
+        for key in ("train_loss", "val_loss"):  # (float64 agrees to 1e-10: the first test)
             assert b[key] == pytest.approx(a[key], rel=5e-3), key
-        assert abs(b["test_acc"] - a["test_acc"]) <= 3 / 300
+        assert abs(b["val_acc"] - a["val_acc"]) <= 3 / 300
     (_, w1), (meta2, w2) = ckpt_state(out / "one" / "checkpoint.npz"), ckpt_state(out / "two" / "checkpoint.npz")
     assert meta2["epoch"] == 2 and "workers" not in meta2["args"]
     for k in w1:  # (float32 Adam: a near-zero gradient's rounding can flip a weight's step; compare norms)

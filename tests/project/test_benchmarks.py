@@ -101,3 +101,14 @@ def test_deploy_benchmark_runs_at_smoke_size():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "ONNX Runtime img/s" in r.stdout and r.stdout.count("×") >= 3 and "CPU:" in r.stdout, r.stdout
+
+
+def test_accuracy_benchmark_runs_at_smoke_size(tmp_path):
+    out = tmp_path / "accuracy.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--smoke", "--model", "resnet8", "--workers", "1",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())[0]
+    assert row["model"] == "resnet8" and 0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0 and row["cpu"]
+    assert row["args"]["batch_size"] == 128  # resnet8's own recipe
+    assert "| resnet8 | 1 ep, batch 128, adam lr 0.005 |" in r.stdout

@@ -111,7 +111,7 @@ ALLOWED = {
     "data": {"functional"},
     "train": {"nn", "optim", "functional"},
     "distributed": {"train", "nn", "optim"},
-    "checkpoint": {"nn", "optim", "models"},
+    "checkpoint": {"nn", "optim", "models", "data"},  # (data: the input an old checkpoint implies)
     "weights": {"nn"},
     "run": {"train", "distributed", "checkpoint", "weights", "data", "models", "nn", "optim", "plots"},
     "plots": {"nn", "train", "data", "steps", "functional"},

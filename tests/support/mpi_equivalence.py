@@ -73,7 +73,7 @@ for case in CASES:
             "same_on_every_rank": all(e == everyone[0] for e in everyone),
             "train_loss": [history[0]["train_loss"], total / seen],
             "train_acc": [history[0]["train_acc"], correct / seen],
-            "test": [[history[0]["test_loss"], history[0]["test_acc"]], [test_loss, test_acc]],
+            "test": [[history[0]["val_loss"], history[0]["val_acc"]], [test_loss, test_acc]],
             "buffers": len(state(model)) - len(list(model.parameters())),
         }
 # the README's explicit loop with distributed.DistributedOptimizer: step(n) weights each rank by its shard

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import distributed
-from ..run import CHECKPOINT_NAME
+from ..run import BEST_NAME, CHECKPOINT_NAME
 from ..run.settings import problem
 
 
@@ -17,15 +17,19 @@ class UsageError(ValueError):
     """A bad value on the command line."""
 
 
-def run_paths(path: str) -> tuple[str, str]:
+def run_paths(path: str, last: bool = False) -> tuple[str, str]:
     """(run directory, checkpoint) from either: every command takes both, a run directory meaning its
-    checkpoint.npz and a checkpoint the directory it lies in."""
+    checkpoint-best.npz where it has one (the checkpoint its test was run on) else its checkpoint.npz —
+    with last=True (what --resume continues) always its checkpoint.npz — and a checkpoint the directory
+    it lies in."""
     if os.path.isdir(path):
-        return path, os.path.join(path, CHECKPOINT_NAME)
+        best = os.path.join(path, BEST_NAME)
+        return path, best if not last and os.path.isfile(best) else os.path.join(path, CHECKPOINT_NAME)
     return os.path.dirname(path) or ".", path
 
 
-CKPT_HELP = "a checkpoint.npz written by convprop train, or the run directory that holds it"
+CKPT_HELP = ("a checkpoint written by convprop train (checkpoint-best.npz or checkpoint.npz), or the run directory "
+             "that holds it (meaning its checkpoint-best.npz, else its checkpoint.npz)")
 
 
 def positive_int(text: str) -> int:

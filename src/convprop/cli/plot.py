@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from .. import checkpoint
-from ..data import load_images
 from ..plots import pictures
 from ..run import METRICS_NAME, _subset, read_metrics
+from ..run.data import evaluation_data
 from ._options import UsageError, run_paths
 
 
@@ -28,9 +28,10 @@ def run(args) -> int:
     history, saved = read_metrics(metrics_path)  # (first: the run's own record, then the checkpoint it names)
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.restore_model(ckpt, ckpt_path)
-    images, labels = load_images(args.data or saved.data, train=False)
+    spec = checkpoint.input_spec(ckpt["meta"])
+    images, labels, _ = evaluation_data(args.data or saved.data, spec)
     images, labels = _subset(images, labels, saved.test_size, saved.seed)
     if len(labels) == 0:
         raise UsageError(f"--data {args.data or saved.data}: the test set has no images")
-    pictures(run, model, history, images, labels)
+    pictures(run, model, history, images, labels, mean=spec["mean"], std=spec["std"])
     return 0

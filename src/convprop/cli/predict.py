@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import checkpoint
 from ..data import normalize
-from ..data.images import IMAGE_EXTENSIONS, ImageError, class_names, display_name, read_digit
+from ..data.folders import read_image
+from ..data.images import IMAGE_EXTENSIONS, ImageError, display_name, read_digit
 from ..train import predict
 from ._options import CKPT_HELP, UsageError, run_paths
 
@@ -26,7 +27,9 @@ def add_parser(sub) -> None:
                                    "the digit are left out. A warning goes to stderr (and into --json) for an "
                                    "image with no digit-like ink, a tiny or degenerate one, ink only in the "
                                    "alpha channel, or a top probability under 0.5. --show DIR writes the 28×28 "
-                                   "image each file became, as the model saw it.")
+                                   "image each file became, as the model saw it. For a model trained on a folder "
+                                   "of images, each is read as its training images were (channels, size, "
+                                   "normalisation, as the checkpoint records) and named by the folder's classes.")
     r.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
     r.add_argument("images", metavar="IMAGE", nargs="+",
                    help="image files, or directories of them (PNG, JPEG, BMP, GIF, WebP, TIFF; any size)")
@@ -52,13 +55,20 @@ def image_paths(items: list[str]) -> list[str]:
     return paths
 
 
-def _read(paths: list[str], debug: bool) -> list[tuple[str, tuple]]:
-    """(path, read_digit(path)) of every readable image; each unreadable one skipped with a one-line warning
-    (with --debug the first raises, traceback and all)."""
+def _read(paths: list[str], debug: bool, spec: dict) -> list[tuple[str, tuple]]:
+    """(path, (image, warnings)) of every readable image, read as the checkpoint's input says: MNIST's digit
+    preparation (read_digit), or the whole image in its channels resized to its size, as its training images
+    were (data/folders.py); each unreadable one skipped with a one-line warning (with --debug the first
+    raises, traceback and all)."""
     read = []
     for path in paths:
         try:
-            read.append((path, read_digit(path)))
+            if spec["prepare"] == "digit":
+                read.append((path, read_digit(path)))
+            elif not os.path.exists(path):
+                raise FileNotFoundError(f"{path}: no such image file")
+            else:
+                read.append((path, (read_image(path, tuple(spec["size"]), spec["channels"]), [])))
         except (ImageError, OSError) as e:
             if debug:
                 raise
@@ -73,24 +83,23 @@ def run(args) -> int:
     args.checkpoint = run_paths(args.checkpoint)[1]
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
-    first = next((m for m in model.modules() if hasattr(m, "in_channels")), None)
-    if first is not None and first.in_channels != 1:
-        raise ValueError(f"{args.checkpoint}: the model takes {first.in_channels}-channel images; predict prepares "
-                         "images as MNIST digits (1 channel, 28×28)")
-    classes = predict(model, np.zeros((1, 1, 28, 28), model.dtype)).shape[1]
-    if args.top_k > classes:
-        raise UsageError(f"--top-k: expected at most {classes} (the model's classes), got {args.top_k}")
-    saved = ckpt["meta"].get("args")
-    names = class_names(saved.get("data") if isinstance(saved, dict) else None, classes)
+    spec = checkpoint.input_spec(ckpt["meta"])  # the size, channels, normalisation and class names it was trained on
+    if spec["prepare"] == "digit" and spec["channels"] != 1:
+        raise ValueError(f"{args.checkpoint}: the model takes {spec['channels']}-channel images; predict prepares "
+                         "digits as MNIST's (1 channel, 28×28)")
+    names = spec["classes"]
+    if args.top_k > len(names):
+        raise UsageError(f"--top-k: expected at most {len(names)} (the model's classes), got {args.top_k}")
     paths = image_paths(args.images)
     show = Show(args.show) if args.show else None
     readable = 0
     for start in range(0, len(paths), CHUNK):
-        read = _read(paths[start:start + CHUNK], args.debug)
+        read = _read(paths[start:start + CHUNK], args.debug, spec)
         if not read:
             continue
         readable += len(read)
-        probs = predict(model, normalize(np.stack([d for _, (d, _) in read]), dtype=model.dtype))
+        x = normalize(np.stack([d for _, (d, _) in read]), spec["mean"], spec["std"], dtype=model.dtype)
+        probs = predict(model, x)
         for (path, (digit, warnings)), p in zip(read, probs):
             top = np.argsort(-p, kind="stable")[:args.top_k]
             if p[top[0]] < LOW_P:
@@ -98,7 +107,7 @@ def run(args) -> int:
                                 "a digit the model knows; --show DIR shows what it saw")
             for w in warnings:
                 print(f"convprop: warning: {display_name(path)}: {w}", file=sys.stderr)
-            if show is not None:
+            if show is not None and digit.ndim == 2:  # (the digits; a folder model's images are not drawn)
                 show.write(path, digit)
             if args.json:
                 print(json.dumps({"image": path, "class": int(top[0]), "name": names[top[0]],

@@ -10,6 +10,7 @@ from .. import distributed, models
 from ..functional import use_reference
 from ..functional._schedule import get_num_threads, set_num_threads
 from ..run import DEFAULT_LR, OPTIMIZERS, Run, Settings
+from ..run.settings import RECIPES
 from ._options import positive_int, run_paths, setting
 
 
@@ -20,11 +21,21 @@ def add_parser(sub) -> None:
                                    "tested on the official 10,000 test images.")
     d = Settings()
     t.add_argument("--model", choices=sorted(models.MODELS), default=None,
-                   help=f"architecture (default: {d.model})")
+                   help=f"architecture (default: {d.model}); " + "; ".join(
+                       f"{m}'s own defaults: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in r.items())
+                       for m, r in RECIPES.items()))
     t.add_argument("--data", metavar="DIR", default=None,
                    help="directory of MNIST / Fashion-MNIST IDX files, .gz or raw, also torchvision's "
-                        "MNIST/raw layout; or of CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin) "
+                        "MNIST/raw layout; or of CIFAR-10's binary batches (data_batch_*.bin, test_batch.bin); or "
+                        "of images, one folder per class (DIR/<class>/*.png|jpg|…), or already split "
+                        "(DIR/train/<class>/…, DIR/val/<class>/… and/or DIR/test/<class>/…) "
                         "(default: the bundled MNIST sample)")
+    t.add_argument("--val-split", type=setting("val_split", float), default=None, metavar="F",
+                   help=f"fraction of the training images held out for validation, stratified per class and "
+                        f"seeded (default: {d.val_split:g}; 0: none; a folder's own val/ replaces it)")
+    t.add_argument("--final", choices=["best", "last"], default=None,
+                   help="the checkpoint the test set is evaluated on at the end: the best validation epoch's "
+                        f"(checkpoint-best.npz) or the last (checkpoint.npz) (default: {d.final})")
     t.add_argument("--epochs", type=setting("epochs", int), default=None,
                    help=f"number of epochs (default: {d.epochs})")
     t.add_argument("--batch-size", type=setting("batch_size", int), default=None,
@@ -36,6 +47,10 @@ def add_parser(sub) -> None:
                    help=f"optimizer; sgd uses Nesterov momentum 0.9 (default: {d.optimizer})")
     t.add_argument("--shift", type=setting("shift", int), default=None, metavar="PX",
                    help=f"random shift augmentation in pixels, 0 to 4 (default: {d.shift})")
+    t.add_argument("--rotate", type=setting("rotate", float), default=None, metavar="DEG",
+                   help=f"random rotation augmentation, ± degrees, 0 to 45 (default: {d.rotate:g})")
+    t.add_argument("--scale", type=setting("scale", float), default=None, metavar="F",
+                   help=f"random scaling augmentation, ± fraction, 0 to 0.5 (default: {d.scale:g})")
     t.add_argument("--seed", type=setting("seed", int), default=None,
                    help=f"random seed, a non-negative integer (default: {d.seed})")
     t.add_argument("--train-size", type=setting("train_size", int), default=None, metavar="N",
@@ -43,7 +58,8 @@ def add_parser(sub) -> None:
     t.add_argument("--test-size", type=setting("test_size", int), default=None, metavar="N",
                    help="test on a random subset of N images (default: all)")
     t.add_argument("--out", metavar="DIR", default=None,
-                   help="where metrics.json, checkpoint.npz and the pictures go; it must not hold another run "
+                   help="where metrics.json, checkpoint.npz (the last epoch's), checkpoint-best.npz (the best "
+                        "validation epoch's) and the pictures go; it must not hold another run "
                         "(default: runs/<model>-seed<seed>, numbered -2, -3, … if that holds one; or the "
                         "resumed checkpoint's directory)")
     t.add_argument("--init", metavar="WEIGHTS", default=None,
@@ -66,7 +82,7 @@ def add_parser(sub) -> None:
 
 # --------------------------------------------------------------------------- train
 SETTINGS_FLAGS = ("model", "epochs", "batch_size", "lr", "optimizer", "shift", "seed", "train_size", "test_size",
-                  "init")
+                  "init", "val_split", "final", "rotate", "scale")
 
 
 def run(args) -> int:
@@ -88,9 +104,9 @@ def run(args) -> int:
     options = dict(progress=not args.no_progress, detect_anomaly=args.detect_anomaly)
     with distributed.together("setting up the run"):  # (an error on any rank: said once, every rank stops)
         if args.resume:
-            run = Run.resume(run_paths(args.resume)[1], args.out, given=given, data=args.data, **options)
+            run = Run.resume(run_paths(args.resume, last=True)[1], args.out, given=given, data=args.data, **options)
         else:
-            run = Run(Settings(data=args.data, **given), args.out, **options)
+            run = Run(Settings.recipe(data=args.data, **given), args.out, **options)
     with run:
         with use_reference(args.reference):  # the training and its tests on the loop kernels, not the pictures
             run.train()

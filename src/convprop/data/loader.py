@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..functional import standardize as affine
+from .augment import random_affine
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # CIFAR-10: per-channel mean and standard deviation of the 50,000 training images (pixels / 255)
@@ -93,12 +94,16 @@ def random_crop_flip(x: np.ndarray, padding: int, flip: bool, fill: np.ndarray, 
 
 
 class DataLoader:
-    """Iterate (x float (B, C, H, W), y int64 (B,)) batches over uint8 images and labels.
+    """Iterate (x float (B, C, H, W), y int64 (B,)) batches over uint8 images and labels — or over a
+    dataset: `DataLoader(dataset, batch_size=…)` with an ArrayDataset, an ImageFolder (whose own mean
+    and std it normalises with), or any sequence of (image, label) pairs.
 
-    Augmentation: ±max_shift px random shifts (MNIST), or random crops of the image padded by
-    crop_padding px and random horizontal flips (hflip) — CIFAR's.  The order and the draws of epoch e
-    come from a generator seeded by (seed, e): the same seed
-    gives the same batches, and a resumed run continues exactly where it stopped (set `epoch`).
+    Augmentation: ±max_shift px random shifts (MNIST); with max_rotation (degrees) or max_scale (s in
+    [1 − max_scale, 1 + max_scale]) also, one random affine warp per batch (data/augment.py) that
+    rotates, scales and shifts (by up to max_shift px, not only whole pixels) each image; or random
+    crops of the image padded by crop_padding px and random horizontal flips (hflip) — CIFAR's.  The order
+    and the draws of epoch e come from a generator seeded by (seed, e): the same seed gives the same
+    batches, and a resumed run continues exactly where it stopped (set `epoch`).
 
     num_replicas K > 1, rank k (data parallelism, as torch's DistributedSampler; convprop.distributed):
     every process draws the same order and shifts, and yields only its shard of each batch — of a
@@ -109,9 +114,13 @@ class DataLoader:
     batches (steps), the same on every process.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int = 64, shuffle: bool = False,
+    def __init__(self, images, labels: np.ndarray | None = None, batch_size: int = 64, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False, max_shift: int = 0, mean=None, std=None, dtype=np.float32,
-                 crop_padding: int = 0, hflip: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+                 crop_padding: int = 0, hflip: bool = False, num_replicas: int = 1, rank: int = 0,
+                 max_rotation: float = 0.0, max_scale: float = 0.0) -> None:
+        if labels is None:  # a dataset
+            images, labels, mean, std = _unpack(images, mean, std)
+        images = np.asarray(images)
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
         if isinstance(num_replicas, bool) or not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
@@ -131,6 +140,10 @@ class DataLoader:
         if not isinstance(crop_padding, (int, np.integer)) or crop_padding < 0:
             raise ValueError(f"crop_padding: expected a non-negative int, got {crop_padding!r}")
         self.crop_padding, self.hflip = int(crop_padding), bool(hflip)
+        for name, v, top in (("max_rotation", max_rotation, 180), ("max_scale", max_scale, 0.9)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 <= v <= top:
+                raise ValueError(f"{name}: expected a number from 0 to {top}, got {v!r}")
+        self.max_rotation, self.max_scale = float(max_rotation), float(max_scale)
         zero = np.zeros((1,) + self.x.shape[1:2] + (1, 1) if images.ndim == 4 else (1, 1, 1), np.uint8)
         self.fill = normalize(zero, mean, std, dtype).reshape(1, -1, 1, 1)  # a black pixel, normalised
 
@@ -150,8 +163,26 @@ class DataLoader:
             start, total = len(idx) * r // K, len(idx)
             idx = idx[start:len(idx) * (r + 1) // K]  # this process's shard (all of it when K = 1)
             x = self.x[idx]
-            if self.max_shift:
+            if self.max_rotation or self.max_scale:
+                x = random_affine(x, rng, self.max_rotation, self.max_scale, self.max_shift, shard=(start, total))
+            elif self.max_shift:
                 x = random_shift(x, self.max_shift, rng, (start, total))
             if self.crop_padding or self.hflip:
                 x = random_crop_flip(x, self.crop_padding, self.hflip, self.fill, rng, (start, total))
             yield x, self.y[idx]
+
+
+def _unpack(dataset, mean, std) -> tuple[np.ndarray, np.ndarray, object, object]:
+    """(images, labels, mean, std) of a dataset: its arrays (ArrayDataset, ImageFolder) and normalisation
+    (where the caller gave none), or its (image, label) pairs stacked."""
+    if hasattr(dataset, "images") and hasattr(dataset, "targets"):
+        return (dataset.images, dataset.targets, getattr(dataset, "mean", None) if mean is None else mean,
+                getattr(dataset, "std", None) if std is None else std)
+    try:
+        pairs = [dataset[i] for i in range(len(dataset))]
+    except TypeError:
+        raise TypeError(f"DataLoader: expected images and labels, or a dataset of (image, label) pairs, got "
+                        f"{type(dataset).__name__}") from None
+    if not pairs:
+        raise ValueError("DataLoader: the dataset holds no samples")
+    return np.stack([np.asarray(x) for x, _ in pairs]), np.array([y for _, y in pairs]), mean, std

@@ -6,9 +6,10 @@
     reused — an earlier run there is refused, or, for the default directory, the next number taken;
   - the data, the model, the optimizer and its one-cycle schedule — built from `Settings`, or
     restored from a checkpoint by `Run.resume`;
-  - after every epoch a checkpoint and metrics.json — only of finite weights with a finite loss —
-    so an interrupted or killed run is still a run that `convprop plot` draws and `--resume` continues;
-  - the pictures at the end.
+  - after every epoch a checkpoint (checkpoint.npz) and metrics.json — only of finite weights with a
+    finite loss — so an interrupted or killed run is still a run that `convprop plot` draws and
+    `--resume` continues; and checkpoint-best.npz, the epoch of the best validation accuracy so far;
+  - at the end, the test set evaluated once, on the checkpoint `final` names (best or last), and the pictures.
 Every failure a user can cause ends in `RunError` (one line); a run that diverges ends in
 `RunDiverged`, one saying exactly which checkpoint, if any, exists.
 """
@@ -25,23 +26,18 @@ import numpy as np
 
 from .. import checkpoint, distributed, models, nn, optim
 from .. import random as _random
-from ..data import DataLoader, load_images, normalize
+from ..data import DataLoader, normalize
 from ..errors import Divergence, RunDiverged, RunError, RunInterrupted, mark_every_rank
+from ..train import evaluate
+from .data import load_run_data
 from .metrics import metrics, write_metrics
-from .rundir import CHECKPOINT_NAME, METRICS_NAME, claim, remove_created
+from .rundir import BEST_NAME, CHECKPOINT_NAME, METRICS_NAME, claim, remove_created
 from .settings import Settings, default_out
 
 
 def count(n: int, noun: str) -> str:
     """'1 epoch', '15 epochs', '5,000 images'."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
-def _subset(images: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if n is None or n >= len(labels):
-        return images, labels
-    idx = np.sort(np.random.default_rng([seed, 1234]).permutation(len(labels))[:n])
-    return images[idx], labels[idx]
 
 
 def make_optimizer(name: str, params, lr: float) -> optim.Optimizer:
@@ -73,6 +69,8 @@ class Run:
         self.status = "running"
         self.out = self._claim(out)
         self.ckpt_path = os.path.join(self.out, CHECKPOINT_NAME)
+        self.best_path = os.path.join(self.out, BEST_NAME)
+        self.test_result: dict | None = None
         self.metrics_path = os.path.join(self.out, METRICS_NAME)
         try:
             self._build()
@@ -111,17 +109,22 @@ class Run:
 
     def _build(self) -> None:
         s = self.settings
-        images, labels = load_images(s.data, train=True)  # MNIST-style IDX, or CIFAR-10's binary batches
-        test_images, test_labels = load_images(s.data, train=False)
-        self.images, self.labels = _subset(images, labels, s.train_size, s.seed)
-        self.test_images, self.test_labels = _subset(test_images, test_labels, s.test_size, s.seed)
-        for what, ys in (("training", self.labels), ("test", self.test_labels)):
-            if len(ys) == 0:
-                raise RunError(f"--data {s.data or '(the bundled sample)'}: the {what} set has no images")
+        # a resumed run reads its data as it did (a checkpoint from before "input" existed: as the data says)
+        saved_input = self.ckpt["meta"].get("input") if self.ckpt is not None else None
+        d = load_run_data(s.data, s.model, s.val_split, s.seed, s.train_size, s.test_size, saved_input)
+        self.data = d
+        self.images, self.labels = d.train
+        self.val_images, self.val_labels = d.val if d.val is not None else (None, None)
+        self.test_images, self.test_labels = d.test if d.test is not None else (None, None)
+        if len(self.labels) == 0:
+            raise RunError(f"--data {s.data or '(the bundled sample)'}: the training set has no images")
+        if d.test is not None and len(self.test_labels) == 0:
+            raise RunError(f"--data {s.data or '(the bundled sample)'}: the test set has no images")
+        self.input = d.input
         _random.manual_seed(s.seed)
-        self.config = {"num_classes": 10}
-        if self.colour:
-            self.config["in_channels"] = 3
+        self.config = {"num_classes": 10 if d.kind != "folder" else len(d.input["classes"])}
+        if d.input["channels"] != 1:
+            self.config["in_channels"] = d.input["channels"]
         if self.ckpt is None:
             self.model = models.build(s.model, **self.config)
             if s.init is not None:
@@ -133,20 +136,30 @@ class Run:
         dtype = self.model.dtype
         self._check_images_fit(dtype)
         # with K ranks, every rank draws the same order and shifts and takes its shard of each batch
-        augment = dict(crop_padding=4, hflip=True) if self.colour else dict(max_shift=s.shift)  # CIFAR's, or shifts
+        norm = dict(mean=d.input["mean"], std=d.input["std"], dtype=dtype)
+        if d.kind == "cifar":
+            augment = dict(crop_padding=4, hflip=True)
+        else:  # digits and folders: shifts, and rotation and scaling where asked for
+            augment = dict(max_shift=s.shift, max_rotation=s.rotate, max_scale=s.scale)
         self.train_loader = DataLoader(self.images, self.labels, s.batch_size, shuffle=True, seed=s.seed,
-                                       dtype=dtype, num_replicas=self.world, rank=self.rank, **augment)
-        self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, dtype=dtype)  # (evaluation shards it)
+                                       num_replicas=self.world, rank=self.rank, **augment, **norm)
+        self.val_loader = DataLoader(self.val_images, self.val_labels, 1000, **norm) if d.val is not None else None
+        self.test_loader = DataLoader(self.test_images, self.test_labels, 1000, **norm) if d.test is not None \
+            else None
         self.optimizer = make_optimizer(s.optimizer, self.model.parameters(), s.lr)
         self.scheduler = optim.OneCycleLR(self.optimizer, max_lr=s.lr, epochs=s.epochs,
                                           steps_per_epoch=len(self.train_loader))
         self.loss_fn = nn.CrossEntropyLoss()
+        self.best_epoch, self.best_loss = 0, math.inf  # the best validation epoch so far: the lowest loss
         if self.ckpt is not None:
             checkpoint.restore_training(self.ckpt, self.model, self.optimizer, self.scheduler, self.resume_path)
             meta = self.ckpt["meta"]
             self.start_epoch = self.saved_epoch = meta.get("epoch", 0)
             self.history = list(meta.get("history", []))
             self.train_loader.epoch = self.start_epoch
+            for row in self.history:  # the best so far, as the run before saw it
+                if isinstance(row.get("val_loss"), (int, float)) and row["val_loss"] < self.best_loss:
+                    self.best_epoch, self.best_loss = row.get("epoch", 0), row["val_loss"]
 
     def _check_resumed_model(self) -> None:
         """The checkpoint's weights are those of the model its settings name, for this data (its classes
@@ -187,7 +200,7 @@ class Run:
     def _check_images_fit(self, dtype) -> None:
         """One image through the model before training: a size it cannot take is one line now, not a
         traceback after an epoch."""
-        x = normalize(self.images[:1], dtype=dtype)
+        x = normalize(self.images[:1], self.input["mean"], self.input["std"], dtype=dtype)
         try:
             out = self.model.eval()(x)
         except (ValueError, TypeError) as e:
@@ -196,22 +209,27 @@ class Run:
         finally:
             self.model.train()
         k = out.shape[1]
-        top = int(max(self.labels.max(), self.test_labels.max()))
+        top = int(max(ys.max(initial=0) for ys in (self.labels, self.val_labels, self.test_labels) if ys is not None))
         if top >= k:
             raise RunError(f"--data: labels go up to {top}, but the model has {k} classes")
 
     # ----------------------------------------------------------------- training
-    @property
-    def colour(self) -> bool:
-        """Colour images (N, 3, H, W): CIFAR-10."""
-        return self.images.ndim == 4
-
     def describe(self) -> str:
-        s, w = self.settings, self.world
+        s, w, d = self.settings, self.world, self.data
         n_params = sum(p.data.size for p in self.model.parameters())
-        return (f"training {s.model} ({n_params:,} parameters) on {count(len(self.labels), 'image')}, testing "
-                f"on {len(self.test_labels):,}; {count(s.epochs, 'epoch')}, batch {s.batch_size}, {s.optimizer} "
-                f"one-cycle lr {s.lr:g}, " + ("4 px random crops and flips" if self.colour else f"±{s.shift} px shifts")
+        sets = count(len(self.labels), "image") + (f", validating on {len(self.val_labels):,}" if d.val else "") + (
+            f", testing on {len(self.test_labels):,}" if d.test else "")
+        if d.kind == "folder":
+            i = d.input
+            sets += f" ({len(i['classes'])} classes, {i['size'][0]}×{i['size'][1]}, {i['channels']} channel" + \
+                "s" * (i["channels"] != 1) + ")"
+        if d.kind == "cifar":
+            aug = "4 px random crops and flips"
+        else:
+            aug = ", ".join([f"±{s.shift} px shifts"] + [f"±{s.rotate:g}° rotations"] * bool(s.rotate)
+                            + [f"±{s.scale:.0%} scaling"] * bool(s.scale))
+        return (f"training {s.model} ({n_params:,} parameters) on {sets}; {count(s.epochs, 'epoch')}, "
+                f"batch {s.batch_size}, {s.optimizer} one-cycle lr {s.lr:g}, {aug}"
                 + (f"; {w} MPI ranks" if w > 1 else ""))
 
     def train(self) -> list[dict]:
@@ -230,7 +248,7 @@ class Run:
             with warnings.catch_warnings():  # overflow on the way to NaN: said once, by the Divergence below
                 warnings.simplefilter("ignore", RuntimeWarning)
                 self.history = distributed.fit(self.model, self.loss_fn, self.optimizer, self.train_loader,
-                                               s.epochs, self.test_loader, self.scheduler, start_epoch=self.start_epoch,
+                                               s.epochs, self.val_loader, self.scheduler, start_epoch=self.start_epoch,
                                                history=self.history, progress=self.progress,
                                                on_epoch_end=self._end_of_epoch, log=self.log)
         except (Divergence, nn.AnomalyError) as e:
@@ -276,7 +294,7 @@ class Run:
 
     def _end_of_epoch(self, epoch: int, history: list[dict]) -> None:
         self.history, row = history, history[-1]
-        bad = [k for k in ("train_loss", "test_loss") if k in row and not math.isfinite(row[k])]
+        bad = [k for k in ("train_loss", "val_loss") if k in row and not math.isfinite(row[k])]
         # (every rank holds the same history and weights: under MPI, every rank raises these together)
         if bad:
             raise mark_every_rank(Divergence(
@@ -288,33 +306,77 @@ class Run:
         if self.rank != 0:  # every rank holds the same model: rank 0 alone writes it
             self.saved_epoch = epoch
             return
-        try:
-            checkpoint.save(self.ckpt_path, self.model, self.settings.model, self.config, self.optimizer,
-                            self.scheduler, epoch, history=history, args=self.settings.dict())
-        except OSError as e:
-            raise RunError(f"could not save the checkpoint of epoch {epoch} to {self.ckpt_path} "
-                           f"({e.strerror or e}); {self.what_exists()}") from None
-        self.saved_epoch = epoch
+        # the best: the lowest validation loss (Keras's ModelCheckpoint default; on a few hundred images the
+        # accuracy moves in steps and ties, the loss does not); without validation, none
+        best = bool("val_loss" in row and row["val_loss"] < self.best_loss)
+        for path in (self.ckpt_path,) + (self.best_path,) * best:
+            try:
+                checkpoint.save(path, self.model, self.settings.model, self.config, self.optimizer,
+                                self.scheduler, epoch, history=history, args=self.settings.dict(), input=self.input)
+            except OSError as e:
+                raise RunError(f"could not save the checkpoint of epoch {epoch} to {path} "
+                               f"({e.strerror or e}); {self.what_exists()}") from None
+            self.saved_epoch = epoch if path == self.ckpt_path else self.saved_epoch
+        if best:
+            self.best_epoch, self.best_loss = epoch, row["val_loss"]
         self.write_metrics()
 
     def metrics(self) -> dict:
-        return metrics(self.settings, self.status, self.history, self.seconds)
+        m = metrics(self.settings, self.status, self.history, self.seconds)
+        best = next((h for h in self.history if h.get("epoch") == self.best_epoch), {})
+        m.update(best_epoch=self.best_epoch or None, best_val_loss=best.get("val_loss"),
+                 best_val_accuracy=best.get("val_acc"),
+                 final=self.settings.final, input=self.input)
+        if self.test_result is not None:
+            m.update(self.test_result)
+        return m
 
     def write_metrics(self) -> None:
         write_metrics(self.metrics_path, self.metrics(), self.what_exists())
 
     # ----------------------------------------------------------------- the end
+    def final_model(self) -> tuple[nn.Module, str, int]:
+        """(model, path, epoch) of the checkpoint `final` names: the best validation epoch's or the last."""
+        path = self.best_path if self.settings.final == "best" and os.path.exists(self.best_path) else self.ckpt_path
+        if not os.path.exists(path):
+            return self.model, path, len(self.history)
+        ckpt = checkpoint.load(path)
+        return checkpoint.restore_model(ckpt, path), path, ckpt["meta"].get("epoch", 0)
+
+    def test(self) -> dict | None:
+        """The test set, evaluated once, on the final checkpoint (None without a test set)."""
+        if self.test_loader is None:
+            return None
+        model, path, epoch = self.final_model()
+        loss, acc = evaluate(model, self.test_loader, self.loss_fn)
+        self.test_result = {"test_accuracy": acc, "test_loss": loss, "test_checkpoint": path, "test_epoch": epoch}
+        self.tested_model = model
+        return self.test_result
+
     def finish(self) -> list[str]:
-        """The closing lines and the pictures; returns the pictures' paths."""
-        m = self.metrics()
-        if m["test_accuracy"] is not None:
-            self.log(f"test accuracy {m['test_accuracy']:.2%} after {count(len(self.history), 'epoch')} "
+        """The test, the closing lines and the pictures; returns the pictures' paths."""
+        result = self.test() if self.history else None
+        if result is not None:
+            which = f"{self.settings.final} epoch {result['test_epoch']}" if self.best_epoch else "last epoch"
+            self.log(f"test accuracy {result['test_accuracy']:.2%} after {count(len(self.history), 'epoch')} "
+                     f"({self.seconds:.1f} s this run; {which}: {os.path.basename(result['test_checkpoint'])})")
+            self.write_metrics()
+        elif self.best_epoch:
+            best = next(h for h in self.history if h.get("epoch") == self.best_epoch)
+            self.log(f"validation accuracy {best['val_acc']:.2%} at the best epoch, {self.best_epoch} of "
+                     f"{len(self.history)} "
                      f"({self.seconds:.1f} s this run)")
         self.log(f"metrics:    {self.metrics_path}")
-        self.log(f"checkpoint: {self.ckpt_path}")
+        self.log(f"checkpoint: {self.ckpt_path} (last)" + (f", {self.best_path} (best)" if self.best_epoch else ""))
         from ..plots import pictures
 
-        return pictures(self.out, self.model, self.history, self.test_images, self.test_labels, self.log)
+        model = getattr(self, "tested_model", self.model)
+        images, labels = (self.test_images, self.test_labels) if self.test_loader is not None else \
+            (self.val_images, self.val_labels)
+        if images is None:
+            images, labels = self.images, self.labels
+        return pictures(self.out, model, self.history, images, labels, self.log,
+                        mean=self.input["mean"], std=self.input["std"])
 
     def close(self) -> None:
         lock = getattr(self, "_lock", None)

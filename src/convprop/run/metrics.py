@@ -16,10 +16,10 @@ MAX_METRICS_BYTES = 64 << 20
 
 
 def metrics(settings: Settings, status: str, history: list[dict], seconds: float) -> dict:
-    """metrics.json's content: the settings, the status, one row per epoch, the last test scores."""
-    last = history[-1] if history else {}
+    """metrics.json's content: the settings, the status, one row per epoch (the test scores: Run adds
+    them, of the one evaluation at the end)."""
     return {"model": settings.model, "args": settings.dict(), "status": status, "epochs": history,
-            "test_accuracy": last.get("test_acc"), "test_loss": last.get("test_loss"), "seconds": seconds}
+            "test_accuracy": None, "test_loss": None, "seconds": seconds}
 
 
 def write_metrics(path: str, value: dict, what_exists: str) -> None:
@@ -52,9 +52,10 @@ def read_metrics(path: str) -> tuple[list[dict], Settings]:
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    with_test = "test_loss" in rows[0]
+    scored = ("val_loss", "val_acc") if "val_loss" in rows[0] else ("test_loss", "test_acc") if "test_loss" in rows[0] \
+        else ()  # (test: a run from before the validation split)
     for k, row in enumerate(rows):
-        keys = ("epoch", "train_loss", "train_acc") + (("test_loss", "test_acc") if with_test else ())
+        keys = ("epoch", "train_loss", "train_acc") + scored
         if not isinstance(row, dict) or not all(number(row.get(key)) for key in keys):
             raise RunError(f"{path}: epochs[{k}]: expected numbers {', '.join(keys)}, got {str(row)[:80]}")
     args = content.get("args")

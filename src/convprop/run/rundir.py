@@ -9,11 +9,13 @@ from collections.abc import Callable
 
 from .settings import RunError
 
-CHECKPOINT_NAME, METRICS_NAME, LOCK_NAME = "checkpoint.npz", "metrics.json", ".convprop.lock"
+# checkpoint.npz: the last epoch's (what --resume continues); checkpoint-best.npz: the best validation epoch's
+CHECKPOINT_NAME, BEST_NAME, METRICS_NAME, LOCK_NAME = ("checkpoint.npz", "checkpoint-best.npz", "metrics.json",
+                                                        ".convprop.lock")
 
 
 def holds_run(directory: str) -> bool:
-    return any(os.path.exists(os.path.join(directory, n)) for n in (CHECKPOINT_NAME, METRICS_NAME))
+    return any(os.path.exists(os.path.join(directory, n)) for n in (CHECKPOINT_NAME, BEST_NAME, METRICS_NAME))
 
 
 def make_directory(path: str) -> str | None:

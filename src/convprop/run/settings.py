@@ -25,6 +25,16 @@ def _whole(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+FINAL = ("best", "last")  # which checkpoint the test set is evaluated on at the end
+# Settings written before these existed: the run they describe had no validation split and no rotation
+# or scaling, so a resumed one has none either.
+BEFORE_VALIDATION = {"val_split": 0.0, "rotate": 0.0, "scale": 0.0, "final": "last"}
+
+
 # setting: (is this value allowed?, what is expected); None is also allowed for the OPTIONAL ones
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (lambda v: isinstance(v, str) and v in models.MODELS, f"one of {sorted(models.MODELS)}"),
@@ -37,6 +47,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_size": (lambda v: _whole(v) and v >= 1, "a positive integer"),
     "shift": (lambda v: _whole(v) and 0 <= v <= 4, "an integer from 0 to 4"),
     "seed": (lambda v: _whole(v) and 0 <= v < 2**63, "a non-negative integer below 2**63"),
+    "val_split": (lambda v: _number(v) and 0 <= v <= 0.9, "a fraction from 0 to 0.9"),
+    "final": (lambda v: v in FINAL, f"one of {list(FINAL)}"),
+    "rotate": (lambda v: _number(v) and 0 <= v <= 45, "degrees from 0 to 45"),
+    "scale": (lambda v: _number(v) and 0 <= v <= 0.5, "a fraction from 0 to 0.5"),
     "lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
            "a positive number"),
 }
@@ -49,6 +63,12 @@ def problem(name: str, value: Any) -> str | None:
     if value is None and name in OPTIONAL:
         return None
     return None if allowed(value) else expected + (" or None" if name in OPTIONAL else "")
+
+
+# A model's own default recipe, where it differs from the dataclass's (LeNet-5's): what `convprop train
+# --model NAME` uses for the flags not given.  ResNet-8: 30 epochs of batch 128 (Adam, one-cycle 0.005);
+# measured against others in docs/residual.md.
+RECIPES: dict[str, dict[str, Any]] = {"resnet8": {"epochs": 30, "batch_size": 128}}
 
 
 @dataclasses.dataclass
@@ -66,6 +86,10 @@ class Settings:
     train_size: int | None = None
     test_size: int | None = None
     init: str | None = None  # a safetensors file of weights (torch's keys) the model starts from
+    val_split: float = 0.1  # of the training images, held out (stratified, seeded) to validate on
+    final: str = "best"  # the checkpoint the test set is evaluated on at the end: the best validation epoch's
+    rotate: float = 10.0  # random rotation augmentation, ± degrees
+    scale: float = 0.1  # random scaling augmentation, ± fraction
 
     def __post_init__(self) -> None:
         if self.lr is None and self.optimizer in DEFAULT_LR:
@@ -89,10 +113,20 @@ class Settings:
         missing = [k for k in ("model", "epochs", "optimizer", "lr", "seed") if k not in saved]
         if missing:
             raise RunError(f"{where}: the run settings lack {', '.join(missing)}; cannot resume")
+        saved = {**BEFORE_VALIDATION, **saved}
         try:
             return cls(**{k: v for k, v in saved.items() if k in fields})
         except RunError as e:
             raise RunError(f"{where}: saved run setting {e}") from None
+
+    @classmethod
+    def recipe(cls, **given: Any) -> Settings:
+        """Settings of the given values, the rest from the model's recipe (RECIPES), then the defaults; an
+        optimizer given without a learning rate gets its own default rate, not the recipe's."""
+        base = dict(RECIPES.get(given.get("model") or cls.model, {}))
+        if "optimizer" in given and "lr" not in given:
+            base.pop("lr", None)
+        return cls(**{**base, **given})
 
     def dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -15,9 +15,32 @@ MAX_HEAD = 64 * 1024  # bytes of a request line and headers
 
 
 def last_run_checkpoint(root: str = "runs") -> str | None:
-    """The checkpoint.npz of the most recent `convprop train` run under root (by modification time)."""
+    """The checkpoint of the most recent `convprop train` run under root (by its checkpoint.npz's modification
+    time): its checkpoint-best.npz (the best validation epoch's, the one the run tested) where it has one, else
+    its checkpoint.npz (the last epoch's)."""
     found = glob.glob(os.path.join(root, "*", "checkpoint.npz"))
-    return max(found, key=os.path.getmtime) if found else None
+    if not found:
+        return None
+    last = max(found, key=os.path.getmtime)
+    best = os.path.join(os.path.dirname(last), "checkpoint-best.npz")
+    return best if os.path.isfile(best) else last
+
+
+def _test_accuracy(ckpt_path: str, history: list) -> float | None:
+    """The run's test accuracy where its metrics.json says it was measured on this checkpoint (a run tests
+    once, at the end); else the last epoch's test score of a run from before the validation split."""
+    import json
+
+    try:
+        with open(os.path.join(os.path.dirname(ckpt_path), "metrics.json"), "rb") as f:
+            m = json.loads(f.read(1 << 24))
+        tested = m.get("test_checkpoint")
+        if isinstance(tested, str) and os.path.samefile(tested, ckpt_path) and \
+                isinstance(m.get("test_accuracy"), (int, float)):
+            return float(m["test_accuracy"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return history[-1].get("test_acc") if history and isinstance(history[-1], dict) else None
 
 
 def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine:
@@ -32,7 +55,8 @@ def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine
 
             log("convprop serve: no checkpoint given and no runs/*/checkpoint.npz here: training the default "
                 "LeNet-5 first, as convprop train does")
-            ckpt_path = run_training(train_settings or Settings(), log=log).ckpt_path
+            run = run_training(train_settings or Settings(), log=log)
+            ckpt_path = run.best_path if os.path.isfile(run.best_path) else run.ckpt_path
         else:
             log(f"convprop serve: using the last training run's checkpoint, {ckpt_path}")
     ckpt = checkpoint.load(ckpt_path)
@@ -41,7 +65,7 @@ def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine
     history = meta.get("history") or []
     return Engine(model, ckpt_path, {"model": meta["model"]["name"], "config": meta["model"].get("config", {}),
                                      "epoch": meta.get("epoch"),
-                                     "test_accuracy": history[-1].get("test_acc") if history else None})
+                                     "test_accuracy": _test_accuracy(ckpt_path, history)})
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -121,6 +121,8 @@ class Trainer:
                 row = fit(model, nn.CrossEntropyLoss(), optimizer, loader, epoch + 1, test_loader, start_epoch=epoch,
                           progress=False, log=None, step=step, evaluate=evaluate_locked, on_step=self._on_step)[-1]
                 row["step"], row["partial"] = self.step, row.get("partial", False)
+                # fit's held-out scores are, here, on the page's test images: named so for the page
+                row["test_loss"], row["test_acc"] = row.pop("val_loss"), row.pop("val_acc")
                 self.epochs.append(row)
         except Divergence as e:
             self.error = str(e)

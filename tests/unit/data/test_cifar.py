@@ -107,7 +107,7 @@ def test_train_resnet8_on_cifar_files_then_evaluate(cifar_dir, tmp_path):
     r = run_cli("train", "--model", "resnet8", "--data", str(root), "--epochs", "2", "--batch-size", "20",
                 "--out", str(out), "--no-progress", "--lr", "0.01")
     assert r.returncode == 0, r.stderr
-    assert "resnet8 (78,042 parameters) on 80 images, testing on 30" in r.stdout
+    assert "resnet8 (78,042 parameters) on 70 images, validating on 10, testing on 30" in r.stdout
     assert "4 px random crops and flips" in r.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2
