@@ -243,7 +243,7 @@ def _check_meta(meta: Any, path: str) -> None:
     if not all(isinstance(h, dict) for h in meta.get("history", [])):
         raise CheckpointError(f"{path}: history: expected one object per epoch")
     if "input" in meta:
-        problem = _input_problem(meta["input"], m.get("config", {}))
+        problem = input_problem(meta["input"], m.get("config", {}))
         if problem:
             raise CheckpointError(f"{path}: input: {problem}")
 
@@ -251,7 +251,7 @@ def _check_meta(meta: Any, path: str) -> None:
 PREPARE = ("digit", "resize")
 
 
-def _input_problem(spec: Any, config: dict) -> str | None:
+def input_problem(spec: Any, config: dict) -> str | None:
     """What is wrong with a header's "input" (see input_spec), or None."""
     if not isinstance(spec, dict):
         return f"expected a JSON object, got {type(spec).__name__}"
@@ -301,7 +301,7 @@ def input_spec(meta: dict) -> dict:
     mean = [MNIST_MEAN] if grey else list(CIFAR10_MEAN) if c == 3 else [0.5] * c
     std = [MNIST_STD] if grey else list(CIFAR10_STD) if c == 3 else [0.25] * c
     return {"size": [28, 28] if grey else [32, 32], "channels": c, "mean": mean, "std": std, "range": [0, 255],
-            "classes": class_names(args.get("data"), k), "prepare": "digit" if grey else "resize"}
+            "classes": class_names(args.get("data"), k, c), "prepare": "digit" if grey else "resize"}
 
 
 def restore_model(ckpt: dict, path: str = "checkpoint") -> Module:

@@ -90,15 +90,15 @@ def test_input_spec_falls_back_to_what_convprop_trained_on():
 
 
 def test_input_spec_reads_and_checks_the_checkpoints_input():
-    saved = {"size": [20, 24], "channels": 3, "mean": [0.5, 0.4, 0.3], "std": 0.25, "range": [0, 255],
-             "classes": ["cat", "dog"]}
+    saved = {"size": [20, 24], "channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.25] * 3, "range": [0, 255],
+             "classes": ["cat", "dog"], "prepare": "resize"}
     meta = {"model": {"name": "lenet5", "config": {"num_classes": 2, "in_channels": 3}}, "input": saved}
     spec = deploy.input_spec({"meta": meta})
     assert spec["size"] == [20, 24] and spec["std"] == [0.25] * 3 and spec["classes"] == ["cat", "dog"]
-    for key, value, words in (("std", [0.1, 0.0, 0.1], "std: expected 3 positive numbers"),
+    for key, value, words in (("std", [0.1, 0.0, 0.1], "mean and std: expected 3 finite numbers each (std > 0)"),
                               ("classes", ["cat"], "classes: expected 2 names"),
                               ("size", [28], "size: expected [height, width]"),
-                              ("channels", True, "channels: expected an integer")):
+                              ("channels", True, "channels: expected 3 (the model's in_channels)")):
         with pytest.raises(ValueError, match=re.escape(words)):
             deploy.input_spec({"meta": {**meta, "input": {**saved, key: value}}})
 

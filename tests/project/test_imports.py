@@ -118,7 +118,7 @@ ALLOWED = {
     "steps": {"nn"},
     "explain": {"functional", "nn", "gradcheck"},
     "onnx": {"nn", "functional"},
-    "deploy": {"nn", "data", "onnx", "weights"},
+    "deploy": {"nn", "data", "onnx", "weights", "checkpoint"},
     "serve": {"run", "train", "explain", "checkpoint", "data", "models", "nn", "optim", "functional", "steps"},
     "cli": None,  # the top: anything
     "__main__": {"cli"},

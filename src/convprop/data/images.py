@@ -71,9 +71,15 @@ def display_name(name) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def class_names(data_dir: str | None, num_classes: int) -> list[str]:
-    """The classes' names: Fashion-MNIST's ten where the training data's directory says Fashion-MNIST
-    (as torchvision's FashionMNIST/raw, or any path with 'fashion' in it), else the class numbers."""
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def class_names(data_dir: str | None, num_classes: int, channels: int = 1) -> list[str]:
+    """The classes' names for a checkpoint that does not record them: CIFAR-10's ten for a 3-channel model
+    of ten classes; Fashion-MNIST's ten where the training data's directory says Fashion-MNIST (as
+    torchvision's FashionMNIST/raw, or any path with 'fashion' in it); else the class numbers."""
+    if channels == 3 and num_classes == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
     if data_dir and "fashion" in str(data_dir).lower() and num_classes == len(FASHION_MNIST_CLASSES):
         return list(FASHION_MNIST_CLASSES)
     return [str(c) for c in range(num_classes)]
