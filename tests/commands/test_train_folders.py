@@ -63,7 +63,7 @@ def test_a_split_folder_uses_its_own_val_and_test(tmp_path):
 
 def test_mnist_gets_a_validation_split_and_the_best_checkpoint_is_tested(tmp_path):
     out = tmp_path / "run"
-    r = run_cli("train", "--out", str(out), "--train-size", "800", "--val-split", "0.25", *FAST)
+    r = run_cli("train", "--out", str(out), "--train-size", "800", "--val-split", "0.25", "--final", "best", *FAST)
     assert r.returncode == 0, r.stderr
     assert "training lenet5 (61,706 parameters) on 800 images, validating on 1,250, testing on 10,000" in r.stdout
     m = json.loads((out / "metrics.json").read_text())

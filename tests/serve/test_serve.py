@@ -346,7 +346,7 @@ def test_training_streams_curves_and_filters_and_stops(server):
 
 
 def test_last_run_and_training_first(tmp_path, monkeypatch):
-    """Without CKPT: the newest run's checkpoint-best.npz (else its checkpoint.npz); without one, a `convprop
+    """Without CKPT: the newest run's checkpoint.npz (what a default run tests); without one, a `convprop
     train` run (its Run) first."""
     from convprop.run import Settings
 
@@ -354,7 +354,7 @@ def test_last_run_and_training_first(tmp_path, monkeypatch):
     assert last_run_checkpoint() is None
     small = Settings(epochs=1, train_size=256, test_size=100)  # the default run, made small for the test
     engine = load_engine(None, log=lambda _: None, train_settings=small)
-    assert engine.source == os.path.join("runs", "lenet5-seed0", "checkpoint-best.npz") and engine.meta["epoch"] == 1
+    assert engine.source == os.path.join("runs", "lenet5-seed0", "checkpoint.npz") and engine.meta["epoch"] == 1
     metrics = json.loads(open(os.path.join("runs", "lenet5-seed0", "metrics.json")).read())
     assert engine.meta["test_accuracy"] == metrics["test_accuracy"] is not None  # measured on that checkpoint
     assert last_run_checkpoint() == engine.source

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import distributed
-from ..run import BEST_NAME, CHECKPOINT_NAME
+from ..run import CHECKPOINT_NAME
 from ..run.settings import problem
 
 
@@ -19,17 +19,16 @@ class UsageError(ValueError):
 
 def run_paths(path: str, last: bool = False) -> tuple[str, str]:
     """(run directory, checkpoint) from either: every command takes both, a run directory meaning its
-    checkpoint-best.npz where it has one (the checkpoint its test was run on) else its checkpoint.npz —
-    with last=True (what --resume continues) always its checkpoint.npz — and a checkpoint the directory
-    it lies in."""
+    checkpoint.npz (the last epoch's: the one a default run tests and --resume continues; its best
+    validation epoch's, checkpoint-best.npz, is named as a file) and a checkpoint the directory it lies in.
+    (last: kept for --resume's callers; a directory always means checkpoint.npz.)"""
     if os.path.isdir(path):
-        best = os.path.join(path, BEST_NAME)
-        return path, best if not last and os.path.isfile(best) else os.path.join(path, CHECKPOINT_NAME)
+        return path, os.path.join(path, CHECKPOINT_NAME)
     return os.path.dirname(path) or ".", path
 
 
-CKPT_HELP = ("a checkpoint written by convprop train (checkpoint-best.npz or checkpoint.npz), or the run directory "
-             "that holds it (meaning its checkpoint-best.npz, else its checkpoint.npz)")
+CKPT_HELP = ("a checkpoint written by convprop train (checkpoint.npz, or checkpoint-best.npz), or the run directory "
+             "that holds it (meaning its checkpoint.npz)")
 
 
 def positive_int(text: str) -> int:

@@ -16,14 +16,10 @@ MAX_HEAD = 64 * 1024  # bytes of a request line and headers
 
 def last_run_checkpoint(root: str = "runs") -> str | None:
     """The checkpoint of the most recent `convprop train` run under root (by its checkpoint.npz's modification
-    time): its checkpoint-best.npz (the best validation epoch's, the one the run tested) where it has one, else
-    its checkpoint.npz (the last epoch's)."""
+    time): its checkpoint.npz (the last epoch's, the one a default run tests), as every command reads a run
+    directory."""
     found = glob.glob(os.path.join(root, "*", "checkpoint.npz"))
-    if not found:
-        return None
-    last = max(found, key=os.path.getmtime)
-    best = os.path.join(os.path.dirname(last), "checkpoint-best.npz")
-    return best if os.path.isfile(best) else last
+    return max(found, key=os.path.getmtime) if found else None
 
 
 def _test_accuracy(ckpt_path: str, history: list) -> float | None:
@@ -56,7 +52,7 @@ def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine
             log("convprop serve: no checkpoint given and no runs/*/checkpoint.npz here: training the default "
                 "LeNet-5 first, as convprop train does")
             run = run_training(train_settings or Settings(), log=log)
-            ckpt_path = run.best_path if os.path.isfile(run.best_path) else run.ckpt_path
+            ckpt_path = run.ckpt_path
         else:
             log(f"convprop serve: using the last training run's checkpoint, {ckpt_path}")
     ckpt = checkpoint.load(ckpt_path)
