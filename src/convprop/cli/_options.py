@@ -31,6 +31,19 @@ CKPT_HELP = ("a checkpoint written by convprop train (checkpoint.npz, or checkpo
              "that holds it (meaning its checkpoint.npz)")
 
 
+def input_shape(text: str | None) -> tuple[int, ...] | None:
+    """--input-shape "C,H,W" (or "F" for a model that takes features) as a tuple; None where not given."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) not in (1, 3) or min(dims) < 1:
+        raise ValueError(f"--input-shape: expected C,H,W (or F) of positive integers, got {text!r}")
+    return dims
+
+
 def positive_int(text: str) -> int:
     try:
         v = int(text)

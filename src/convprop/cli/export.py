@@ -8,7 +8,7 @@ import contextlib
 
 from .. import checkpoint
 from ..deploy import export_checkpoint
-from ._options import CKPT_HELP, UsageError, run_paths
+from ._options import CKPT_HELP, UsageError, input_shape, run_paths
 
 
 def add_parser(sub) -> None:
@@ -33,18 +33,6 @@ def add_parser(sub) -> None:
                         "as convprop's own (the mean and std are in the metadata)")
 
 
-def _input_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) not in (1, 3) or min(dims) < 1:
-        raise ValueError(f"--input-shape: expected C,H,W (or F) of positive integers, got {text!r}")
-    return dims
-
-
 @contextlib.contextmanager
 def _writing(out: str):
     """An OSError while OUT is written (a directory in the way, no such directory, a read-only one, a full
@@ -66,7 +54,7 @@ def run(args) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     model = checkpoint.restore_model(ckpt, args.checkpoint)
     with _writing(args.out):
-        line = export_checkpoint(ckpt, model, args.out, opset=args.opset, input_shape=_input_shape(args.input_shape),
+        line = export_checkpoint(ckpt, model, args.out, opset=args.opset, input_shape=input_shape(args.input_shape),
                                  input_type=args.input_type or "float32", normalize=args.normalize)
     print(line)
     return 0

@@ -8,7 +8,7 @@ import os
 from .. import checkpoint, models
 from ..deploy import checkpoint_shape, input_spec
 from ..run import CHECKPOINT_NAME
-from ._options import run_paths
+from ._options import input_shape, run_paths
 
 
 def add_parser(sub) -> None:
@@ -27,21 +27,11 @@ def add_parser(sub) -> None:
                    help="the batch the multiply-adds and sizes are counted for (default: 1)")
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) not in (1, 3) or min(dims) < 1:
-        raise ValueError(f"--input-shape: expected C,H,W (or F) of positive integers, got {text!r}")
-    return dims
-
-
 def run(args) -> int:
     target = args.target
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected a positive integer, got {args.batch_size}")
-    given = _shape(args.input_shape) if args.input_shape is not None else None
+    given = input_shape(args.input_shape)
     if os.path.isdir(target):
         target = run_paths(target)[1]
     if os.path.exists(target) or os.sep in target or target.endswith(".npz"):
