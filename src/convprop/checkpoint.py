@@ -300,7 +300,8 @@ def input_spec(meta: dict) -> dict:
     grey = c == 1
     mean = [MNIST_MEAN] if grey else list(CIFAR10_MEAN) if c == 3 else [0.5] * c
     std = [MNIST_STD] if grey else list(CIFAR10_STD) if c == 3 else [0.25] * c
-    return {"size": [28, 28] if grey else [32, 32], "channels": c, "mean": mean, "std": std, "range": [0, 255],
+    side = 28 if grey or meta.get("model", {}).get("name") == "lenet5" else 32  # (LeNet-5's Linear fixes 28×28)
+    return {"size": [side, side], "channels": c, "mean": mean, "std": std, "range": [0, 255],
             "classes": class_names(args.get("data"), k, c), "prepare": "digit" if grey else "resize"}
 
 

@@ -37,10 +37,11 @@ def training_curves(history: list[dict], path: str) -> str:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     b.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    for key, label in (("val", "validation"), ("test", "test")):  # (runs before the validation split: test)
-        if history and f"{key}_loss" in history[0]:
-            a.plot(epochs, [h[f"{key}_loss"] for h in history], "o-", label=label)
-            b.plot(epochs, [100 * h[f"{key}_acc"] for h in history], "o-", label=label)
+    for key, label in (("val", "validation"), ("test", "test")):  # (epochs before the validation split: test)
+        rows = [h for h in history if f"{key}_loss" in h]  # (a resumed older run has both kinds of row)
+        if rows:
+            a.plot([h["epoch"] for h in rows], [h[f"{key}_loss"] for h in rows], "o-", label=label)
+            b.plot([h["epoch"] for h in rows], [100 * h[f"{key}_acc"] for h in rows], "o-", label=label)
     a.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss", yscale="log")
     b.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (a, b):

@@ -141,6 +141,7 @@ def test_the_proxy_on_host2_is_killed(hosts, reference, tmp_path):
     proc, ranks = start(hosts, out)
     [proxy] = proxies_among(hosts.pids(2))
     files = mpi_files(hosts.pids(1) + hosts.pids(2))
+    before = checkpoint(out / "checkpoint.npz")["meta"]["epoch"]  # (an idle machine may be epochs further by now)
     os.kill(proxy, signal.SIGKILL)
     lines, _, took = end_of(proc)
     assert took < 30 and proc.returncode != 0
@@ -148,7 +149,7 @@ def test_the_proxy_on_host2_is_killed(hosts, reference, tmp_path):
     assert re.fullmatch(r"convprop: error: the MPI proxy \(hydra_pmi_proxy, pid \d+\) of rank 1 on host2 ended: .*",
                         lines[0]), lines
     assert not gone(ranks.values())  # both ranks ended, without training on
-    assert checkpoint(out / "checkpoint.npz")["meta"]["epoch"] < 3
+    assert checkpoint(out / "checkpoint.npz")["meta"]["epoch"] <= before + 1  # at most the epoch under way
     assert not [f for f in files if os.path.exists(f)]
     resume_on_one_host(out, reference)
 

@@ -68,7 +68,8 @@ def shell_blocks(text: str, name: str) -> list[Block]:
             end = i + 1
             while end < len(lines) and not lines[end].strip().startswith(fence.group(1)):
                 end += 1
-            body = [line.strip() for line in lines[i + 1:end]]
+            indent = len(lines[i]) - len(lines[i].lstrip(" "))  # a fence inside a list item: its own indent goes
+            body = [line[min(indent, len(line) - len(line.lstrip(" "))):].rstrip() for line in lines[i + 1:end]]
             lang = fence.group(2).lower()
             if lang in SHELL_LANGS or (not lang and any(line.startswith("$ ") for line in body)):
                 blocks.append(Block(name, i + 2, _commands(body), _marker(lines, i)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ def proxies_among(pids) -> list[int]:
     return out
 
 
+OWN = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, str(pathlib.Path(__file__).resolve().parents[2])})
+
+
 def mpi_files(pids) -> set[str]:
     """The files in /dev/shm and /tmp that these processes hold open (MPICH's shared memory, Hydra's
     topology file) and the --workers launcher's directory: what an aborted run could leave behind."""
@@ -85,8 +89,9 @@ def mpi_files(pids) -> set[str]:
                 paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
             except OSError:
                 continue
-        for path in paths:
-            if path.startswith(("/dev/shm/", "/tmp/")) and not path.endswith("(deleted)") and "pytest-" not in path:
+        for path in paths:  # (not the program's own files: a checkout or venv may itself lie under /tmp)
+            if path.startswith(("/dev/shm/", "/tmp/")) and not path.endswith("(deleted)") and "pytest-" not in path \
+                    and not path.startswith(OWN):
                 found.add(path)
         if b"CONVPROP_RANKS_FILE" in env:
             found.add(os.path.dirname(env[b"CONVPROP_RANKS_FILE"].decode()))
