@@ -91,7 +91,12 @@ class TwoHosts:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
+            for pid in self.pids(1) + self.pids(2):  # (mpiexec and its ranks hold the pipes open)
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+            out, err = proc.communicate(timeout=30)
             raise AssertionError(f"{argv} still running after {timeout} s:\n{out}{err}") from None
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
