@@ -124,23 +124,34 @@ def _forget_files() -> None:
                 pass
 
 
+_launcher: int | None = None  # the pid of the process that started this rank, once it is watched
+
+
+def _check_launcher() -> None:
+    """Stop this rank, with one line, if the process that started it has ended (its parent changed)."""
+    if _launcher is None or os.getppid() == _launcher:
+        return
+    try:  # (stderr led to the proxy: usually no one reads it any more)
+        print(f"convprop: rank {_rank} of {_size}: lost its launcher (pid {_launcher}, Hydra's proxy on "
+              f"{socket.gethostname()}); stopping", file=sys.stderr, flush=True)
+    except Exception:
+        pass
+    os._exit(1)
+
+
 def _watch_launcher() -> None:
     """Stop this rank, with one line, when the process that started it ends.  Under mpiexec that is
     Hydra's proxy on this machine (hydra_pmi_proxy): if it dies (killed, as when a cluster's node agent
     dies), MPI cannot end the rank, which would train on as an orphan and keep mpiexec waiting.  A
     daemon thread checks every WATCH_S seconds whether the parent changed (an orphan is adopted by
-    init or a subreaper) and then exits."""
-    parent = os.getppid()
+    init or a subreaper), and every collective checks before it starts, so no step is taken after."""
+    global _launcher
+    _launcher = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while True:
+            _check_launcher()
             time.sleep(WATCH_S)
-        try:  # (stderr led to the proxy: usually no one reads it any more)
-            print(f"convprop: rank {_rank} of {_size}: lost its launcher (pid {parent}, Hydra's proxy on "
-                  f"{socket.gethostname()}); stopping", file=sys.stderr, flush=True)
-        except Exception:
-            pass
-        os._exit(1)
 
     threading.Thread(target=watch, name="convprop-watch-launcher", daemon=True).start()
 
@@ -192,6 +203,7 @@ def _stopped_peers() -> str:
 def _wait(request, what: str, setup: bool = False) -> None:
     """Wait for a nonblocking collective; stop the job if it takes longer than the timeout (the setting-up
     one where setup is true)."""
+    _check_launcher()  # (a rank whose launcher died takes no further step)
     if request.Test():
         return
     limit = _setup_timeout if setup else _timeout
