@@ -58,6 +58,12 @@ up)
     mkdir -p "/etc/netns/$name-$i"
     printf '127.0.0.1 localhost\n%s.1 host1\n%s.2 host2\n' "$SUBNET" "$SUBNET" >"/etc/netns/$name-$i/hosts"
   done
+  # both ends up before anything uses the link (UCX refuses a device that is not running yet: "No such device")
+  for _ in $(seq 100); do
+    up=$(for i in 1 2; do ip netns exec "$name-$i" cat "/sys/class/net/$dev/operstate"; done | grep -c '^up$')
+    [ "$up" -eq 2 ] && break
+    sleep 0.1
+  done
   ssh-keygen -q -t ed25519 -N '' -C "two-hosts $name" -f "$dir/key"
   ssh-keygen -q -t ed25519 -N '' -C "two-hosts $name host" -f "$dir/host_key"
   cp "$dir/key.pub" "$dir/authorized_keys"
