@@ -59,6 +59,17 @@ def test_a_split_folder_uses_its_own_val_and_test(tmp_path):
     assert m["test_checkpoint"].endswith("checkpoint.npz") and m["input"]["channels"] == 3
     e = run_cli("evaluate", str(out / "checkpoint.npz"), "--data", str(data))
     assert f"accuracy {m['test_accuracy']:.2%} on 9 images in" in e.stdout
+    # --show writes each image as the model saw it: RGB at the model's size, read as training read it
+    shown, image = tmp_path / "shown", next((data / "test" / "disc").iterdir())
+    p = run_cli("predict", str(out), str(image), "--show", str(shown))
+    assert p.returncode == 0, p.stderr
+    from PIL import Image
+
+    from convprop.data.folders import read_image
+
+    saw = Image.open(shown / (image.stem + ".png"))
+    assert saw.mode == "RGB" and saw.size == (28, 28)
+    assert np.array_equal(np.asarray(saw).transpose(2, 0, 1), read_image(str(image), (28, 28), 3))
 
 
 def test_mnist_gets_a_validation_split_and_the_best_checkpoint_is_tested(tmp_path):

@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     r.add_argument("--top-k", type=int, default=3, metavar="K",
                    help="how many classes to list, at most the model's (default: 3)")
     r.add_argument("--json", action="store_true", help="print one JSON object per image, one per line")
-    r.add_argument("--show", metavar="DIR", help="write the 28×28 digit each image became to DIR (PNG, one per image)")
+    r.add_argument("--show", metavar="DIR", help="write the image each file became, as the model saw it, to DIR (PNG, "
+                                                 "one per image: the 28×28 digit, or a folder model's C×H×W input)")
 
 
 def image_paths(items: list[str]) -> list[str]:
@@ -107,7 +108,7 @@ def run(args) -> int:
                                 "a digit the model knows; --show DIR shows what it saw")
             for w in warnings:
                 print(f"convprop: warning: {display_name(path)}: {w}", file=sys.stderr)
-            if show is not None and digit.ndim == 2:  # (the digits; a folder model's images are not drawn)
+            if show is not None:
                 show.write(path, digit)
             if args.json:
                 print(json.dumps({"image": path, "class": int(top[0]), "name": names[top[0]],
@@ -127,8 +128,8 @@ def run(args) -> int:
 
 
 class Show:
-    """--show DIR: the 28×28 digits as PNG files named after the images (NAME.png; NAME-2.png … where
-    two images share a name)."""
+    """--show DIR: what the model saw, as PNG files named after the images (NAME.png; NAME-2.png … where
+    two images share a name): a 28×28 digit (H, W), or a folder model's uint8 (C, H, W) image, grey or RGB."""
 
     def __init__(self, folder: str) -> None:
         self.folder, self.used = folder, set()
@@ -138,8 +139,11 @@ class Show:
             raise ValueError(f"--show {display_name(folder)}: cannot make this directory ({e.strerror or e})") \
                 from None
 
-    def write(self, path: str, digit: np.ndarray) -> None:
+    def write(self, path: str, image: np.ndarray) -> None:
         from PIL import Image
+
+        if image.ndim == 3:  # (C, H, W): one channel as grey, three as RGB
+            image = image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))
 
         stem = display_name(os.path.splitext(os.path.basename(path))[0]) or "image"
         name, n = f"{stem}.png", 1
@@ -148,6 +152,6 @@ class Show:
             name = f"{stem}-{n}.png"
         self.used.add(name)
         try:
-            Image.fromarray(digit).save(os.path.join(self.folder, name))
+            Image.fromarray(image).save(os.path.join(self.folder, name))
         except OSError as e:
             raise ValueError(f"--show {display_name(self.folder)}: cannot write {name} ({e.strerror or e})") from None

@@ -31,15 +31,17 @@ def _escaped(path: str) -> str:
     return ascii(path)[1:-1] if not path.isprintable() else path
 
 
-def read_image(path: str, size: tuple[int, int], channels: int = 3) -> np.ndarray:
-    """One image file as uint8 (channels, H, W) at size (H, W): decoded by the one bounded decoder
-    (images.open_image: the pixel limit checked from the header, a big image reduced as it decodes,
+def read_image(source: str | bytes, size: tuple[int, int], channels: int = 3, *, name: str | None = None,
+               max_pixels: int = _images.MAX_PIXELS) -> np.ndarray:
+    """One image (a file, or its bytes) as uint8 (channels, H, W) at size (H, W): decoded by the one bounded
+    decoder (images.open_image: the pixel limit checked from the header, a big image reduced as it decodes,
     transparency drawn over white), in grey (1) or RGB (3), resized bilinearly.  Raises images.ImageError
-    (one line naming the file) for what it cannot read."""
+    (one line naming the file, or `name`) for what it cannot read."""
     Image = _images._pillow()
     h, w = size
     try:
-        a = _images.open_image(path, mode="L" if channels == 1 else "RGB", max_side=4 * max(h, w))
+        a = _images.open_image(source, name=name, mode="L" if channels == 1 else "RGB", max_side=4 * max(h, w),
+                               max_pixels=max_pixels)
     except FileNotFoundError as e:
         raise _images.ImageError(str(e)) from None
     a = np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR, reducing_gap=2.0), dtype=np.uint8)

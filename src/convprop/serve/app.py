@@ -86,12 +86,12 @@ def create_app(engine: Engine, allow_hosts: tuple[str, ...] | list[str] = ()):
         return engine.describe()
 
     def predict(body):
-        digit = inputs.digit(body)
+        digit = inputs.digit(body, engine.spec["prepare"])
         probs = engine.predict(engine.input(digit))
         return {"probs": _floats(probs), "predicted": int(probs.argmax()), "digit": digit.tolist()}
 
     def forward(body):
-        fmt, digit = inputs.output_format(body), inputs.digit(body)
+        fmt, digit = inputs.output_format(body), inputs.digit(body, engine.spec["prepare"])
         x = engine.input(digit)
         walk, probs = engine.forward(x)
         inputs.target_class(body.get("class"), probs.shape[-1])  # checked as backward checks it, not used
@@ -101,7 +101,7 @@ def create_app(engine: Engine, allow_hosts: tuple[str, ...] | list[str] = ()):
                             "parts": [encode(p[0], fmt) for p in s.parts]} for k, s in enumerate(walk)]}
 
     def backward(body):
-        fmt, digit = inputs.output_format(body), inputs.digit(body)
+        fmt, digit = inputs.output_format(body), inputs.digit(body, engine.spec["prepare"])
         r = engine.backward(engine.input(digit), body.get("class"))
         dx = r["input_grad"][0]
         return {"class": r["class"], "loss": r["loss"], "probs": _floats(r["probs"]), "predicted": r["predicted"],

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .. import nn, steps
+from .. import checkpoint, nn, steps
 from ..data import normalize
 from ..explain.equations import EQUATIONS, LAYER_RULES
 from ..functional import conv_transpose2d, log_softmax
@@ -51,12 +51,31 @@ def step_info(k: int, s: steps.Step) -> dict:
             "equation": LAYER_RULES.get(s.name)}
 
 
-class Engine:
-    """A Sequential model and the passes the page draws."""
+def digit_spec(num_classes: int = 10) -> dict:
+    """The input of a model trained on MNIST (checkpoint.input_spec): 28×28 grey digits, MNIST's mean and std."""
+    return checkpoint.input_spec({"model": {"config": {"in_channels": 1, "num_classes": num_classes}}})
 
-    def __init__(self, model: nn.Sequential, source: str, meta: dict | None = None) -> None:
+
+def servable(spec: dict) -> str | None:
+    """Why the page cannot serve a model of this input (checkpoint.input_spec), or None: it draws, prepares
+    and explains one-channel 28×28 images."""
+    if spec["channels"] != 1 or list(spec["size"]) != [SIZE, SIZE]:
+        h, w = spec["size"]
+        return (f"the model takes {spec['channels']}×{h}×{w} images; the page draws and explains 1×{SIZE}×{SIZE} "
+                "ones (classify these with convprop predict or evaluate)")
+    return None
+
+
+class Engine:
+    """A Sequential model and the passes the page draws; `spec` (checkpoint.input_spec) says how a drawing or
+    an uploaded image becomes its input: the normalisation and the class names its training recorded."""
+
+    def __init__(self, model: nn.Sequential, source: str, meta: dict | None = None, spec: dict | None = None) -> None:
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
+        self.spec = spec or digit_spec()
+        if servable(self.spec):
+            raise ValueError(f"{source}: {servable(self.spec)}")
         self.model, self.source, self.meta = model, source, dict(meta or {})
         self.model.eval()
         self.dtype = model.dtype.type  # np.float32 or np.float64
@@ -90,8 +109,8 @@ class Engine:
                 model.train(was)
 
     def input(self, digit: np.ndarray) -> np.ndarray:
-        """uint8 (28, 28) → the model's (1, 1, 28, 28) input, normalised as in training."""
-        return normalize(digit[None], dtype=self.dtype)
+        """uint8 (28, 28) → the model's (1, 1, 28, 28) input, normalised as in training (the spec's mean, std)."""
+        return normalize(digit[None], self.spec["mean"], self.spec["std"], dtype=self.dtype)
 
     def describe(self) -> dict:
         x = np.zeros((1, 1, SIZE, SIZE), self.dtype)
@@ -101,6 +120,7 @@ class Engine:
                    "parameters": {n: list(p.shape) for n, p in s.module.named_parameters()
                                   if s.kind == "layer"}} for k, s in enumerate(walk)]
         return {"source": self.source, **self.meta, "input_shape": [1, SIZE, SIZE], "classes": int(h.shape[1]),
+                "class_names": list(self.spec["classes"]), "prepare": self.spec["prepare"],
                 "layers": layers, "equations": {"loss": EQUATIONS["loss"]}}
 
     def filters(self) -> np.ndarray:

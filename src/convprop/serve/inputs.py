@@ -108,13 +108,17 @@ def training_options(body: dict) -> tuple[float, bool]:
 
 
 # --------------------------------------------------------------------------- the digit
-def digit_from_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG/… bytes → a 28×28 uint8 digit, prepared as `convprop predict` prepares an image file, by the
-    one bounded decoder (data.images.open_image): at most MAX_IMAGE_PIXELS pixels, checked from the header
-    before decoding; at most data.images.MAX_DECODES images decoded at once however many requests come."""
+def digit_from_image(data: bytes, prepare: str = "digit") -> np.ndarray:
+    """PNG/JPEG/… bytes → a 28×28 uint8 image, prepared as `convprop predict` prepares an image file for the
+    model (checkpoint.input_spec's prepare: "digit", MNIST's digit preparation; "resize", the whole image in
+    grey), by the one bounded decoder (data.images.open_image): at most MAX_IMAGE_PIXELS pixels, checked from
+    the header before decoding; at most data.images.MAX_DECODES images decoded at once however many requests come."""
+    from ..data.folders import read_image
     from ..data.images import ImageError, read_digit
 
     try:
+        if prepare != "digit":
+            return read_image(data, (SIZE, SIZE), 1, name="image", max_pixels=MAX_IMAGE_PIXELS)[0]
         return read_digit(data, name="image", max_pixels=MAX_IMAGE_PIXELS)[0]  # no file, no name of the client's
     except ImportError:
         raise InputError(f"image: decoding images needs Pillow ({install('serve')})") from None
@@ -138,8 +142,9 @@ def digit_from_pixels(pixels) -> np.ndarray:
     return np.round(a).astype(np.uint8)
 
 
-def digit(body: dict) -> np.ndarray:
-    """The digit of a JSON request: {"image": base64 PNG/JPEG (a data: URL is fine)} or {"pixels": 28×28}."""
+def digit(body: dict, prepare: str = "digit") -> np.ndarray:
+    """The digit of a JSON request: {"image": base64 PNG/JPEG (a data: URL is fine), prepared as `prepare`
+    says (digit_from_image)} or {"pixels": 28×28}."""
     if ("image" in body) == ("pixels" in body):
         raise InputError('body: expected exactly one of "image" (base64 PNG/JPEG) or "pixels" (28×28 numbers)')
     if "pixels" in body:
@@ -153,4 +158,4 @@ def digit(body: dict) -> np.ndarray:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InputError("image: not valid base64") from None
-    return digit_from_image(data)
+    return digit_from_image(data, prepare)

@@ -61,7 +61,8 @@ def load_engine(ckpt_path: str | None, log=print, train_settings=None) -> Engine
     history = meta.get("history") or []
     return Engine(model, ckpt_path, {"model": meta["model"]["name"], "config": meta["model"].get("config", {}),
                                      "epoch": meta.get("epoch"),
-                                     "test_accuracy": _test_accuracy(ckpt_path, history)})
+                                     "test_accuracy": _test_accuracy(ckpt_path, history)},
+                  checkpoint.input_spec(meta))
 
 
 def bind(host: str, port: int) -> socket.socket:

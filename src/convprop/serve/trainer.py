@@ -62,6 +62,11 @@ class Trainer:
     def start(self, lr: float = 1e-3, reset: bool = False, seed: int = 0) -> None:
         if self.running:
             raise Busy("training is already running: stop it first")
+        spec = self.engine.spec
+        if spec["prepare"] != "digit" or list(spec["classes"]) != [str(k) for k in range(10)]:
+            raise Busy(f"the page trains on MNIST's digits; this model was trained on other images (classes "
+                       f"{', '.join(spec['classes'][:5])}{', …' if len(spec['classes']) > 5 else ''}): "
+                       "train it with convprop train --data")
         if reset:
             import convprop.random as R
 

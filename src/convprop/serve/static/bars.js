@@ -12,6 +12,11 @@ export function showDigit(digit) {
   c.putImageData(im, 0, 0);
 }
 
+// The classes' names (the model's training folders; MNIST's are the digits themselves).
+let classNames = null;
+export function setClassNames(names) { classNames = names; }
+const label = (k) => (classNames && classNames[k] !== undefined ? classNames[k] : String(k));
+
 // onPick(k) when the bar of class k is clicked.
 export function showBars(probs, predicted, selected, onPick) {
   const bars = $("#bars");
@@ -24,8 +29,8 @@ export function showBars(probs, predicted, selected, onPick) {
     fill.style.width = (100 * p).toFixed(1) + "%";
     const track = el("div", "track");
     track.append(fill);
-    row.append(el("span", "k", String(k)), track, el("span", "p", (100 * p).toFixed(1) + "%"));
-    row.title = "show the backward pass for class " + k;
+    row.append(el("span", "k", label(k)), track, el("span", "p", (100 * p).toFixed(1) + "%"));
+    row.title = "show the backward pass for class " + label(k);
     row.addEventListener("click", () => onPick(k));
     bars.append(row);
   });

@@ -3,7 +3,7 @@
 // This module wires the others: the pad (draw.js), the prediction (bars.js), the layers' passes
 // (layers.js) and the Training tab (train.js), all talking to the server through api.js.
 import { api } from "./api.js";
-import { showBars, showDigit } from "./bars.js";
+import { setClassNames, showBars, showDigit } from "./bars.js";
 import { $, el, fmt, showError } from "./dom.js";
 import { createPad } from "./draw.js";
 import { equation, renderLayers } from "./layers.js";
@@ -103,6 +103,7 @@ pad.clear();
 try {
   const m = await api("/api/model");
   state.lossEquation = m.equations.loss;
+  setClassNames(m.class_names);
   const acc = m.test_accuracy ? `, test accuracy ${(100 * m.test_accuracy).toFixed(2)} %` : "";
   $("#model-info").textContent = `Model: ${m.model || "model"} (${m.layers.length} layers) from ${m.source}${acc}.`;
 } catch (err) { showError(err); }
