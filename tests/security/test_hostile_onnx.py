@@ -113,6 +113,16 @@ def _files(**made):
 
 
 WB = W.tobytes()
+
+
+def _non_finite(a: np.ndarray) -> list:
+    """(where, the model, its files) of weights `a` held inline, in the typed field, as external data, by a Constant."""
+    return [("inline", with_w(onnx.numpy_helper.from_array(a, "W")), None),
+            ("typed-field", with_w(H.make_tensor("W", T.FLOAT, [2, 1, 3, 3], a.ravel().tolist())), None),
+            ("external", with_w(external()), _files(**{"w.bin": a.tobytes()})),
+            ("Constant", constant_w(H.make_attribute("value", onnx.numpy_helper.from_array(a, "W"))), None)]
+
+
 CASES = {  # name: (the model (a proto or bytes), make(dir) for other files, words; load's keyword arguments)
     # ---------------------------------------------------------------- external data
     "external: a link to /etc/passwd": (with_w(external("link")), _files(link=lambda p: os.symlink("/etc/passwd", p)),
@@ -155,6 +165,10 @@ CASES = {  # name: (the model (a proto or bytes), make(dir) for other files, wor
                                    _files(**{"w.bin": WB}), "more than one place"),
     "external in a Constant node": (constant_w(H.make_attribute("value", external())), _files(**{"w.bin": WB}),
                                     "names external data"),
+    # ---------------------------------------------------------------- values
+    **{f"values: {where} weights holding {bad}": (proto, files, "not finite")
+       for bad in ("nan", "inf", "-inf")
+       for where, proto, files in _non_finite(np.where(np.arange(18).reshape(2, 1, 3, 3) == 7, np.float32(bad), W))},
     # ---------------------------------------------------------------- sizes
     "dims overflowing int64": (with_w(T(name="W", data_type=T.FLOAT, dims=[2**62, 2**62, 4], raw_data=WB)), None,
                                "over the limit"),

@@ -129,4 +129,8 @@ def tensor(t, where: str, budget: Budget, directory: str | None = None) -> np.nd
             raise OnnxError(f"{where}: tensor {t.name!r} declares shape {dims} ({n:,} values) "
                             f"but holds {len(field):,}")
         a = np.asarray(field, dtype)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():  # (the weights of a damaged or hostile file)
+        bad = a[~np.isfinite(a)]
+        raise OnnxError(f"{where}: tensor {t.name!r} holds {bad.size:,} values that are not finite (e.g. "
+                        f"{bad[0]}): damaged weights")
     return a.astype(dtype.newbyteorder("="), copy=False).reshape(dims)
