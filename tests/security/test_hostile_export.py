@@ -175,6 +175,26 @@ def test_a_safetensors_writer_error_is_one_line(ckpt, tmp_path, monkeypatch):
     assert _left(tmp_path) == []
 
 
+def test_a_graph_that_fails_onnx_checker_is_one_line_and_not_written(ckpt, tmp_path, monkeypatch):
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from convprop import cli
+    from convprop.onnx.rules import Builder
+
+    made = Builder.nodes_n
+
+    def wrong(self, op, inputs, labels, **attrs):  # a Relu with an attribute Relu does not have
+        return made(self, op, inputs, labels, **({**attrs, "alpha": 0.5} if op == "Relu" else attrs))
+
+    monkeypatch.setattr(Builder, "nodes_n", wrong)
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        rc = cli.main(["export", ckpt, str(tmp_path / "m.onnx")])
+    assert rc == 2 and err.getvalue().count("\n") == 1 and "onnx.checker" in err.getvalue(), err.getvalue()
+    assert "alpha" in err.getvalue() and _left(tmp_path) == []
+
+
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_exports_get_the_runs_file_mode_as_checkpoints_do(ckpt, tmp_path, suffix):
     out = tmp_path / f"model{suffix}"

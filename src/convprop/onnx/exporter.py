@@ -78,7 +78,12 @@ def export(model: nn.Module, path: str, input_shape: tuple[int, ...], opset: int
                                    ir_version=onnx.helper.find_min_ir_version_for(opsets, True))
     if metadata:
         onnx.helper.set_model_props(proto, dict(metadata))
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:  # (a graph we built wrong)
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise OnnxError(f"{path}: not written: the graph convprop built for {type(model).__name__} at opset {opset} "
+                        f"fails onnx.checker ({first[:300]}); please report it with the model") from None
     atomic_write(path, proto.SerializeToString())  # (a reader sees the old file or the new, never half)
     return path
 
