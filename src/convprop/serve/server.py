@@ -12,6 +12,8 @@ from .app import create_app, require
 from .engine import Engine
 
 MAX_HEAD = 64 * 1024  # bytes of a request line and headers
+HEAD_TIMEOUT = 10.0  # seconds a connection may take to send a request's line and headers (slowloris)
+MAX_CONNECTIONS = 256  # open at once; one more is closed as soon as it is accepted
 
 
 def last_run_checkpoint(root: str = "runs") -> str | None:
@@ -96,6 +98,54 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _guarded_protocol():
+    """uvicorn's h11 protocol, whose parser holds at most MAX_HEAD bytes of a request's head (httptools holds
+    any size), with the two limits it lacks: a connection that has not sent a whole request head within
+    HEAD_TIMEOUT of connecting (or of its last response) is closed, however slowly its bytes trickle in; and
+    at most MAX_CONNECTIONS are open at once.  (A body is bounded in time and size by inputs.json_body.)"""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        head_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.head_timer = self.loop.call_later(HEAD_TIMEOUT, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _too_slow(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > MAX_CONNECTIONS:
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the head is in: the request runs on its own limits
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()  # (the next request's head)
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Guarded
+
+
 class Server:
     """uvicorn serving an app on a bound socket, in this thread (`run`) or another (`start`/`stop`)."""
 
@@ -103,9 +153,8 @@ class Server:
         import uvicorn
 
         self.app, self.sock = app, sock
-        # h11, whose parser holds at most MAX_HEAD bytes of a request's head (httptools holds any size)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off", http="h11",
-                                h11_max_incomplete_event_size=MAX_HEAD)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="off",
+                                http=_guarded_protocol(), h11_max_incomplete_event_size=MAX_HEAD)
         self.server = uvicorn.Server(config)
         self.thread = None
 
