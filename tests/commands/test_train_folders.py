@@ -132,6 +132,7 @@ def test_resnet8_has_its_own_default_recipe():
 
     assert Settings.recipe() == Settings()
     r = Settings.recipe(model="resnet8")
-    assert (r.epochs, r.batch_size, r.optimizer, r.lr) == (30, 128, "adam", 0.005)
+    assert (r.epochs, r.batch_size, r.optimizer, r.lr) == (30, 64, "adam", 0.02)
+    assert Settings.recipe(model="resnet8", optimizer="adam").lr == 0.02  # the recipe's own optimizer: its rate
     assert Settings.recipe(model="resnet8", optimizer="sgd").lr == 0.05  # the optimizer's own rate
     assert Settings.recipe(model="resnet8", epochs=3).epochs == 3

@@ -110,5 +110,5 @@ def test_accuracy_benchmark_runs_at_smoke_size(tmp_path):
     assert r.returncode == 0, r.stderr
     row = json.loads(out.read_text())[0]
     assert row["model"] == "resnet8" and 0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0 and row["cpu"]
-    assert row["args"]["batch_size"] == 128  # resnet8's own recipe
-    assert "| resnet8 | 1 ep, batch 128, adam lr 0.005 |" in r.stdout
+    assert row["args"]["batch_size"] == 64 and row["args"]["lr"] == 0.02  # resnet8's own recipe
+    assert "| resnet8 | 1 ep, batch 64, adam lr 0.02 |" in r.stdout

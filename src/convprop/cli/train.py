@@ -37,12 +37,13 @@ def add_parser(sub) -> None:
                    help="the checkpoint the test set is evaluated on at the end: the best validation epoch's "
                         f"(checkpoint-best.npz) or the last (checkpoint.npz) (default: {d.final})")
     t.add_argument("--epochs", type=setting("epochs", int), default=None,
-                   help=f"number of epochs (default: {d.epochs})")
+                   help=f"number of epochs (default: {d.epochs}; resnet8: {RECIPES['resnet8']['epochs']})")
     t.add_argument("--batch-size", type=setting("batch_size", int), default=None,
-                   help=f"training batch size (default: {d.batch_size})")
+                   help=f"training batch size (default: {d.batch_size}; resnet8: {RECIPES['resnet8']['batch_size']})")
     t.add_argument("--lr", type=setting("lr", float), default=None,
                    help="peak learning rate of the one-cycle schedule (default: "
-                        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ")")
+                        + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items())
+                        + f"; resnet8 with adam: {RECIPES['resnet8']['lr']:g})")
     t.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None,
                    help=f"optimizer; sgd uses Nesterov momentum 0.9 (default: {d.optimizer})")
     t.add_argument("--shift", type=setting("shift", int), default=None, metavar="PX",
