@@ -108,6 +108,25 @@ def random_same_conv(seed):
     return [x, wt, b], dict(padding=d * (k - 1) // 2, dilation=d, groups=g), random_dtype(rng)
 
 
+def random_batch_inner_conv(seed):
+    """Convolutions of few input channels (3–15) under a kernel of ≥ 64 values, more outputs than inputs
+    and a stride that does not divide the kernel (or 1): the shapes whose backward-data takes the
+    batch-inner route (conv._batch_inner_route), any padding and dilation."""
+    rng = np.random.default_rng(30_000 + seed)
+    cin = int(rng.integers(3, 16))
+    k = -(-64 // cin)  # kh·kw ≥ 64 / cin
+    kh = int(rng.integers(max(1, -(-k // 5)), 6))
+    kw = max(-(-k // kh), int(rng.integers(1, 6)))
+    s = int(rng.choice([1, 1, 2, 3]))
+    stride = (s, s) if s == 1 or kh % s or kw % s else (s, s + 1)
+    d, p = int(rng.choice([1, 1, 2])), tuple(int(v) for v in rng.integers(0, 3, size=2))
+    h, w = (int(rng.integers(d * (kk - 1) + 1, d * (kk - 1) + 9)) for kk in (kh, kw))
+    x = rng.standard_normal((int(rng.integers(1, 6)), cin, h, w))
+    wt = rng.standard_normal((cin * int(rng.integers(2, 4)), cin, kh, kw))
+    b = rng.standard_normal(wt.shape[0]) if rng.random() < 0.5 else None
+    return [x, wt, b], dict(stride=stride, padding=p, dilation=d), random_dtype(rng)
+
+
 def random_subpixel(seed):
     """Transposed convolutions whose stride divides the kernel (the usual ×2 upsampling, k4 s2):
     the sub-pixel route (conv._subpixel_route)."""

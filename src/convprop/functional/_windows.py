@@ -123,12 +123,13 @@ class Col2im:
         self.dxp = (np.empty if self.tiled else np.zeros)(padded_shape, dtype)
         self.view = windows(self.dxp, kernel, stride, dilation, out, writeable=True)
 
-    def add(self, piece, batch: slice, rows: slice) -> None:
+    def add(self, piece, batch: slice, rows: slice, last: slice = slice(None)) -> None:
         """Add piece(i, j) (nb, rb, OW, C) — the gradient reaching kernel offset (i, j) from the output
-        positions (batch, rows) — onto the cells those positions read, for every (i, j)."""
+        positions (batch, rows) — onto the cells those positions read, for every (i, j); `last`: a part
+        of the last axis only (the batch, where it lies innermost: conv's 'batch-inner' route)."""
         for i in range(self.kernel[0]):
             for j in range(self.kernel[1]):
-                target = self.view[batch, rows, :, i, j]
+                target = self.view[batch, rows, :, i, j, last]
                 if self.disjoint:
                     target[...] = piece(i, j)
                 else:

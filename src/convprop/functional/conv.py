@@ -127,6 +127,8 @@ def _data_grad(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, paddin
                           groups, in_hw)[0]
     if route == "subpixel":
         return _subpixel_route(dzh, w, in_hw, stride, padding, groups)
+    if route == "batch-inner":
+        return _batch_inner_route(dzh, w, in_hw, stride, padding, dilation)
     n, oh, ow, _ = dzh.shape
     # Kᵀ for each kernel offset (G, kh·kw, Cog, Cg): each offset's patch gradients come out as
     # contiguous (P, Cg) rows, which col2im adds onto its window cells in long runs
@@ -144,11 +146,17 @@ def _data_grad(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, paddin
     return da.dxp[:, padding[0]: padding[0] + in_hw[0], padding[1]: padding[1] + in_hw[1]]
 
 
+# ∂A of fewer channels than this, with a patch of at least BATCH_INNER_ROWS values: the batch-inner route
+# (LeNet-5's conv2: 6 channels, 5×5; docs/performance.md, "The ∂A routes")
+BATCH_INNER_CHANNELS, BATCH_INNER_ROWS = 16, 64
+
+
 def _data_grad_route(dz_shape: tuple[int, ...], w_shape: tuple[int, ...], in_hw: Pair, stride: Pair,
                      padding: Pair, dilation: Pair, groups: int) -> str:
     """Which computation of ∂A = K ⋆ᵀ ∂Z these shapes take (dz_shape (N, OH, OW, Cout)) — the same
     sums each (docs/math.md): 'same' for stride 1 and an output about as large as the input,
-    'subpixel' where the stride divides the kernel (×2 upsampling, k4 s2), else 'scatter'."""
+    'subpixel' where the stride divides the kernel (×2 upsampling, k4 s2), 'batch-inner' for few input
+    channels under a large kernel (a scatter whose GEMMs would be a few columns wide), else 'scatter'."""
     _, oh, ow, cout = dz_shape
     _, cg, kh, kw = w_shape
     full = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
@@ -158,7 +166,38 @@ def _data_grad_route(dz_shape: tuple[int, ...], w_shape: tuple[int, ...], in_hw:
         return "same"
     if stride != (1, 1) and dilation == (1, 1) and kh % stride[0] == 0 and kw % stride[1] == 0:
         return "subpixel"
+    if groups == 1 and cg < BATCH_INNER_CHANNELS and kh * kw * cg >= BATCH_INNER_ROWS:
+        return "batch-inner"
     return "scatter"
+
+
+def _batch_inner_route(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair, dilation: Pair,
+                       ) -> np.ndarray:
+    """K ⋆ᵀ ∂Z for few input channels (groups 1): the scatter with the batch innermost.
+
+    ∂A_patchᵀ = Kᵀ ∂Zᵀ — for every position (y, x, n) its patch gradient (kh, kw, C) — is one GEMM per
+    tile with the positions as its long side (the per-offset scatter's GEMMs would be C columns wide),
+    and ∂A is held as (C, H, W, N), so that col2im adds runs of OW·N values (not of C).
+    """
+    n, oh, ow, cout = dzh.shape
+    _, cg, kh, kw = w.shape
+    kt = w.transpose(2, 3, 1, 0).reshape(kh * kw * cg, cout)  # Kᵀ: rows (i, j, c)
+    da = Col2im((cg, in_hw[0] + 2 * padding[0], in_hw[1] + 2 * padding[1], n), dzh.dtype, (kh, kw), stride,
+                dilation, (oh, ow))
+    row_bytes = kt.shape[0] * ow * dzh.itemsize  # one output row's patch gradients, per sample
+
+    def block(b: slice) -> None:
+        nb = b.stop - b.start
+        rb = max(1, min(oh, S.TILE_BYTES // max(1, row_bytes * nb)))
+        for y in range(0, oh, rb):
+            rows = slice(y, min(oh, y + rb))
+            dzt = dzh[b, rows].transpose(3, 1, 2, 0).reshape(cout, -1)  # ∂Zᵀ, positions ordered (y, x, n)
+            dp = (kt @ dzt).reshape(kh, kw, cg, rows.stop - rows.start, ow, nb)  # ∂A_patchᵀ = Kᵀ ∂Zᵀ
+            da.add(lambda i, j, dp=dp: dp[i, j], slice(None), rows, b)
+
+    S.run(block, S.parts(n, 2 * da.dxp.nbytes, 2 * dzh.size * cg * kh * kw))
+    crop = da.dxp[:, padding[0]: padding[0] + in_hw[0], padding[1]: padding[1] + in_hw[1]]
+    return np.ascontiguousarray(crop.transpose(3, 1, 2, 0))  # (N, H, W, C)
 
 
 def _subpixel_route(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair, groups: int,

@@ -296,7 +296,7 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
 
 @pytest.mark.parametrize("n, c, h, k, s, p, tile_bytes", [
     (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 12),   # whole samples, a few a tile ('same' route)
-    (20, 4, 9, 3, 2, 0, 1),                      # one output row of one sample a tile; scatter
+    (20, 16, 9, 3, 2, 0, 1),                     # one output row of one sample a tile; scatter
     (3, 2, 20, 4, 2, 1, 2 * 16 * 10 * 4),        # rows of one sample (sub-pixel route)
     (6, 2, 17, 5, 1, 2, 2 * 25 * 17 * 17 * 4 * 2),  # whole samples, one or two a tile
 ])

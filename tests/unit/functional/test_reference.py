@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from cases import (
     layout,
+    random_batch_inner_conv,
     random_conv,
     random_pool,
     random_same_conv,
@@ -95,8 +96,16 @@ def test_the_subpixel_route_against_the_plain_sums(seed, monkeypatch):
     assert routes == ["subpixel"]
 
 
+@pytest.mark.parametrize("seed", range(24))
+def test_the_batch_inner_route_against_the_plain_sums(seed, monkeypatch):
+    small_tiles_and_blocks(seed, monkeypatch)
+    routes = routes_taken(monkeypatch)
+    check_conv2d(*random_batch_inner_conv(seed), seed)
+    assert routes == ["batch-inner"]
+
+
 def test_every_route_is_covered(monkeypatch):
-    """The seeds above reach all three routes of ∂A (so none of them goes unchecked)."""
+    """The seeds above reach every route of ∂A (so none of them goes unchecked)."""
     routes = routes_taken(monkeypatch)
     for seed in range(48):
         arrays, kw, dtype = random_conv(seed)
