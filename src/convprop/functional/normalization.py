@@ -8,6 +8,7 @@ channel axis (N for (N, C); N, H, W for (N, C, H, W)); m = the number of values 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,13 +52,40 @@ def standardize_backward(dout: np.ndarray, cache: tuple[np.ndarray, np.ndarray])
     return dout * (scale * inv_std)
 
 
+def _fold(a: np.ndarray) -> int:
+    """k: how many positions of a channels-last (N, C, H, W) array one wide row holds (its (N·H·W/k, k·C)
+    view), so that a per-channel pass loops over runs of k·C values, not of C; 0 for another layout."""
+    if a.ndim != 4 or not a.size or not a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return 0
+    return math.gcd(a.size // a.shape[1], 32)
+
+
+def _per_channel(fn, a: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """fn(a, v) with v (C,) broadcast along a's channel axis 1 (fn: a NumPy ufunc); out: an array laid out
+    as a, or None.  Channels-last a is taken as wide rows against v tiled k times (_fold)."""
+    k = _fold(a)
+    if not k or (out is not None and _fold(out) != k):
+        return fn(a, _channel_view(v, a.ndim), out=out)
+    n, c, h, w = a.shape
+    rows = (x.transpose(0, 2, 3, 1).reshape(-1, k * c) for x in (a, np.empty_like(a) if out is None else out))
+    rows_a, rows_out = rows
+    fn(rows_a, np.tile(v.astype(a.dtype, copy=False), k), out=rows_out)
+    return rows_out.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
+
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ a ⊙ b over every axis but the channel axis 1: (C,), in one pass without a temporary
-    (row-by-row dot products through BLAS when both are C-contiguous, else einsum)."""
+    (row-by-row dot products through BLAS when both are C-contiguous; channels-last, einsum over rows of
+    k positions' C values at once, the k partial sums added after; else einsum)."""
     if a.ndim > 2 and a.flags.c_contiguous and b.flags.c_contiguous and a.size:
         n, c = a.shape[:2]
         rows_a, rows_b = a.reshape(n, c, 1, -1), b.reshape(n, c, -1, 1)
         return np.matmul(rows_a, rows_b).reshape(n, c).sum(axis=0)  # Σ_n (a_nc · b_nc)
+    k = _fold(a)
+    if k and _fold(b) == k:  # einsum's inner loop over k·C values, not C
+        c = a.shape[1]
+        rows_a, rows_b = (v.transpose(0, 2, 3, 1).reshape(-1, k * c) for v in (a, b))
+        return np.einsum("pk,pk->k", rows_a, rows_b).reshape(k, c).sum(axis=0)  # Σ_p (a_pc · b_pc)
     letters = "abdefghijklmnopqrstuvwxyz"[:a.ndim - 2]
     spec = f"n c {letters}".replace(" ", "")
     return np.einsum(f"{spec},{spec}->c", a, b)
@@ -106,7 +134,7 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
             raise ValueError(f"x: expected more than 1 value per channel when training, got shape {x.shape}")
         if allreduce is None:
             mean = channel_sum(x) / x.dtype.type(m)  # μ
-        xc = x - _channel_view(mean.astype(x.dtype), x.ndim)  # x − μ
+        xc = _per_channel(np.subtract, x, mean.astype(x.dtype))  # x − μ
         if allreduce is None:
             var = _channel_dot(xc, xc) / x.dtype.type(m)  # σ² = mean((x − μ)²), biased: what normalises the batch
         if running_mean is not None:
@@ -122,13 +150,13 @@ def batch_norm(x: np.ndarray, running_mean: np.ndarray | None, running_var: np.n
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)  # 1/σ
     scale = inv_std if weight is None else inv_std * weight  # γ/σ
     if training:
-        out = np.multiply(xc, _channel_view(scale, x.ndim), out=np.empty_like(xc))  # γ x̂ = (x − μ) γ/σ
+        out = _per_channel(np.multiply, xc, scale)  # γ x̂ = (x − μ) γ/σ
         if bias is not None:
-            out += _channel_view(bias, x.ndim)  # + β
+            _per_channel(np.add, out, bias, out=out)  # + β
     else:  # y = x ⊙ γ/σ + (β − μ γ/σ): the running μ folded into the shift
         shift = -mean.astype(x.dtype) * scale + (0 if bias is None else bias)
-        out = x * _channel_view(scale, x.ndim)
-        out += _channel_view(shift.astype(x.dtype), x.ndim)
+        out = _per_channel(np.multiply, x, scale)
+        _per_channel(np.add, out, shift.astype(x.dtype), out=out)
     return out, BatchNormCache(xc, None if training else mean, _channel_view(inv_std, x.ndim), weight, training,
                                bias is not None, allreduce if training else None, m)
 
@@ -151,20 +179,20 @@ def batch_norm_backward(dout: np.ndarray, cache: BatchNormCache,
     if not dy.size:  # the empty batch
         zeros = np.zeros(c.inv_std.size, dy.dtype)
         return np.zeros_like(dy), (None if c.gamma is None else zeros), (zeros.copy() if c.has_bias else None)
-    nd = dy.ndim
     inv_std = c.inv_std.reshape(-1)
     k = inv_std if c.gamma is None else inv_std * c.gamma  # γ/σ
-    xc = c.xc if c.mean is None else c.xc - _channel_view(c.mean.astype(c.xc.dtype), nd)
+    xc = c.xc if c.mean is None else _per_channel(np.subtract, c.xc, c.mean.astype(c.xc.dtype))
     dbeta = channel_sum(dy)  # Σ ∂y
     dgamma = _channel_dot(dy, xc) * inv_std  # Σ ∂y ⊙ x̂ = (1/σ) Σ ∂y ⊙ (x − μ)
-    dx = dy * _channel_view(k, nd)
+    dx = _per_channel(np.multiply, dy, k.astype(dy.dtype))
     if c.training:
         g = 1 if c.gamma is None else c.gamma
         sums, m = (g * dbeta, g * dgamma), max(c.count, 1)  # Σ∂x̂ = γ Σ∂y,  Σ∂x̂ ⊙ x̂ = γ Σ∂y ⊙ x̂
         if c.allreduce is not None:  # ... over every process's shard
             sums = c.allreduce(np.stack(sums).astype(np.float64)).astype(dy.dtype)
-        dx += xc * _channel_view(-inv_std * inv_std * sums[1] / m, nd)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
-        dx += _channel_view(-inv_std * sums[0] / m, nd)  # − (γ/σ) mean(∂y)
+        b = (-inv_std * inv_std * sums[1] / m).astype(dy.dtype)
+        dx += _per_channel(np.multiply, xc, b)  # − (γ/σ) x̂ mean(∂y ⊙ x̂)
+        _per_channel(np.add, dx, (-inv_std * sums[0] / m).astype(dy.dtype), out=dx)  # − (γ/σ) mean(∂y)
     return dx, (None if c.gamma is None else dgamma), (dbeta if c.has_bias else None)
 
 
