@@ -60,17 +60,20 @@ def _fold(a: np.ndarray) -> int:
     return math.gcd(a.size // a.shape[1], 32)
 
 
+def _wide_rows(a: np.ndarray, k: int) -> np.ndarray:
+    """The (N·H·W/k, k·C) view of a channels-last (N, C, H, W) array a, k = _fold(a)."""
+    return a.transpose(0, 2, 3, 1).reshape(-1, k * a.shape[1])
+
+
 def _per_channel(fn, a: np.ndarray, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """fn(a, v) with v (C,) broadcast along a's channel axis 1 (fn: a NumPy ufunc); out: an array laid out
     as a, or None.  Channels-last a is taken as wide rows against v tiled k times (_fold)."""
     k = _fold(a)
     if not k or (out is not None and _fold(out) != k):
         return fn(a, _channel_view(v, a.ndim), out=out)
-    n, c, h, w = a.shape
-    rows = (x.transpose(0, 2, 3, 1).reshape(-1, k * c) for x in (a, np.empty_like(a) if out is None else out))
-    rows_a, rows_out = rows
-    fn(rows_a, np.tile(v.astype(a.dtype, copy=False), k), out=rows_out)
-    return rows_out.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    out = np.empty_like(a) if out is None else out  # (a's layout: empty_like keeps it)
+    fn(_wide_rows(a, k), np.tile(v.astype(a.dtype, copy=False), k), out=_wide_rows(out, k))
+    return out
 
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -83,9 +86,8 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.matmul(rows_a, rows_b).reshape(n, c).sum(axis=0)  # Σ_n (a_nc · b_nc)
     k = _fold(a)
     if k and _fold(b) == k:  # einsum's inner loop over k·C values, not C
-        c = a.shape[1]
-        rows_a, rows_b = (v.transpose(0, 2, 3, 1).reshape(-1, k * c) for v in (a, b))
-        return np.einsum("pk,pk->k", rows_a, rows_b).reshape(k, c).sum(axis=0)  # Σ_p (a_pc · b_pc)
+        dots = np.einsum("pk,pk->k", _wide_rows(a, k), _wide_rows(b, k))
+        return dots.reshape(k, a.shape[1]).sum(axis=0)  # Σ_p (a_pc · b_pc)
     letters = "abdefghijklmnopqrstuvwxyz"[:a.ndim - 2]
     spec = f"n c {letters}".replace(" ", "")
     return np.einsum(f"{spec},{spec}->c", a, b)

@@ -51,9 +51,9 @@ def step_info(k: int, s: steps.Step) -> dict:
             "equation": LAYER_RULES.get(s.name)}
 
 
-def digit_spec(num_classes: int = 10) -> dict:
+def digit_spec() -> dict:
     """The input of a model trained on MNIST (checkpoint.input_spec): 28×28 grey digits, MNIST's mean and std."""
-    return checkpoint.input_spec({"model": {"config": {"in_channels": 1, "num_classes": num_classes}}})
+    return checkpoint.input_spec({"model": {"config": {"in_channels": 1}}})
 
 
 def servable(spec: dict) -> str | None:
@@ -74,8 +74,9 @@ class Engine:
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
         self.spec = spec or digit_spec()
-        if servable(self.spec):
-            raise ValueError(f"{source}: {servable(self.spec)}")
+        refused = servable(self.spec)
+        if refused:
+            raise ValueError(f"{source}: {refused}")
         self.model, self.source, self.meta = model, source, dict(meta or {})
         self.model.eval()
         self.dtype = model.dtype.type  # np.float32 or np.float64
