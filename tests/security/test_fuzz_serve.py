@@ -32,10 +32,10 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 import h11  # noqa: E402
 import httpx  # noqa: E402
-from serve_helpers import ServeProcess  # noqa: E402
+from serve_helpers import ServeProcess, lenet_checkpoint  # noqa: E402
 
 import convprop.random as R  # noqa: E402
-from convprop import checkpoint, models  # noqa: E402
+from convprop import models  # noqa: E402
 
 SCALE = int(os.environ.get("CONVPROP_FUZZ_EXAMPLES", "0"))
 IN_PROCESS = SCALE or 1200
@@ -173,6 +173,17 @@ def request(rng: np.random.Generator, host: str) -> tuple[str, str, dict, bytes]
     return method, path, headers, data
 
 
+def send(client, req) -> tuple[int, str] | None:
+    """(status, body) of a generated request, or None for one the client itself will not send (a header httpx
+    refuses); the server's own refusals (a dropped connection) are the caller's to judge."""
+    method, path, headers, data = req
+    try:
+        r = client.request(method, path, headers=headers, content=data)
+    except (httpx.InvalidURL, httpx.LocalProtocolError, h11.LocalProtocolError, ValueError, UnicodeEncodeError):
+        return None
+    return r.status_code, r.text
+
+
 def describe(seed: int, k: int, req) -> str:
     method, path, headers, data = req
     return f"seed {seed}, request {k}: {method} {path} {headers} {data[:200]!r}"
@@ -200,16 +211,13 @@ def test_the_endpoints_answer_generated_requests_with_2xx_or_4xx_in_process():
     with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as client:
         for k in range(IN_PROCESS):
             req = request(rng, "testserver")
-            method, path, headers, data = req
-            try:
-                r = client.request(method, path, headers=headers, content=data)
-                status = r.status_code
-            except (httpx.InvalidURL, httpx.LocalProtocolError, h11.LocalProtocolError, ValueError,
-                    UnicodeEncodeError):
-                continue  # a request the client itself will not send (a header httpx refuses)
+            answer = send(client, req)
+            if answer is None:
+                continue
+            status, text = answer
             counts[status] = counts.get(status, 0) + 1
             if not (200 <= status < 300 or 400 <= status < 500):
-                bad.append(describe(seed, k, req) + f" → {status} {r.text[:300]}")
+                bad.append(describe(seed, k, req) + f" → {status} {text[:300]}")
     assert not bad, "\n".join(bad[:10])
     assert sum(counts.values()) >= 0.9 * IN_PROCESS and counts.get(200, 0) > 50 and counts.get(400, 0) > 50, counts
     assert {403, 415, 404, 405} <= counts.keys() and started, counts
@@ -217,10 +225,7 @@ def test_the_endpoints_answer_generated_requests_with_2xx_or_4xx_in_process():
 
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory):
-    R.manual_seed(0)
-    path = tmp_path_factory.mktemp("fuzz") / "checkpoint.npz"
-    checkpoint.save(str(path), models.lenet5(), "lenet5", {"num_classes": 10})
-    srv = ServeProcess(path, cap=CAP)
+    srv = ServeProcess(lenet_checkpoint(tmp_path_factory.mktemp("fuzz")), cap=CAP)
     yield srv
     srv.stop()
 
@@ -234,22 +239,20 @@ def test_the_real_server_answers_generated_requests_under_a_1_5_gib_cap(capped_s
     with httpx.Client(base_url=srv.url, timeout=60) as client:
         for k in range(REAL):
             req = request(rng, host)
-            method, path, headers, data = req
             try:
-                r = client.request(method, path, headers=headers, content=data)
-                status = r.status_code
-            except (httpx.InvalidURL, httpx.LocalProtocolError, h11.LocalProtocolError, ValueError,
-                    UnicodeEncodeError):
-                continue  # a request the client itself will not send
+                answer = send(client, req)
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:  # a request uvicorn refuses
-                status = 0
+                answer = (0, "")
                 if not srv.alive():
                     bad.append(describe(seed, k, req) + f" → the server died ({e})")
                     break
+            if answer is None:
+                continue
+            status, text = answer
             counts[status] = counts.get(status, 0) + 1
             if not (status == 0 or 200 <= status < 300 or 400 <= status < 500):
-                bad.append(describe(seed, k, req) + f" → {status} {r.text[:300]}")
-            if path == "/api/train/start" and status == 200:
+                bad.append(describe(seed, k, req) + f" → {status} {text[:300]}")
+            if req[1] == "/api/train/start" and status == 200:
                 client.post("/api/train/stop", json={})
         client.post("/api/train/stop", json={})
     log = srv.log()

@@ -306,10 +306,11 @@ def test_pillows_own_bomb_warning_never_reaches_the_user(tiny, tmp_path, fmt):
         skipped(r, "truncated or damaged")
 
 
-def test_image_decodes_are_bounded_in_number_and_leave_warnings_as_they_were(monkeypatch):
+def _most_decodes_at_once(monkeypatch, read, threads: int) -> int:
+    """The most images decoded at once while `threads` threads each call read(a digit's PNG bytes), every
+    decode slowed to 50 ms so that they would overlap."""
     import threading
     import time
-    import warnings
 
     from convprop.data import images
 
@@ -328,14 +329,23 @@ def test_image_decodes_are_bounded_in_number_and_leave_warnings_as_they_were(mon
                 active[0] -= 1
 
     monkeypatch.setattr(images, "_decode", slow)
-    before = list(warnings.filters)
     data = _digit_png()
-    threads = [threading.Thread(target=images.open_image, args=(data,)) for _ in range(12)]
-    for t in threads:
+    running = [threading.Thread(target=read, args=(data,)) for _ in range(threads)]
+    for t in running:
         t.start()
-    for t in threads:
+    for t in running:
         t.join()
-    assert most[0] == images.MAX_DECODES and warnings.filters == before
+    return most[0]
+
+
+def test_image_decodes_are_bounded_in_number_and_leave_warnings_as_they_were(monkeypatch):
+    import warnings
+
+    from convprop.data import images
+
+    before = list(warnings.filters)
+    assert _most_decodes_at_once(monkeypatch, images.open_image, 12) == images.MAX_DECODES
+    assert warnings.filters == before
 
 
 def test_only_the_first_frame_is_read(tmp_path):
@@ -372,33 +382,9 @@ def test_file_names_are_printed_escaped():
 
 def test_the_server_decodes_through_the_bounded_decoder(monkeypatch):
     """Many requests' images at once: the server holds at most MAX_DECODES decoded images."""
-    import threading
-    import time
-
     from convprop.data import images
     from convprop.serve import inputs
 
-    active, most, lock = [0], [0], threading.Lock()
-    real = images._decode
-
-    def slow(*a, **k):
-        with lock:
-            active[0] += 1
-            most[0] = max(most[0], active[0])
-        time.sleep(0.05)
-        try:
-            return real(*a, **k)
-        finally:
-            with lock:
-                active[0] -= 1
-
-    monkeypatch.setattr(images, "_decode", slow)
-    data = _digit_png()
-    threads = [threading.Thread(target=inputs.digit_from_image, args=(data,)) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert most[0] == images.MAX_DECODES
+    assert _most_decodes_at_once(monkeypatch, inputs.digit_from_image, 10) == images.MAX_DECODES
     with pytest.raises(inputs.InputError, match="over the limit of 4,000,000"):
         inputs.digit_from_image(image_claiming("TIFF", 3000, 3000))

@@ -18,10 +18,8 @@ import pytest
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
-from serve_helpers import ServeProcess, raw_request  # noqa: E402
+from serve_helpers import ServeProcess, lenet_checkpoint, raw_request  # noqa: E402
 
-import convprop.random as R  # noqa: E402
-from convprop import checkpoint, models  # noqa: E402
 from convprop.serve.inputs import BODY_SECONDS, MAX_BODY  # noqa: E402
 
 CAP = 3 << 29  # 1.5 GiB
@@ -36,10 +34,7 @@ VALID = {("class", None), ("class", 0), ("class", 1), ("lr", 1), ("reset", True)
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    R.manual_seed(0)
-    path = tmp_path_factory.mktemp("hostile") / "checkpoint.npz"
-    checkpoint.save(str(path), models.lenet5(), "lenet5", {"num_classes": 10})
-    p = ServeProcess(path, cap=CAP)
+    p = ServeProcess(lenet_checkpoint(tmp_path_factory.mktemp("hostile")), cap=CAP)
     yield p
     p.stop()
 

@@ -15,10 +15,8 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 import httpx  # noqa: E402
-from serve_helpers import ServeProcess, raw_request  # noqa: E402
+from serve_helpers import ServeProcess, lenet_checkpoint, raw_request  # noqa: E402
 
-import convprop.random as R  # noqa: E402
-from convprop import checkpoint, models  # noqa: E402
 from convprop.serve.inputs import MAX_BODY  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
@@ -27,10 +25,7 @@ PIXELS = {"pixels": np.zeros((28, 28), int).tolist()}
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    R.manual_seed(0)
-    path = tmp_path_factory.mktemp("serve") / "checkpoint.npz"
-    checkpoint.save(str(path), models.lenet5(), "lenet5", {"num_classes": 10})
-    return path
+    return lenet_checkpoint(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,17 @@ from convprop.serve.app import create_app
 from convprop.serve.server import Server, bind
 
 
+def lenet_checkpoint(directory):
+    """directory/checkpoint.npz: a LeNet-5 of random weights (seed 0), as `convprop serve` reads one."""
+    import convprop.random as R
+    from convprop import checkpoint, models
+
+    R.manual_seed(0)
+    path = directory / "checkpoint.npz"
+    checkpoint.save(str(path), models.lenet5(), "lenet5", {"num_classes": 10})
+    return path
+
+
 def start(engine) -> Server:
     return Server(create_app(engine), bind("127.0.0.1", 0)).start()  # port 0: a free port, never a fixed one
 

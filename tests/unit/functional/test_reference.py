@@ -80,28 +80,18 @@ def test_conv_transpose2d_against_the_plain_sums(seed, monkeypatch):
     check_conv_transpose2d(*random_conv(seed, transposed=True), seed)
 
 
-@pytest.mark.parametrize("seed", range(16))
-def test_the_same_route_against_the_plain_sums(seed, monkeypatch):
+# ∂A's routes, each on shapes that take it: (route, the shapes' generator, the check, how many seeds)
+ROUTES = {"same": (random_same_conv, check_conv2d, 16), "subpixel": (random_subpixel, check_conv_transpose2d, 16),
+          "batch-inner": (random_batch_inner_conv, check_conv2d, 24)}
+
+
+@pytest.mark.parametrize("route, seed", [(r, s) for r, (*_, seeds) in ROUTES.items() for s in range(seeds)])
+def test_each_route_against_the_plain_sums(route, seed, monkeypatch):
+    make, check, _ = ROUTES[route]
     small_tiles_and_blocks(seed, monkeypatch)
     routes = routes_taken(monkeypatch)
-    check_conv2d(*random_same_conv(seed), seed)
-    assert routes == ["same"]
-
-
-@pytest.mark.parametrize("seed", range(16))
-def test_the_subpixel_route_against_the_plain_sums(seed, monkeypatch):
-    small_tiles_and_blocks(seed, monkeypatch)
-    routes = routes_taken(monkeypatch)
-    check_conv_transpose2d(*random_subpixel(seed), seed)
-    assert routes == ["subpixel"]
-
-
-@pytest.mark.parametrize("seed", range(24))
-def test_the_batch_inner_route_against_the_plain_sums(seed, monkeypatch):
-    small_tiles_and_blocks(seed, monkeypatch)
-    routes = routes_taken(monkeypatch)
-    check_conv2d(*random_batch_inner_conv(seed), seed)
-    assert routes == ["batch-inner"]
+    check(*make(seed), seed)
+    assert routes == [route]
 
 
 def test_every_route_is_covered(monkeypatch):
