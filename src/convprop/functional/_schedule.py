@@ -23,6 +23,7 @@ set (or is not installed), convprop stays on one thread rather than oversubscrib
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -218,14 +219,13 @@ def each_tile(body: Callable[[Tile, T], None], n: int, oh: int, row_bytes: int, 
 _buffers = threading.local()
 
 
-def scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """This thread's reused buffer for a tile's patches (or a pooling tile's window offsets), grown as
-    needed (docs/performance.md, "Scratch")."""
-    size = int(np.prod(shape))
-    buf = getattr(_buffers, "d", {}).get(np.dtype(dtype).str)
+def scratch(shape: tuple[int, ...], dtype, use: str = "patches") -> np.ndarray:
+    """This thread's reused buffer for a tile's patches (or a pooling tile's window offsets; another
+    `use`, another buffer), grown as needed (docs/performance.md, "Scratch")."""
+    size, key, held = math.prod(shape), (dtype, use), _buffers.__dict__.setdefault("d", {})
+    buf = held.get(key)
     if buf is None or buf.size < size:
-        buf = np.empty(size, dtype)
-        _buffers.__dict__.setdefault("d", {})[np.dtype(dtype).str] = buf
+        buf = held[key] = np.empty(size, dtype)
     return buf[:size].reshape(shape)
 
 

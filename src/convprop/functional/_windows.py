@@ -73,28 +73,41 @@ def like(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return nchw(nhwc(a)) if is_channels_last(ref) else np.ascontiguousarray(a)
 
 
-def pad(xh: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0) -> np.ndarray:
+def pad(xh: np.ndarray, padding: Pair, extra: Pair = (0, 0), value: float = 0.0, planes: bool = False,
+        ) -> np.ndarray:
     """Pad the H and W of xh (N, H, W, C) by `padding` on both sides, plus `extra` at the bottom/right
-    (ceil_mode).  The result keeps xh's memory order."""
+    (ceil_mode).  The result keeps xh's memory order, or with `planes` lies in NCHW memory (each
+    channel's padded plane one contiguous run)."""
     (ph, pw), (eh, ew) = padding, extra
     if ph == pw == eh == ew == 0:
         return xh
     n, h, w, c = xh.shape
     shape = (n, h + 2 * ph + eh, w + 2 * pw + ew, c)
     chk.fits_in_memory(shape, xh.dtype, "padding", f"{padding} pads x {(n, c, h, w)} to {shape}")
-    xp = np.full_like(xh, value, shape=shape)
+    if planes:
+        xp = np.full((n, c) + shape[1:3], value, xh.dtype).transpose(0, 2, 3, 1)
+    else:
+        xp = np.full_like(xh, value, shape=shape)
     xp[:, ph: ph + h, pw: pw + w] = xh
     return xp
 
 
 def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pair,
-            writeable: bool = False) -> np.ndarray:
+            writeable: bool = False, wrap: bool = False) -> np.ndarray:
     """The window view of a padded xp (N, H', W', C) -> (N, OH, OW, kh, kw, C), no copy:
 
     view[n, y, x, i, j, c] = xp[n, y·sh + i·dh, x·sw + j·dw, c]
+
+    wrap: windows of the last columns run on into the next row — stride 1 and OW = W' (every column
+    of the padded width, wider than the true output), xp freshly allocated with an extra bottom row
+    for the last windows to run into.  Then a window column is one run of OH·W' values in memory
+    (conv's wide rows: `_correlate`).
     """
     n, h, w, c = xp.shape
-    for size, k, s, d, o in zip((h, w), kernel, stride, dilation, out):  # as_strided must stay inside xp
+    if wrap and not (stride[1] == 1 and out[1] == w and xp.strides[1] == w * xp.strides[2]
+                     and dilation[1] * (kernel[1] - 1) < w):
+        raise AssertionError(f"a wrapping window view needs stride 1 over whole rows of {w}")
+    for size, k, s, d, o in zip((h - wrap, w), kernel, stride, dilation, out[:2 - wrap]):  # stay inside xp
         if o > 0 and (o - 1) * s + d * (k - 1) + 1 > size:
             raise AssertionError(f"window view of {o} outputs overruns an axis of {size}")
     sn, sh, sw, sc = xp.strides

@@ -76,16 +76,32 @@ def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair
                groups: int, out_hw: Pair) -> tuple[np.ndarray, np.ndarray]:
     """Z = K * A + B.  xh (N, H, W, C), w (Cout, Cg, kh, kw), b (Cout,) or None -> Z (N, OH, OW, Cout),
     and the window view of the padded xh, whose patches ∂K re-reads.  xh may be a view of NCHW memory
-    (a model's input): kept so where im2col copies by columns (few channels), else made channels-last."""
-    if not S.by_columns(w.shape[3], w.shape[1]):
+    (a model's input): kept so where im2col copies by columns (few channels), else made channels-last.
+
+    Wide rows: where im2col copies by columns at stride 1 (a first layer), the window view spans the
+    padded width W' (`windows(wrap=True)`), so that a column of patches is one run of OH·W' values
+    instead of OH runs of OW; the W' − OW extra positions per row are computed and dropped."""
+    cout, cg, kh, kw = w.shape
+    wide = stride[1] == 1 and kw > 1 and S.by_columns(kw, cg)
+    if not S.by_columns(kw, cg):
         xh = np.ascontiguousarray(xh)
-    win = windows(pad(xh, padding), w.shape[2:], stride, dilation, out_hw)
+    xp = pad(xh, padding, (1, 0), planes=True) if wide else pad(xh, padding)
+    win = windows(xp, (kh, kw), stride, dilation, (out_hw[0], xp.shape[2] if wide else out_hw[1]), wrap=wide)
     k = _kernel_columns(w, groups)
-    zh = np.empty((xh.shape[0],) + tuple(out_hw) + (w.shape[0],), xh.dtype)
+    zh = np.empty((xh.shape[0],) + tuple(out_hw) + (cout,), xh.dtype)
     bias = None if b is None else np.tile(b, out_hw[1])  # B for a whole output row (OW·Cout): long runs
 
     def tile(t: S.Tile, _) -> None:
-        np.matmul(S.patches(win, t, groups), k, out=S.rows(zh, t, groups))  # Z_ij = A_patch_ij · K
+        p = S.patches(win, t, groups)
+        if wide:  # Z over the wide rows, then the first OW of each row (+ B) into zh
+            zw = S.scratch(p.shape[:2] + k.shape[2:], p.dtype, "rows")
+            np.matmul(p, k, out=zw)  # Z_ij = A_patch_ij · K
+            dst = zh[t.batch, t.rows].reshape(-1, t.rows.stop - t.rows.start, out_hw[1], groups, cout // groups)
+            crop = zw.reshape((groups,) + dst.shape[:2] + (-1, cout // groups))[:, :, :, : out_hw[1]]
+            crop = crop.transpose(1, 2, 3, 0, 4)
+            np.copyto(dst, crop) if bias is None else np.add(crop, bias.reshape(dst.shape[2:]), out=dst)  # + B
+            return
+        np.matmul(p, k, out=S.rows(zh, t, groups))  # Z_ij = A_patch_ij · K
         if bias is not None:
             rows = zh[t.batch, t.rows].reshape(-1, bias.size)
             rows += bias  # + B
@@ -99,12 +115,24 @@ def _weight_grad(win: np.ndarray, dzh: np.ndarray, w_shape: tuple[int, ...], gro
     dzh (N, OH, OW, Cout) -> (Cout, Cg, kh, kw)."""
 
     def tile(t: S.Tile, dk: np.ndarray) -> None:
-        dk += S.patches(win, t, groups).transpose(0, 2, 1) @ S.rows(dzh, t, groups)  # A_patchᵀ ∂Z
+        dz = S.rows(dzh, t, groups) if win.shape[2] == dzh.shape[2] else _wide_rows(dzh, t, groups, win.shape[2])
+        dk += S.patches(win, t, groups).transpose(0, 2, 1) @ dz  # A_patchᵀ ∂Z
 
     cols = (groups, w_shape[1] * w_shape[2] * w_shape[3], w_shape[0] // groups)
     dk = S.each_tile(tile, dzh.shape[0], dzh.shape[1], _row_bytes(win, groups, dzh.shape[3]), _work(win, dzh.shape[3]),
                      start=lambda: np.zeros(cols, dzh.dtype))
     return _from_columns(sum(dk[1:], dk[0]), w_shape)
+
+
+def _wide_rows(dzh: np.ndarray, t: S.Tile, groups: int, wide: int) -> np.ndarray:
+    """Tile t's ∂Z (N, OH, OW, Cout) as GEMM rows (G, P, Cog) over output rows `wide` long (the wide
+    rows of `_correlate`), zero at the extra positions: they add nothing to ∂K."""
+    part = dzh[t.batch, t.rows]
+    nb, rb, ow, cout = part.shape
+    rows = S.scratch((groups, nb, rb, wide, cout // groups), dzh.dtype, "rows")
+    rows[:, :, :, ow:] = 0
+    np.copyto(rows[:, :, :, :ow], part.reshape(nb, rb, ow, groups, -1).transpose(3, 0, 1, 2, 4))
+    return rows.reshape(groups, -1, cout // groups)
 
 
 # --------------------------------------------------------------------------- ∂A = K ⋆ᵀ ∂Z, three routes

@@ -294,6 +294,27 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
     check_op("max_pool2d", [tie_free(rng, (n, 3, h, h))], 2, seed=1)
 
 
+@pytest.mark.parametrize("c, g, h, w, k, s, p, d, wide", [
+    (1, 1, 28, 28, 5, 1, 2, 1, True),             # LeNet-5's conv1
+    (3, 1, 11, 13, 3, 1, 1, 1, True),             # RGB, a non-square input
+    (2, 2, 9, 10, (3, 2), (2, 1), (0, 1), (1, 2), True),  # groups, rows strided, columns dilated
+    (1, 1, 7, 6, (1, 4), 1, 0, 1, True),          # one kernel row
+    (1, 1, 8, 8, (3, 1), 1, 1, 1, False),         # one kernel column: no columns to wrap
+    (3, 1, 12, 12, 3, (1, 2), 1, 1, False),       # columns strided: not wide
+    (8, 1, 10, 10, 3, 1, 1, 1, False),            # 24-value kernel rows: copied by rows
+])
+def test_wide_rows_of_first_layers_equal_torch(c, g, h, w, k, s, p, d, wide):
+    """Few channels at column stride 1: the patches span the padded width (`windows(wrap=True)`) and
+    the extra columns are computed and dropped — forward, ∂A and ∂K still equal torch's, both layouts."""
+    rng = np.random.default_rng(c * h + w)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x, wt, b = rng.standard_normal((5, c, h, w)), rng.standard_normal((4, c // g, kh, kw)), rng.standard_normal(4)
+    for seed, dtype in ((0, np.float64), (1, np.float32)):
+        check_op("conv2d", [x, wt, b], dtype=dtype, seed=seed, stride=s, padding=p, dilation=d, groups=g)
+    out, cache = F.conv2d(x, wt, b, stride=s, padding=p, dilation=d, groups=g)
+    assert (cache.windows.shape[2] > out.shape[3]) == wide, cache.windows.shape
+
+
 @pytest.mark.parametrize("n, c, h, k, s, p, tile_bytes", [
     (32, 3, 12, 3, 1, 1, 3 * 9 * 12 * 8 * 12),   # whole samples, a few a tile ('same' route)
     (20, 16, 9, 3, 2, 0, 1),                     # one output row of one sample a tile; scatter
@@ -321,8 +342,9 @@ def test_conv_in_cache_sized_tiles_equals_torch(n, c, h, k, s, p, tile_bytes, mo
 def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
     """A first layer's patches, copied by columns (_schedule.by_columns) for a GEMM of few outputs, are
     tiled COLUMNS_TILE_SHARE times finer (kept in L2): LeNet-5's conv1 at batch 16, in float64, is
-    2.5 MB of patches, one tile by TILE_BYTES alone, several here; the results still equal torch's.
-    With 16 outputs the tiles stay TILE_BYTES."""
+    2.9 MB of patches over its wide rows (32 columns of the padded width for 28 outputs), one tile by
+    TILE_BYTES alone, several here; the results still equal torch's.  With 16 outputs the tiles stay
+    TILE_BYTES."""
     from convprop.functional import _schedule
 
     monkeypatch.setattr(_schedule, "_count", 1)  # one block of the batch: its tiles alone
@@ -332,7 +354,8 @@ def test_patches_by_columns_run_in_smaller_tiles_equal_torch(monkeypatch):
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((16, 1, 28, 28)), rng.standard_normal((6, 1, 5, 5)), rng.standard_normal(6)
     check_op("conv2d", [x, w, b], padding=2)
-    assert sorted(counts) == [1, 6, 6], counts  # Z and ∂K by columns in 6 tiles; ∂A's scatter by TILE_BYTES in 1
+    assert sorted(counts) == [1, 8, 8], counts  # Z and ∂K by columns in 8 tiles; ∂A's scatter by TILE_BYTES in 1
+    assert F.conv2d(x, w, b, padding=2)[1].windows.shape[1:3] == (28, 32)  # the wide rows
     counts.clear()
     check_op("conv2d", [x[:, :, :10, :10], w, None], padding=2)  # small: one tile
     assert max(counts) == 1, counts
