@@ -117,6 +117,8 @@ if hasattr(os, "register_at_fork"):
 def parts(n: int, nbytes: int, flops: int = 0) -> list[slice]:
     """The batch 0..n split into up to get_num_threads() contiguous, nearly equal blocks, fewer when
     the work (nbytes read and written, flops computed) is too small to share."""
+    if _count == 1:
+        return [slice(0, n)]
     k = max(1, min(_count, n, (nbytes + flops // FLOPS_PER_BYTE) // MIN_WORK_PER_THREAD))
     bounds = [n * i // k for i in range(k + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -50,7 +50,35 @@ def _backward(op: str, grad, dout, cache) -> np.ndarray:
 
 # Each activation: two element-wise formulas, value(z, out) for A and grad(da, saved, out) for ∂Z.
 def _relu(z, out):
-    return np.maximum(z, 0, out=out)  # A = max(Z, 0)
+    flat = _flat_views(z, out)
+    if flat is None:
+        return np.maximum(z, 0, out=out)  # A = max(Z, 0)
+    np.maximum(flat[0], _zeros(flat[0].size, z.dtype), out=flat[1])  # A = max(Z, 0)
+    return out
+
+
+_zero_buffers: dict[np.dtype, np.ndarray] = {}
+
+
+def _zeros(size: int, dtype) -> np.ndarray:
+    """`size` zeros of dtype, from one buffer kept and grown (never written: threads may share it).
+    NumPy's maximum of two arrays runs 2–4× faster than its maximum of an array and the scalar 0
+    (301,056 float32 values: 41 vs 113–165 µs here), so ReLU compares with an array of zeros."""
+    buf = _zero_buffers.get(np.dtype(dtype))
+    if buf is None or buf.size < size:
+        buf = _zero_buffers[np.dtype(dtype)] = np.zeros(size, dtype)
+    return buf[:size]
+
+
+def _flat_views(z, out):
+    """(Z, out) as 1-D views of their memory where both lie alike and densely (any axis order), else None."""
+    if z.strides != out.strides:
+        return None
+    order = np.argsort(z.strides, kind="stable")[::-1]
+    zt, ot = z.transpose(order), out.transpose(order)
+    if not (zt.flags.c_contiguous and ot.flags.c_contiguous):
+        return None
+    return zt.reshape(-1), ot.reshape(-1)
 
 
 def _relu_grad(da, a, out):

@@ -28,6 +28,7 @@ conv2d, conv2d_backward, conv_transpose2d.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -69,7 +70,7 @@ def _row_bytes(win: np.ndarray, groups: int, cout: int) -> int:
     (few channels) for a GEMM of few outputs (cout // groups < 16: LeNet-5's 1→6) count
     COLUMNS_TILE_SHARE times, so that their tile stays in L2 (docs/performance.md, "Patches by columns")."""
     thin = S.by_columns(win.shape[4], win.shape[5] // groups) and cout // groups < 16
-    return (S.COLUMNS_TILE_SHARE if thin else 1) * int(np.prod(win.shape[2:])) * win.itemsize
+    return (S.COLUMNS_TILE_SHARE if thin else 1) * math.prod(win.shape[2:]) * win.itemsize
 
 
 def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair, padding: Pair, dilation: Pair,

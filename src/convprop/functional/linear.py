@@ -6,6 +6,7 @@ Any leading dimensions of x are treated as batch: (*, in) -> (*, out).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ __all__ = ["linear", "linear_backward"]
 
 def _rows(x: np.ndarray) -> int:
     """The rows of x (*, in) as a matrix: the product of its leading dimensions."""
-    return int(np.prod(x.shape[:-1], dtype=np.int64))
+    return math.prod(x.shape[:-1])
 
 
 @dataclass(frozen=True, eq=False)

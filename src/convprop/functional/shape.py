@@ -37,7 +37,7 @@ def flatten(x: np.ndarray, start_dim: int = 0, end_dim: int = -1) -> tuple[np.nd
 def flatten_backward(dout: np.ndarray, cache: FlattenCache) -> np.ndarray:
     """∂x = ∂out reshaped back to the input's shape."""
     chk.cache_of(cache, FlattenCache, "flatten")
-    if not isinstance(dout, np.ndarray) or dout.size != int(np.prod(cache.shape)):
-        raise ValueError(f"dout: expected {int(np.prod(cache.shape))} values (the input {cache.shape}), got "
+    if not isinstance(dout, np.ndarray) or dout.size != math.prod(cache.shape):
+        raise ValueError(f"dout: expected {math.prod(cache.shape)} values (the input {cache.shape}), got "
                          f"{getattr(dout, 'shape', type(dout).__name__)}")
     return dout.reshape(cache.shape)
