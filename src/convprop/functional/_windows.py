@@ -111,9 +111,15 @@ def windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair, out: Pai
         if o > 0 and (o - 1) * s + d * (k - 1) + 1 > size:
             raise AssertionError(f"window view of {o} outputs overruns an axis of {size}")
     sn, sh, sw, sc = xp.strides
-    return as_strided(xp, shape=(n, out[0], out[1], kernel[0], kernel[1], c),
-                      strides=(sn, stride[0] * sh, stride[1] * sw, dilation[0] * sh, dilation[1] * sw, sc),
-                      writeable=writeable)
+    shape = (n, out[0], out[1], kernel[0], kernel[1], c)
+    strides = (sn, stride[0] * sh, stride[1] * sw, dilation[0] * sh, dilation[1] * sw, sc)
+    owner = xp if xp.flags.c_contiguous else xp.base  # a padded copy, or a transposed view of all of one
+    if isinstance(owner, np.ndarray) and owner.flags.c_contiguous and (
+            owner is xp or sorted(zip(xp.strides, xp.shape), reverse=True) == list(zip(owner.strides, owner.shape))):
+        view = np.ndarray(shape, xp.dtype, owner, 0, strides)  # as as_strided, at a sixth of its cost
+        view.flags.writeable = writeable and owner.flags.writeable
+        return view
+    return as_strided(xp, shape=shape, strides=strides, writeable=writeable)
 
 
 class Col2im:
