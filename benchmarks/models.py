@@ -133,6 +133,88 @@ def convolutions_alone(np, torch, layers: list, batch: int) -> tuple:
             ours, theirs)
 
 
+def conv_floors(np, torch, layers: list, rounds: int) -> list[dict]:
+    """Per distinct convolution of the step: torch's forward+backward, convprop's, and the floor of any
+    im2col engine in NumPy — its GEMMs (Z = patches @ K, ∂K = patchesᵀ @ ∂Z, and ∂A's GEMM but for the
+    first layer) at OpenBLAS's rate on operands already in cache, plus one copy of the patches (every
+    im2col engine copies them at least once).  floor / torch above 1.2 for the shapes that carry the time
+    means the ≤ 1.2× target is out of reach without fused kernels (docs/performance.md)."""
+    from convprop import nn
+
+    shapes: dict = {}
+    for i, (m, x, out_shape, _) in enumerate(e for e in layers if isinstance(e[0], nn.Conv2d)):
+        key = (x.shape, m.weight.data.shape, m.stride, m.padding, i > 0)
+        shapes.setdefault(key, [m, x, out_shape, 0])[3] += 1
+    rows = [_floor_row(np, torch, m, x, out_shape, count, input_grad, rounds)
+            for (*_, input_grad), (m, x, out_shape, count) in shapes.items()]
+    keys = ("ours_ms", "gemms_ms", "im2col_ms", "floor_ms") + (("torch_ms",) if torch else ())
+    total = {k: sum(r[k] * r["count"] for r in rows) for k in keys}
+    gflop = sum(r["gflop"] * r["count"] for r in rows)
+    return rows + [dict(shape="all, weighted by count", count=sum(r["count"] for r in rows), gflop=gflop,
+                        gemm_gflops=gflop / total["gemms_ms"] * 1e3, **total)]
+
+
+def _floor_row(np, torch, m, x, out_shape, count: int, input_grad: bool, rounds: int) -> dict:
+    import convprop.functional as F
+    from benchmarks.timing import interleaved
+    from convprop.functional import _schedule as S
+    from convprop.functional._windows import pad, windows
+
+    def pair(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    w, stride, padding = m.weight.data, pair(m.stride), pair(m.padding)
+    dz = np.ones_like(F.conv2d(x, w, None, stride, padding)[0])
+    n, oh, ow = out_shape[0], out_shape[2], out_shape[3]
+    cols, cout = w[0].size, w.shape[0]
+    positions = n * oh * ow
+    tile = max(1, min(positions, S.TILE_BYTES // (cols * x.itemsize)))  # positions in 2 MiB of patches
+    a = np.random.default_rng(0).standard_normal((tile, cols)).astype(x.dtype)  # one tile's operands,
+    k, g = np.ones((cols, cout), x.dtype), np.ones((tile, cout), x.dtype)     # reused: from cache
+    reps = -(-positions // tile)
+
+    def gemms():
+        for _ in range(reps):
+            a @ k  # Z = patches @ K
+            a.T @ g  # ∂K = patchesᵀ @ ∂Z
+            if input_grad:
+                g @ k.T  # ∂patches = ∂Z @ Kᵀ (the 'same' route: the same flops)
+
+    win = windows(pad(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), padding), w.shape[2:], stride, (1, 1),
+                  (oh, ow))
+    per = max(1, tile // (oh * ow))
+
+    def im2col():  # every patch copied once, a tile at a time, as the engine does
+        for n0 in range(0, n, per):
+            S.patches(win, S.Tile(slice(n0, min(n, n0 + per)), slice(0, oh)), 1)
+
+    def ours():
+        F.conv2d_backward(dz, F.conv2d(x, w, None, stride, padding)[1], input_grad=input_grad)
+
+    fns = {"ours": ours, "gemms": gemms, "im2col": im2col}
+    if torch:
+        tx, tw, tdz = torch.tensor(x, requires_grad=input_grad), torch.tensor(w, requires_grad=True), torch.tensor(dz)
+        fns["torch"] = lambda: torch.nn.functional.conv2d(tx, tw, None, stride, padding).backward(tdz)
+    t = interleaved(fns, rounds)
+    flops = 2 * positions * cols * cout * (3 if input_grad else 2)
+    return dict(shape=f"{x.shape[1]}→{cout} {x.shape[2]}² k{w.shape[2]} s{stride[0]}", count=count, gflop=flops / 1e9,
+                gemm_gflops=flops / t["gemms"] / 1e9, floor_ms=(t["gemms"] + t["im2col"]) * 1e3,
+                **{f"{name}_ms": v * 1e3 for name, v in t.items()})
+
+
+def floor_table(rows: list[dict]) -> str:
+    """conv_floors' rows as a Markdown table."""
+    out = ["| ResNet-20 convolution | × | GFLOP | torch ms | convprop ms (× torch) | GEMMs ms "
+           "(GFLOP/s) | one im2col ms | floor ms (× torch) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        torch_ms = r.get("torch_ms")
+        ours, floor = ((f" ({r[k] / torch_ms:.2f}×)" if torch_ms else "") for k in ("ours_ms", "floor_ms"))
+        out.append(f"| {r['shape']} | {r['count']} | {r['gflop']:.2f} | {torch_ms or 0:.1f} | {r['ours_ms']:.1f}"
+                   f"{ours} | {r['gemms_ms']:.1f} ({r['gemm_gflops']:.0f}) | {r['im2col_ms']:.1f} | "
+                   f"{r['floor_ms']:.1f}{floor} |")
+    return "\n".join(out)
+
+
 def batch_norms_alone(np, torch, model, batch: int) -> tuple:
     """The step's BatchNorm2d layers alone, each followed by a ReLU: forward (training: batch statistics)
     and backward of both on the input the layer gets in the step, both frameworks."""
@@ -287,6 +369,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, choices=[1, 2], default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--floors", action="store_true",
+                   help="only the per-convolution floors of ResNet-20 (GEMMs + one im2col) against torch")
     args = p.parse_args(argv)
     want = str(args.threads)
     if os.environ.get("OMP_NUM_THREADS") != want and "numpy" not in sys.modules:
@@ -308,6 +392,12 @@ def main(argv=None) -> int:
     rounds = 3 if args.smoke else args.rounds
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; {args.threads} thread(s); load average "
           f"{os.getloadavg()[0]:.1f}")
+    if args.floors:
+        from convprop import models
+
+        layers = traced_layers(models.resnet20(in_channels=3), 8 if args.smoke else 128, 32)
+        print(floor_table(conv_floors(np, torch, layers, rounds)))
+        return 0
     for name, _, flops, _, _, ours, theirs in step_cases(np, torch, args.smoke):
         t = interleaved({"convprop": ours, **({"torch": theirs} if theirs else {})}, rounds)
         ratio = f"  ratio {t['convprop'] / t['torch']:.2f}" if "torch" in t else ""
