@@ -127,6 +127,23 @@ def random_batch_inner_conv(seed):
     return [x, wt, b], dict(stride=stride, padding=p, dilation=d), random_dtype(rng)
 
 
+def random_planes_conv(seed):
+    """Convolutions of an image's 1–3 channels (groups 1) at any kernel, stride, padding and dilation, the
+    stride not dividing the kernel: the shapes whose backward-data takes the planes route
+    (conv._planes_route), from one sample to a few dozen."""
+    rng = np.random.default_rng(40_000 + seed)
+    cin, (kh, kw) = int(rng.integers(1, 4)), (int(v) for v in rng.integers(1, 6, size=2))
+    s = tuple(int(v) for v in rng.integers(1, 4, size=2))
+    if all(k % st == 0 for k, st in zip((kh, kw), s)) and s != (1, 1):  # the sub-pixel route's shapes
+        s = (s[0], s[1] + 1) if kw % (s[1] + 1) else (s[0] + 1, s[1])
+    d, p = tuple(int(v) for v in rng.integers(1, 3, size=2)), tuple(int(v) for v in rng.integers(0, 3, size=2))
+    h, w = (int(rng.integers(dd * (kk - 1) + 1, dd * (kk - 1) + 12)) for dd, kk in zip(d, (kh, kw)))
+    x = rng.standard_normal((int(rng.choice([1, 2, 7, 33])), cin, h, w))
+    wt = rng.standard_normal((int(rng.integers(2 * cin + 1, 2 * cin + 6)), cin, kh, kw))  # not the same route
+    b = rng.standard_normal(wt.shape[0]) if rng.random() < 0.5 else None
+    return [x, wt, b], dict(stride=s, padding=p, dilation=d), random_dtype(rng)
+
+
 def random_subpixel(seed):
     """Transposed convolutions whose stride divides the kernel (the usual ×2 upsampling, k4 s2):
     the sub-pixel route (conv._subpixel_route)."""

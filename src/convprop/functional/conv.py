@@ -65,11 +65,16 @@ def _work(win: np.ndarray, cout: int) -> tuple[int, int]:
     return n * oh * ow * (c + cout) * win.itemsize, 2 * n * oh * ow * kh * kw * c * cout
 
 
+def _thin(kw: int, cg: int, cog: int) -> bool:
+    """A first layer of few outputs: patches copied by columns (few channels) for a GEMM of fewer than 16
+    outputs a group (LeNet-5's 1→6; not a CIFAR net's 3→16)."""
+    return S.by_columns(kw, cg) and cog < 16
+
+
 def _row_bytes(win: np.ndarray, groups: int, cout: int) -> int:
-    """The patches of one output row of one sample, as the tiles count them: patches copied by columns
-    (few channels) for a GEMM of few outputs (cout // groups < 16: LeNet-5's 1→6) count
+    """The patches of one output row of one sample, as the tiles count them: a thin layer's count
     COLUMNS_TILE_SHARE times, so that their tile stays in L2 (docs/performance.md, "Patches by columns")."""
-    thin = S.by_columns(win.shape[4], win.shape[5] // groups) and cout // groups < 16
+    thin = _thin(win.shape[4], win.shape[5] // groups, cout // groups)
     return (S.COLUMNS_TILE_SHARE if thin else 1) * math.prod(win.shape[2:]) * win.itemsize
 
 
@@ -79,11 +84,12 @@ def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair
     and the window view of the padded xh, whose patches ∂K re-reads.  xh may be a view of NCHW memory
     (a model's input): kept so where im2col copies by columns (few channels), else made channels-last.
 
-    Wide rows: where im2col copies by columns at stride 1 (a first layer), the window view spans the
-    padded width W' (`windows(wrap=True)`), so that a column of patches is one run of OH·W' values
-    instead of OH runs of OW; the W' − OW extra positions per row are computed and dropped."""
+    Wide rows: for a thin layer (`_thin`) at column stride 1, the window view spans the padded width W'
+    (`windows(wrap=True)`), so that a column of patches is one run of OH·W' values instead of OH runs of
+    OW; the W' − OW extra positions per row are computed and dropped as Z is copied out of scratch
+    (docs/performance.md, "Wide rows").  With more outputs that copy of Z costs more than it saves."""
     cout, cg, kh, kw = w.shape
-    wide = stride[1] == 1 and kw > 1 and S.by_columns(kw, cg)
+    wide = stride[1] == 1 and kw > 1 and _thin(kw, cg, cout // groups)
     if not S.by_columns(kw, cg):
         xh = np.ascontiguousarray(xh)
     xp = pad(xh, padding, (1, 0), planes=True) if wide else pad(xh, padding)
@@ -158,6 +164,8 @@ def _data_grad(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, paddin
         return _subpixel_route(dzh, w, in_hw, stride, padding, groups)
     if route == "batch-inner":
         return _batch_inner_route(dzh, w, in_hw, stride, padding, dilation)
+    if route == "planes":
+        return _planes_route(dzh, w, in_hw, stride, padding, dilation)
     n, oh, ow, _ = dzh.shape
     # Kᵀ for each kernel offset (G, kh·kw, Cog, Cg): each offset's patch gradients come out as
     # contiguous (P, Cg) rows, which col2im adds onto its window cells in long runs
@@ -197,6 +205,8 @@ def _data_grad_route(dz_shape: tuple[int, ...], w_shape: tuple[int, ...], in_hw:
         return "subpixel"
     if groups == 1 and cg < BATCH_INNER_CHANNELS and kh * kw * cg >= BATCH_INNER_ROWS:
         return "batch-inner"
+    if groups == 1 and cg <= PLANES_CHANNELS:
+        return "planes"
     return "scatter"
 
 
@@ -227,6 +237,37 @@ def _batch_inner_route(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair
     S.run(block, S.parts(n, 2 * da.dxp.nbytes, 2 * dzh.size * cg * kh * kw))
     crop = da.dxp[:, padding[0]: padding[0] + in_hw[0], padding[1]: padding[1] + in_hw[1]]
     return np.ascontiguousarray(crop.transpose(3, 1, 2, 0))  # (N, H, W, C)
+
+
+# ∂A of at most this many channels (a first layer's image: grey or RGB): the planes route
+PLANES_CHANNELS = 3
+
+
+def _planes_route(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair, dilation: Pair,
+                  ) -> np.ndarray:
+    """K ⋆ᵀ ∂Z for an image's 1–3 channels (groups 1): the scatter onto each channel's planes.
+
+    ∂A_patchᵀ = Kᵀ ∂Zᵀ for a tile of samples is one GEMM, ∂Z read in place (its transposed view), with
+    the positions as its long side (the per-offset scatter's GEMMs would be 1–3 columns wide); col2im
+    adds each offset's rows onto the tile's (C·nb) planes of H'×W' in runs of OW values, and the
+    cropped planes are copied to channels-last once.
+    """
+    n, oh, ow, cout = dzh.shape
+    _, cg, kh, kw = w.shape
+    kt = w.transpose(2, 3, 1, 0).reshape(kh * kw * cg, cout)  # Kᵀ: rows (i, j, c)
+    (hp, wp), (ph, pw) = (in_hw[0] + 2 * padding[0], in_hw[1] + 2 * padding[1]), padding
+    dx = np.empty((n,) + tuple(in_hw) + (cg,), dzh.dtype)
+
+    def tile(t: S.Tile, _) -> None:
+        nb = t.batch.stop - t.batch.start
+        dp = (kt @ dzh[t.batch].reshape(-1, cout).T).reshape(kh, kw, cg * nb, oh, ow, 1)  # ∂A_patchᵀ = Kᵀ ∂Zᵀ
+        da = Col2im((cg * nb, hp, wp, 1), dzh.dtype, (kh, kw), stride, dilation, (oh, ow))  # planes (c, n)
+        da.add(lambda i, j: dp[i, j], slice(None), slice(None))
+        planes = da.dxp.reshape(cg, nb, hp, wp)[:, :, ph: ph + in_hw[0], pw: pw + in_hw[1]]
+        dx[t.batch] = planes.transpose(1, 2, 3, 0)
+
+    S.each_tile(tile, n, 1, kt.shape[0] * oh * ow * dzh.itemsize, (2 * dx.nbytes, 2 * dzh.size * kt.shape[0]))
+    return dx
 
 
 def _subpixel_route(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair, groups: int,

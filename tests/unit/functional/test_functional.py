@@ -294,21 +294,23 @@ def test_conv_at_training_batch_sizes_both_layouts(n, h, k, s, p, g):
     check_op("max_pool2d", [tie_free(rng, (n, 3, h, h))], 2, seed=1)
 
 
-@pytest.mark.parametrize("c, g, h, w, k, s, p, d, wide", [
-    (1, 1, 28, 28, 5, 1, 2, 1, True),             # LeNet-5's conv1
-    (3, 1, 11, 13, 3, 1, 1, 1, True),             # RGB, a non-square input
-    (2, 2, 9, 10, (3, 2), (2, 1), (0, 1), (1, 2), True),  # groups, rows strided, columns dilated
-    (1, 1, 7, 6, (1, 4), 1, 0, 1, True),          # one kernel row
-    (1, 1, 8, 8, (3, 1), 1, 1, 1, False),         # one kernel column: no columns to wrap
-    (3, 1, 12, 12, 3, (1, 2), 1, 1, False),       # columns strided: not wide
-    (8, 1, 10, 10, 3, 1, 1, 1, False),            # 24-value kernel rows: copied by rows
+@pytest.mark.parametrize("c, g, h, w, k, s, p, d, cout, wide", [
+    (1, 1, 28, 28, 5, 1, 2, 1, 6, True),             # LeNet-5's conv1
+    (3, 1, 11, 13, 3, 1, 1, 1, 4, True),             # RGB, a non-square input
+    (2, 2, 9, 10, (3, 2), (2, 1), (0, 1), (1, 2), 4, True),  # groups, rows strided, columns dilated
+    (1, 1, 7, 6, (1, 4), 1, 0, 1, 15, True),         # one kernel row; 15 outputs
+    (1, 1, 8, 8, (3, 1), 1, 1, 1, 4, False),         # one kernel column: no columns to wrap
+    (3, 1, 12, 12, 3, (1, 2), 1, 1, 4, False),       # columns strided: not wide
+    (8, 1, 10, 10, 3, 1, 1, 1, 4, False),            # 24-value kernel rows: copied by rows
+    (3, 1, 10, 10, 3, 1, 1, 1, 16, False),           # 16 outputs (a CIFAR net's 3→16): copying Z out costs more
 ])
-def test_wide_rows_of_first_layers_equal_torch(c, g, h, w, k, s, p, d, wide):
-    """Few channels at column stride 1: the patches span the padded width (`windows(wrap=True)`) and
-    the extra columns are computed and dropped — forward, ∂A and ∂K still equal torch's, both layouts."""
+def test_wide_rows_of_first_layers_equal_torch(c, g, h, w, k, s, p, d, cout, wide):
+    """Few channels and few outputs at column stride 1: the patches span the padded width
+    (`windows(wrap=True)`) and the extra columns are computed and dropped — forward, ∂A and ∂K still
+    equal torch's, both layouts."""
     rng = np.random.default_rng(c * h + w)
     kh, kw = (k, k) if isinstance(k, int) else k
-    x, wt, b = rng.standard_normal((5, c, h, w)), rng.standard_normal((4, c // g, kh, kw)), rng.standard_normal(4)
+    x, wt, b = rng.standard_normal((5, c, h, w)), rng.standard_normal((cout, c // g, kh, kw)), rng.standard_normal(cout)
     for seed, dtype in ((0, np.float64), (1, np.float32)):
         check_op("conv2d", [x, wt, b], dtype=dtype, seed=seed, stride=s, padding=p, dilation=d, groups=g)
     out, cache = F.conv2d(x, wt, b, stride=s, padding=p, dilation=d, groups=g)

@@ -11,6 +11,7 @@ from cases import (
     layout,
     random_batch_inner_conv,
     random_conv,
+    random_planes_conv,
     random_pool,
     random_same_conv,
     random_subpixel,
@@ -82,7 +83,7 @@ def test_conv_transpose2d_against_the_plain_sums(seed, monkeypatch):
 
 # ∂A's routes, each on shapes that take it: (route, the shapes' generator, the check, how many seeds)
 ROUTES = {"same": (random_same_conv, check_conv2d, 16), "subpixel": (random_subpixel, check_conv_transpose2d, 16),
-          "batch-inner": (random_batch_inner_conv, check_conv2d, 24)}
+          "batch-inner": (random_batch_inner_conv, check_conv2d, 24), "planes": (random_planes_conv, check_conv2d, 24)}
 
 
 @pytest.mark.parametrize("route, seed", [(r, s) for r, (*_, seeds) in ROUTES.items() for s in range(seeds)])
