@@ -8,9 +8,12 @@ Symbols (docs/math.md): Z^{l-1} = x (N, C, H, W) the pooling input, Z^l = out (N
           ∂Z^{l-1} = every ∂Z^l_ij / r_size spread over its window          (overlaps sum)
 
 The activation factor ⊙ act'(Z^{l-1}) of docs/math.md belongs to the activation's own backward.
-Outputs and gradients are channels-last in memory (_windows.py): a window's slice at one kernel
-offset is an (N, OH, OW, C) run of whole channel rows.  Loop twins (reference.py, which
-`use_reference` switches to): max_pool2d, max_pool2d_backward, avg_pool2d, avg_pool2d_backward.
+Pooling works on each channel's plane alone, so it runs in its input's memory layout: a channels-last
+input (a model's activations, _windows.py) as (N, H, W, C) rows — a window's slice at one kernel offset
+is an (N, OH, OW, C) run of whole channel rows — and an NCHW one (a user's array) as N·C planes of one
+channel, (N·C, H, W, 1), with no conversion; outputs and gradients keep the layout (`_Geometry.rows`).
+Loop twins (reference.py, which `use_reference` switches to): max_pool2d, max_pool2d_backward,
+avg_pool2d, avg_pool2d_backward.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from . import _checks as chk
 from . import _schedule as S
 from . import reference as R
 from ._unbatched import unbatched, unbatched_backward
-from ._windows import Col2im, Pair, nchw, nhwc, out_size, pad, windows
+from ._windows import Col2im, Pair, is_channels_last, nchw, nhwc, out_size, pad, windows
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_unpool2d", "max_unpool2d_backward",
            "avg_pool2d", "avg_pool2d_backward"]
@@ -41,20 +44,32 @@ class _Geometry:
     dilation: Pair
     out: Pair
     extra: Pair  # bottom/right padding that ceil_mode's last window needs
+    planes: bool  # the input lies NCHW (or has one channel): run on N·C planes of one channel
+
+    def rows(self, a: np.ndarray) -> np.ndarray:
+        """(N, C, h, w) in this call's layout: (N, h, w, C) channels-last, or (N·C, h, w, 1) planes."""
+        if self.planes:
+            return np.ascontiguousarray(a).reshape((-1,) + a.shape[2:] + (1,))
+        return nhwc(a)
+
+    def logical(self, a: np.ndarray) -> np.ndarray:
+        """rows() undone: (N', h, w, C') -> (N, C, h, w), a view."""
+        return a.reshape(self.x_shape[:2] + a.shape[1:3]) if self.planes else nchw(a)
 
     def view(self, x: np.ndarray, fill: float) -> np.ndarray:
-        """(N, C, H, W) -> the window view (N, OH, OW, kh, kw, C) of x padded with `fill`, channels-last."""
-        return windows(pad(nhwc(x), self.padding, self.extra, fill), self.kernel, self.stride, self.dilation,
+        """(N, C, H, W) -> the window view (N', OH, OW, kh, kw, C') of rows(x) padded with `fill`."""
+        return windows(pad(self.rows(x), self.padding, self.extra, fill), self.kernel, self.stride, self.dilation,
                        self.out)
 
     def scatter(self, piece, dtype) -> np.ndarray:
-        """col2im: Σ over kernel offsets (i, j) of piece(batch, i, j) (nb, OH, OW, C) put back where
+        """col2im: Σ over kernel offsets (i, j) of piece(batch, i, j) (nb, OH, OW, C') put back where
         window ij read it, the batch in blocks on convprop's threads; cropped to the input (N, C, H, W)."""
         (n, c, h, w), (ph, pw), (eh, ew) = self.x_shape, self.padding, self.extra
+        n, c = (n * c, 1) if self.planes else (n, c)
         da = Col2im((n, h + 2 * ph + eh, w + 2 * pw + ew, c), dtype, self.kernel, self.stride, self.dilation,
                     self.out)
         S.run(lambda b: da.add(lambda i, j: piece(b, i, j), b, slice(None)), S.parts(n, 2 * da.dxp.nbytes))
-        return nchw(da.dxp[:, ph: ph + h, pw: pw + w])
+        return self.logical(da.dxp[:, ph: ph + h, pw: pw + w])
 
 
 def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry:
@@ -74,7 +89,7 @@ def _geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> _Geometry
         for k, size in enumerate((h, w)))
     extra = tuple(max(0, (out[k] - 1) * stride[k] + dilation[k] * (kernel[k] - 1) + 1 - (size + 2 * padding[k]))
                   for k, size in enumerate((h, w)))
-    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra)
+    return _Geometry(x.shape, kernel, stride, padding, dilation, out, extra, not is_channels_last(x))
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -121,7 +136,7 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
         out = z.astype(x.dtype)
         return ((out, cache.indices) if return_indices else out), cache
     win = g.view(x, -np.inf)
-    out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, OH, OW, C)
+    out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N', OH, OW, C')
     argmax = np.empty(out.shape, np.int16 if kh * kw < 2**15 else np.int64)
 
     def window_max(t: S.Tile, _) -> None:
@@ -142,9 +157,9 @@ def max_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
             for k, cand in enumerate(offsets):
                 arg += (nan & np.isnan(cand)) * (k - arg).astype(arg.dtype)
 
-    S.each_tile(window_max, x.shape[0], g.out[0], g.out[1] * x.shape[1] * kh * kw * x.itemsize,
+    S.each_tile(window_max, out.shape[0], g.out[0], g.out[1] * out.shape[3] * kh * kw * x.itemsize,
                 (x.nbytes + out.nbytes + argmax.nbytes, 0))
-    out, cache = nchw(out), MaxPool2dCache(nchw(argmax), g, x.dtype)
+    out, cache = g.logical(out), MaxPool2dCache(g.logical(argmax), g, x.dtype)
     return ((out, cache.indices) if return_indices else out), cache
 
 
@@ -161,13 +176,13 @@ def max_pool2d_backward(dout: np.ndarray, cache: MaxPool2dCache) -> np.ndarray:
     if R.active():
         rows_cols = np.stack(np.divmod(cache.indices, g.x_shape[3]), axis=-1)
         return R.max_pool2d_backward(dz, g.x_shape, rows_cols).astype(dz.dtype)
-    return g.scatter(partial(_unpool_piece, nhwc(dz), nhwc(cache.argmax), g.kernel[1]), dz.dtype)
+    return g.scatter(partial(_unpool_piece, g.rows(dz), g.rows(cache.argmax), g.kernel[1]), dz.dtype)
 
 
 def _unpool_piece(dzh: np.ndarray, argmax: np.ndarray, kw: int, batch: slice, i: int, j: int) -> np.ndarray:
     """Max-unpool at kernel offset (i, j): ∂A_(y·s+i·d, x·s+j·d) += ∂Z_yx · [argmax_yx = (i, j)] —
     each window's gradient goes to the one input cell that won its max, nothing to the others.
-    dzh, argmax (N, OH, OW, C) -> the piece for the samples `batch`."""
+    dzh, argmax (N', OH, OW, C') in the call's rows -> the piece for the samples `batch`."""
     return dzh[batch] * (argmax[batch] == i * kw + j)
 
 
@@ -295,7 +310,7 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
         return (R.avg_pool2d(x, g.kernel, g.stride, g.padding, bool(ceil_mode), bool(count_include_pad))
                 .astype(x.dtype), AvgPool2dCache(divisor, g, x.dtype, bool(count_include_pad)))
     win = g.view(x, 0.0)
-    out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N, OH, OW, C)
+    out = np.empty(win.shape[:3] + win.shape[5:], x.dtype)  # (N', OH, OW, C')
     per_cell = divisor[:, :, None]
 
     def window_mean(block: slice) -> None:
@@ -305,8 +320,8 @@ def avg_pool2d(x: np.ndarray, kernel_size: int | Pair, stride: int | Pair | None
             total += win[block, :, :, k // kw, k % kw]  # Σ over the window, one kernel offset at a time
         total /= per_cell
 
-    S.run(window_mean, S.parts(x.shape[0], x.nbytes + out.nbytes))
-    return nchw(out), AvgPool2dCache(divisor, g, x.dtype, bool(count_include_pad))
+    S.run(window_mean, S.parts(out.shape[0], x.nbytes + out.nbytes))
+    return g.logical(out), AvgPool2dCache(divisor, g, x.dtype, bool(count_include_pad))
 
 
 @unbatched_backward
@@ -322,7 +337,7 @@ def avg_pool2d_backward(dout: np.ndarray, cache: AvgPool2dCache) -> np.ndarray:
     if R.active():
         return R.avg_pool2d_backward(dz * (np.outer(*cache_counts(cache)) / cache.divisor), np.empty(g.x_shape),
                                      g.kernel, g.stride, g.padding, cache.include_pad).astype(dz.dtype)
-    dzh = nhwc(dz)
+    dzh = g.rows(dz)
     share = S.elementwise(np.divide, np.empty_like(dzh), dzh, np.broadcast_to(cache.divisor[:, :, None], dzh.shape))
     return g.scatter(partial(_even_spread_piece, share), dz.dtype)
 
