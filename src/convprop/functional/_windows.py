@@ -45,9 +45,21 @@ def is_channels_last(x: np.ndarray) -> bool:
     return x.ndim == 4 and x.shape[1] > 1 and x.strides[1] == x.itemsize
 
 
+# channels copied at once when converting to channels-last: 8 planes read side by side (docs/performance.md,
+# "Channels-last layout": (32, 32, 32, 32) float32 2.1 → 0.8 ms here; all 32 at once alias in the cache)
+CONVERT_CHANNELS = 8
+
+
 def nhwc(x: np.ndarray) -> np.ndarray:
-    """The contiguous (N, H, W, C) array behind x (N, C, H, W): a view, or one copy."""
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    """The contiguous (N, H, W, C) array behind x (N, C, H, W): a view, or one copy, made
+    CONVERT_CHANNELS channels at a time."""
+    xt = x.transpose(0, 2, 3, 1)
+    if xt.flags.c_contiguous or x.shape[1] <= CONVERT_CHANNELS:
+        return np.ascontiguousarray(xt)
+    out = np.empty(xt.shape, x.dtype)
+    for c in range(0, x.shape[1], CONVERT_CHANNELS):
+        np.copyto(out[..., c: c + CONVERT_CHANNELS], xt[..., c: c + CONVERT_CHANNELS])
+    return out
 
 
 def nchw(a: np.ndarray) -> np.ndarray:

@@ -91,7 +91,7 @@ def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair
     cout, cg, kh, kw = w.shape
     wide = stride[1] == 1 and kw > 1 and _thin(kw, cg, cout // groups)
     if not S.by_columns(kw, cg):
-        xh = np.ascontiguousarray(xh)
+        xh = nhwc(nchw(xh))
     xp = pad(xh, padding, (1, 0), planes=True) if wide else pad(xh, padding)
     win = windows(xp, (kh, kw), stride, dilation, (out_hw[0], xp.shape[2] if wide else out_hw[1]), wrap=wide)
     k = _kernel_columns(w, groups)

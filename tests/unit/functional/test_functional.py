@@ -450,9 +450,10 @@ def test_dropout_random(seed):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_conv_and_pooling_put_their_outputs_in_channels_last_memory(channels_last):
-    """torch's channels_last: (N, C, H, W) shapes, (N, H, W, C) memory.  Conv, pooling and their
-    gradients land channels-last whatever the input's layout; BatchNorm and ReLU keep their input's;
-    a Flatten reads the values in NCHW order (torch's, what a Linear's weights expect)."""
+    """torch's channels_last: (N, C, H, W) shapes, (N, H, W, C) memory.  Conv and its gradients land
+    channels-last whatever the input's layout; pooling, BatchNorm and ReLU keep their input's (so after a
+    conv, channels-last); a Flatten reads the values in NCHW order (torch's, what a Linear's weights
+    expect)."""
     from convprop.functional._windows import is_channels_last
 
     rng = np.random.default_rng(0)
@@ -470,3 +471,23 @@ def test_conv_and_pooling_put_their_outputs_in_channels_last_memory(channels_las
     assert is_channels_last(F.conv_transpose2d_backward(np.ones(t.shape), ct)[0])
     flat, _ = F.flatten(z, 1)
     np.testing.assert_array_equal(flat, np.ascontiguousarray(z).reshape(2, -1))
+    for pool in (F.max_pool2d, F.avg_pool2d):  # on an input's own layout: NCHW stays NCHW, no copy first
+        out, cache = pool(x, 2)
+        assert is_channels_last(out) == channels_last
+        assert is_channels_last(getattr(F, pool.__name__ + "_backward")(np.ones(out.shape), cache)) == channels_last
+
+
+@pytest.mark.parametrize("c", [1, 3, 8, 9, 20])
+@pytest.mark.parametrize("kind", ["nchw", "channels-last", "strided"])
+def test_nhwc_copies_any_layout_in_channel_blocks(c, kind):
+    """_windows.nhwc: the contiguous (N, H, W, C) array behind any (N, C, H, W) array — a view when it
+    lies so already, else a copy made CONVERT_CHANNELS channels at a time — equal to NumPy's."""
+    from convprop.functional._windows import nhwc
+
+    rng = np.random.default_rng(c)
+    x = {"nchw": rng.standard_normal((3, c, 5, 7)), "channels-last": layout(rng.standard_normal((3, c, 5, 7)), True),
+         "strided": rng.standard_normal((3, 2 * c, 5, 9)).astype(np.float32)[:, ::2, :, 1:8]}[kind]
+    got = nhwc(x)
+    assert got.flags.c_contiguous and got.dtype == x.dtype
+    np.testing.assert_array_equal(got, x.transpose(0, 2, 3, 1))
+    assert np.shares_memory(got, x) == (kind == "channels-last" or kind == "nchw" and c == 1)
