@@ -204,7 +204,7 @@ def _floor_row(np, torch, m, x, out_shape, count: int, input_grad: bool, rounds:
 
 def floor_table(rows: list[dict]) -> str:
     """conv_floors' rows as a Markdown table."""
-    out = ["| ResNet-20 convolution | × | GFLOP | torch ms | convprop ms (× torch) | GEMMs ms "
+    out = ["| convolution | × | GFLOP | torch ms | convprop ms (× torch) | GEMMs ms "
            "(GFLOP/s) | one im2col ms | floor ms (× torch) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         torch_ms = r.get("torch_ms")
@@ -245,7 +245,7 @@ def batch_norms_alone(np, torch, model, batch: int) -> tuple:
             None, None, ours, theirs)
 
 
-def traced_layers(model, n: int, hw: int, kinds=None) -> list[tuple]:
+def traced_layers(model, n: int, hw: int, kinds=None, in_channels: int | None = None) -> list[tuple]:
     """(module, its input, its output's shape, multiply-adds per output value) of every layer of `kinds`
     (default: convolutions and linear layers), from one forward of n random images of hw × hw."""
     import numpy as np
@@ -264,7 +264,8 @@ def traced_layers(model, n: int, hw: int, kinds=None) -> list[tuple]:
         m.forward = traced
     try:
         with nn.no_grad():
-            model.eval()(np.random.default_rng(1).standard_normal((n, model.conv1.in_channels, hw, hw))
+            c = in_channels or model.conv1.in_channels
+            model.eval()(np.random.default_rng(1).standard_normal((n, c, hw, hw))
                          .astype(model.dtype))
     finally:
         for m in layers:
@@ -395,8 +396,12 @@ def main(argv=None) -> int:
     if args.floors:
         from convprop import models
 
-        layers = traced_layers(models.resnet20(in_channels=3), 8 if args.smoke else 128, 32)
-        print(floor_table(conv_floors(np, torch, layers, rounds)))
+        for name, model, batches, hw in (("ResNet-20", models.resnet20(in_channels=3), (128,), 32),
+                                         ("LeNet-5", models.lenet5(), (64, 256), 28)):
+            for batch in (8,) if args.smoke else batches:
+                print(f"\n{name}, batch {batch}:\n")
+                print(floor_table(conv_floors(np, torch, traced_layers(model, batch, hw, in_channels=1 if hw == 28
+                                                                      else 3), rounds)))
         return 0
     for name, _, flops, _, _, ours, theirs in step_cases(np, torch, args.smoke):
         t = interleaved({"convprop": ours, **({"torch": theirs} if theirs else {})}, rounds)

@@ -223,7 +223,7 @@ _buffers = threading.local()
 
 def scratch(shape: tuple[int, ...], dtype, use: str = "patches") -> np.ndarray:
     """This thread's reused buffer for a tile's patches (or a pooling tile's window offsets; another
-    `use`, another buffer), grown as needed (docs/performance.md, "Scratch")."""
+    `use`, another buffer), grown as needed (docs/performance.md, "Scratch buffers")."""
     size, key, held = math.prod(shape), (dtype, use), _buffers.__dict__.setdefault("d", {})
     buf = held.get(key)
     if buf is None or buf.size < size:
