@@ -103,6 +103,17 @@ def test_deploy_benchmark_runs_at_smoke_size():
     assert "ONNX Runtime img/s" in r.stdout and r.stdout.count("×") >= 3 and "CPU:" in r.stdout, r.stdout
 
 
+def test_convolution_floors_run_at_smoke_size():
+    """benchmarks.models --floors: a table per model, a row per distinct convolution and one for all of
+    them, each with torch's time, convprop's, the GEMMs' rate and the floor against torch."""
+    r = subprocess.run([sys.executable, "-m", "benchmarks.models", "--floors", "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("| all, weighted by count |") == 2, r.stdout  # ResNet-20 and LeNet-5
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "k" in line.split("|")[1]]
+    assert len(rows) >= 10 and all(line.count("×)") == 2 for line in rows), r.stdout  # 8 ResNet-20 shapes, 2 LeNet-5
+
+
 def test_accuracy_benchmark_runs_at_smoke_size(tmp_path):
     out = tmp_path / "accuracy.json"
     r = subprocess.run([sys.executable, "-m", "benchmarks.accuracy", "--smoke", "--model", "resnet8", "--workers", "1",
