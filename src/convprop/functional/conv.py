@@ -106,7 +106,10 @@ def _correlate(xh: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Pair
             dst = zh[t.batch, t.rows].reshape(-1, t.rows.stop - t.rows.start, out_hw[1], groups, cout // groups)
             crop = zw.reshape((groups,) + dst.shape[:2] + (-1, cout // groups))[:, :, :, : out_hw[1]]
             crop = crop.transpose(1, 2, 3, 0, 4)
-            np.copyto(dst, crop) if bias is None else np.add(crop, bias.reshape(dst.shape[2:]), out=dst)  # + B
+            if bias is None:
+                np.copyto(dst, crop)
+            else:
+                np.add(crop, bias.reshape(dst.shape[2:]), out=dst)  # + B
             return
         np.matmul(p, k, out=S.rows(zh, t, groups))  # Z_ij = A_patch_ij · K
         if bias is not None:
