@@ -157,13 +157,11 @@ def conv_floors(np, torch, layers: list, rounds: int) -> list[dict]:
 def _floor_row(np, torch, m, x, out_shape, count: int, input_grad: bool, rounds: int) -> dict:
     import convprop.functional as F
     from benchmarks.timing import interleaved
+    from convprop.functional import _checks as chk
     from convprop.functional import _schedule as S
     from convprop.functional._windows import pad, windows
 
-    def pair(v):
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-    w, stride, padding = m.weight.data, pair(m.stride), pair(m.padding)
+    w, stride, padding = m.weight.data, chk.pair(m.stride, "stride", 1), chk.pair(m.padding, "padding", 0)
     dz = np.ones_like(F.conv2d(x, w, None, stride, padding)[0])
     n, oh, ow = out_shape[0], out_shape[2], out_shape[3]
     cols, cout = w[0].size, w.shape[0]
@@ -371,7 +369,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--floors", action="store_true",
-                   help="only the per-convolution floors of ResNet-20 (GEMMs + one im2col) against torch")
+                   help="only the per-convolution floors of ResNet-20 and LeNet-5 (GEMMs + one im2col) "
+                        "against torch")
     args = p.parse_args(argv)
     want = str(args.threads)
     if os.environ.get("OMP_NUM_THREADS") != want and "numpy" not in sys.modules:
@@ -396,12 +395,11 @@ def main(argv=None) -> int:
     if args.floors:
         from convprop import models
 
-        for name, model, batches, hw in (("ResNet-20", models.resnet20(in_channels=3), (128,), 32),
-                                         ("LeNet-5", models.lenet5(), (64, 256), 28)):
+        for name, model, batches, hw, c in (("ResNet-20", models.resnet20(in_channels=3), (128,), 32, 3),
+                                            ("LeNet-5", models.lenet5(), (64, 256), 28, 1)):
             for batch in (8,) if args.smoke else batches:
                 print(f"\n{name}, batch {batch}:\n")
-                print(floor_table(conv_floors(np, torch, traced_layers(model, batch, hw, in_channels=1 if hw == 28
-                                                                      else 3), rounds)))
+                print(floor_table(conv_floors(np, torch, traced_layers(model, batch, hw, in_channels=c), rounds)))
         return 0
     for name, _, flops, _, _, ours, theirs in step_cases(np, torch, args.smoke):
         t = interleaved({"convprop": ours, **({"torch": theirs} if theirs else {})}, rounds)

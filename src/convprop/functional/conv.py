@@ -10,7 +10,7 @@ shape, so a patch A_patch_ij (kh, kw, Cg) is one GEMM row, the kernel is K as co
 
     Z   = patches @ K + B          Z_ij = A_patch_ij · K + B        lands in (N, OH, OW, Cout)
     ∂K  = patchesᵀ @ ∂Z            ∂K = Σ_ij A_patch_ijᵀ ∂Z_ij     summed over every position
-    ∂A  = K ⋆ᵀ ∂Z                  the transposed convolution, by one of three routes (`_data_grad`)
+    ∂A  = K ⋆ᵀ ∂Z                  the transposed convolution, by one of five routes (`_data_grad`)
 
 The flip convention (docs/math.md, "The flip convention"; tests/unit/functional against torch):
 ∂A is the *transposed* convolution of ∂Z with K itself — every ∂Z_ij is scattered back, times the
@@ -125,7 +125,7 @@ def _weight_grad(win: np.ndarray, dzh: np.ndarray, w_shape: tuple[int, ...], gro
     dzh (N, OH, OW, Cout) -> (Cout, Cg, kh, kw)."""
 
     def tile(t: S.Tile, dk: np.ndarray) -> None:
-        dz = S.rows(dzh, t, groups) if win.shape[2] == dzh.shape[2] else _wide_rows(dzh, t, groups, win.shape[2])
+        dz = S.rows(dzh, t, groups) if win.shape[2] == dzh.shape[2] else _widened_rows(dzh, t, groups, win.shape[2])
         dk += S.patches(win, t, groups).transpose(0, 2, 1) @ dz  # A_patchᵀ ∂Z
 
     cols = (groups, w_shape[1] * w_shape[2] * w_shape[3], w_shape[0] // groups)
@@ -134,7 +134,7 @@ def _weight_grad(win: np.ndarray, dzh: np.ndarray, w_shape: tuple[int, ...], gro
     return _from_columns(sum(dk[1:], dk[0]), w_shape)
 
 
-def _wide_rows(dzh: np.ndarray, t: S.Tile, groups: int, wide: int) -> np.ndarray:
+def _widened_rows(dzh: np.ndarray, t: S.Tile, groups: int, wide: int) -> np.ndarray:
     """Tile t's ∂Z (N, OH, OW, Cout) as GEMM rows (G, P, Cog) over output rows `wide` long (the wide
     rows of `_correlate`), zero at the extra positions: they add nothing to ∂K."""
     part = dzh[t.batch, t.rows]
@@ -145,7 +145,7 @@ def _wide_rows(dzh: np.ndarray, t: S.Tile, groups: int, wide: int) -> np.ndarray
     return rows.reshape(groups, -1, cout // groups)
 
 
-# --------------------------------------------------------------------------- ∂A = K ⋆ᵀ ∂Z, three routes
+# --------------------------------------------------------------------------- ∂A = K ⋆ᵀ ∂Z, five routes
 def _data_grad(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, padding: Pair, dilation: Pair,
                groups: int) -> np.ndarray:
     """∂A = K ⋆ᵀ ∂Z, the transposed convolution.  dzh (N, OH, OW, Cout), w (Cout, Cg, kh, kw)
@@ -155,6 +155,8 @@ def _data_grad(dzh: np.ndarray, w: np.ndarray, in_hw: Pair, stride: Pair, paddin
                                      flipped kernel, Cin and Cout swapped: one forward correlation
     subpixel  the same for stride s dividing the kernel, one correlation per phase (`_subpixel_route`)
     scatter   ∂A_patch_ij = ∂Z_ij Kᵀ for every position, added back onto window ij (col2im)
+    batch-inner, planes   the scatter as one GEMM Kᵀ ∂Zᵀ a tile, col2im onto (C, H, W, N) or onto each
+                          channel's planes (`_batch_inner_route`, `_planes_route`)
     """
     cout, cg, kh, kw = w.shape
     route = _data_grad_route(dzh.shape, w.shape, in_hw, stride, padding, dilation, groups)
@@ -196,7 +198,8 @@ def _data_grad_route(dz_shape: tuple[int, ...], w_shape: tuple[int, ...], in_hw:
     """Which computation of ∂A = K ⋆ᵀ ∂Z these shapes take (dz_shape (N, OH, OW, Cout)) — the same
     sums each (docs/math.md): 'same' for stride 1 and an output about as large as the input,
     'subpixel' where the stride divides the kernel (×2 upsampling, k4 s2), 'batch-inner' for few input
-    channels under a large kernel (a scatter whose GEMMs would be a few columns wide), else 'scatter'."""
+    channels under a large kernel (a scatter whose GEMMs would be a few columns wide), 'planes' for an
+    image's 1–3 channels, else 'scatter'."""
     _, oh, ow, cout = dz_shape
     _, cg, kh, kw = w_shape
     full = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
